@@ -1,0 +1,469 @@
+//! The crate's one error type.
+
+use std::any::Any;
+use std::borrow::Cow;
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::state::State;
+
+/// A boxed error from user code: anything `?` can turn into an error.
+///
+/// Closures handed to [`StateMachine::start_once`](crate::StateMachine::start_once) and
+/// [`StateMachine::stop_once`](crate::StateMachine::stop_once) return this, so `?` works on
+/// any error type inside them.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// `Result<T, lifecycle::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The phase of a service's life in which an error happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Starting the service ([`Service::start`](crate::Service::start)).
+    Start,
+    /// Closing the service ([`Service::close`](crate::Service::close)).
+    Close,
+    /// Asking whether the service is ready ([`HealthReporter::ready`](crate::HealthReporter::ready)).
+    Ready,
+    /// Asking for the service's health
+    /// ([`HealthReporter::health_report`](crate::HealthReporter::health_report)).
+    Health,
+    /// While the service runs, between a successful start and close.
+    Run,
+}
+
+impl Phase {
+    /// The phase's name in lower case, as used in messages: `"start"`, `"close"`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Start => "start",
+            Phase::Close => "close",
+            Phase::Ready => "ready",
+            Phase::Health => "health",
+            Phase::Run => "run",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What kind of error an [`Error`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The service's own code returned an error; [`Error::source`](StdError::source) is the cause
+    /// when there is one.
+    Failed,
+    /// The service's code panicked; the error carries the panic message.
+    Panicked,
+    /// A deadline passed before the phase finished.
+    TimedOut,
+    /// The phase was cancelled (a shutdown was requested).
+    Cancelled,
+    /// `start` was called on a service that has already been started once.
+    AlreadyStarted,
+    /// `close` was called on a service that is already stopping or stopped.
+    AlreadyStopped,
+    /// The service is not started: it cannot be stopped, and it is neither ready nor healthy.
+    NotStarted,
+    /// The service is in a state from which the operation cannot proceed
+    /// (for example closing a service whose start failed).
+    InvalidState,
+    /// Several errors joined into one; [`Error::errors`] gives every one of them.
+    Joined,
+}
+
+/// The error type of this crate.
+///
+/// An `Error` names the service and the [`Phase`] it comes from where those are known, says what
+/// kind of failure it is ([`ErrorKind`]) and keeps its cause. Errors from several services join
+/// into one ([`Error::join`]) that keeps and displays every cause.
+///
+/// It is cheap to clone (one reference count), so a health cache can hand the same error to many
+/// readers.
+///
+/// Errors from user code enter through [`Error::other`], [`Error::msg`] or the `From`
+/// conversions; the crate adds the service name and the phase when it learns them.
+///
+/// ```
+/// use lifecycle::{Error, ErrorKind, Phase};
+///
+/// let start = Error::msg("port in use").in_service("api", Phase::Start);
+/// let close = Error::msg("flush failed").in_service("db", Phase::Close);
+/// let both = Error::join([start, close]).unwrap();
+///
+/// assert_eq!(both.kind(), ErrorKind::Joined);
+/// assert_eq!(both.to_string(), "api: start failed: port in use; db: close failed: flush failed");
+/// let services: Vec<_> = both.errors().map(|e| e.service().unwrap()).collect();
+/// assert_eq!(services, ["api", "db"]);
+/// ```
+#[derive(Clone)]
+pub struct Error {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
+    kind: ErrorKind,
+    service: Option<Cow<'static, str>>,
+    phase: Option<Phase>,
+    detail: Detail,
+}
+
+#[derive(Clone)]
+enum Detail {
+    None,
+    Message(Cow<'static, str>),
+    Source(Arc<dyn StdError + Send + Sync + 'static>),
+    Timeout(Duration),
+    State(State),
+    Joined(Vec<Error>),
+}
+
+impl Error {
+    fn new(kind: ErrorKind, detail: Detail) -> Error {
+        Error {
+            inner: Arc::new(Inner {
+                kind,
+                service: None,
+                phase: None,
+                detail,
+            }),
+        }
+    }
+
+    /// An error of kind [`ErrorKind::Failed`] with a plain message.
+    pub fn msg(message: impl Into<Cow<'static, str>>) -> Error {
+        Error::new(ErrorKind::Failed, Detail::Message(message.into()))
+    }
+
+    /// An error of kind [`ErrorKind::Failed`] caused by `source`.
+    ///
+    /// A `source` that is already a [`lifecycle::Error`](Error) is returned as it is rather than
+    /// wrapped again.
+    pub fn other(source: impl Into<BoxError>) -> Error {
+        let source: BoxError = source.into();
+        match source.downcast::<Error>() {
+            Ok(own) => *own,
+            Err(source) => Error::new(ErrorKind::Failed, Detail::Source(Arc::from(source))),
+        }
+    }
+
+    /// An error of kind [`ErrorKind::Panicked`] from the payload that
+    /// [`std::panic::catch_unwind`] returned.
+    pub fn panicked(service: &str, phase: Phase, payload: &(dyn Any + Send)) -> Error {
+        let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
+            Cow::Borrowed(*s)
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            Cow::Owned(s.clone())
+        } else {
+            Cow::Borrowed("(non-string panic payload)")
+        };
+        Error::new(ErrorKind::Panicked, Detail::Message(message)).in_service(service, phase)
+    }
+
+    /// An error of kind [`ErrorKind::TimedOut`]: `phase` of `service` did not finish within
+    /// `after`.
+    pub fn timed_out(service: &str, phase: Phase, after: Duration) -> Error {
+        Error::new(ErrorKind::TimedOut, Detail::Timeout(after)).in_service(service, phase)
+    }
+
+    /// An error of kind [`ErrorKind::Cancelled`]: `phase` of `service` was cancelled.
+    pub fn cancelled(service: &str, phase: Phase) -> Error {
+        Error::new(ErrorKind::Cancelled, Detail::None).in_service(service, phase)
+    }
+
+    /// An error of `kind` about `service` in `phase`, found in `state`; used by
+    /// [`StateMachine`](crate::StateMachine).
+    pub(crate) fn state(kind: ErrorKind, service: &str, phase: Phase, state: State) -> Error {
+        Error::new(kind, Detail::State(state)).in_service(service, phase)
+    }
+
+    /// Like [`Error::state`] for a caller that does not know the service's name: the name is
+    /// added later by whoever does (see [`Error::in_service`]).
+    pub(crate) fn unnamed_state(kind: ErrorKind, phase: Phase, state: State) -> Error {
+        let mut e = Error::new(kind, Detail::State(state));
+        Arc::make_mut(&mut e.inner).phase = Some(phase);
+        e
+    }
+
+    /// Joins errors into one, keeping every cause in order.
+    ///
+    /// Joined errors inside `errors` are flattened. Returns `None` when there is no error, the
+    /// error itself when there is exactly one, and an error of kind [`ErrorKind::Joined`]
+    /// otherwise.
+    pub fn join(errors: impl IntoIterator<Item = Error>) -> Option<Error> {
+        let mut all = Vec::new();
+        for e in errors {
+            match &e.inner.detail {
+                Detail::Joined(inner) => all.extend(inner.iter().cloned()),
+                _ => all.push(e),
+            }
+        }
+        match all.len() {
+            0 => None,
+            1 => all.pop(),
+            _ => Some(Error::new(ErrorKind::Joined, Detail::Joined(all))),
+        }
+    }
+
+    /// Names the service and phase this error comes from, unless it names them already.
+    ///
+    /// The parts of a joined error keep their own names; the ones that have none get these.
+    #[must_use]
+    pub fn in_service(mut self, service: &str, phase: Phase) -> Error {
+        let needs = |i: &Inner| i.service.is_none() || i.phase.is_none();
+        if let Detail::Joined(parts) = &self.inner.detail {
+            if parts.iter().any(|p| needs(&p.inner)) {
+                let parts = parts
+                    .iter()
+                    .map(|p| p.clone().in_service(service, phase))
+                    .collect();
+                return Error::new(ErrorKind::Joined, Detail::Joined(parts));
+            }
+            return self;
+        }
+        if needs(&self.inner) {
+            let inner = Arc::make_mut(&mut self.inner);
+            if inner.service.is_none() {
+                inner.service = Some(Cow::Owned(service.to_owned()));
+            }
+            if inner.phase.is_none() {
+                inner.phase = Some(phase);
+            }
+        }
+        self
+    }
+
+    /// What kind of error this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// The name of the service the error comes from, if known.
+    pub fn service(&self) -> Option<&str> {
+        self.inner.service.as_deref()
+    }
+
+    /// The phase the error comes from, if known.
+    pub fn phase(&self) -> Option<Phase> {
+        self.inner.phase
+    }
+
+    /// Whether this is a [`ErrorKind::TimedOut`] error.
+    pub fn is_timeout(&self) -> bool {
+        self.kind() == ErrorKind::TimedOut
+    }
+
+    /// Whether this is a [`ErrorKind::Panicked`] error.
+    pub fn is_panic(&self) -> bool {
+        self.kind() == ErrorKind::Panicked
+    }
+
+    /// Every error this one holds: the parts of a joined error, in order, or this error alone.
+    pub fn errors(&self) -> std::slice::Iter<'_, Error> {
+        match &self.inner.detail {
+            Detail::Joined(parts) => parts.iter(),
+            _ => std::slice::from_ref(self).iter(),
+        }
+    }
+
+    fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &*self.inner;
+        if let Some(service) = &i.service {
+            write!(f, "{service}: ")?;
+        }
+        let phase = i.phase.map_or("", Phase::as_str);
+        let sep = if phase.is_empty() { "" } else { " " };
+        match (i.kind, &i.detail) {
+            (ErrorKind::Failed, Detail::Message(m)) if phase.is_empty() => f.write_str(m),
+            (ErrorKind::Failed, Detail::Message(m)) => write!(f, "{phase} failed: {m}"),
+            (ErrorKind::Failed, Detail::Source(s)) if phase.is_empty() => write!(f, "{s}"),
+            (ErrorKind::Failed, Detail::Source(s)) => write!(f, "{phase} failed: {s}"),
+            (ErrorKind::Panicked, Detail::Message(m)) => write!(f, "panicked in {phase}: {m}"),
+            (ErrorKind::TimedOut, Detail::Timeout(d)) => {
+                write!(f, "{phase}{sep}timed out after {d:?}")
+            }
+            (ErrorKind::Cancelled, _) => write!(f, "{phase}{sep}cancelled"),
+            (ErrorKind::AlreadyStarted, Detail::State(s)) => {
+                write!(f, "already started once (state: {s})")
+            }
+            (ErrorKind::AlreadyStopped, Detail::State(s)) => {
+                write!(f, "already stopped (state: {s})")
+            }
+            (ErrorKind::NotStarted, Detail::State(s)) if i.phase == Some(Phase::Close) => {
+                write!(f, "cannot stop unstarted service (state: {s})")
+            }
+            (ErrorKind::NotStarted, Detail::State(s)) => write!(f, "not started (state: {s})"),
+            (ErrorKind::InvalidState, Detail::State(s)) => {
+                write!(f, "cannot {phase} in state {s}")
+            }
+            (_, Detail::Message(m)) => f.write_str(m),
+            (kind, _) => write!(f, "{kind:?}"),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    /// One line; the parts of a joined error are separated by `"; "`.
+    /// The alternate form (`{:#}`) puts each part on a line of its own.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.inner.detail {
+            Detail::Joined(parts) => {
+                for (n, part) in parts.iter().enumerate() {
+                    if n > 0 {
+                        f.write_str(if f.alternate() { "\n" } else { "; " })?;
+                    }
+                    part.describe(f)?;
+                }
+                Ok(())
+            }
+            _ => self.describe(f),
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Detail::Joined(parts) = &self.inner.detail {
+            return f.debug_list().entries(parts).finish();
+        }
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.inner.kind);
+        if let Some(s) = &self.inner.service {
+            d.field("service", s);
+        }
+        if let Some(p) = &self.inner.phase {
+            d.field("phase", p);
+        }
+        d.field("message", &format_args!("{self}"));
+        d.finish()
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match &self.inner.detail {
+            Detail::Source(s) => Some(&**s as &(dyn StdError + 'static)),
+            _ => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Error {
+        Error::other(e)
+    }
+}
+
+impl From<BoxError> for Error {
+    fn from(e: BoxError) -> Error {
+        Error::other(e)
+    }
+}
+
+impl From<&'static str> for Error {
+    fn from(message: &'static str) -> Error {
+        Error::msg(message)
+    }
+}
+
+impl From<String> for Error {
+    fn from(message: String) -> Error {
+        Error::msg(message)
+    }
+}
+
+/// Turns the outcome of `catch_unwind` around a service call into a `Result` that names the
+/// service and phase, whatever happened.
+pub(crate) fn flatten_call(
+    service: &str,
+    phase: Phase,
+    outcome: std::thread::Result<Result<()>>,
+) -> Result<()> {
+    match outcome {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.in_service(service, phase)),
+        Err(payload) => Err(Error::panicked(service, phase, &*payload)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_is_small_and_thread_safe() {
+        fn assert_traits<T: StdError + Send + Sync + Clone + 'static>() {}
+        assert_traits::<Error>();
+        assert_eq!(std::mem::size_of::<Error>(), std::mem::size_of::<usize>());
+    }
+
+    #[test]
+    fn display_names_service_and_phase() {
+        let e = Error::msg("boom").in_service("db", Phase::Close);
+        assert_eq!(e.to_string(), "db: close failed: boom");
+        assert_eq!(e.service(), Some("db"));
+        assert_eq!(e.phase(), Some(Phase::Close));
+        assert_eq!(Error::msg("plain").to_string(), "plain");
+        let t = Error::timed_out("api", Phase::Start, Duration::from_millis(1500));
+        assert_eq!(t.to_string(), "api: start timed out after 1.5s");
+        assert!(t.is_timeout());
+        assert_eq!(
+            Error::cancelled("w", Phase::Start).to_string(),
+            "w: start cancelled"
+        );
+    }
+
+    #[test]
+    fn in_service_keeps_existing_names() {
+        let e = Error::msg("x")
+            .in_service("inner", Phase::Close)
+            .in_service("outer", Phase::Start);
+        assert_eq!(e.service(), Some("inner"));
+        assert_eq!(e.phase(), Some(Phase::Close));
+    }
+
+    #[test]
+    fn other_does_not_rewrap_own_errors_and_keeps_source() {
+        let own = Error::msg("m").in_service("s", Phase::Start);
+        let back = Error::other(BoxError::from(own.clone()));
+        assert_eq!(back.to_string(), own.to_string());
+
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "port taken");
+        let e = Error::from(io).in_service("api", Phase::Start);
+        assert_eq!(e.to_string(), "api: start failed: port taken");
+        let src = e.source().expect("keeps its source");
+        assert!(src.downcast_ref::<std::io::Error>().is_some());
+    }
+
+    #[test]
+    fn join_flattens_and_keeps_order() {
+        assert!(Error::join([]).is_none());
+        let a = Error::msg("a");
+        assert_eq!(Error::join([a.clone()]).unwrap().to_string(), "a");
+        let ab = Error::join([Error::msg("a"), Error::msg("b")]).unwrap();
+        let abc = Error::join([ab, Error::msg("c")]).unwrap();
+        let parts: Vec<String> = abc.errors().map(ToString::to_string).collect();
+        assert_eq!(parts, ["a", "b", "c"]);
+        assert_eq!(format!("{abc:#}"), "a\nb\nc");
+        let named = abc.in_service("svc", Phase::Run);
+        assert!(named.errors().all(|e| e.service() == Some("svc")));
+    }
+
+    #[test]
+    fn panic_payloads_become_messages() {
+        let p = std::panic::catch_unwind(|| panic!("bad {}", 42)).unwrap_err();
+        let e = Error::panicked("w", Phase::Close, &*p);
+        assert_eq!(e.to_string(), "w: panicked in close: bad 42");
+        assert!(e.is_panic());
+    }
+}

@@ -1,0 +1,14 @@
+//! Placeholder; crate docs written below.
+mod error;
+mod error_buffer;
+mod multi;
+mod service;
+mod state;
+mod stop;
+
+pub use crate::error::{BoxError, Error, ErrorKind, Phase, Result};
+pub use crate::error_buffer::{ErrorBuffer, DEFAULT_ERROR_BUFFER_CAP};
+pub use crate::multi::{close_all, MultiStart};
+pub use crate::service::{HealthReport, HealthReporter, Service};
+pub use crate::state::{State, StateMachine};
+pub use crate::stop::{StartContext, StopSignal};

@@ -1,0 +1,242 @@
+//! The [`Service`] and [`HealthReporter`] traits, and the [`HealthReport`] they produce.
+
+use std::collections::btree_map::{self, BTreeMap};
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::error::{flatten_call, Error, Phase, Result};
+use crate::stop::StartContext;
+
+/// Something that can say whether it is ready and healthy.
+///
+/// Every [`Service`] is a `HealthReporter`; a reporter need not be a service (a dependency probe
+/// can report health without being started or closed).
+///
+/// Implementations must be cheap and must not block for long: a health checker calls them
+/// periodically and treats a call that does not return in time as a failure.
+pub trait HealthReporter: Send + Sync {
+    /// The component's name, unique among the services of a program. It names the component in
+    /// every error and health report.
+    fn name(&self) -> &str;
+
+    /// `Ok` once the component is initialised and can take work (Kubernetes' *ready*).
+    ///
+    /// # Errors
+    ///
+    /// Why it is not ready.
+    fn ready(&self) -> Result<()>;
+
+    /// The health of the component and of its parts: its own [`name`](HealthReporter::name) and
+    /// each sub-component's name, each mapped to `Ok` or the reason it is unhealthy. Merge a
+    /// sub-service's report into your own with [`HealthReport::merge`].
+    ///
+    /// The default reports the component alone, with the status of [`ready`](HealthReporter::ready).
+    fn health_report(&self) -> HealthReport {
+        HealthReport::single(self.name(), self.ready())
+    }
+}
+
+/// A long-running part of a program, started once and closed once.
+///
+/// Used as `Arc<dyn Service>`. Typically a service embeds a [`StateMachine`](crate::StateMachine)
+/// so that its start and close run exactly once; a service that runs a loop spawns a named
+/// thread in `start` and joins it in `close` (see [`StopSignal`](crate::StopSignal) for the
+/// canonical shape).
+pub trait Service: HealthReporter {
+    /// Starts the service and returns once it is started.
+    ///
+    /// - Must return promptly once `ctx` is cancelled (a shutdown was requested or the start
+    ///   deadline passed), with the error [`StartContext::check`] gives.
+    /// - Cannot keep `ctx` after returning; work that outlives the start waits on a
+    ///   [`StopSignal`](crate::StopSignal) of its own.
+    /// - A service whose start fails cleans up what it started itself: it will not be closed.
+    ///
+    /// # Errors
+    ///
+    /// Why the service could not start.
+    fn start(&self, ctx: &StartContext) -> Result<()>;
+
+    /// Stops the service, waiting until its threads have ended and its resources are released.
+    ///
+    /// After `close` the service is not started again: build a new one.
+    ///
+    /// # Errors
+    ///
+    /// Why the service could not close cleanly. It is still considered stopped.
+    fn close(&self) -> Result<()>;
+}
+
+/// The health of a component and its parts: names mapped to `Ok` or the reason for failing.
+///
+/// Names are kept sorted, so reports print the same way every time.
+///
+/// ```
+/// use lifecycle::{Error, HealthReport};
+///
+/// let mut report = HealthReport::single("app", Ok(()));
+/// let mut db = HealthReport::single("app.db", Ok(()));
+/// db.insert("app.db.pool", Err(Error::msg("no connections")));
+/// report.merge(db);
+///
+/// assert!(!report.is_healthy());
+/// let failing: Vec<_> = report.failures().map(|(name, _)| name).collect();
+/// assert_eq!(failing, ["app.db.pool"]);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct HealthReport {
+    checks: BTreeMap<String, Result<()>>,
+}
+
+impl HealthReport {
+    /// An empty report.
+    pub fn new() -> HealthReport {
+        HealthReport::default()
+    }
+
+    /// A report of one component.
+    pub fn single(name: impl Into<String>, status: Result<()>) -> HealthReport {
+        let mut report = HealthReport::new();
+        report.insert(name, status);
+        report
+    }
+
+    /// Records the status of `name`. If `name` is already there, the two statuses combine: the
+    /// result fails if either fails, keeping both errors.
+    pub fn insert(&mut self, name: impl Into<String>, status: Result<()>) {
+        match self.checks.entry(name.into()) {
+            btree_map::Entry::Vacant(v) => {
+                v.insert(status);
+            }
+            btree_map::Entry::Occupied(mut o) => {
+                let combined = match (o.get().clone(), status) {
+                    (Ok(()), s) | (s, Ok(())) => s,
+                    (Err(a), Err(b)) => Err(Error::join([a, b]).expect("two errors")),
+                };
+                *o.get_mut() = combined;
+            }
+        }
+    }
+
+    /// Copies every entry of `other` into this report (the seed's `CopyHealth`); a name present in
+    /// both combines as in [`insert`](HealthReport::insert).
+    pub fn merge(&mut self, other: HealthReport) {
+        for (name, status) in other.checks {
+            self.insert(name, status);
+        }
+    }
+
+    /// The status recorded for `name`.
+    pub fn get(&self, name: &str) -> Option<&Result<()>> {
+        self.checks.get(name)
+    }
+
+    /// Whether every entry is `Ok` (an empty report is healthy).
+    pub fn is_healthy(&self) -> bool {
+        self.checks.values().all(Result::is_ok)
+    }
+
+    /// The failing entries, in name order.
+    pub fn failures(&self) -> impl Iterator<Item = (&str, &Error)> {
+        self.checks
+            .iter()
+            .filter_map(|(n, s)| s.as_ref().err().map(|e| (n.as_str(), e)))
+    }
+
+    /// Every entry, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Result<()>)> {
+        self.checks.iter().map(|(n, s)| (n.as_str(), s))
+    }
+
+    /// How many entries the report has.
+    pub fn len(&self) -> usize {
+        self.checks.len()
+    }
+
+    /// Whether the report has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.checks.is_empty()
+    }
+}
+
+impl IntoIterator for HealthReport {
+    type Item = (String, Result<()>);
+    type IntoIter = btree_map::IntoIter<String, Result<()>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.checks.into_iter()
+    }
+}
+
+impl<N: Into<String>> FromIterator<(N, Result<()>)> for HealthReport {
+    fn from_iter<I: IntoIterator<Item = (N, Result<()>)>>(iter: I) -> HealthReport {
+        let mut report = HealthReport::new();
+        report.extend(iter);
+        report
+    }
+}
+
+impl<N: Into<String>> Extend<(N, Result<()>)> for HealthReport {
+    fn extend<I: IntoIterator<Item = (N, Result<()>)>>(&mut self, iter: I) {
+        for (name, status) in iter {
+            self.insert(name, status);
+        }
+    }
+}
+
+/// Calls `service.start(ctx)`, turning a panic into an error and naming the service and phase in
+/// any error.
+pub(crate) fn start_guarded(service: &dyn Service, ctx: &StartContext) -> Result<()> {
+    let outcome = catch_unwind(AssertUnwindSafe(|| service.start(ctx)));
+    flatten_call(service.name(), Phase::Start, outcome)
+}
+
+/// Calls `service.close()`, turning a panic into an error and naming the service and phase in
+/// any error.
+pub(crate) fn close_guarded(service: &dyn Service) -> Result<()> {
+    let outcome = catch_unwind(AssertUnwindSafe(|| service.close()));
+    flatten_call(service.name(), Phase::Close, outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_names_join_errors() {
+        let mut r = HealthReport::single("x", Err(Error::msg("a")));
+        r.insert("x", Ok(()));
+        r.insert("x", Err(Error::msg("b")));
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            r.get("x").unwrap().as_ref().unwrap_err().to_string(),
+            "a; b"
+        );
+    }
+
+    #[test]
+    fn collects_and_reports_in_name_order() {
+        let r: HealthReport = [("b", Ok(())), ("a", Err(Error::msg("down")))]
+            .into_iter()
+            .collect();
+        let names: Vec<_> = r.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert!(!r.is_healthy());
+        assert!(HealthReport::new().is_healthy());
+    }
+
+    struct Probe;
+    impl HealthReporter for Probe {
+        fn name(&self) -> &str {
+            "probe"
+        }
+        fn ready(&self) -> Result<()> {
+            Err(Error::msg("warming up"))
+        }
+    }
+
+    #[test]
+    fn default_health_report_uses_ready() {
+        let r = Probe.health_report();
+        assert_eq!(r.len(), 1);
+        assert!(r.get("probe").unwrap().is_err());
+    }
+}
