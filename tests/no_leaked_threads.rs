@@ -1,0 +1,105 @@
+//! After closing, the process has exactly the threads it had before starting: every worker and
+//! every close thread was joined. Alone in its test binary so no other test changes the count.
+
+mod common;
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use lifecycle::{
+    close_all, HealthReporter, MultiStart, Result, Service, StartContext, StateMachine, StopSignal,
+};
+use parking_lot::Mutex;
+
+/// A service running `workers` loop threads that wake every millisecond until stopped.
+struct Workers {
+    name: String,
+    workers: usize,
+    sm: StateMachine,
+    stop: StopSignal,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Workers {
+    fn new(name: String, workers: usize) -> Arc<Workers> {
+        Arc::new(Workers {
+            name,
+            workers,
+            sm: StateMachine::new(),
+            stop: StopSignal::new(),
+            handles: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+impl HealthReporter for Workers {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn ready(&self) -> Result<()> {
+        self.sm.ready()
+    }
+}
+
+impl Service for Workers {
+    fn start(&self, _: &StartContext) -> Result<()> {
+        self.sm.start_once(&self.name, || {
+            for i in 0..self.workers {
+                let stop = self.stop.clone();
+                let handle = std::thread::Builder::new()
+                    .name(format!("{}-{i}", self.name))
+                    .spawn(move || while !stop.wait_timeout(Duration::from_millis(1)) {})?;
+                self.handles.lock().push(handle);
+            }
+            Ok(())
+        })
+    }
+
+    fn close(&self) -> Result<()> {
+        self.sm.stop_once(&self.name, || {
+            self.stop.stop();
+            for handle in self.handles.lock().drain(..) {
+                handle.join().map_err(|_| "worker panicked")?;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[test]
+fn closing_leaves_no_thread_behind() {
+    let before = common::thread_count();
+
+    // Sequential close through MultiStart.
+    let mut ms = MultiStart::new();
+    let services: Vec<Arc<dyn Service>> = (0..8)
+        .map(|i| Workers::new(format!("w{i}"), 3) as Arc<dyn Service>)
+        .collect();
+    ms.start(&StartContext::background(), services).unwrap();
+    assert_eq!(common::thread_count(), before + 24);
+    ms.close().unwrap();
+    assert_eq!(common::thread_count(), before);
+
+    // Concurrent close: close_all's own threads are joined too.
+    let mut ms = MultiStart::new();
+    let services: Vec<Arc<dyn Service>> = (0..8)
+        .map(|i| Workers::new(format!("c{i}"), 2) as Arc<dyn Service>)
+        .collect();
+    ms.start(&StartContext::background(), services).unwrap();
+    assert_eq!(common::thread_count(), before + 16);
+    close_all(ms.release()).unwrap();
+    assert_eq!(common::thread_count(), before);
+
+    // Drop of a MultiStart closes and joins.
+    {
+        let mut ms = MultiStart::new();
+        ms.start(
+            &StartContext::background(),
+            [Workers::new("d".into(), 4) as Arc<dyn Service>],
+        )
+        .unwrap();
+        assert_eq!(common::thread_count(), before + 4);
+    }
+    assert_eq!(common::thread_count(), before);
+}

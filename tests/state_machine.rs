@@ -1,0 +1,128 @@
+//! StateMachine under contention: many threads calling start, close and guarded work on one
+//! service at once, for thousands of rounds.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Barrier;
+
+use lifecycle::{ErrorKind, State, StateMachine};
+
+const ROUNDS: usize = 2_000;
+const THREADS: usize = 6;
+
+#[derive(Default)]
+struct Counters {
+    start_bodies: AtomicUsize,
+    stop_bodies: AtomicUsize,
+    guarded_runs: AtomicUsize,
+    // Set while a start or stop body runs; guarded work must never see it set.
+    transition: AtomicBool,
+    overlaps: AtomicUsize,
+}
+
+#[test]
+fn concurrent_start_close_and_guarded_work_stay_consistent() {
+    for round in 0..ROUNDS {
+        let sm = StateMachine::new();
+        let c = Counters::default();
+        let barrier = Barrier::new(THREADS);
+
+        let outcomes: Vec<(usize, Result<(), ErrorKind>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let (sm, c, barrier) = (&sm, &c, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        let result = match t % 3 {
+                            0 => sm.start_once("svc", || {
+                                c.transition.store(true, Ordering::SeqCst);
+                                c.start_bodies.fetch_add(1, Ordering::SeqCst);
+                                std::hint::spin_loop();
+                                c.transition.store(false, Ordering::SeqCst);
+                                Ok(())
+                            }),
+                            1 => sm.stop_once("svc", || {
+                                c.transition.store(true, Ordering::SeqCst);
+                                c.stop_bodies.fetch_add(1, Ordering::SeqCst);
+                                std::hint::spin_loop();
+                                c.transition.store(false, Ordering::SeqCst);
+                                Ok(())
+                            }),
+                            _ => {
+                                sm.if_started(|| {
+                                    if c.transition.load(Ordering::SeqCst)
+                                        || c.stop_bodies.load(Ordering::SeqCst) != 0
+                                    {
+                                        c.overlaps.fetch_add(1, Ordering::SeqCst);
+                                    }
+                                    c.guarded_runs.fetch_add(1, Ordering::SeqCst);
+                                });
+                                Ok(())
+                            }
+                        };
+                        (t % 3, result.map_err(|e| e.kind()))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+
+        let starts = c.start_bodies.load(Ordering::SeqCst);
+        let stops = c.stop_bodies.load(Ordering::SeqCst);
+        assert_eq!(starts, 1, "round {round}: some thread always starts it");
+        assert!(stops <= 1, "round {round}: stop body ran {stops} times");
+        assert_eq!(c.overlaps.load(Ordering::SeqCst), 0, "round {round}");
+
+        let ok_starts = outcomes
+            .iter()
+            .filter(|(k, r)| *k == 0 && r.is_ok())
+            .count();
+        let ok_stops = outcomes
+            .iter()
+            .filter(|(k, r)| *k == 1 && r.is_ok())
+            .count();
+        assert_eq!(ok_starts, 1, "round {round}");
+        assert_eq!(ok_stops, stops, "round {round}");
+        for (kind, r) in &outcomes {
+            match (kind, r) {
+                (0, Err(e)) => assert_eq!(*e, ErrorKind::AlreadyStarted, "round {round}"),
+                (1, Err(e)) => assert!(
+                    matches!(e, ErrorKind::NotStarted | ErrorKind::AlreadyStopped),
+                    "round {round}: {e:?}"
+                ),
+                _ => {}
+            }
+        }
+        let expected = if stops == 1 {
+            State::Stopped
+        } else {
+            State::Started
+        };
+        assert_eq!(sm.state(), expected, "round {round}");
+    }
+}
+
+#[test]
+fn close_waits_for_a_start_in_progress() {
+    // A close arriving while start runs must wait and then stop the started service, not fail
+    // with "cannot stop unstarted".
+    for _ in 0..200 {
+        let sm = StateMachine::new();
+        let (entered_tx, entered_rx) = crossbeam_channel::bounded(0);
+        let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(0);
+        std::thread::scope(|s| {
+            let starter = s.spawn(|| {
+                sm.start_once("svc", || {
+                    entered_tx.send(()).unwrap();
+                    go_rx.recv().unwrap();
+                    Ok(())
+                })
+            });
+            entered_rx.recv().unwrap();
+            let closer = s.spawn(|| sm.stop_once("svc", || Ok(())));
+            go_tx.send(()).unwrap();
+            starter.join().unwrap().unwrap();
+            closer.join().unwrap().unwrap();
+        });
+        assert_eq!(sm.state(), State::Stopped);
+    }
+}
