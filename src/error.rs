@@ -34,6 +34,10 @@ pub enum Phase {
     Health,
     /// While the service runs, between a successful start and close.
     Run,
+    /// A cleanup function the runner runs after the services have closed.
+    Cleanup,
+    /// The program's shutdown as a whole (for example its overall deadline).
+    Shutdown,
 }
 
 impl Phase {
@@ -45,6 +49,8 @@ impl Phase {
             Phase::Ready => "ready",
             Phase::Health => "health",
             Phase::Run => "run",
+            Phase::Cleanup => "cleanup",
+            Phase::Shutdown => "shutdown",
         }
     }
 }

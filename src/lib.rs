@@ -80,14 +80,21 @@
 mod error;
 mod error_buffer;
 mod multi;
+mod runner;
 mod service;
+mod signals;
 mod state;
 mod stop;
 
 pub use crate::error::{BoxError, Error, ErrorKind, Phase, Result};
 pub use crate::error_buffer::{ErrorBuffer, DEFAULT_ERROR_BUFFER_CAP};
 pub use crate::multi::{close_all, MultiStart};
+pub use crate::runner::{
+    RunHandle, RunPhase, RunReport, Runner, ServiceOptions, ServiceReport, ShutdownCause,
+    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_START_TIMEOUT, DEFAULT_STOP_TIMEOUT,
+};
 pub use crate::service::{HealthReport, HealthReporter, Service};
+pub use crate::signals::SECOND_SIGNAL_EXIT_CODE;
 pub use crate::state::{State, StateMachine};
 pub use crate::stop::{StartContext, StopSignal};
 

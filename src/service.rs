@@ -196,6 +196,13 @@ pub(crate) fn close_guarded(service: &dyn Service) -> Result<()> {
     flatten_call(service.name(), Phase::Close, outcome)
 }
 
+/// Calls `service.ready()`, turning a panic into an error and naming the service and phase in
+/// any error.
+pub(crate) fn ready_guarded(service: &dyn HealthReporter) -> Result<()> {
+    let outcome = catch_unwind(AssertUnwindSafe(|| service.ready()));
+    flatten_call(service.name(), Phase::Ready, outcome)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 
 /// An ordered log of lifecycle events, shared by the services of one test.
 #[derive(Clone, Default)]
-pub struct Events(Arc<Mutex<Vec<String>>>);
+pub struct Events(pub Arc<Mutex<Vec<String>>>);
 
 impl Events {
     pub fn push(&self, event: String) {

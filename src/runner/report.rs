@@ -1,0 +1,192 @@
+//! What a run did: [`RunReport`], per phase and per service.
+
+use std::fmt;
+use std::process::{ExitCode, Termination};
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// Why a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ShutdownCause {
+    /// SIGINT or SIGTERM.
+    Signal,
+    /// [`RunHandle::shutdown`](crate::RunHandle::shutdown) was called.
+    Requested,
+    /// A service reported a fatal error through [`RunHandle::fatal`](crate::RunHandle::fatal).
+    Fatal,
+    /// A service failed to start, timed out starting or panicked; the started ones were rolled
+    /// back.
+    StartFailed,
+}
+
+impl fmt::Display for ShutdownCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ShutdownCause::Signal => "signal",
+            ShutdownCause::Requested => "shutdown requested",
+            ShutdownCause::Fatal => "fatal error",
+            ShutdownCause::StartFailed => "start failed",
+        })
+    }
+}
+
+/// The three phases of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RunPhase {
+    /// Starting the services in order, each until it is ready.
+    Start,
+    /// Every service ready, waiting for a signal, a shutdown request or a fatal error.
+    Run,
+    /// Draining, closing the services in reverse, running cleanups.
+    Shutdown,
+}
+
+/// What happened to one service during a run.
+#[derive(Debug, Clone)]
+pub struct ServiceReport {
+    pub(crate) name: String,
+    pub(crate) ready_in: Option<Duration>,
+    pub(crate) closed_in: Option<Duration>,
+    pub(crate) started: bool,
+    pub(crate) closed: bool,
+}
+
+impl ServiceReport {
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether its start returned successfully (it may still have failed to become ready).
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
+    /// How long it took from the call to start until it was ready, if it became ready.
+    pub fn ready_in(&self) -> Option<Duration> {
+        self.ready_in
+    }
+
+    /// Whether its close returned (successfully or not) within its timeout.
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
+
+    /// How long its close took, if it returned within its timeout.
+    pub fn closed_in(&self) -> Option<Duration> {
+        self.closed_in
+    }
+}
+
+/// The outcome of [`Runner::run`](crate::Runner::run): why it ended, every error by phase, and
+/// what happened to each service.
+///
+/// It is also what `main` can return: as a [`Termination`] it prints the errors to standard error
+/// and exits with [`exit_code`](RunReport::exit_code).
+#[derive(Debug)]
+pub struct RunReport {
+    pub(crate) cause: ShutdownCause,
+    pub(crate) services: Vec<ServiceReport>,
+    pub(crate) start_errors: Vec<Error>,
+    pub(crate) run_errors: Vec<Error>,
+    pub(crate) shutdown_errors: Vec<Error>,
+    pub(crate) abandoned: Vec<String>,
+    pub(crate) start_duration: Duration,
+    pub(crate) run_duration: Duration,
+    pub(crate) shutdown_duration: Duration,
+}
+
+impl RunReport {
+    /// Why the run ended.
+    pub fn cause(&self) -> &ShutdownCause {
+        &self.cause
+    }
+
+    /// Whether the run ended without any error: a graceful shutdown after a signal or a request,
+    /// including a signal during start that rolled back cleanly.
+    pub fn is_success(&self) -> bool {
+        self.start_errors.is_empty()
+            && self.run_errors.is_empty()
+            && self.shutdown_errors.is_empty()
+    }
+
+    /// The errors of one phase, in the order they happened.
+    pub fn errors(&self, phase: RunPhase) -> &[Error] {
+        match phase {
+            RunPhase::Start => &self.start_errors,
+            RunPhase::Run => &self.run_errors,
+            RunPhase::Shutdown => &self.shutdown_errors,
+        }
+    }
+
+    /// Every error of the run joined into one (start, then run, then shutdown), or `None`.
+    pub fn error(&self) -> Option<Error> {
+        Error::join(
+            self.start_errors
+                .iter()
+                .chain(&self.run_errors)
+                .chain(&self.shutdown_errors)
+                .cloned(),
+        )
+    }
+
+    /// Every error of the run as a `Result`.
+    ///
+    /// # Errors
+    ///
+    /// [`error`](RunReport::error), when there is one.
+    pub fn result(&self) -> Result<(), Error> {
+        self.error().map_or(Ok(()), Err)
+    }
+
+    /// Each service in start order, with what happened to it.
+    pub fn services(&self) -> &[ServiceReport] {
+        &self.services
+    }
+
+    /// The names of the threads left running user code that never returned (a start or close that
+    /// hung past its timeout). They could not be joined; they end with the process.
+    pub fn abandoned_threads(&self) -> &[String] {
+        &self.abandoned
+    }
+
+    /// How long each phase took.
+    pub fn duration(&self, phase: RunPhase) -> Duration {
+        match phase {
+            RunPhase::Start => self.start_duration,
+            RunPhase::Run => self.run_duration,
+            RunPhase::Shutdown => self.shutdown_duration,
+        }
+    }
+
+    /// The process exit code for this outcome: 0 after a clean shutdown, 1 if anything failed.
+    ///
+    /// (A second signal during shutdown exits the process at once with
+    /// [`SECOND_SIGNAL_EXIT_CODE`](crate::SECOND_SIGNAL_EXIT_CODE), without returning here.)
+    pub fn exit_code(&self) -> ExitCode {
+        if self.is_success() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    }
+}
+
+impl Termination for RunReport {
+    fn report(self) -> ExitCode {
+        if let Some(e) = self.error() {
+            eprintln!(
+                "error: {} failure(s), cause: {}",
+                e.errors().len(),
+                self.cause
+            );
+            for part in e.errors() {
+                eprintln!("  {part}");
+            }
+        }
+        self.exit_code()
+    }
+}
