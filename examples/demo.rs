@@ -1,24 +1,40 @@
-//! A small non-async daemon: a connection pool and a worker that depends on it, started in
-//! dependency order with `MultiStart`, run until Ctrl-C (or `--run-for SECS`), then closed in
-//! reverse.
+//! A realistic non-async daemon run by `lifecycle::Runner`: a connection pool, a worker loop that
+//! uses it, and a small HTTP API (on tiny_http) that uses it too, started in dependency order,
+//! stopped in reverse on SIGINT/SIGTERM.
 //!
 //! ```text
 //! RUST_LOG=info cargo run --example demo
-//! RUST_LOG=info cargo run --example demo -- --run-for 3 --fail-worker
+//! curl localhost:8080/jobs
 //! ```
 //!
-//! `--fail-worker` makes the worker fail to start, to show the rollback: the pool, already
-//! started, is closed again and the error names the worker.
+//! Flags:
+//!
+//! - `--api-addr ADDR` (default `127.0.0.1:8080`): where the API listens.
+//! - `--termination-delay SECS` (default 0): how long to keep serving after SIGTERM, not ready,
+//!   before closing anything.
+//! - `--shutdown-timeout SECS` (default 25): the bound on the whole shutdown.
+//! - `--stop-timeout SECS` (default 10): the bound on each service's close.
+//!
+//! Fault injection, to see what the runner does (NAME is `pool`, `worker` or `api`):
+//!
+//! - `--fail NAME`: NAME's start fails (rollback, exit code 1);
+//! - `--slow-start NAME`: NAME's start waits until it is cancelled (send SIGTERM meanwhile);
+//! - `--hang-close NAME`: NAME's close never returns (abandoned at its stop timeout).
+//!
+//! Exit codes: 0 after a graceful shutdown, 1 if anything failed, 130 on a second signal during
+//! the shutdown, 2 for bad arguments.
 
+use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use lifecycle::{
-    Error, HealthReport, HealthReporter, MultiStart, Result, Service, StartContext, StateMachine,
-    StopSignal,
+    Error, HealthReport, HealthReporter, Result, Runner, Service, ServiceOptions, StartContext,
+    StateMachine, StopSignal,
 };
 use parking_lot::Mutex;
 
@@ -67,13 +83,14 @@ impl HealthReporter for Pool {
     }
     fn health_report(&self) -> HealthReport {
         let mut report = HealthReport::single("pool", self.sm.healthy());
-        let free = self.take.len();
-        let status = if self.sm.healthy().is_ok() && free == 0 {
-            Err(Error::msg(format!("all {} connections busy", self.size)))
-        } else {
-            Ok(())
-        };
-        report.insert("pool.connections", status);
+        let busy = self.sm.healthy().is_ok() && self.take.is_empty();
+        report.insert(
+            "pool.connections",
+            match busy {
+                true => Err(Error::msg(format!("all {} connections busy", self.size))),
+                false => Ok(()),
+            },
+        );
         report
     }
 }
@@ -96,16 +113,15 @@ impl Service for Pool {
             while self.take.try_recv().is_ok() {
                 closed += 1;
             }
-            log::info!("pool: closed {closed} connections");
+            log::info!("pool: closed {closed} idle connections");
             Ok(())
         })
     }
 }
 
-/// A worker loop that does a job with a pool connection every 200 ms.
+/// A worker loop that does a job with a pool connection every 100 ms.
 struct Worker {
     pool: Arc<Pool>,
-    fail_start: bool,
     sm: StateMachine,
     stop: StopSignal,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -132,20 +148,16 @@ impl HealthReporter for Worker {
 impl Service for Worker {
     fn start(&self, _ctx: &StartContext) -> Result<()> {
         self.sm.start_once("worker", || {
-            if self.fail_start {
-                return Err("queue is not reachable (--fail-worker)".into());
-            }
             let (pool, stop, jobs) = (self.pool.clone(), self.stop.clone(), self.jobs.clone());
-            let errors = move |e: Error| log::warn!("worker: job failed: {e}");
             let handle = std::thread::Builder::new()
                 .name("worker".into())
                 .spawn(move || {
-                    while !stop.wait_timeout(Duration::from_millis(200)) {
-                        match pool.with_conn(Duration::from_millis(100), |_conn| ()) {
+                    while !stop.wait_timeout(Duration::from_millis(100)) {
+                        match pool.with_conn(Duration::from_millis(50), |_conn| ()) {
                             Ok(()) => {
                                 jobs.fetch_add(1, Ordering::Relaxed);
                             }
-                            Err(e) => errors(e),
+                            Err(e) => log::warn!("worker: job failed: {e}"),
                         }
                     }
                 })?;
@@ -160,117 +172,243 @@ impl Service for Worker {
             if let Some(handle) = self.thread.lock().take() {
                 handle.join().map_err(|_| "worker thread panicked")?;
             }
+            log::info!("worker: {} jobs done", self.jobs.load(Ordering::Relaxed));
+            Ok(())
+        })
+    }
+}
+
+/// A small HTTP API on tiny_http: `GET /jobs` answers the worker's job count, using a pool
+/// connection per request.
+struct Api {
+    addr: SocketAddr,
+    pool: Arc<Pool>,
+    jobs: Arc<AtomicU64>,
+    sm: StateMachine,
+    stop: StopSignal,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    served: Arc<AtomicU64>,
+}
+
+impl HealthReporter for Api {
+    fn name(&self) -> &str {
+        "api"
+    }
+    fn ready(&self) -> Result<()> {
+        self.sm.ready()
+    }
+}
+
+impl Service for Api {
+    fn start(&self, _ctx: &StartContext) -> Result<()> {
+        self.sm.start_once("api", || {
+            let server = tiny_http::Server::http(self.addr)?;
+            log::info!("api: listening on http://{}", self.addr);
+            let (pool, jobs, stop, served) = (
+                self.pool.clone(),
+                self.jobs.clone(),
+                self.stop.clone(),
+                self.served.clone(),
+            );
+            let handle = std::thread::Builder::new()
+                .name("api".into())
+                .spawn(move || {
+                    // Wakes at least every 100 ms to notice the stop signal.
+                    while !stop.is_stopped() {
+                        let request = match server.recv_timeout(Duration::from_millis(100)) {
+                            Ok(Some(request)) => request,
+                            Ok(None) => continue,
+                            Err(e) => {
+                                log::warn!("api: {e}");
+                                continue;
+                            }
+                        };
+                        let response = match request.url() {
+                            "/jobs" => match pool.with_conn(Duration::from_millis(200), |_| {
+                                jobs.load(Ordering::Relaxed)
+                            }) {
+                                Ok(n) => tiny_http::Response::from_string(format!("{n}\n")),
+                                Err(e) => tiny_http::Response::from_string(format!("{e}\n"))
+                                    .with_status_code(503),
+                            },
+                            _ => tiny_http::Response::from_string("try /jobs\n")
+                                .with_status_code(404),
+                        };
+                        served.fetch_add(1, Ordering::Relaxed);
+                        let _ = request.respond(response);
+                    }
+                })?;
+            *self.thread.lock() = Some(handle);
+            Ok(())
+        })
+    }
+
+    fn close(&self) -> Result<()> {
+        self.sm.stop_once("api", || {
+            self.stop.stop();
+            if let Some(handle) = self.thread.lock().take() {
+                handle.join().map_err(|_| "api thread panicked")?;
+            }
             log::info!(
-                "worker: stopped after {} jobs",
-                self.jobs.load(Ordering::Relaxed)
+                "api: served {} requests",
+                self.served.load(Ordering::Relaxed)
             );
             Ok(())
         })
     }
 }
 
+/// Wraps a service to inject a fault, so that the demo can show rollbacks and timeouts.
+struct Faulty {
+    inner: Arc<dyn Service>,
+    fault: Fault,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    FailStart,
+    SlowStart,
+    HangClose,
+}
+
+impl HealthReporter for Faulty {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn ready(&self) -> Result<()> {
+        self.inner.ready()
+    }
+    fn health_report(&self) -> HealthReport {
+        self.inner.health_report()
+    }
+}
+
+impl Service for Faulty {
+    fn start(&self, ctx: &StartContext) -> Result<()> {
+        let name = self.inner.name();
+        match self.fault {
+            Fault::FailStart => Err(Error::msg("injected start failure (--fail)")),
+            Fault::SlowStart => {
+                log::info!("{name}: slow start, waiting until cancelled (--slow-start)");
+                ctx.wait_timeout(Duration::MAX);
+                ctx.check(name)?;
+                self.inner.start(ctx)
+            }
+            Fault::HangClose => self.inner.start(ctx),
+        }
+    }
+    fn close(&self) -> Result<()> {
+        if self.fault == Fault::HangClose {
+            log::info!("{}: close hangs (--hang-close)", self.inner.name());
+            loop {
+                std::thread::park();
+            }
+        }
+        self.inner.close()
+    }
+}
+
 struct Args {
-    run_for: Option<Duration>,
-    fail_worker: bool,
+    api_addr: SocketAddr,
+    termination_delay: Duration,
+    shutdown_timeout: Duration,
+    stop_timeout: Duration,
+    faults: Vec<(String, Fault)>,
 }
 
 fn parse_args() -> std::result::Result<Args, String> {
     let mut args = Args {
-        run_for: None,
-        fail_worker: false,
+        api_addr: "127.0.0.1:8080".parse().expect("valid default"),
+        termination_delay: Duration::ZERO,
+        shutdown_timeout: lifecycle::DEFAULT_SHUTDOWN_TIMEOUT,
+        stop_timeout: lifecycle::DEFAULT_STOP_TIMEOUT,
+        faults: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--run-for" => {
-                let secs: f64 = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .ok_or("--run-for needs a number of seconds")?;
-                args.run_for = Some(Duration::from_secs_f64(secs));
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        let secs = |v: String| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(Duration::from_secs_f64)
+                .ok_or(format!("{flag}: {v:?} is not a number of seconds"))
+        };
+        match flag.as_str() {
+            "--api-addr" => {
+                let v = value()?;
+                args.api_addr = v.parse().map_err(|e| format!("--api-addr {v:?}: {e}"))?;
             }
-            "--fail-worker" => args.fail_worker = true,
-            other => return Err(format!("unknown argument {other:?}")),
+            "--termination-delay" => args.termination_delay = secs(value()?)?,
+            "--shutdown-timeout" => args.shutdown_timeout = secs(value()?)?,
+            "--stop-timeout" => args.stop_timeout = secs(value()?)?,
+            "--fail" => args.faults.push((value()?, Fault::FailStart)),
+            "--slow-start" => args.faults.push((value()?, Fault::SlowStart)),
+            "--hang-close" => args.faults.push((value()?, Fault::HangClose)),
+            _ => return Err(format!("unknown argument {flag:?}")),
         }
     }
     Ok(args)
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = match parse_args() {
         Ok(args) => args,
         Err(e) => {
-            eprintln!("demo: {e}\nusage: demo [--run-for SECS] [--fail-worker]");
-            return std::process::ExitCode::from(2);
+            eprintln!(
+                "demo: {e}\nusage: demo [--api-addr ADDR] [--termination-delay SECS] \
+                 [--shutdown-timeout SECS] [--stop-timeout SECS] \
+                 [--fail NAME] [--slow-start NAME] [--hang-close NAME]"
+            );
+            return ExitCode::from(2);
         }
     };
 
-    let shutdown = StopSignal::new();
-    let on_signal = shutdown.clone();
-    if let Err(e) = ctrlc::set_handler(move || {
-        on_signal.stop();
-    }) {
-        log::error!("cannot install the Ctrl-C handler: {e}");
-        return std::process::ExitCode::FAILURE;
-    }
-
     let pool = Pool::new(4);
+    let jobs = Arc::new(AtomicU64::new(0));
     let worker = Arc::new(Worker {
         pool: pool.clone(),
-        fail_start: args.fail_worker,
         sm: StateMachine::new(),
         stop: StopSignal::new(),
         thread: Mutex::new(None),
-        jobs: Arc::new(AtomicU64::new(0)),
+        jobs: jobs.clone(),
     });
-    let reporters: [Arc<dyn HealthReporter>; 2] = [pool.clone(), worker.clone()];
+    let api = Arc::new(Api {
+        addr: args.api_addr,
+        pool: pool.clone(),
+        jobs,
+        sm: StateMachine::new(),
+        stop: StopSignal::new(),
+        thread: Mutex::new(None),
+        served: Arc::new(AtomicU64::new(0)),
+    });
 
-    let mut services = MultiStart::new();
-    let ctx = StartContext::new(shutdown.clone(), Some(Duration::from_secs(10)));
-    if let Err(e) = services.start(&ctx, [pool as Arc<dyn Service>, worker]) {
-        log::error!("start failed, rolled back: {e}");
-        return std::process::ExitCode::FAILURE;
+    let mut runner = Runner::new()
+        .termination_delay(args.termination_delay)
+        .shutdown_timeout(args.shutdown_timeout)
+        .stop_timeout(args.stop_timeout);
+    let services: [Arc<dyn Service>; 3] = [pool, worker, api];
+    for service in services {
+        let fault = args.faults.iter().find(|(n, _)| n == service.name());
+        let service: Arc<dyn Service> = match fault {
+            Some(&(_, fault)) => Arc::new(Faulty {
+                inner: service,
+                fault,
+            }),
+            None => service,
+        };
+        runner = runner.service_with(service, ServiceOptions::new());
     }
-    log::info!("running; press Ctrl-C to stop");
 
-    let began = Instant::now();
-    let deadline = args.run_for.map(|d| began + d);
-    loop {
-        let tick = Duration::from_secs(1);
-        let wait = deadline.map_or(tick, |d| {
-            tick.min(d.saturating_duration_since(Instant::now()))
-        });
-        if shutdown.wait_timeout(wait) || deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
-        let mut health = HealthReport::new();
-        for r in &reporters {
-            health.merge(r.health_report());
-        }
-        let failing: Vec<String> = health
-            .failures()
-            .map(|(n, e)| format!("{n}: {e}"))
-            .collect();
-        log::info!(
-            "health: {}",
-            if failing.is_empty() {
-                "ok".to_string()
-            } else {
-                failing.join("; ")
-            }
+    let report = runner.run();
+    for s in report.services() {
+        log::debug!(
+            "{}: ready in {:?}, closed in {:?}",
+            s.name(),
+            s.ready_in(),
+            s.closed_in()
         );
     }
-
-    log::info!("shutting down after {:?}", began.elapsed());
-    match services.close() {
-        Ok(()) => {
-            log::info!("stopped cleanly");
-            std::process::ExitCode::SUCCESS
-        }
-        Err(e) => {
-            log::error!("shutdown: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    std::process::Termination::report(report)
 }

@@ -14,6 +14,11 @@
 //!
 //! Only one route is held at a time: a second runner asking for signals while one holds the route
 //! gets an error, not a panic.
+//!
+//! The handler is installed with `ctrlc::set_handler`, which replaces the signals' current
+//! dispositions, including an inherited "ignore" (a background job of a non-interactive shell
+//! starts with SIGINT ignored). It fails only if the program already installed a `ctrlc` handler
+//! of its own.
 
 use std::sync::OnceLock;
 
@@ -75,7 +80,7 @@ impl SignalRoute {
     /// because the program installed a `ctrlc` handler of its own).
     pub(crate) fn claim() -> Result<SignalRoute, Error> {
         let installed = INSTALLED.get_or_init(|| {
-            ctrlc::try_set_handler(on_signal)
+            ctrlc::set_handler(on_signal)
                 .map_err(|e| format!("cannot install the signal handler: {e}"))
         });
         if let Err(e) = installed {

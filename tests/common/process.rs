@@ -1,0 +1,164 @@
+//! Running an example binary as a child process, reading its log as it goes, sending it real
+//! signals, and waiting for it under a watchdog so that a hang fails the test instead of
+//! freezing CI.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+/// Bound for anything the tests wait on: a watchdog, not a speed requirement.
+pub const WATCHDOG: Duration = Duration::from_secs(30);
+
+/// The path of a built example, building it if `cargo test` has not (e.g. `--test NAME` alone).
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent() // deps
+        .and_then(|d| d.parent()) // debug
+        .expect("target dir")
+        .join("examples");
+    let path = dir.join(name);
+    if !path.exists() {
+        let cargo = option_env!("CARGO").unwrap_or("cargo");
+        let status = Command::new(cargo)
+            .args(["build", "--example", name])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build --example {name} failed");
+    }
+    path
+}
+
+/// A running child whose standard error is read line by line on a thread.
+pub struct Proc {
+    child: Child,
+    lines: Receiver<String>,
+    log: Vec<String>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Proc {
+    pub fn spawn(path: &PathBuf, args: &[&str]) -> Proc {
+        let mut child = Command::new(path)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn child");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let reader = std::thread::Builder::new()
+            .name("child stderr".into())
+            .spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawn reader");
+        Proc {
+            child,
+            lines: rx,
+            log: Vec::new(),
+            reader: Some(reader),
+        }
+    }
+
+    pub fn pid(&self) -> libc::pid_t {
+        self.child.id() as libc::pid_t
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) with a pid we own and a valid signal number.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal})", self.pid());
+    }
+
+    /// Waits for a log line containing `needle`; returns it. Fails the test at the watchdog or if
+    /// the child's output ends first.
+    #[track_caller]
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + WATCHDOG;
+        loop {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.kill();
+                    panic!(
+                        "watchdog: no line with {needle:?}; log:\n{}",
+                        self.log.join("\n")
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "output ended before {needle:?}; log:\n{}",
+                        self.log.join("\n")
+                    )
+                }
+            }
+        }
+    }
+
+    /// Waits for the child to exit (killing it and failing at the watchdog); returns its status
+    /// and its whole log.
+    #[track_caller]
+    pub fn wait_exit(mut self) -> (ExitStatus, Vec<String>) {
+        let deadline = Instant::now() + WATCHDOG;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                panic!(
+                    "watchdog: child did not exit; log:\n{}",
+                    self.log.join("\n")
+                );
+            }
+            // Polls the child's exit; the bound is the watchdog above.
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("reader thread");
+        }
+        self.log.extend(self.lines.try_iter());
+        (status, std::mem::take(&mut self.log))
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}
+
+/// The services named in lines ending with `suffix` (such as `": starting"`), in log order.
+pub fn services_in(log: &[String], suffix: &str) -> Vec<String> {
+    log.iter()
+        .filter_map(|l| l.strip_suffix(suffix))
+        .filter_map(|l| l.rsplit("] ").next())
+        .map(str::to_owned)
+        .collect()
+}

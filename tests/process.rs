@@ -1,0 +1,97 @@
+//! The demo as a real child process, with real signals: exit codes, stop order, rollback, and a
+//! second signal during a hung shutdown.
+
+#[path = "common/process.rs"]
+mod process;
+
+use std::os::unix::process::ExitStatusExt;
+
+use process::{example, services_in, Proc};
+
+fn demo(args: &[&str]) -> Proc {
+    let mut all = vec!["--api-addr", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    Proc::spawn(&example("demo"), &all)
+}
+
+#[test]
+fn sigterm_after_ready_exits_0_and_stops_in_reverse_order() {
+    let mut p = demo(&[]);
+    p.wait_for("; running");
+    p.signal(libc::SIGTERM);
+    let (status, log) = p.wait_exit();
+    assert_eq!(status.code(), Some(0), "log:\n{}", log.join("\n"));
+    let started = services_in(&log, ": starting");
+    let mut stopped = services_in(&log, ": stopping");
+    assert_eq!(started, ["pool", "worker", "api"]);
+    stopped.reverse();
+    assert_eq!(stopped, started);
+    assert!(log.iter().any(|l| l.contains("stopped cleanly (signal)")));
+}
+
+#[test]
+fn sigint_works_like_sigterm() {
+    let mut p = demo(&[]);
+    p.wait_for("; running");
+    p.signal(libc::SIGINT);
+    let (status, _) = p.wait_exit();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_second_signal_during_a_hung_shutdown_exits_at_once_with_130() {
+    let mut p = demo(&["--hang-close", "worker", "--stop-timeout", "600"]);
+    p.wait_for("; running");
+    p.signal(libc::SIGINT);
+    p.wait_for("worker: close hangs");
+    p.signal(libc::SIGINT);
+    let (status, log) = p.wait_exit();
+    assert_eq!(
+        status.code(),
+        Some(lifecycle::SECOND_SIGNAL_EXIT_CODE),
+        "signal: {:?}; log:\n{}",
+        status.signal(),
+        log.join("\n")
+    );
+    assert!(log.iter().any(|l| l.contains("second termination signal")));
+}
+
+#[test]
+fn a_service_that_fails_to_start_gives_exit_1_and_is_named() {
+    let p = demo(&["--fail", "worker"]);
+    let (status, log) = p.wait_exit();
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        log.iter()
+            .any(|l| l.contains("worker: start failed: injected start failure")),
+        "log:\n{}",
+        log.join("\n")
+    );
+    // The pool, started before, was closed; the api never started.
+    assert_eq!(services_in(&log, ": stopping"), ["pool"]);
+    assert!(services_in(&log, ": starting").iter().all(|s| s != "api"));
+}
+
+#[test]
+fn a_signal_during_startup_rolls_back_cleanly() {
+    let mut p = demo(&["--slow-start", "api"]);
+    p.wait_for("api: slow start");
+    p.signal(libc::SIGTERM);
+    let (status, log) = p.wait_exit();
+    assert_eq!(status.code(), Some(0), "log:\n{}", log.join("\n"));
+    assert_eq!(services_in(&log, ": stopping"), ["worker", "pool"]);
+    assert!(log.iter().any(|l| l.contains("stopped cleanly (signal)")));
+}
+
+#[test]
+fn a_hung_close_is_abandoned_at_its_timeout_and_the_rest_still_close() {
+    let mut p = demo(&["--hang-close", "worker", "--stop-timeout", "0.2"]);
+    p.wait_for("; running");
+    p.signal(libc::SIGTERM);
+    let (status, log) = p.wait_exit();
+    assert_eq!(status.code(), Some(1));
+    assert!(log
+        .iter()
+        .any(|l| l.contains("worker: close timed out after 200ms")));
+    assert!(log.iter().any(|l| l.contains("pool: stopped in")));
+}
