@@ -1,6 +1,7 @@
 //! Placeholder; crate docs written below.
 mod error;
 mod error_buffer;
+mod http;
 mod multi;
 mod service;
 mod state;
