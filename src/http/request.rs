@@ -168,10 +168,7 @@ pub(super) fn parse<'a>(
         return Parsed::Rejected(Reject::BadRequest("incomplete request line"));
     };
     let headers: &'a [httparse::Header<'a>] = headers;
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (target, None),
-    };
+    let (path, query) = split_target(target);
     match check_headers(minor_version, headers) {
         Ok(framing) => Parsed::Complete(Head {
             request: Request {
@@ -186,6 +183,28 @@ pub(super) fn parse<'a>(
             has_body: framing.has_body,
         }),
         Err(reject) => Parsed::Rejected(reject),
+    }
+}
+
+/// Splits a request target into its path and query. An absolute-form target
+/// (`http://host:port/path?query`, which servers must accept) loses its scheme and authority;
+/// without a path, the path is `/`.
+fn split_target(target: &str) -> (&str, Option<&str>) {
+    let scheme_len = ["http://", "https://"].iter().find_map(|scheme| {
+        let head = target.get(..scheme.len())?;
+        head.eq_ignore_ascii_case(scheme).then_some(scheme.len())
+    });
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    let Some(scheme_len) = scheme_len else {
+        return (path, query);
+    };
+    let after_scheme = &path[scheme_len.min(path.len())..];
+    match after_scheme.find('/') {
+        Some(i) => (&after_scheme[i..], query),
+        None => ("/", query),
     }
 }
 
@@ -316,6 +335,18 @@ mod tests {
         check(
             "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / None 1.1 whole=true close=false body=true",
+        );
+        check(
+            "GET http://x:80/a/b?q HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /a/b Some(\"q\") 1.1 whole=true close=false body=false",
+        );
+        check(
+            "GET HTTPS://x?q HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET / Some(\"q\") 1.1 whole=true close=false body=false",
+        );
+        check(
+            "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+            "OPTIONS * None 1.1 whole=true close=false body=false",
         );
         check("GET / HTTP/1.1\r\nHost: x\r\n", "partial");
         check("GET / HTT", "partial");

@@ -176,6 +176,8 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 /// How many threads of this process are called `name` (names are unique per test).
+///
+/// A thread just joined may still be listed for a moment: wait for 0 rather than assert it.
 fn threads_named(name: &str) -> usize {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0;
@@ -464,7 +466,7 @@ fn idle_connections_neither_starve_others_nor_add_threads() {
     assert_eq!(f.calls(), 1);
 
     f.server.shutdown().unwrap();
-    assert_eq!(threads_named("t-idle300"), 0);
+    wait_until("the thread to be gone", || threads_named("t-idle300") == 0);
     assert_eq!(f.server.stats().open_connections, 0);
     for c in &mut idle {
         assert!(c.until_closed().is_empty());
@@ -472,21 +474,15 @@ fn idle_connections_neither_starve_others_nor_add_threads() {
 }
 
 #[test]
-fn deadlines_close_slow_and_idle_connections() {
-    let short = Duration::from_millis(200);
-    let limits = Limits::new()
-        .head_read_timeout(short)
-        .keep_alive_idle_timeout(short);
-    let f = serve(limits, "t-deadline");
+fn slow_heads_are_cut_after_the_head_read_timeout() {
+    let limits = Limits::new().head_read_timeout(Duration::from_millis(200));
+    let f = serve(limits, "t-headtime");
 
     let mut silent = f.client();
     let mut partial = f.client();
     partial.send("GET / HTTP/1.1\r\nHost: t\r\n");
-    let mut kept = f.client();
-    assert_eq!(kept.get("/").status, 200);
     assert!(silent.until_closed().is_empty());
     assert!(partial.until_closed().is_empty());
-    assert!(kept.until_closed().is_empty());
 
     // A slowloris sends a byte every 20 ms: steady progress, but never a complete head.
     let mut slow = f.client();
@@ -502,8 +498,42 @@ fn deadlines_close_slow_and_idle_connections() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(cut, "a slowloris must be cut");
-    wait_until("four timeouts counted", || f.server.stats().timed_out == 4);
+    wait_until("three timeouts counted", || f.server.stats().timed_out == 3);
     assert_eq!(f.server.stats().open_connections, 0);
+    assert_eq!(f.calls(), 0);
+}
+
+#[test]
+fn idle_keep_alive_connections_are_closed_after_their_timeout() {
+    // A long head-read timeout, so that the request is answered however slow the machine.
+    let limits = Limits::new()
+        .head_read_timeout(Duration::from_secs(60))
+        .keep_alive_idle_timeout(Duration::from_millis(200));
+    let f = serve(limits, "t-idletime");
+    let mut kept = f.client();
+    assert_eq!(kept.get("/").status, 200);
+    assert!(kept.until_closed().is_empty());
+    wait_until("one timeout counted", || f.server.stats().timed_out == 1);
+    assert_eq!(f.server.stats().open_connections, 0);
+}
+
+#[test]
+fn a_head_sent_byte_by_byte_is_answered() {
+    let f = serve(Limits::new(), "t-bytewise");
+    let mut c = f.client();
+    c.stream.set_nodelay(true).unwrap();
+    for b in b"GET /slowly HTTP/1.1\r\nHost: t\r\n\r\n" {
+        c.send([*b]);
+    }
+    assert_eq!(c.reply(false).unwrap().body(), "GET /slowly\n");
+}
+
+#[test]
+fn server_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Server>();
+    check::<Limits>();
+    check::<Response>();
 }
 
 #[test]
@@ -545,22 +575,19 @@ fn shutdown_returns_with_idle_keep_alive_clients_and_joins() {
     }
     assert_eq!(threads_named("t-shutdown"), 1);
     f.server.shutdown().unwrap();
-    assert_eq!(threads_named("t-shutdown"), 0);
+    wait_until("the thread to be gone", || threads_named("t-shutdown") == 0);
     f.server.shutdown().unwrap();
+    assert_eq!(f.server.stats().open_connections, 0);
     for c in &mut clients {
         assert!(c.until_closed().is_empty());
     }
-    assert!(
-        TcpStream::connect(f.addr()).is_err(),
-        "the listener is closed"
-    );
 
     // Dropping shuts down too.
     let f = serve(Limits::new(), "t-drop");
     let mut c = f.client();
     assert_eq!(c.get("/").status, 200);
     drop(f);
-    assert_eq!(threads_named("t-drop"), 0);
+    wait_until("the thread to be gone", || threads_named("t-drop") == 0);
     assert!(c.until_closed().is_empty());
 }
 
