@@ -442,6 +442,8 @@ impl EventLoop {
                 continue;
             }
             let now = Instant::now();
+            // Taken first: a connection that uses up its turn in this round waits for the next.
+            let again = std::mem::take(&mut self.again);
             for event in &events {
                 match event.token() {
                     LISTENER => self.accept_all(now),
@@ -449,7 +451,7 @@ impl EventLoop {
                     Token(t) => self.drive(t - FIRST_CONNECTION, now),
                 }
             }
-            for index in std::mem::take(&mut self.again) {
+            for index in again {
                 if let Some(c) = self.connections[index].as_mut() {
                     c.queued = false;
                     self.drive(index, now);
