@@ -32,7 +32,8 @@ impl Fixture {
     }
 }
 
-/// A server whose handler answers `200` with `"<method> <target>\n"`, and panics on `/panic`.
+/// A server whose handler answers `200` with `"<method> <target>\n"`, panics on `/panic`, and
+/// answers `/big` with 16 MiB.
 fn serve(limits: Limits, thread_name: &str) -> Fixture {
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&calls);
@@ -40,6 +41,9 @@ fn serve(limits: Limits, thread_name: &str) -> Fixture {
         counted.fetch_add(1, Ordering::SeqCst);
         if req.path() == "/panic" {
             panic!("handler panics on purpose");
+        }
+        if req.path() == "/big" {
+            return Response::new(200, "application/octet-stream", vec![b'x'; 16 << 20]);
         }
         let query = req.query().map(|q| format!("?{q}")).unwrap_or_default();
         Response::text(200, format!("{} {}{query}\n", req.method(), req.path()))
@@ -515,6 +519,19 @@ fn idle_keep_alive_connections_are_closed_after_their_timeout() {
     assert!(kept.until_closed().is_empty());
     wait_until("one timeout counted", || f.server.stats().timed_out == 1);
     assert_eq!(f.server.stats().open_connections, 0);
+}
+
+#[test]
+fn a_client_that_does_not_read_is_cut_after_the_write_timeout() {
+    let limits = Limits::new().write_timeout(Duration::from_millis(200));
+    let f = serve(limits, "t-writetime");
+    let mut c = f.client();
+    // 16 MiB is more than the socket buffers hold; the client never reads it.
+    c.send("GET /big HTTP/1.1\r\nHost: t\r\n\r\n");
+    wait_until("the write to time out", || f.server.stats().timed_out == 1);
+    assert_eq!(f.server.stats().open_connections, 0);
+    let received = c.until_closed();
+    assert!(received.len() < 16 << 20, "the answer was cut");
 }
 
 #[test]
