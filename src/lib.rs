@@ -79,6 +79,7 @@
 
 mod error;
 mod error_buffer;
+mod http;
 mod multi;
 mod runner;
 mod service;

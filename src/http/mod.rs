@@ -1,0 +1,86 @@
+//! A small, hardened HTTP/1.1 server for tiny, cached responses: the connection front of the
+//! health endpoint.
+//!
+//! # Why not tiny_http
+//!
+//! tiny_http 0.12, measured serving a fixed 200:
+//!
+//! - a 256 MiB header line with no line end took the process from 18 MB to 264 MB: its header
+//!   reader has no limit;
+//! - 1000 idle connections made 1005 threads: one thread per connection, no cap;
+//! - its accept loop ends for good on the first accept error, such as fd exhaustion (`EMFILE`);
+//! - it never joins its accept thread.
+//!
+//! A health endpoint must keep answering exactly when the process is in trouble, so it owns its
+//! connection front instead.
+//!
+//! # Design
+//!
+//! One named event-loop thread polls the listener and every connection with [`mio`] (readiness
+//! polling over epoll/kqueue, not an async runtime). The number of threads is the same whatever
+//! the number of connections. Each connection has a fixed-size input buffer of
+//! [`Limits::max_head_bytes`] into which request heads are read and parsed with [`httparse`]
+//! (at most [`MAX_HEADERS`] headers); the buffer never grows. The [`Handler`] is called on the
+//! event-loop thread: it is contractually non-blocking (it renders from a cache). A handler that
+//! panics gets a `500` answer; the server itself never panics on any input.
+//!
+//! Responses go to a per-connection output buffer that is written as the socket allows (partial
+//! writes, `WouldBlock`). While that buffer holds more than a fixed high-water mark (64 KiB), no
+//! further requests are parsed from that connection, so a pipelining flood is served as fast as
+//! the client reads, never buffered without bound. Pipelined requests are answered in order.
+//!
+//! Deadlines are kept per connection as timestamps and enforced by a sweep: the poll timeout is
+//! the time to the nearest deadline (at most every few milliseconds), so no timer thread exists.
+//!
+//! Above [`Limits::max_connections`] open connections, new connections are accepted, answered
+//! `503` on a best-effort basis and closed at once. Accept errors (`EMFILE`, `ENFILE`, ...) never
+//! end the loop: they are logged (rate-limited) and accepting pauses for 100 ms.
+//!
+//! [`Server::shutdown`] (or drop) wakes the loop with a [`mio::Waker`], which closes every
+//! connection and ends; the call joins the thread before it returns.
+//!
+//! # Protocol
+//!
+//! - HTTP/1.1 and HTTP/1.0. Keep-alive by default for 1.1 (`Connection: close` honoured); 1.0
+//!   closes unless it sent `Connection: keep-alive`.
+//! - Every response has `Content-Length`, `Content-Type` and `Cache-Control: no-store` (probe
+//!   answers must never be cached), and `Connection: close` when the server closes after it.
+//! - `HEAD` gets the headers the `GET` would get, with its `Content-Length` and no body.
+//! - The endpoint serves `GET` and `HEAD` only: a request with a body (`Content-Length` > 0 or
+//!   `Transfer-Encoding`) is answered, then the connection is closed; the body is never read
+//!   as a request. Method routing (`404`, `405`) is the handler's job.
+//! - Rejected without calling the handler, then closed: a malformed head (`400`); conflicting
+//!   `Content-Length`/`Transfer-Encoding` or differing `Content-Length`s (`400`); an HTTP/1.1
+//!   request without exactly one `Host` (`400`); a head larger than `max_head_bytes` or with more
+//!   than [`MAX_HEADERS`] headers (`431`); an HTTP version other than 1.x (`505`). The HTTP/2
+//!   connection preface is closed without an answer.
+//!
+//! # Limits and their defaults
+//!
+//! | limit | default | meaning |
+//! | --- | --- | --- |
+//! | [`max_connections`](Limits::max_connections) | 256 | open connections; more are closed at once |
+//! | [`max_head_bytes`](Limits::max_head_bytes) | 8 KiB | request line and headers, per request |
+//! | [`head_read_timeout`](Limits::head_read_timeout) | 5 s | to receive a complete head |
+//! | [`keep_alive_idle_timeout`](Limits::keep_alive_idle_timeout) | 30 s | idle between requests |
+//! | [`write_timeout`](Limits::write_timeout) | 10 s | to send a response once it is queued |
+//! | [`max_requests_per_connection`](Limits::max_requests_per_connection) | none | then close |
+//!
+//! The head-read clock starts when the connection is accepted, or at the first byte of a head
+//! that follows an earlier response. The keep-alive clock starts when a response has been
+//! written completely and nothing of the next request has arrived.
+
+mod request;
+mod response;
+mod server;
+
+#[cfg(test)]
+mod tests;
+
+// Until the health endpoint uses them.
+#[allow(unused_imports)]
+pub(crate) use self::request::{Request, MAX_HEADERS};
+#[allow(unused_imports)]
+pub(crate) use self::response::Response;
+#[allow(unused_imports)]
+pub(crate) use self::server::{Handler, Limits, Server, ServerStats};
