@@ -440,7 +440,7 @@ impl HealthChecker {
     /// Its worker thread is joined, waiting at most the check's timeout for a call in progress.
     /// A worker whose call is stuck, or does not return in that time, is not waited for: it is
     /// left to end when the call returns (counted by [`stuck_calls`](HealthChecker::stuck_calls)
-    /// until then, and joined by the poller or at close).
+    /// until its thread ends, and joined by the poller or at close).
     ///
     /// # Errors
     ///
@@ -456,10 +456,8 @@ impl HealthChecker {
                 let mut worker = entry.worker;
                 worker.disconnect();
                 reg.orphans.push(Orphan {
-                    id: entry.id,
                     name: Arc::clone(&entry.data.name),
                     worker,
-                    returned: false,
                 });
                 let lines = self.shared.commit(&mut reg);
                 drop(reg);
@@ -482,10 +480,8 @@ impl HealthChecker {
             );
             let mut reg = self.shared.registry.lock();
             reg.orphans.push(Orphan {
-                id: entry.id,
                 name: Arc::clone(&entry.data.name),
                 worker: entry.worker,
-                returned: false,
             });
             write_log(self.shared.commit(&mut reg));
         }
@@ -570,7 +566,7 @@ impl HealthChecker {
 
     /// Whether polling is paused.
     pub fn is_paused(&self) -> bool {
-        self.shared.registry.lock().paused
+        self.snapshot().is_paused()
     }
 
     fn set_paused(&self, paused: bool) {
@@ -724,14 +720,13 @@ fn poll(shared: &Shared, results: &Receiver<PollResult>, wake: &Receiver<()>, st
             (next, ended, shared.commit(&mut reg))
         };
         write_log(lines);
-        let mut still_running = Vec::new();
         for mut orphan in ended {
-            if !orphan.worker.try_join() {
-                still_running.push(orphan);
-            }
-        }
-        if !still_running.is_empty() {
-            shared.registry.lock().orphans.extend(still_running);
+            // It has ended: this join does not wait for user code.
+            orphan.worker.join_until(Instant::now());
+            log::info!(
+                "{}: the stuck worker of this unregistered check has ended",
+                orphan.name
+            );
         }
         let mut select = Select::new();
         select.recv(results);

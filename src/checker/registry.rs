@@ -41,13 +41,11 @@ impl Entry {
     }
 }
 
-/// The worker of a check unregistered while its call was still running: kept until its call
-/// returns and its thread ends, and counted as a stuck call meanwhile.
+/// The worker of a check unregistered while its call was still running: kept until its thread
+/// ends (which it does when the call returns), and counted as a stuck call meanwhile.
 pub(super) struct Orphan {
-    pub(super) id: u64,
     pub(super) name: Arc<str>,
     pub(super) worker: Worker,
-    pub(super) returned: bool,
 }
 
 #[derive(Default)]
@@ -218,14 +216,7 @@ impl Registry {
     pub(super) fn record_poll(&mut self, result: PollResult, now: Instant) {
         let stamp = (now, SystemTime::now());
         let Some(entry) = self.checks.values_mut().find(|e| e.id == result.id) else {
-            if let Some(orphan) = self.orphans.iter_mut().find(|o| o.id == result.id) {
-                orphan.returned = true;
-                let line = format!(
-                    "{}: stuck call of an unregistered check returned after {:?}",
-                    orphan.name, result.duration
-                );
-                self.info(line);
-            }
+            // From a check unregistered since: its thread ends now, and the poller joins it.
             return;
         };
         let was_stuck = entry.call.take().is_some_and(|c| c.stuck);
@@ -300,14 +291,14 @@ impl Registry {
     pub(super) fn ended_orphans(&mut self) -> Vec<Orphan> {
         let (ended, running) = std::mem::take(&mut self.orphans)
             .into_iter()
-            .partition(|o| o.returned);
+            .partition(|o| o.worker.has_ended());
         self.orphans = running;
         ended
     }
 
     pub(super) fn stuck_calls(&self) -> usize {
         let registered = self.checks.values().filter(|e| e.is_stuck()).count();
-        registered + self.orphans.iter().filter(|o| !o.returned).count()
+        registered + self.orphans.len()
     }
 
     pub(super) fn published(&self, version: &Arc<str>, sha: &Arc<str>) -> Published {
@@ -338,5 +329,71 @@ impl Registry {
                     Err(TrySendError::Disconnected(_)) => false,
                 });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data() -> CheckData {
+        CheckData::new("db".into(), false, None, Duration::from_secs(1))
+    }
+
+    fn fail() -> Result<()> {
+        Err(Error::msg("down"))
+    }
+
+    #[test]
+    fn first_result_decides_whatever_the_threshold() {
+        let now = SystemTime::now();
+        let mut d = data();
+        let e = apply(&mut d, Probe::Ready, fail(), 3, false, now).expect("changed");
+        assert_eq!((e.old, e.new), (Status::Unknown, Status::Failing));
+        let mut d = data();
+        let e = apply(&mut d, Probe::Ready, Ok(()), 3, false, now).expect("changed");
+        assert_eq!((e.old, e.new), (Status::Unknown, Status::Passing));
+        assert!(e.reason.is_none());
+        assert_eq!(d.health.status, Status::Unknown, "probes are independent");
+    }
+
+    #[test]
+    fn threshold_counts_failures_in_a_row() {
+        let now = SystemTime::now();
+        let mut d = data();
+        apply(&mut d, Probe::Health, Ok(()), 3, false, now);
+        assert!(apply(&mut d, Probe::Health, fail(), 3, false, now).is_none());
+        assert!(apply(&mut d, Probe::Health, fail(), 3, false, now).is_none());
+        assert_eq!(d.health.status, Status::Passing);
+        assert_eq!(d.health.consecutive_failures, 2);
+        assert!(d.health.error.is_some(), "the latest failure shows");
+        let e = apply(&mut d, Probe::Health, fail(), 3, false, now).expect("third flips");
+        assert_eq!(e.reason.unwrap().to_string(), "down");
+        apply(&mut d, Probe::Health, Ok(()), 3, false, now);
+        assert_eq!(d.health.consecutive_failures, 0);
+        assert!(d.health.error.is_none());
+    }
+
+    #[test]
+    fn pushed_failures_skip_the_threshold() {
+        let now = SystemTime::now();
+        let mut d = data();
+        apply(&mut d, Probe::Ready, Ok(()), 5, false, now);
+        let e = apply(&mut d, Probe::Ready, fail(), 5, true, now).expect("flips at once");
+        assert!(e.pushed);
+        assert_eq!(e.new, Status::Failing);
+    }
+
+    #[test]
+    fn report_status_names_each_failing_component() {
+        let mut report = HealthReport::single("app", Ok(()));
+        assert!(report_status(&report).is_ok());
+        report.insert("app.db", Err(Error::msg("gone")));
+        report.insert("app.mq", Err(Error::msg("slow")));
+        let e = report_status(&report).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "app.db: health failed: gone; app.mq: health failed: slow"
+        );
     }
 }

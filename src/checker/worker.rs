@@ -47,12 +47,10 @@ impl Joinable {
         }
     }
 
-    /// Joins the thread if it has already ended; never waits for it.
-    pub(super) fn try_join(&mut self) -> bool {
-        match self.exited.try_recv() {
-            Err(TryRecvError::Disconnected) => self.join(),
-            Err(TryRecvError::Empty) | Ok(()) => false,
-        }
+    /// Whether the thread has ended (or is ending, past everything it was given to run), so that
+    /// joining it will not wait. Never blocks.
+    pub(super) fn has_ended(&self) -> bool {
+        matches!(self.exited.try_recv(), Err(TryRecvError::Disconnected))
     }
 
     fn join(&mut self) -> bool {
@@ -159,9 +157,54 @@ impl Worker {
         self.thread.join_until(deadline)
     }
 
-    /// [`disconnect`](Worker::disconnect)s and joins the thread if it has ended.
-    pub(super) fn try_join(&mut self) -> bool {
-        self.disconnect();
-        self.thread.try_join()
+    /// Whether the thread has ended; see [`Joinable::has_ended`].
+    pub(super) fn has_ended(&self) -> bool {
+        self.thread.has_ended()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_until_is_bounded_and_joins_once_ended() {
+        let (release, wait) = crossbeam_channel::bounded::<()>(0);
+        let mut t = Joinable::spawn("joinable test".into(), move || {
+            let _ = wait.recv();
+        })
+        .unwrap();
+        assert!(!t.has_ended());
+        assert!(!t.join_until(Instant::now() + Duration::from_millis(10)));
+        drop(release);
+        assert!(t.join_until(Instant::now() + Duration::from_secs(10)));
+        assert!(t.has_ended());
+    }
+
+    struct Flaky;
+    impl HealthReporter for Flaky {
+        fn name(&self) -> &str {
+            "flaky"
+        }
+        fn ready(&self) -> Result<()> {
+            panic!("boom")
+        }
+    }
+
+    #[test]
+    fn worker_turns_panics_into_errors_and_ends_when_disconnected() {
+        let (results, rx) = crossbeam_channel::unbounded();
+        let mut w = Worker::spawn(7, "flaky".into(), Arc::new(Flaky), results).unwrap();
+        assert!(w.request());
+        let r = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(r.id, 7);
+        assert_eq!(
+            r.ready.unwrap_err().to_string(),
+            "flaky: panicked in ready: boom"
+        );
+        // The default health_report calls ready() too, and panics with it.
+        assert!(r.health.unwrap_err().is_panic());
+        assert!(w.join_until(Instant::now() + Duration::from_secs(10)));
+        assert!(!w.request(), "ended");
     }
 }
