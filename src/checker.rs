@@ -75,7 +75,9 @@ impl Shared {
     /// registry locked; write the log it returns once the lock is released.
     fn commit(&self, reg: &mut Registry) -> Vec<LogLine> {
         let published = Arc::new(reg.published(&self.version, &self.sha));
-        *self.published.write() = published;
+        let old = std::mem::replace(&mut *self.published.write(), published);
+        // Dropped after the write lock is released: readers wait for a pointer swap only.
+        drop(old);
         reg.send_pending();
         reg.take_log()
     }
