@@ -85,6 +85,10 @@ pub enum ErrorKind {
     InvalidState,
     /// Several errors joined into one; [`Error::errors`] gives every one of them.
     Joined,
+    /// A name is already registered (for example a second health check with the same name).
+    DuplicateName,
+    /// No component of that name is registered.
+    NotRegistered,
 }
 
 /// The error type of this crate.
@@ -201,6 +205,14 @@ impl Error {
         e
     }
 
+    /// An error of `kind` about the component `name`, outside any phase: used for registration
+    /// errors ([`ErrorKind::DuplicateName`], [`ErrorKind::NotRegistered`]).
+    pub(crate) fn registration(kind: ErrorKind, name: &str) -> Error {
+        let mut e = Error::new(kind, Detail::None);
+        Arc::make_mut(&mut e.inner).service = Some(Cow::Owned(name.to_owned()));
+        e
+    }
+
     /// Joins errors into one, keeping every cause in order.
     ///
     /// Joined errors inside `errors` are flattened. Returns `None` when there is no error, the
@@ -312,6 +324,8 @@ impl Error {
             (ErrorKind::InvalidState, Detail::State(s)) => {
                 write!(f, "cannot {phase} in state {s}")
             }
+            (ErrorKind::DuplicateName, _) => f.write_str("already registered"),
+            (ErrorKind::NotRegistered, _) => f.write_str("not registered"),
             (_, Detail::Message(m)) => f.write_str(m),
             (kind, _) => write!(f, "{kind:?}"),
         }
@@ -463,6 +477,16 @@ mod tests {
         assert_eq!(format!("{abc:#}"), "a\nb\nc");
         let named = abc.in_service("svc", Phase::Run);
         assert!(named.errors().all(|e| e.service() == Some("svc")));
+    }
+
+    #[test]
+    fn registration_errors_name_the_component() {
+        let dup = Error::registration(ErrorKind::DuplicateName, "db");
+        assert_eq!(dup.to_string(), "db: already registered");
+        assert_eq!(dup.service(), Some("db"));
+        assert_eq!(dup.phase(), None);
+        let missing = Error::registration(ErrorKind::NotRegistered, "cache");
+        assert_eq!(missing.to_string(), "cache: not registered");
     }
 
     #[test]

@@ -77,6 +77,7 @@
 )]
 #![doc(test(attr(deny(warnings))))]
 
+mod checker;
 mod error;
 mod error_buffer;
 mod http;
@@ -87,6 +88,11 @@ mod signals;
 mod state;
 mod stop;
 
+pub use crate::checker::{
+    CheckOptions, CheckStatus, HealthChecker, HealthCheckerBuilder, HealthEvent, Probe,
+    ProbeStatus, Reporter, Snapshot, Status, Verdict, DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_EVENT_CAPACITY, DEFAULT_INTERVAL, DEFAULT_TIMEOUT,
+};
 pub use crate::error::{BoxError, Error, ErrorKind, Phase, Result};
 pub use crate::error_buffer::{ErrorBuffer, DEFAULT_ERROR_BUFFER_CAP};
 pub use crate::multi::{close_all, MultiStart};

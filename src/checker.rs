@@ -1,0 +1,629 @@
+//! [`HealthChecker`]: polls every registered [`HealthReporter`] in the background and answers
+//! readiness and health questions at once, from a cache.
+//!
+//! # Anatomy
+//!
+//! - `checker.rs` (this file): the public handle, the push
+//!   [`Reporter`] and the poller loop.
+//! - `checker/options.rs`: [`HealthCheckerBuilder`] and [`CheckOptions`], with their defaults.
+//! - `checker/registry.rs`: the registry of checks and every change to it, under one lock that is
+//!   never held across user code.
+//! - `checker/worker.rs`: the threads. One `"health <name>"` worker per registered check makes
+//!   the calls into user code; the `"health checker"` poller only sends requests, waits with
+//!   deadlines and records results.
+//! - `checker/snapshot.rs`: what readers see, an immutable [`Snapshot`] behind an `Arc` that is
+//!   swapped whole after every change.
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+mod options;
+mod registry;
+mod snapshot;
+mod worker;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Select, Sender};
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{Error, ErrorKind, Phase, Result};
+use crate::service::{HealthReporter, Service};
+use crate::state::StateMachine;
+use crate::stop::{StartContext, StopSignal};
+
+use self::options::Config;
+use self::registry::{later, Entry, LogLine, Orphan, Registry};
+use self::snapshot::{CheckData, Published};
+use self::worker::{Joinable, PollResult, Worker};
+
+pub use self::options::{
+    CheckOptions, HealthCheckerBuilder, DEFAULT_CLOSE_TIMEOUT, DEFAULT_EVENT_CAPACITY,
+    DEFAULT_INTERVAL, DEFAULT_TIMEOUT,
+};
+pub use self::snapshot::{CheckStatus, HealthEvent, Probe, ProbeStatus, Snapshot, Status, Verdict};
+
+/// The checker's own name, as a [`HealthReporter`] and in errors. Also its poller thread's name.
+const CHECKER_NAME: &str = "health checker";
+
+fn not_registered(name: &str) -> Error {
+    Error::registration(ErrorKind::NotRegistered, name)
+}
+
+fn write_log(lines: Vec<LogLine>) {
+    for (level, line) in lines {
+        log::log!(level, "{line}");
+    }
+}
+
+/// What the handle, the poller thread and the push [`Reporter`]s share.
+struct Shared {
+    config: Config,
+    version: Arc<str>,
+    sha: Arc<str>,
+    registry: Mutex<Registry>,
+    /// Readers clone the `Arc`; writers swap it whole. Written only with `registry` held.
+    published: RwLock<Arc<Published>>,
+    results: Sender<PollResult>,
+    wake: Sender<()>,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    /// Publishes what the registry now holds, then sends its pending events. Call with the
+    /// registry locked; write the log it returns once the lock is released.
+    fn commit(&self, reg: &mut Registry) -> Vec<LogLine> {
+        let published = Arc::new(reg.published(&self.version, &self.sha));
+        let old = std::mem::replace(&mut *self.published.write(), published);
+        // Dropped after the write lock is released: readers wait for a pointer swap only.
+        drop(old);
+        reg.send_pending();
+        reg.take_log()
+    }
+
+    /// Wakes the poller to look at the registry again. Never blocks.
+    fn wake(&self) {
+        let _ = self.wake.try_send(());
+    }
+
+    fn push(&self, name: &str, id: Option<u64>, probe: Probe, status: Result<()>) -> Result<()> {
+        let lines = {
+            let mut reg = self.registry.lock();
+            reg.push(name, id, probe, status)?;
+            self.commit(&mut reg)
+        };
+        write_log(lines);
+        Ok(())
+    }
+}
+
+/// Watches the health of the program's services and answers Kubernetes-style probes from a
+/// cache.
+///
+/// Itself a [`Service`]: `start` spawns its poller thread, `close` ends and joins its threads.
+/// Checks can be registered and unregistered at any time, before or after the start.
+///
+/// # How it polls
+///
+/// Every [`interval`](HealthCheckerBuilder::interval), each check's `ready()` and
+/// `health_report()` are called on that check's own worker thread (`"health <name>"`), never on
+/// the poller and never with a lock held. A panic in either is caught and reported as a failure
+/// of that probe ([`ErrorKind::Panicked`]). A call that does not return within the
+/// [`timeout`](HealthCheckerBuilder::timeout) makes the check fail with "timed out after ..."
+/// and marks it *stuck*: it is not polled again until that call returns (so a hung reporter costs
+/// one thread, never more), it keeps failing at every interval meanwhile, and
+/// [`stuck_calls`](HealthChecker::stuck_calls) counts it. Other checks are polled as usual.
+///
+/// # Reading
+///
+/// [`is_ready`](HealthChecker::is_ready), [`is_healthy`](HealthChecker::is_healthy) and
+/// [`snapshot`](HealthChecker::snapshot) answer at once from the last published [`Snapshot`];
+/// they never wait for a poll or for user code. A check whose last poll is older than its
+/// [staleness bound](HealthCheckerBuilder::stale_after) reads as failing, so a poller that stalls
+/// (or is [paused](HealthChecker::pause) for longer than the bound) never looks healthy.
+///
+/// # Pushing and subscribing
+///
+/// A service can report a change at once, between polls, with the [`Reporter`] that
+/// [`register`](HealthChecker::register) returns; [`subscribe`](HealthChecker::subscribe)rs get a
+/// [`HealthEvent`] for every change of status, polled or pushed.
+///
+/// # Closing
+///
+/// [`close`](Service::close) waits at most [`close_timeout`](HealthCheckerBuilder::close_timeout)
+/// for the threads to end. A worker stuck in user code cannot be interrupted: close then returns
+/// an error naming each such check, and its thread ends by itself when the call returns. Close
+/// never hangs. Dropping the checker closes it the same way, logging any error.
+///
+/// # Example
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use lifecycle::{HealthChecker, HealthReporter, Result, Service, StartContext, Status};
+///
+/// struct Db;
+/// impl HealthReporter for Db {
+///     fn name(&self) -> &str { "db" }
+///     fn ready(&self) -> Result<()> { Ok(()) }
+/// }
+///
+/// let checker = HealthChecker::new("1.0.0", "c0ffee");
+/// let events = checker.subscribe();
+/// let db = checker.register(Arc::new(Db))?;
+/// checker.start(&StartContext::background())?;
+///
+/// // The first poll happens at once; wait for its result.
+/// let event = events.recv_timeout(Duration::from_secs(5)).expect("first poll");
+/// assert_eq!((event.check(), event.new_status()), ("db", Status::Passing));
+/// let (ready, failing) = checker.is_ready();
+/// assert!(ready && failing.is_empty());
+///
+/// // The service can report a change without waiting for the next poll.
+/// db.report(lifecycle::Probe::Ready, Err("connection lost".into()))?;
+/// let (ready, failing) = checker.is_ready();
+/// assert!(!ready);
+/// assert_eq!(failing["db"].to_string(), "db: ready failed: connection lost");
+///
+/// checker.close()?;
+/// # Ok::<(), lifecycle::Error>(())
+/// ```
+pub struct HealthChecker {
+    shared: Arc<Shared>,
+    sm: StateMachine,
+    stop: StopSignal,
+    results: Receiver<PollResult>,
+    wake: Receiver<()>,
+    poller: Mutex<Option<Joinable>>,
+}
+
+impl HealthChecker {
+    /// A checker with the default settings, for a program of `version` built from git `sha`.
+    pub fn new(version: impl Into<String>, sha: impl Into<String>) -> HealthChecker {
+        HealthChecker::builder(version, sha).build()
+    }
+
+    /// A builder, to change the default settings.
+    pub fn builder(version: impl Into<String>, sha: impl Into<String>) -> HealthCheckerBuilder {
+        HealthCheckerBuilder {
+            version: version.into(),
+            sha: sha.into(),
+            config: Config {
+                interval: DEFAULT_INTERVAL,
+                timeout: DEFAULT_TIMEOUT,
+                stale_after: None,
+                close_timeout: DEFAULT_CLOSE_TIMEOUT,
+                event_capacity: DEFAULT_EVENT_CAPACITY,
+            },
+        }
+    }
+
+    /// The program version given at creation.
+    pub fn version(&self) -> &str {
+        &self.shared.version
+    }
+
+    /// The program's git sha given at creation.
+    pub fn sha(&self) -> &str {
+        &self.shared.sha
+    }
+
+    /// Registers `reporter` with the default [`CheckOptions`]; see
+    /// [`register_with`](HealthChecker::register_with).
+    ///
+    /// # Errors
+    ///
+    /// As [`register_with`](HealthChecker::register_with).
+    pub fn register(&self, reporter: Arc<dyn HealthReporter>) -> Result<Reporter> {
+        self.register_with(reporter, CheckOptions::new())
+    }
+
+    /// Registers `reporter` as the check named by its [`name`](HealthReporter::name), and spawns
+    /// its worker thread. If the checker is running, the check is polled at once.
+    ///
+    /// Returns a [`Reporter`] with which the check's service can push changes between polls.
+    ///
+    /// # Errors
+    ///
+    /// - [`ErrorKind::DuplicateName`] if a check of that name is registered.
+    /// - [`ErrorKind::AlreadyStopped`] if the checker was closed.
+    /// - The I/O error if the worker thread cannot be spawned.
+    pub fn register_with(
+        &self,
+        reporter: Arc<dyn HealthReporter>,
+        options: CheckOptions,
+    ) -> Result<Reporter> {
+        let name: Arc<str> = reporter.name().into();
+        let config = &self.shared.config;
+        let timeout = options.timeout.unwrap_or(config.timeout);
+        let stale_after = config
+            .stale_after
+            .unwrap_or_else(|| config.interval.saturating_mul(3).saturating_add(timeout));
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let lines = {
+            let mut reg = self.shared.registry.lock();
+            if reg.closed {
+                return Err(Error::state(
+                    ErrorKind::AlreadyStopped,
+                    CHECKER_NAME,
+                    Phase::Run,
+                    self.sm.state(),
+                ));
+            }
+            if reg.checks.contains_key(&name) {
+                return Err(Error::registration(ErrorKind::DuplicateName, &name));
+            }
+            let results = self.shared.results.clone();
+            let worker = Worker::spawn(id, Arc::clone(&name), reporter, results)
+                .map_err(|e| Error::from(e).in_service(&name, Phase::Start))?;
+            let group = options.group.map(Arc::from);
+            let data = CheckData::new(Arc::clone(&name), options.informational, group, stale_after);
+            let entry = Entry {
+                id,
+                data: Arc::new(data),
+                threshold: options.failure_threshold.max(1),
+                timeout,
+                worker,
+                call: None,
+                next_due: Instant::now(),
+            };
+            reg.checks.insert(Arc::clone(&name), entry);
+            self.shared.commit(&mut reg)
+        };
+        write_log(lines);
+        log::debug!("{name}: registered for health checks");
+        self.shared.wake();
+        Ok(Reporter {
+            shared: Arc::downgrade(&self.shared),
+            id,
+            name,
+        })
+    }
+
+    /// Unregisters the check `name`: it is polled no more and leaves the snapshot at once.
+    ///
+    /// Its worker thread is joined, waiting at most the check's timeout for a call in progress.
+    /// A worker whose call is stuck, or does not return in that time, is not waited for: it is
+    /// left to end when the call returns (counted by [`stuck_calls`](HealthChecker::stuck_calls)
+    /// until its thread ends, and joined by the poller or at close).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotRegistered`] if there is no check of that name.
+    pub fn unregister(&self, name: &str) -> Result<()> {
+        let (mut entry, lines) = {
+            let mut reg = self.shared.registry.lock();
+            let entry = reg
+                .checks
+                .remove(name)
+                .ok_or_else(|| not_registered(name))?;
+            if entry.is_stuck() {
+                let mut worker = entry.worker;
+                worker.disconnect();
+                reg.orphans.push(Orphan {
+                    name: Arc::clone(&entry.data.name),
+                    worker,
+                });
+                let lines = self.shared.commit(&mut reg);
+                drop(reg);
+                write_log(lines);
+                log::warn!(
+                    "{name}: unregistered while stuck; its worker ends when the call returns"
+                );
+                return Ok(());
+            }
+            let lines = self.shared.commit(&mut reg);
+            (entry, lines)
+        };
+        write_log(lines);
+        if !entry
+            .worker
+            .join_until(later(Instant::now(), entry.timeout))
+        {
+            log::warn!(
+                "{name}: unregistered during a slow call; its worker ends when the call returns"
+            );
+            let mut reg = self.shared.registry.lock();
+            // Once closed, nobody would join it: it is left to end by itself.
+            if !reg.closed {
+                reg.orphans.push(Orphan {
+                    name: Arc::clone(&entry.data.name),
+                    worker: entry.worker,
+                });
+            }
+            let lines = self.shared.commit(&mut reg);
+            drop(reg);
+            write_log(lines);
+        }
+        log::debug!("{name}: unregistered from health checks");
+        Ok(())
+    }
+
+    /// Pushes a status for one probe of the check `name` at once, without waiting for the next
+    /// poll (an *active* report). It takes effect immediately, whatever the check's failure
+    /// threshold, emits an event if the status changes, and lasts until the next poll of the
+    /// check says otherwise.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotRegistered`] if there is no check of that name.
+    pub fn report(&self, name: &str, probe: Probe, status: Result<()>) -> Result<()> {
+        self.shared.push(name, None, probe, status)
+    }
+
+    /// A new subscription to every change of status of every check, from now on.
+    ///
+    /// The channel is bounded ([`event_capacity`](HealthCheckerBuilder::event_capacity)) and the
+    /// checker never waits on it: when it is full, new events are dropped for that subscriber and
+    /// counted ([`Snapshot::dropped_events`]); read the [`snapshot`](HealthChecker::snapshot) to
+    /// catch up. Dropping the receiver ends the subscription. The channel disconnects when the
+    /// checker closes.
+    ///
+    /// Events are sent after the snapshot that shows the change is published.
+    pub fn subscribe(&self) -> Receiver<HealthEvent> {
+        let (tx, rx) = crossbeam_channel::bounded(self.shared.config.event_capacity);
+        let mut reg = self.shared.registry.lock();
+        if !reg.closed {
+            reg.subscribers.push(tx);
+        }
+        rx
+    }
+
+    /// The current view of every check. Never waits for a poll or user code.
+    pub fn snapshot(&self) -> Snapshot {
+        let published = Arc::clone(&self.shared.published.read());
+        Snapshot::new(published, self.sm.state())
+    }
+
+    /// Whether every counted check is ready, with the error of each one that is not, by check
+    /// name. Answers at once, from the cache; see [`Snapshot::is_ready`].
+    pub fn is_ready(&self) -> Verdict {
+        self.snapshot().is_ready()
+    }
+
+    /// Whether every counted check is healthy, with the error of each one that is not, by check
+    /// name. Answers at once, from the cache; see [`Snapshot::is_healthy`].
+    pub fn is_healthy(&self) -> Verdict {
+        self.snapshot().is_healthy()
+    }
+
+    /// Like [`is_ready`](HealthChecker::is_ready), counting only the checks of `group`.
+    pub fn is_ready_in(&self, group: &str) -> Verdict {
+        self.snapshot().is_ready_in(group)
+    }
+
+    /// Like [`is_healthy`](HealthChecker::is_healthy), counting only the checks of `group`.
+    pub fn is_healthy_in(&self, group: &str) -> Verdict {
+        self.snapshot().is_healthy_in(group)
+    }
+
+    /// How many calls into reporters have overrun their timeout and not returned yet.
+    pub fn stuck_calls(&self) -> usize {
+        self.snapshot().stuck_calls()
+    }
+
+    /// Stops polling until [`resume`](HealthChecker::resume). Calls in progress still complete
+    /// and are recorded, and active reports still work. A pause longer than the staleness bound
+    /// makes every check read as failing ("stale").
+    pub fn pause(&self) {
+        self.set_paused(true);
+    }
+
+    /// Resumes polling after [`pause`](HealthChecker::pause), polling every check at once.
+    pub fn resume(&self) {
+        self.set_paused(false);
+    }
+
+    /// Whether polling is paused.
+    pub fn is_paused(&self) -> bool {
+        self.snapshot().is_paused()
+    }
+
+    fn set_paused(&self, paused: bool) {
+        let lines = {
+            let mut reg = self.shared.registry.lock();
+            reg.paused = paused;
+            if !paused {
+                let now = Instant::now();
+                reg.checks.values_mut().for_each(|e| e.next_due = now);
+            }
+            self.shared.commit(&mut reg)
+        };
+        write_log(lines);
+        self.shared.wake();
+    }
+
+    /// Polls every check that has no call in progress now, instead of at its next interval.
+    /// Returns at once; results arrive as the calls return. Does nothing while paused or before
+    /// the start.
+    pub fn poll_now(&self) {
+        {
+            let mut reg = self.shared.registry.lock();
+            let now = Instant::now();
+            reg.checks.values_mut().for_each(|e| e.next_due = now);
+        }
+        self.shared.wake();
+    }
+
+    /// Ends the poller and every worker, waiting at most the close timeout in all. Idempotent.
+    fn shutdown(&self) -> Result<()> {
+        let deadline = later(Instant::now(), self.shared.config.close_timeout);
+        let (entries, orphans, lines) = {
+            let mut reg = self.shared.registry.lock();
+            if reg.closed {
+                return Ok(());
+            }
+            reg.closed = true;
+            reg.subscribers.clear();
+            let entries = std::mem::take(&mut reg.checks);
+            let orphans = std::mem::take(&mut reg.orphans);
+            (entries, orphans, self.shared.commit(&mut reg))
+        };
+        write_log(lines);
+        self.stop.stop();
+        let mut errors = Vec::new();
+        let poller = self.poller.lock().take();
+        if let Some(mut poller) = poller {
+            if !poller.join_until(deadline) {
+                errors.push(Error::msg("poller thread did not end in time"));
+            }
+        }
+        let mut workers: Vec<(Arc<str>, Worker)> = entries
+            .into_values()
+            .map(|e| (e.data.name.clone(), e.worker))
+            .chain(orphans.into_iter().map(|o| (o.name, o.worker)))
+            .collect();
+        workers.iter_mut().for_each(|(_, w)| w.disconnect());
+        for (name, mut worker) in workers {
+            if !worker.join_until(deadline) {
+                let phase = worker.phase();
+                log::warn!(
+                    "{name}: {phase}() still running at close; thread \"health {name}\" is left to end when it returns"
+                );
+                let e = Error::msg(format!(
+                    "still running at close; thread \"health {name}\" is left to end when the call returns"
+                ));
+                errors.push(e.in_service(&name, phase));
+            }
+        }
+        Error::join(errors).map_or(Ok(()), Err)
+    }
+}
+
+impl HealthReporter for HealthChecker {
+    /// `"health checker"`.
+    fn name(&self) -> &str {
+        CHECKER_NAME
+    }
+
+    /// `Ok` while the checker is started.
+    fn ready(&self) -> Result<()> {
+        self.sm
+            .ready()
+            .map_err(|e| e.in_service(CHECKER_NAME, Phase::Ready))
+    }
+}
+
+impl Service for HealthChecker {
+    /// Spawns the poller thread (`"health checker"`), which polls every check at once and then
+    /// every interval.
+    fn start(&self, ctx: &StartContext) -> Result<()> {
+        self.sm.start_once(CHECKER_NAME, || {
+            ctx.check(CHECKER_NAME)?;
+            let shared = Arc::clone(&self.shared);
+            let (results, wake, stop) =
+                (self.results.clone(), self.wake.clone(), self.stop.clone());
+            let poller = Joinable::spawn(CHECKER_NAME.to_owned(), move || {
+                poll(&shared, &results, &wake, &stop);
+            })?;
+            *self.poller.lock() = Some(poller);
+            Ok(())
+        })
+    }
+
+    /// Stops polling and ends every thread, waiting at most the close timeout.
+    ///
+    /// # Errors
+    ///
+    /// Besides the [`StateMachine`] errors (not started, already stopped), one error per worker
+    /// still stuck in a call when the bound passed, naming its check and the call; those threads
+    /// are left to end by themselves when their calls return.
+    fn close(&self) -> Result<()> {
+        self.sm.stop_once(CHECKER_NAME, || Ok(self.shutdown()?))
+    }
+}
+
+impl Drop for HealthChecker {
+    /// Closes the checker if it was not closed, logging any error (bounded like `close`).
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            log::warn!("{CHECKER_NAME}: closing on drop: {e}");
+        }
+    }
+}
+
+impl fmt::Debug for HealthChecker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HealthChecker")
+            .field("version", &self.version())
+            .field("sha", &self.sha())
+            .field("state", &self.sm.state())
+            .field("config", &self.shared.config)
+            .finish()
+    }
+}
+
+/// The poller loop: records results, expires calls, sends due polls and publishes, then sleeps
+/// until the next deadline, a result, a wake-up or the stop signal.
+fn poll(shared: &Shared, results: &Receiver<PollResult>, wake: &Receiver<()>, stop: &StopSignal) {
+    let interval = shared.config.interval;
+    while !stop.is_stopped() {
+        while wake.try_recv().is_ok() {}
+        let (next, ended, lines) = {
+            let mut reg = shared.registry.lock();
+            let now = Instant::now();
+            while let Ok(result) = results.try_recv() {
+                reg.record_poll(result, now);
+            }
+            let ended = reg.ended_orphans();
+            let next = reg.tick(Instant::now(), interval);
+            (next, ended, shared.commit(&mut reg))
+        };
+        write_log(lines);
+        for mut orphan in ended {
+            // It has ended: this join does not wait for user code.
+            orphan.worker.join_until(Instant::now());
+            log::info!(
+                "{}: the stuck worker of this unregistered check has ended",
+                orphan.name
+            );
+        }
+        let mut select = Select::new();
+        select.recv(results);
+        select.recv(wake);
+        select.recv(stop.receiver());
+        let _ = select.ready_deadline(next);
+    }
+}
+
+/// A cloneable handle with which a registered service pushes changes of its own status at once,
+/// between polls (an *active* report).
+///
+/// Returned by [`HealthChecker::register`]. It does not keep the checker alive; once the check is
+/// unregistered (even if one of the same name is registered again) or the checker is gone, its
+/// reports fail with [`ErrorKind::NotRegistered`].
+#[derive(Clone)]
+pub struct Reporter {
+    shared: Weak<Shared>,
+    id: u64,
+    name: Arc<str>,
+}
+
+impl Reporter {
+    /// The name of the check this handle reports on.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Pushes a status for `probe` of this check; see [`HealthChecker::report`].
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotRegistered`] if the check was unregistered or the checker is gone.
+    pub fn report(&self, probe: Probe, status: Result<()>) -> Result<()> {
+        let shared = self
+            .shared
+            .upgrade()
+            .ok_or_else(|| not_registered(&self.name))?;
+        shared.push(&self.name, Some(self.id), probe, status)
+    }
+}
+
+impl fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reporter")
+            .field("name", &self.name)
+            .finish()
+    }
+}

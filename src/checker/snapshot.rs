@@ -1,0 +1,524 @@
+//! The read side of the checker: the immutable [`Snapshot`] readers get, the per-check
+//! [`CheckStatus`] and [`ProbeStatus`] views, and the [`HealthEvent`]s subscribers receive.
+//!
+//! Staleness is decided here, at read time, never by the poller: a result older than its check's
+//! bound reads as failing, so a poller that stalls cannot leave a healthy-looking cache behind.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::error::{Error, ErrorKind, Phase};
+use crate::service::HealthReport;
+use crate::state::State;
+
+use super::CHECKER_NAME;
+
+/// One of the two questions a check answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Probe {
+    /// Readiness: [`HealthReporter::ready`](crate::HealthReporter::ready), Kubernetes' *ready*.
+    Ready,
+    /// Health: [`HealthReporter::health_report`](crate::HealthReporter::health_report),
+    /// Kubernetes' *live*.
+    Health,
+}
+
+impl Probe {
+    /// The probe's name in lower case: `"ready"` or `"health"`.
+    pub fn as_str(self) -> &'static str {
+        self.phase().as_str()
+    }
+
+    /// The [`Phase`] errors of this probe name: [`Phase::Ready`] or [`Phase::Health`].
+    pub fn phase(self) -> Phase {
+        match self {
+            Probe::Ready => Phase::Ready,
+            Probe::Health => Phase::Health,
+        }
+    }
+}
+
+impl fmt::Display for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The status of one probe of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Status {
+    /// No result yet: the check has not been polled since it was registered. Counts as failing.
+    Unknown,
+    /// The last result passed (or failed fewer times in a row than the check's failure threshold).
+    Passing,
+    /// The check is failing; the [`ProbeStatus::error`] says why.
+    Failing,
+}
+
+impl Status {
+    /// The status in lower case: `"unknown"`, `"passing"` or `"failing"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Unknown => "unknown",
+            Status::Passing => "passing",
+            Status::Failing => "failing",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What is recorded about one probe of one check.
+#[derive(Debug, Clone)]
+pub(super) struct ProbeState {
+    pub(super) status: Status,
+    pub(super) error: Option<Error>,
+    pub(super) consecutive_failures: u32,
+    pub(super) last_change: Option<SystemTime>,
+}
+
+impl ProbeState {
+    fn unknown(name: &str, probe: Probe) -> ProbeState {
+        ProbeState {
+            status: Status::Unknown,
+            error: Some(Error::msg("not checked yet").in_service(name, probe.phase())),
+            consecutive_failures: 0,
+            last_change: None,
+        }
+    }
+}
+
+/// Everything recorded about one check. Readers share it immutably; writers copy on write.
+#[derive(Debug, Clone)]
+pub(super) struct CheckData {
+    pub(super) name: Arc<str>,
+    pub(super) informational: bool,
+    pub(super) group: Option<Arc<str>>,
+    pub(super) stale_after: Duration,
+    pub(super) ready: ProbeState,
+    pub(super) health: ProbeState,
+    pub(super) report: Option<HealthReport>,
+    pub(super) last_polled: Option<(Instant, SystemTime)>,
+    pub(super) last_poll_duration: Option<Duration>,
+    pub(super) stuck: bool,
+}
+
+impl CheckData {
+    pub(super) fn new(
+        name: Arc<str>,
+        informational: bool,
+        group: Option<Arc<str>>,
+        stale_after: Duration,
+    ) -> CheckData {
+        CheckData {
+            ready: ProbeState::unknown(&name, Probe::Ready),
+            health: ProbeState::unknown(&name, Probe::Health),
+            name,
+            informational,
+            group,
+            stale_after,
+            report: None,
+            last_polled: None,
+            last_poll_duration: None,
+            stuck: false,
+        }
+    }
+
+    pub(super) fn probe(&self, probe: Probe) -> &ProbeState {
+        match probe {
+            Probe::Ready => &self.ready,
+            Probe::Health => &self.health,
+        }
+    }
+
+    pub(super) fn probe_mut(&mut self, probe: Probe) -> &mut ProbeState {
+        match probe {
+            Probe::Ready => &mut self.ready,
+            Probe::Health => &mut self.health,
+        }
+    }
+}
+
+/// What the checker publishes after every change: swapped in whole, never modified.
+#[derive(Debug)]
+pub(super) struct Published {
+    pub(super) version: Arc<str>,
+    pub(super) sha: Arc<str>,
+    /// In name order.
+    pub(super) checks: Vec<Arc<CheckData>>,
+    pub(super) stuck_calls: usize,
+    pub(super) paused: bool,
+    pub(super) dropped_events: u64,
+}
+
+/// A consistent, immutable view of every check, taken by
+/// [`HealthChecker::snapshot`](crate::HealthChecker::snapshot).
+///
+/// Taking one never waits for a poll or for user code. Staleness is judged as of the moment the
+/// snapshot was taken: a check whose last poll is older than its bound reads as
+/// [`Status::Failing`] with an error like `"db: ready failed: stale: last polled 12.5s ago"`.
+///
+/// The aggregates ([`is_ready`](Snapshot::is_ready), [`is_healthy`](Snapshot::is_healthy) and
+/// their per-group forms) count every check that is not informational, and fail while the checker
+/// itself is not started (under the name `"health checker"`): a checker that does not poll cannot
+/// vouch for anything.
+#[derive(Clone)]
+pub struct Snapshot {
+    published: Arc<Published>,
+    state: State,
+    at: Instant,
+    taken_at: SystemTime,
+}
+
+/// Whether the checks an aggregate counts pass, and the error of each one that does not, by
+/// check name.
+pub type Verdict = (bool, BTreeMap<String, Error>);
+
+impl Snapshot {
+    pub(super) fn new(published: Arc<Published>, state: State) -> Snapshot {
+        Snapshot {
+            published,
+            state,
+            at: Instant::now(),
+            taken_at: SystemTime::now(),
+        }
+    }
+
+    /// The program version given to the checker.
+    pub fn version(&self) -> &str {
+        &self.published.version
+    }
+
+    /// The program's git sha given to the checker.
+    pub fn sha(&self) -> &str {
+        &self.published.sha
+    }
+
+    /// When the snapshot was taken (the time staleness is judged at).
+    pub fn taken_at(&self) -> SystemTime {
+        self.taken_at
+    }
+
+    /// The state of the checker itself when the snapshot was taken.
+    pub fn checker_state(&self) -> State {
+        self.state
+    }
+
+    /// How many calls to `ready()` / `health_report()` have overrun their timeout and not yet
+    /// returned, including those of checks unregistered while stuck.
+    pub fn stuck_calls(&self) -> usize {
+        self.published.stuck_calls
+    }
+
+    /// Whether polling was paused ([`HealthChecker::pause`](crate::HealthChecker::pause)).
+    pub fn is_paused(&self) -> bool {
+        self.published.paused
+    }
+
+    /// How many events were dropped because a subscriber's channel was full.
+    pub fn dropped_events(&self) -> u64 {
+        self.published.dropped_events
+    }
+
+    /// Every check, in name order.
+    pub fn checks(&self) -> impl ExactSizeIterator<Item = CheckStatus<'_>> + '_ {
+        self.published
+            .checks
+            .iter()
+            .map(|data| CheckStatus { data, at: self.at })
+    }
+
+    /// The check called `name`.
+    pub fn check(&self, name: &str) -> Option<CheckStatus<'_>> {
+        let checks = &self.published.checks;
+        let i = checks.binary_search_by(|c| (*c.name).cmp(name)).ok()?;
+        Some(CheckStatus {
+            data: &checks[i],
+            at: self.at,
+        })
+    }
+
+    /// The names of the groups checks belong to, in order.
+    pub fn groups(&self) -> BTreeSet<&str> {
+        self.checks().filter_map(|c| c.group()).collect()
+    }
+
+    /// Whether every check that counts is ready, and why each one that is not is not.
+    pub fn is_ready(&self) -> Verdict {
+        self.verdict(Probe::Ready, None)
+    }
+
+    /// Whether every check that counts is healthy, and why each one that is not is not.
+    pub fn is_healthy(&self) -> Verdict {
+        self.verdict(Probe::Health, None)
+    }
+
+    /// Like [`is_ready`](Snapshot::is_ready), counting only the checks of `group`.
+    pub fn is_ready_in(&self, group: &str) -> Verdict {
+        self.verdict(Probe::Ready, Some(group))
+    }
+
+    /// Like [`is_healthy`](Snapshot::is_healthy), counting only the checks of `group`.
+    pub fn is_healthy_in(&self, group: &str) -> Verdict {
+        self.verdict(Probe::Health, Some(group))
+    }
+
+    fn verdict(&self, probe: Probe, group: Option<&str>) -> Verdict {
+        let mut failing = BTreeMap::new();
+        if self.state != State::Started {
+            let e = Error::state(
+                ErrorKind::NotStarted,
+                CHECKER_NAME,
+                probe.phase(),
+                self.state,
+            );
+            failing.insert(CHECKER_NAME.to_owned(), e);
+        }
+        let counted = self
+            .checks()
+            .filter(|c| !c.is_informational() && (group.is_none() || c.group() == group));
+        for check in counted {
+            let status = check.probe(probe);
+            if status.status != Status::Passing {
+                let error = status.error.unwrap_or_else(|| {
+                    Error::msg("failing").in_service(check.name(), probe.phase())
+                });
+                failing.insert(check.name().to_owned(), error);
+            }
+        }
+        (failing.is_empty(), failing)
+    }
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("version", &self.version())
+            .field("sha", &self.sha())
+            .field("checker_state", &self.state)
+            .field("stuck_calls", &self.stuck_calls())
+            .field("paused", &self.is_paused())
+            .field("checks", &self.checks().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// One check, as a [`Snapshot`] saw it.
+#[derive(Clone, Copy)]
+pub struct CheckStatus<'a> {
+    data: &'a CheckData,
+    at: Instant,
+}
+
+impl<'a> CheckStatus<'a> {
+    /// The check's name (its reporter's [`name`](crate::HealthReporter::name)).
+    pub fn name(&self) -> &'a str {
+        &self.data.name
+    }
+
+    /// Whether the check is informational: reported, but not counted toward the aggregates.
+    pub fn is_informational(&self) -> bool {
+        self.data.informational
+    }
+
+    /// The group the check belongs to, if any.
+    pub fn group(&self) -> Option<&'a str> {
+        self.data.group.as_deref()
+    }
+
+    /// The readiness probe, judged at the snapshot's time.
+    pub fn ready(&self) -> ProbeStatus {
+        self.probe(Probe::Ready)
+    }
+
+    /// The health probe, judged at the snapshot's time.
+    pub fn health(&self) -> ProbeStatus {
+        self.probe(Probe::Health)
+    }
+
+    /// One probe, judged at the snapshot's time: a check polled longer ago than its staleness
+    /// bound reads as [`Status::Failing`] with a `"stale: ..."` error, whatever its last result.
+    pub fn probe(&self, probe: Probe) -> ProbeStatus {
+        let state = self.data.probe(probe);
+        let mut status = ProbeStatus {
+            status: state.status,
+            error: state.error.clone(),
+            consecutive_failures: state.consecutive_failures,
+            last_change: state.last_change,
+        };
+        if let Some(age) = self.age().filter(|age| *age > self.data.stale_after) {
+            let age = Duration::from_millis(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+            let e = Error::msg(format!(
+                "stale: last polled {age:?} ago (bound {:?})",
+                self.data.stale_after
+            ));
+            status.status = Status::Failing;
+            status.error = Some(e.in_service(self.name(), probe.phase()));
+        }
+        status
+    }
+
+    /// The last report from [`health_report`](crate::HealthReporter::health_report), with its
+    /// sub-components; `None` before the first poll and after a poll that timed out or panicked
+    /// in `health_report`.
+    pub fn report(&self) -> Option<&'a HealthReport> {
+        self.data.report.as_ref()
+    }
+
+    /// When the check was last polled: its last result, or the poller finding its call still
+    /// stuck. Active reports do not count, so that a stalled poller cannot be hidden by them.
+    pub fn last_polled(&self) -> Option<SystemTime> {
+        self.data.last_polled.map(|(_, system)| system)
+    }
+
+    /// How long before the snapshot the check was last polled.
+    pub fn age(&self) -> Option<Duration> {
+        self.data
+            .last_polled
+            .map(|(instant, _)| self.at.saturating_duration_since(instant))
+    }
+
+    /// Whether the check's last poll is older than its staleness bound.
+    pub fn is_stale(&self) -> bool {
+        self.age().is_some_and(|age| age > self.data.stale_after)
+    }
+
+    /// The staleness bound of this check.
+    pub fn stale_after(&self) -> Duration {
+        self.data.stale_after
+    }
+
+    /// How long the last completed poll (`ready()` and `health_report()` together) took.
+    pub fn last_poll_duration(&self) -> Option<Duration> {
+        self.data.last_poll_duration
+    }
+
+    /// Whether a call to this check's reporter has overrun its timeout and not returned yet.
+    /// While it is stuck the check is not polled again and reads as failing.
+    pub fn is_stuck(&self) -> bool {
+        self.data.stuck
+    }
+}
+
+impl fmt::Debug for CheckStatus<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckStatus")
+            .field("name", &self.name())
+            .field("informational", &self.is_informational())
+            .field("group", &self.group())
+            .field("ready", &self.ready())
+            .field("health", &self.health())
+            .field("stuck", &self.is_stuck())
+            .finish()
+    }
+}
+
+/// One probe of one check: its status, why it fails, and its history.
+#[derive(Debug, Clone)]
+pub struct ProbeStatus {
+    status: Status,
+    error: Option<Error>,
+    consecutive_failures: u32,
+    last_change: Option<SystemTime>,
+}
+
+impl ProbeStatus {
+    /// The status.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// Whether the status is [`Status::Passing`].
+    pub fn is_passing(&self) -> bool {
+        self.status == Status::Passing
+    }
+
+    /// Why the probe fails. Also set while it still passes but has failed fewer times in a row
+    /// than its failure threshold: then it is the latest failure.
+    pub fn error(&self) -> Option<&Error> {
+        self.error.as_ref()
+    }
+
+    /// How many polls in a row have failed (0 after a success).
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures
+    }
+
+    /// When the status last changed; `None` if it never has.
+    pub fn last_change(&self) -> Option<SystemTime> {
+        self.last_change
+    }
+}
+
+/// A change of status of one probe of one check, sent to every
+/// [`subscriber`](crate::HealthChecker::subscribe).
+#[derive(Debug, Clone)]
+pub struct HealthEvent {
+    pub(super) check: Arc<str>,
+    pub(super) probe: Probe,
+    pub(super) old: Status,
+    pub(super) new: Status,
+    pub(super) reason: Option<Error>,
+    pub(super) at: SystemTime,
+    pub(super) pushed: bool,
+}
+
+impl HealthEvent {
+    /// The name of the check that changed.
+    pub fn check(&self) -> &str {
+        &self.check
+    }
+
+    /// Which of its probes changed.
+    pub fn probe(&self) -> Probe {
+        self.probe
+    }
+
+    /// The status before the change.
+    pub fn old_status(&self) -> Status {
+        self.old
+    }
+
+    /// The status after the change.
+    pub fn new_status(&self) -> Status {
+        self.new
+    }
+
+    /// Why the probe now fails; `None` when it now passes.
+    pub fn reason(&self) -> Option<&Error> {
+        self.reason.as_ref()
+    }
+
+    /// When the change was recorded.
+    pub fn at(&self) -> SystemTime {
+        self.at
+    }
+
+    /// Whether the change came from an active report ([`Reporter::report`](crate::Reporter::report)
+    /// or [`HealthChecker::report`](crate::HealthChecker::report)) rather than a poll.
+    pub fn is_pushed(&self) -> bool {
+        self.pushed
+    }
+}
+
+impl fmt::Display for HealthEvent {
+    /// `"db: ready passing -> failing: db: ready failed: connection refused"`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} {} -> {}",
+            self.check, self.probe, self.old, self.new
+        )?;
+        if let Some(reason) = &self.reason {
+            write!(f, ": {reason}")?;
+        }
+        Ok(())
+    }
+}
