@@ -65,13 +65,18 @@ impl MultiStart {
     where
         I: IntoIterator<Item = Arc<dyn Service>>,
     {
+        // The clock is read only when the debug log would show the duration: it costs about as
+        // much as starting a trivial service (see BENCHMARKS.md).
+        let timed = log::log_enabled!(log::Level::Debug);
         for service in services {
             let name = service.name();
-            let began = Instant::now();
+            let began = timed.then(Instant::now);
             let outcome = ctx.check(name).and_then(|()| start_guarded(&*service, ctx));
             match outcome {
                 Ok(()) => {
-                    log::debug!("{name}: started in {:?}", began.elapsed());
+                    if let Some(began) = began {
+                        log::debug!("{name}: started in {:?}", began.elapsed());
+                    }
                     self.started.push(service);
                 }
                 Err(failure) => {
@@ -91,10 +96,15 @@ impl MultiStart {
     /// Every close error, joined, in the order of closing.
     pub fn close(&mut self) -> Result<()> {
         let mut errors = Vec::new();
+        let timed = log::log_enabled!(log::Level::Debug);
         while let Some(service) = self.started.pop() {
-            let began = Instant::now();
+            let began = timed.then(Instant::now);
             match close_guarded(&*service) {
-                Ok(()) => log::debug!("{}: closed in {:?}", service.name(), began.elapsed()),
+                Ok(()) => {
+                    if let Some(began) = began {
+                        log::debug!("{}: closed in {:?}", service.name(), began.elapsed());
+                    }
+                }
                 Err(e) => errors.push(e),
             }
         }
