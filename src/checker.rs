@@ -45,7 +45,7 @@ pub use self::options::{
 pub use self::snapshot::{CheckStatus, HealthEvent, Probe, ProbeStatus, Snapshot, Status, Verdict};
 
 /// The checker's own name, as a [`HealthReporter`] and in errors. Also its poller thread's name.
-const CHECKER_NAME: &str = "health checker";
+pub(crate) const CHECKER_NAME: &str = "health checker";
 
 fn not_registered(name: &str) -> Error {
     Error::registration(ErrorKind::NotRegistered, name)

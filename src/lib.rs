@@ -78,6 +78,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod checker;
+mod endpoint;
 mod error;
 mod error_buffer;
 mod http;
@@ -93,6 +94,7 @@ pub use crate::checker::{
     ProbeStatus, Reporter, Snapshot, Status, Verdict, DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_EVENT_CAPACITY, DEFAULT_INTERVAL, DEFAULT_TIMEOUT,
 };
+pub use crate::endpoint::{EndpointOptions, HealthEndpoint};
 pub use crate::error::{BoxError, Error, ErrorKind, Phase, Result};
 pub use crate::error_buffer::{ErrorBuffer, DEFAULT_ERROR_BUFFER_CAP};
 pub use crate::multi::{close_all, MultiStart};

@@ -73,9 +73,8 @@ pub(super) fn collect(
             },
             counts: true,
             excluded: false,
-            error: (!started).then(|| {
-                Error::msg(format!("not polling (state: {})", snapshot.checker_state()))
-            }),
+            error: (!started)
+                .then(|| Error::msg(format!("not polling (state: {})", snapshot.checker_state()))),
             time: None,
             consecutive_failures: 0,
         });
@@ -212,11 +211,7 @@ fn entry(item: &Item, hide_reasons: bool) -> String {
         e.push_str(",\"output\":");
         push_json_str(&mut e, &reason(item, hide_reasons));
     }
-    let _ = write!(
-        e,
-        ",\"consecutiveFailures\":{}",
-        item.consecutive_failures
-    );
+    let _ = write!(e, ",\"consecutiveFailures\":{}", item.consecutive_failures);
     if !item.counts {
         e.push_str(",\"informational\":true");
     }
@@ -254,7 +249,10 @@ pub(super) fn verbose(what: &str, overall: Overall, items: &[Item], hide_reasons
             (true, true) => format!("[+]{name} excluded: ok\n"),
             (false, true) => format!("[-]{name} excluded: failed\n"),
             (false, false) if !item.counts => {
-                format!("[+]{name} failing (informational): {}\n", reason(item, hide_reasons))
+                format!(
+                    "[+]{name} failing (informational): {}\n",
+                    reason(item, hide_reasons)
+                )
             }
             (false, false) => format!("[-]{name} failed: {}\n", reason(item, hide_reasons)),
         };
@@ -340,7 +338,10 @@ mod tests {
         assert_eq!(s, "1970-01-01T00:00:00.000Z");
         let mut s = String::new();
         // 2024-02-29T12:34:56.789Z, a leap day.
-        push_rfc3339(&mut s, UNIX_EPOCH + Duration::from_millis(1_709_210_096_789));
+        push_rfc3339(
+            &mut s,
+            UNIX_EPOCH + Duration::from_millis(1_709_210_096_789),
+        );
         assert_eq!(s, "2024-02-29T12:34:56.789Z");
         let mut s = String::new();
         push_rfc3339(&mut s, UNIX_EPOCH + Duration::from_secs(4_102_444_799));

@@ -1,0 +1,356 @@
+//! [`HealthEndpoint`]: the HTTP face of a [`HealthChecker`] for probes, load balancers and people.
+
+mod render;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::checker::{HealthChecker, Probe};
+use crate::error::{Error, Phase, Result};
+use crate::http::{Handler, Limits, Request, Response, Server};
+use crate::service::{HealthReporter, Service};
+use crate::state::StateMachine;
+use crate::stop::StartContext;
+
+use self::render::Overall;
+
+const NAME: &str = "health endpoint";
+const HEALTH_JSON: &str = "application/health+json";
+
+/// Options of a [`HealthEndpoint`], with documented defaults.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointOptions {
+    hide_reasons: bool,
+    limits: Limits,
+}
+
+impl EndpointOptions {
+    /// The defaults: reasons shown, 256 connections, 8 KiB request heads, 5 s to send a head,
+    /// 30 s idle keep-alive, 10 s to take a response.
+    pub fn new() -> EndpointOptions {
+        EndpointOptions::default()
+    }
+
+    /// Leaves failure reasons out of every answer (default `false`): they can leak internals
+    /// (hosts, paths, queries) to whoever can reach the port. Answers then say
+    /// `reason withheld`, as Kubernetes does.
+    pub fn hide_reasons(mut self, hide: bool) -> EndpointOptions {
+        self.hide_reasons = hide;
+        self
+    }
+
+    /// How many connections may be open at once (default 256); more are closed at once.
+    pub fn max_connections(mut self, n: usize) -> EndpointOptions {
+        self.limits = self.limits.max_connections(n);
+        self
+    }
+
+    /// How long a client may take to send a whole request head (default 5 s); a slower one is
+    /// disconnected.
+    pub fn head_read_timeout(mut self, timeout: Duration) -> EndpointOptions {
+        self.limits = self.limits.head_read_timeout(timeout);
+        self
+    }
+
+    /// How long an idle keep-alive connection is kept open (default 30 s).
+    pub fn idle_timeout(mut self, timeout: Duration) -> EndpointOptions {
+        self.limits = self.limits.keep_alive_idle_timeout(timeout);
+        self
+    }
+}
+
+/// Serves a [`HealthChecker`]'s cache over HTTP, as a [`Service`]: `start` binds and spawns its
+/// one thread, `close` returns once that thread has ended, even with clients connected.
+///
+/// # Routes (`GET` and `HEAD`)
+///
+/// | path | answers |
+/// | --- | --- |
+/// | `/livez` | liveness: the process is alive and its health checker is polling |
+/// | `/readyz`, `/ready` | readiness: every check's `ready()` |
+/// | `/healthz`, `/health` | everything: every check's readiness and health |
+/// | `/readyz/NAME`, `/healthz/NAME` | one check (404 if there is none by that name) |
+///
+/// Status `200` when passing (also when only informational checks fail: status `warn`), `503`
+/// when failing. The body is `application/health+json` in the shape of the IETF health-check
+/// draft (`status`, `version`, `releaseId`, and per check `"name:probe"` its status, output,
+/// time of the last change and consecutive failures), kept under 8 KiB. With `?verbose`, the
+/// Kubernetes text form instead: `[+]name ok`, `[-]name failed: reason`, and a last line
+/// `readyz check passed` or `failed`. `?exclude=NAME` (repeatable) leaves a check out of the
+/// verdict. Other paths get `404`, other methods `405`, malformed requests `400` or a closed
+/// connection.
+///
+/// Every answer is rendered from the checker's cached snapshot: a slow or hung check never
+/// delays it.
+///
+/// # Connections
+///
+/// One event-loop thread serves every connection, whatever their number; request heads are
+/// limited in size and time, idle connections are dropped, and the connection count is capped
+/// (see [`EndpointOptions`]). Bind it where probes can reach it and people cannot, or turn on
+/// [`EndpointOptions::hide_reasons`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use lifecycle::{HealthChecker, HealthEndpoint, Service, StartContext};
+///
+/// let checker = Arc::new(HealthChecker::new("1.0.0", "abc123"));
+/// let endpoint = HealthEndpoint::new("127.0.0.1:0".parse().unwrap(), checker.clone());
+/// checker.start(&StartContext::background())?;
+/// endpoint.start(&StartContext::background())?;
+/// let addr = endpoint.local_addr().expect("bound");
+/// // ... probes GET http://{addr}/readyz ...
+/// endpoint.close()?;
+/// checker.close()?;
+/// # Ok::<(), lifecycle::Error>(())
+/// ```
+pub struct HealthEndpoint {
+    addr: SocketAddr,
+    checker: Arc<HealthChecker>,
+    options: EndpointOptions,
+    sm: StateMachine,
+    server: Mutex<Option<Server>>,
+    bound: Mutex<Option<SocketAddr>>,
+}
+
+impl HealthEndpoint {
+    /// An endpoint that will listen on `addr` (port 0 lets the OS choose; read it back with
+    /// [`local_addr`](HealthEndpoint::local_addr)) and answer from `checker`.
+    pub fn new(addr: SocketAddr, checker: Arc<HealthChecker>) -> HealthEndpoint {
+        HealthEndpoint::with_options(addr, checker, EndpointOptions::new())
+    }
+
+    /// Like [`new`](HealthEndpoint::new), with options.
+    pub fn with_options(
+        addr: SocketAddr,
+        checker: Arc<HealthChecker>,
+        options: EndpointOptions,
+    ) -> HealthEndpoint {
+        HealthEndpoint {
+            addr,
+            checker,
+            options,
+            sm: StateMachine::new(),
+            server: Mutex::new(None),
+            bound: Mutex::new(None),
+        }
+    }
+
+    /// The address it listens on, once started.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        *self.bound.lock()
+    }
+}
+
+impl HealthReporter for HealthEndpoint {
+    fn name(&self) -> &str {
+        NAME
+    }
+    fn ready(&self) -> Result<()> {
+        self.sm.ready()
+    }
+}
+
+impl Service for HealthEndpoint {
+    fn start(&self, _ctx: &StartContext) -> Result<()> {
+        self.sm.start_once(NAME, || {
+            let checker = self.checker.clone();
+            let hide = self.options.hide_reasons;
+            let handler: Handler = Arc::new(move |req: &Request<'_>| answer(&checker, hide, req));
+            let server = Server::bind(
+                self.addr,
+                self.options.limits.clone(),
+                handler,
+                "health http",
+            )
+            .map_err(|e| Error::msg(format!("cannot listen on {}: {e}", self.addr)))?;
+            let addr = server.local_addr();
+            log::info!("{NAME}: listening on http://{addr}");
+            *self.bound.lock() = Some(addr);
+            *self.server.lock() = Some(server);
+            Ok(())
+        })
+    }
+
+    fn close(&self) -> Result<()> {
+        self.sm.stop_once(NAME, || {
+            let server = self.server.lock().take();
+            if let Some(mut server) = server {
+                server
+                    .shutdown()
+                    .map_err(|e| Error::from(e).in_service(NAME, Phase::Close))?;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl fmt::Debug for HealthEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HealthEndpoint")
+            .field("addr", &self.addr)
+            .field("bound", &self.local_addr())
+            .field("state", &self.sm.state())
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+/// What a request asks for, parsed from its path and query.
+struct Query {
+    verbose: bool,
+    excluded: Vec<String>,
+}
+
+fn parse_query(query: Option<&str>) -> Query {
+    let mut q = Query {
+        verbose: false,
+        excluded: Vec::new(),
+    };
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "verbose" => q.verbose = !matches!(value, "0" | "false"),
+            "exclude" => q.excluded.push(percent_decode(value)),
+            _ => {}
+        }
+    }
+    q
+}
+
+/// Decodes `%XX` escapes and `+` (a space in a query); invalid escapes are kept as they are.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' => {
+                match (
+                    bytes.get(i + 1).and_then(|&b| hex(b)),
+                    bytes.get(i + 2).and_then(|&b| hex(b)),
+                ) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Routes one request. Runs on the server's event-loop thread: it only reads the checker's
+/// cached snapshot and renders it.
+fn answer(checker: &HealthChecker, hide_reasons: bool, req: &Request<'_>) -> Response {
+    if req.method() != "GET" && req.method() != "HEAD" {
+        return Response::text(405, "method not allowed: use GET or HEAD\n")
+            .with_header("Allow", "GET, HEAD");
+    }
+    let path = req.path();
+    let (what, probes, only): (&str, &[Probe], Option<&str>) = match path {
+        "/livez" => return live(checker, req),
+        "/readyz" | "/ready" => ("readyz", &[Probe::Ready], None),
+        "/healthz" | "/health" => ("healthz", &[Probe::Ready, Probe::Health], None),
+        _ => match path
+            .strip_prefix("/readyz/")
+            .map(|n| ("readyz", &[Probe::Ready][..], n))
+            .or_else(|| {
+                path.strip_prefix("/healthz/")
+                    .map(|n| ("healthz", &[Probe::Ready, Probe::Health][..], n))
+            }) {
+            Some((what, probes, name)) if !name.is_empty() => (what, probes, Some(name)),
+            _ => return Response::text(404, "not found: try /livez, /readyz or /healthz\n"),
+        },
+    };
+    let query = parse_query(req.query());
+    let decoded;
+    let only = match only {
+        Some(n) => {
+            decoded = percent_decode(n);
+            Some(decoded.as_str())
+        }
+        None => None,
+    };
+    let snapshot = checker.snapshot();
+    let Some((overall, items)) = render::collect(&snapshot, probes, only, &query.excluded) else {
+        return Response::text(404, format!("no check named {:?}\n", only.unwrap_or("")));
+    };
+    if query.verbose {
+        let body = render::verbose(what, overall, &items, hide_reasons);
+        return Response::text(overall.http_status(), body);
+    }
+    let description = match only {
+        Some(n) => format!("check {n}"),
+        None if what == "readyz" => "readiness of every check".to_owned(),
+        None => "health and readiness of every check".to_owned(),
+    };
+    let body = render::json(&snapshot, &description, overall, &items, hide_reasons);
+    Response::new(overall.http_status(), HEALTH_JSON, body.into_bytes())
+}
+
+/// Liveness: the process answers and its health checker is polling. It does not depend on any
+/// check, so a failing dependency never gets the process restarted.
+fn live(checker: &HealthChecker, req: &Request<'_>) -> Response {
+    let snapshot = checker.snapshot();
+    let polling = snapshot.checker_state() == crate::State::Started;
+    let overall = if polling {
+        Overall::Pass
+    } else {
+        Overall::Fail
+    };
+    let query = parse_query(req.query());
+    if query.verbose {
+        let mut body = String::new();
+        if polling {
+            body.push_str("[+]ping ok\n[+]health checker ok\nlivez check passed\n");
+        } else {
+            body.push_str(&format!(
+                "[+]ping ok\n[-]health checker failed: not polling (state: {})\nlivez check failed\n",
+                snapshot.checker_state()
+            ));
+        }
+        return Response::text(overall.http_status(), body);
+    }
+    let mut body = String::from("{\"status\":\"");
+    body.push_str(if polling { "pass" } else { "fail" });
+    body.push_str("\",\"version\":");
+    render::push_json_str(&mut body, snapshot.version());
+    body.push_str(",\"releaseId\":");
+    render::push_json_str(&mut body, snapshot.sha());
+    body.push_str(",\"description\":\"liveness\"}");
+    Response::new(overall.http_status(), HEALTH_JSON, body.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing() {
+        let q = parse_query(Some("verbose&exclude=db&exclude=a%20b&exclude=c+d&x=1"));
+        assert!(q.verbose);
+        assert_eq!(q.excluded, ["db", "a b", "c d"]);
+        assert!(!parse_query(Some("verbose=false")).verbose);
+        assert!(!parse_query(None).verbose);
+    }
+
+    #[test]
+    fn percent_decoding_keeps_invalid_escapes() {
+        assert_eq!(percent_decode("a%2Fb"), "a/b");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("%e2%9c%93"), "✓");
+    }
+}

@@ -1,0 +1,366 @@
+//! The health endpoint over real sockets on 127.0.0.1: routes, status codes, the JSON and verbose
+//! bodies, exclusion, hidden reasons, a hung reporter, and consistent answers while checks flap.
+
+#[path = "common/http.rs"]
+mod http;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use lifecycle::{
+    CheckOptions, EndpointOptions, Error, HealthChecker, HealthEndpoint, HealthReporter, Probe,
+    Result, Service, StartContext,
+};
+
+/// A reporter whose readiness a test sets.
+struct Switch {
+    name: String,
+    ready: AtomicBool,
+}
+
+impl Switch {
+    fn new(name: &str, ready: bool) -> Arc<Switch> {
+        Arc::new(Switch {
+            name: name.into(),
+            ready: AtomicBool::new(ready),
+        })
+    }
+}
+
+impl HealthReporter for Switch {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn ready(&self) -> Result<()> {
+        if self.ready.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(Error::msg("db at 10.0.0.7:5432 refused the connection"))
+        }
+    }
+}
+
+/// A reporter whose `ready()` blocks until released, counting its calls.
+struct Hang {
+    calls: AtomicUsize,
+    release: Receiver<()>,
+}
+
+impl HealthReporter for Hang {
+    fn name(&self) -> &str {
+        "hang"
+    }
+    fn ready(&self) -> Result<()> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let _ = self.release.recv();
+        Ok(())
+    }
+}
+
+struct Fixture {
+    checker: Arc<HealthChecker>,
+    endpoint: HealthEndpoint,
+}
+
+impl Fixture {
+    fn new(options: EndpointOptions) -> Fixture {
+        let checker = Arc::new(
+            HealthChecker::builder("1.2.3", "deadbeef")
+                .interval(Duration::from_millis(20))
+                .timeout(Duration::from_millis(100))
+                .build(),
+        );
+        let endpoint =
+            HealthEndpoint::with_options("127.0.0.1:0".parse().unwrap(), checker.clone(), options);
+        checker.start(&StartContext::background()).unwrap();
+        endpoint.start(&StartContext::background()).unwrap();
+        Fixture { checker, endpoint }
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        self.endpoint.local_addr().unwrap()
+    }
+
+    /// Polls every check now and waits (bounded) until `/readyz` answers `want` and the answer
+    /// satisfies `also`.
+    #[track_caller]
+    fn wait_readyz(&self, want: u16, also: impl Fn(&http::Reply) -> bool) -> http::Reply {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.checker.poll_now();
+            let r = http::get(self.addr(), "/readyz");
+            if r.status == want && also(&r) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "readyz never became {want}: {r:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits until `/readyz` answers `want` with no check left unpolled.
+    #[track_caller]
+    fn wait_ready_status(&self, want: u16) -> http::Reply {
+        self.wait_readyz(want, |r| !r.body.contains("not checked yet"))
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.endpoint.close();
+        let _ = self.checker.close();
+    }
+}
+
+#[test]
+fn readiness_follows_the_checks_and_names_the_failing_one() {
+    let f = Fixture::new(EndpointOptions::new());
+    let db = Switch::new("db", false);
+    let cache = Switch::new("cache", true);
+    f.checker.register(db.clone()).unwrap();
+    f.checker.register(cache).unwrap();
+
+    let r = f.wait_ready_status(503);
+    assert_eq!(r.header("content-type"), Some("application/health+json"));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let j = r.json();
+    assert_eq!(j["status"], "fail");
+    assert_eq!(j["version"], "1.2.3");
+    assert_eq!(j["releaseId"], "deadbeef");
+    assert_eq!(j["checks"]["db:ready"][0]["status"], "fail");
+    assert!(j["checks"]["db:ready"][0]["output"]
+        .as_str()
+        .unwrap()
+        .contains("refused the connection"));
+    assert!(
+        j["checks"]["db:ready"][0]["consecutiveFailures"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(j["checks"]["cache:ready"][0]["status"], "pass");
+
+    db.ready.store(true, Ordering::SeqCst);
+    let j = f.wait_ready_status(200).json();
+    assert_eq!(j["status"], "pass");
+    assert!(j["checks"]["db:ready"][0]["time"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+
+    // Aliases and the everything-endpoint.
+    assert_eq!(http::get(f.addr(), "/ready").status, 200);
+    let h = http::get(f.addr(), "/healthz").json();
+    assert!(h["checks"]["db:health"].is_array() && h["checks"]["db:ready"].is_array());
+    assert_eq!(http::get(f.addr(), "/health").status, 200);
+}
+
+#[test]
+fn verbose_exclude_and_single_check() {
+    let f = Fixture::new(EndpointOptions::new());
+    f.checker.register(Switch::new("db", false)).unwrap();
+    f.checker.register(Switch::new("api", true)).unwrap();
+    f.wait_ready_status(503);
+
+    let v = http::get(f.addr(), "/readyz?verbose");
+    assert_eq!(v.status, 503);
+    assert_eq!(v.header("content-type"), Some("text/plain; charset=utf-8"));
+    let lines: Vec<&str> = v.body.lines().collect();
+    assert!(lines.contains(&"[+]api ok"), "{lines:?}");
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("[-]db failed: ") && l.contains("refused")));
+    assert_eq!(lines.last(), Some(&"readyz check failed"));
+
+    let x = http::get(f.addr(), "/readyz?verbose&exclude=db");
+    assert_eq!(x.status, 200, "{}", x.body);
+    assert!(x.body.contains("[-]db excluded: failed"));
+    assert!(x.body.ends_with("readyz check passed\n"));
+    assert_eq!(
+        http::get(f.addr(), "/readyz?exclude=db").json()["status"],
+        "pass"
+    );
+
+    assert_eq!(http::get(f.addr(), "/readyz/api").status, 200);
+    let one = http::get(f.addr(), "/readyz/db");
+    assert_eq!(one.status, 503);
+    assert_eq!(one.json()["checks"].as_object().unwrap().len(), 1);
+    assert_eq!(http::get(f.addr(), "/readyz/nope").status, 404);
+}
+
+#[test]
+fn liveness_does_not_depend_on_checks() {
+    let f = Fixture::new(EndpointOptions::new());
+    f.checker.register(Switch::new("db", false)).unwrap();
+    f.wait_ready_status(503);
+    let l = http::get(f.addr(), "/livez");
+    assert_eq!(l.status, 200);
+    assert_eq!(l.json()["status"], "pass");
+    assert!(http::get(f.addr(), "/livez?verbose")
+        .body
+        .ends_with("livez check passed\n"));
+    // Once the checker stops polling, nothing vouches for the process any more.
+    f.checker.close().unwrap();
+    assert_eq!(http::get(f.addr(), "/livez").status, 503);
+    assert_eq!(http::get(f.addr(), "/readyz").status, 503);
+}
+
+#[test]
+fn methods_paths_and_head() {
+    let f = Fixture::new(EndpointOptions::new());
+    assert_eq!(http::get(f.addr(), "/nope").status, 404);
+    assert_eq!(http::get(f.addr(), "/readyz/").status, 404);
+    let post = http::request(f.addr(), "POST", "/readyz");
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+    assert_eq!(http::request(f.addr(), "DELETE", "/livez").status, 405);
+    let get = http::get(f.addr(), "/livez");
+    let head = http::request(f.addr(), "HEAD", "/livez");
+    assert_eq!(head.status, 200);
+    assert_eq!(head.body, "");
+    assert_eq!(
+        head.header("content-length"),
+        Some(get.body.len().to_string().as_str())
+    );
+}
+
+#[test]
+fn reasons_can_be_hidden() {
+    let f = Fixture::new(EndpointOptions::new().hide_reasons(true));
+    f.checker.register(Switch::new("db", false)).unwrap();
+    let r = f.wait_ready_status(503);
+    assert!(!r.body.contains("10.0.0.7"), "{}", r.body);
+    assert_eq!(
+        r.json()["checks"]["db:ready"][0]["output"],
+        "reason withheld"
+    );
+    let v = http::get(f.addr(), "/readyz?verbose");
+    assert!(v.body.contains("[-]db failed: reason withheld"));
+    assert!(!v.body.contains("10.0.0.7"));
+}
+
+#[test]
+fn informational_checks_warn_but_pass() {
+    let f = Fixture::new(EndpointOptions::new());
+    f.checker
+        .register_with(
+            Switch::new("flaky", false),
+            CheckOptions::new().informational(true),
+        )
+        .unwrap();
+    f.checker.register(Switch::new("core", true)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let j = loop {
+        f.checker.poll_now();
+        let r = http::get(f.addr(), "/readyz");
+        let j = r.json();
+        if j["status"] == "warn" {
+            assert_eq!(r.status, 200);
+            break j;
+        }
+        assert!(Instant::now() < deadline, "never warned: {j}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(j["checks"]["flaky:ready"][0]["status"], "warn");
+}
+
+#[test]
+fn a_reporter_that_never_returns_is_reported_and_never_blocks_answers() {
+    let f = Fixture::new(EndpointOptions::new());
+    let (release, rx) = crossbeam_channel::bounded::<()>(0);
+    let hang = Arc::new(Hang {
+        calls: AtomicUsize::new(0),
+        release: rx,
+    });
+    f.checker.register(hang.clone()).unwrap();
+    f.checker.register(Switch::new("ok", true)).unwrap();
+
+    // Within one interval plus the timeout (bounded here by a watchdog), readiness fails naming
+    // it, and every request meanwhile is answered.
+    let r = f.wait_readyz(503, |r| r.body.contains("timed out after"));
+    let out = r.json()["checks"]["hang:ready"][0]["output"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(out.contains("timed out after"), "{out}");
+    for _ in 0..20 {
+        assert_eq!(http::get(f.addr(), "/livez").status, 200);
+        assert_eq!(http::get(f.addr(), "/readyz/ok").status, 200);
+    }
+    assert_eq!(f.checker.stuck_calls(), 1);
+    assert_eq!(hang.calls.load(Ordering::SeqCst), 1, "no pile-up of calls");
+    drop(release);
+    f.wait_ready_status(200);
+}
+
+#[test]
+fn answers_are_consistent_snapshots_while_checks_flap() {
+    let f = Fixture::new(EndpointOptions::new());
+    let names: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
+    let reporters: Vec<_> = names
+        .iter()
+        .map(|n| f.checker.register(Switch::new(n, true)).unwrap())
+        .collect();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // Flap every check through active pushes as fast as possible.
+        s.spawn(|| {
+            let mut i = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                let r = &reporters[i % reporters.len()];
+                let status = if i % 3 == 0 {
+                    Err(Error::msg("flap"))
+                } else {
+                    Ok(())
+                };
+                r.report(Probe::Ready, status).unwrap();
+                i += 1;
+            }
+        });
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    for _ in 0..150 {
+                        let r = http::get(f.addr(), "/readyz");
+                        let j = r.json();
+                        let checks = j["checks"].as_object().unwrap();
+                        let any_fail = checks.values().any(|c| c[0]["status"] != "pass");
+                        let expected = if any_fail { "fail" } else { "pass" };
+                        assert_eq!(j["status"], expected, "inconsistent body: {j}");
+                        assert_eq!(r.status, if any_fail { 503 } else { 200 });
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().unwrap();
+        }
+        stop.store(true, Ordering::SeqCst);
+    });
+}
+
+#[test]
+fn close_returns_with_idle_keep_alive_clients_connected() {
+    let f = Fixture::new(EndpointOptions::new());
+    let mut clients: Vec<_> = (0..20).map(|_| http::connect(f.addr())).collect();
+    // Make them real keep-alive clients: one answered request each, then idle.
+    for c in &mut clients {
+        use std::io::Write;
+        c.write_all(b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = std::io::Read::read(c, &mut buf).unwrap();
+        assert!(n > 0);
+    }
+    f.endpoint.close().unwrap();
+    for c in &mut clients {
+        // The server closed them: EOF (or reset), not a timeout.
+        let rest = http::read_until_closed(c);
+        assert!(rest.is_empty());
+    }
+    assert!(http::connect_fails(f.addr()));
+}
