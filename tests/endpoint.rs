@@ -312,7 +312,7 @@ fn answers_are_consistent_snapshots_while_checks_flap() {
             let mut i = 0usize;
             while !stop.load(Ordering::SeqCst) {
                 let r = &reporters[i % reporters.len()];
-                let status = if i % 3 == 0 {
+                let status = if i.is_multiple_of(3) {
                     Err(Error::msg("flap"))
                 } else {
                     Ok(())
