@@ -5,10 +5,14 @@
 //! ```text
 //! RUST_LOG=info cargo run --example demo
 //! curl localhost:8080/jobs
+//! curl 'localhost:8001/readyz?verbose'
+//! curl localhost:8001/healthz
 //! ```
 //!
 //! Flags:
 //!
+//! - `--health-addr ADDR` (default `127.0.0.1:8001`): where probes get `/livez`, `/readyz` and
+//!   `/healthz` (add `?verbose` for the Kubernetes text form).
 //! - `--api-addr ADDR` (default `127.0.0.1:8080`): where the API listens.
 //! - `--termination-delay SECS` (default 0): how long to keep serving after SIGTERM, not ready,
 //!   before closing anything.
@@ -33,8 +37,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use lifecycle::{
-    Error, HealthReport, HealthReporter, Result, Runner, Service, ServiceOptions, StartContext,
-    StateMachine, StopSignal,
+    Error, HealthChecker, HealthReport, HealthReporter, Result, Runner, Service, ServiceOptions,
+    StartContext, StateMachine, StopSignal,
 };
 use parking_lot::Mutex;
 
@@ -309,6 +313,7 @@ impl Service for Faulty {
 }
 
 struct Args {
+    health_addr: SocketAddr,
     api_addr: SocketAddr,
     termination_delay: Duration,
     shutdown_timeout: Duration,
@@ -318,6 +323,7 @@ struct Args {
 
 fn parse_args() -> std::result::Result<Args, String> {
     let mut args = Args {
+        health_addr: "127.0.0.1:8001".parse().expect("valid default"),
         api_addr: "127.0.0.1:8080".parse().expect("valid default"),
         termination_delay: Duration::ZERO,
         shutdown_timeout: lifecycle::DEFAULT_SHUTDOWN_TIMEOUT,
@@ -335,6 +341,10 @@ fn parse_args() -> std::result::Result<Args, String> {
                 .ok_or(format!("{flag}: {v:?} is not a number of seconds"))
         };
         match flag.as_str() {
+            "--health-addr" => {
+                let v = value()?;
+                args.health_addr = v.parse().map_err(|e| format!("--health-addr {v:?}: {e}"))?;
+            }
             "--api-addr" => {
                 let v = value()?;
                 args.api_addr = v.parse().map_err(|e| format!("--api-addr {v:?}: {e}"))?;
@@ -357,7 +367,7 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(e) => {
             eprintln!(
-                "demo: {e}\nusage: demo [--api-addr ADDR] [--termination-delay SECS] \
+                "demo: {e}\nusage: demo [--health-addr ADDR] [--api-addr ADDR] [--termination-delay SECS] \
                  [--shutdown-timeout SECS] [--stop-timeout SECS] \
                  [--fail NAME] [--slow-start NAME] [--hang-close NAME]"
             );
@@ -384,7 +394,13 @@ fn main() -> ExitCode {
         served: Arc::new(AtomicU64::new(0)),
     });
 
+    let checker = Arc::new(HealthChecker::new(
+        env!("CARGO_PKG_VERSION"),
+        option_env!("GIT_SHA").unwrap_or("dev"),
+    ));
     let mut runner = Runner::new()
+        .health(checker)
+        .health_endpoint(args.health_addr)
         .termination_delay(args.termination_delay)
         .shutdown_timeout(args.shutdown_timeout)
         .stop_timeout(args.stop_timeout);

@@ -267,6 +267,7 @@ impl HealthChecker {
                 worker,
                 call: None,
                 next_due: Instant::now(),
+                pushed_at: [None, None],
             };
             reg.checks.insert(Arc::clone(&name), entry);
             self.shared.commit(&mut reg)

@@ -720,3 +720,60 @@ fn unregistering_a_stuck_check_does_not_wait_for_it() {
     assert!(stuck_calls.try_recv().is_err(), "never called again");
     checker.close().unwrap();
 }
+
+#[test]
+fn a_poll_that_began_before_a_push_does_not_override_it() {
+    let checker = started(NEVER, Duration::from_secs(60));
+    let (fake, calls) = Fake::new("svc");
+    checker.register(fake.clone()).unwrap();
+    recv_call(&calls); // the first poll, at registration
+    eventually("first poll recorded", || {
+        checker
+            .snapshot()
+            .check("svc")
+            .unwrap()
+            .ready()
+            .is_passing()
+    });
+    let polled = |c: &HealthChecker| c.snapshot().check("svc").unwrap().last_polled();
+    let before = polled(&checker);
+
+    // A poll is in the middle of ready() when a push says the opposite.
+    let gate = fake.block();
+    checker.poll_now();
+    recv_call(&calls);
+    checker
+        .report(
+            "svc",
+            Probe::Ready,
+            Err(lifecycle::Error::msg("pushed: shutting down")),
+        )
+        .unwrap();
+    fake.unblock(gate);
+    eventually("the in-flight poll is recorded", || {
+        polled(&checker) != before
+    });
+
+    // Its result (passing) was read before the push: the push stands.
+    let snap = checker.snapshot();
+    let ready = snap.check("svc").unwrap().ready();
+    assert_eq!(ready.status(), Status::Failing);
+    assert!(ready
+        .error()
+        .unwrap()
+        .to_string()
+        .contains("pushed: shutting down"));
+
+    // A poll that begins after the push is applied as usual.
+    let before = polled(&checker);
+    checker.poll_now();
+    recv_call(&calls);
+    eventually("the next poll is recorded", || polled(&checker) != before);
+    assert!(checker
+        .snapshot()
+        .check("svc")
+        .unwrap()
+        .ready()
+        .is_passing());
+    checker.close().unwrap();
+}

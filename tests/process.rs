@@ -1,15 +1,18 @@
 //! The demo as a real child process, with real signals: exit codes, stop order, rollback, and a
 //! second signal during a hung shutdown.
 
+#[path = "common/http.rs"]
+mod http;
 #[path = "common/process.rs"]
 mod process;
 
+use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 
 use process::{example, services_in, Proc};
 
 fn demo(args: &[&str]) -> Proc {
-    let mut all = vec!["--api-addr", "127.0.0.1:0"];
+    let mut all = vec!["--api-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0"];
     all.extend_from_slice(args);
     Proc::spawn(&example("demo"), &all)
 }
@@ -22,10 +25,13 @@ fn sigterm_after_ready_exits_0_and_stops_in_reverse_order() {
     let (status, log) = p.wait_exit();
     assert_eq!(status.code(), Some(0), "log:\n{}", log.join("\n"));
     let started = services_in(&log, ": starting");
-    let mut stopped = services_in(&log, ": stopping");
+    let stopped = services_in(&log, ": stopping");
     assert_eq!(started, ["pool", "worker", "api"]);
-    stopped.reverse();
-    assert_eq!(stopped, started);
+    // The services in reverse, then the health endpoint and its checker, last.
+    assert_eq!(
+        stopped,
+        ["api", "worker", "pool", "health endpoint", "health checker"]
+    );
     assert!(log.iter().any(|l| l.contains("stopped cleanly (signal)")));
 }
 
@@ -68,7 +74,10 @@ fn a_service_that_fails_to_start_gives_exit_1_and_is_named() {
         log.join("\n")
     );
     // The pool, started before, was closed; the api never started.
-    assert_eq!(services_in(&log, ": stopping"), ["pool"]);
+    assert_eq!(
+        services_in(&log, ": stopping"),
+        ["pool", "health endpoint", "health checker"]
+    );
     assert!(services_in(&log, ": starting").iter().all(|s| s != "api"));
 }
 
@@ -79,7 +88,10 @@ fn a_signal_during_startup_rolls_back_cleanly() {
     p.signal(libc::SIGTERM);
     let (status, log) = p.wait_exit();
     assert_eq!(status.code(), Some(0), "log:\n{}", log.join("\n"));
-    assert_eq!(services_in(&log, ": stopping"), ["worker", "pool"]);
+    assert_eq!(
+        services_in(&log, ": stopping"),
+        ["worker", "pool", "health endpoint", "health checker"]
+    );
     assert!(log.iter().any(|l| l.contains("stopped cleanly (signal)")));
 }
 
@@ -94,4 +106,47 @@ fn a_hung_close_is_abandoned_at_its_timeout_and_the_rest_still_close() {
         .iter()
         .any(|l| l.contains("worker: close timed out after 200ms")));
     assert!(log.iter().any(|l| l.contains("pool: stopped in")));
+}
+
+/// The health endpoint's address, from the line it logs when it starts listening.
+fn health_addr(p: &mut Proc) -> SocketAddr {
+    let line = p.wait_for("health endpoint: listening on http://");
+    line.rsplit("http://").next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn during_the_termination_delay_readiness_fails_and_liveness_passes() {
+    // The delay is only a window to look through; the test waits for events, not for time.
+    let mut p = demo(&["--termination-delay", "30", "--shutdown-timeout", "60"]);
+    let addr = health_addr(&mut p);
+    p.wait_for("; running");
+    http::wait_status(addr, "/readyz", 200);
+    p.signal(libc::SIGTERM);
+    p.wait_for("draining for");
+    let ready = http::get(addr, "/readyz?verbose");
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(ready.body.contains("[-]runner failed"), "{}", ready.body);
+    assert_eq!(http::get(addr, "/livez").status, 200);
+    // Nothing has been closed yet: the API's readiness still passes on its own.
+    assert_eq!(http::get(addr, "/readyz/api").status, 200);
+    // A second signal ends the wait at once.
+    p.signal(libc::SIGTERM);
+    let (status, log) = p.wait_exit();
+    assert_eq!(status.code(), Some(lifecycle::SECOND_SIGNAL_EXIT_CODE));
+    assert!(services_in(&log, ": stopping").is_empty(), "{log:?}");
+}
+
+#[test]
+fn probes_answer_from_the_start_and_pass_once_everything_is_ready() {
+    let mut p = demo(&["--slow-start", "api"]);
+    let addr = health_addr(&mut p);
+    p.wait_for("api: slow start");
+    // Starting: not ready, but alive.
+    let r = http::get(addr, "/readyz");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["checks"]["runner:ready"][0]["status"], "fail");
+    assert_eq!(http::get(addr, "/livez").status, 200);
+    p.signal(libc::SIGTERM);
+    let (status, _) = p.wait_exit();
+    assert_eq!(status.code(), Some(0));
 }

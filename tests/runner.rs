@@ -27,6 +27,7 @@ fn runner() -> Runner {
 fn run_with(runner: Runner, during: impl FnOnce(Option<&RunHandle>)) -> RunReport {
     let handle = runner.handle();
     std::thread::scope(|s| {
+        let _guard = ShutdownOnDrop(handle.clone());
         let run = s.spawn(move || runner.run());
         let running = {
             let h = handle.clone();
@@ -38,6 +39,16 @@ fn run_with(runner: Runner, during: impl FnOnce(Option<&RunHandle>)) -> RunRepor
         handle.shutdown();
         run.join().unwrap()
     })
+}
+
+/// Asks the runner to shut down when dropped, so that a failing assertion in a test cannot leave
+/// the runner running and the test's thread scope waiting for it forever.
+struct ShutdownOnDrop(RunHandle);
+
+impl Drop for ShutdownOnDrop {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
 }
 
 /// A service scripted per test: when it becomes ready, how its start and close behave.
@@ -274,6 +285,7 @@ fn a_fatal_error_from_a_running_service_stops_everything() {
     let runner = runner().services(dyn_services(&services));
     let handle = runner.handle();
     let report = std::thread::scope(|s| {
+        let _guard = ShutdownOnDrop(handle.clone());
         let run = s.spawn(move || runner.run());
         assert!(handle.wait_running(WATCHDOG));
         // A worker of s1 hits an unrecoverable error.
@@ -446,6 +458,7 @@ fn a_shutdown_during_a_slow_start_cancels_it_and_rolls_back_cleanly() {
         .service(never.clone());
     let handle = runner.handle();
     let report = std::thread::scope(|s| {
+        let _guard = ShutdownOnDrop(handle.clone());
         let run = s.spawn(move || runner.run());
         started_rx.recv_timeout(WATCHDOG).expect("slow start began");
         handle.shutdown();
@@ -486,4 +499,95 @@ fn only_one_runner_handles_signals_at_a_time() {
             .handle_signals(true)
             .service(Recorder::new("c", Behavior::Healthy, &events));
     assert!(run_with(third, |h| assert!(h.is_some())).is_success());
+}
+
+#[path = "common/http.rs"]
+mod http;
+
+#[test]
+fn health_endpoint_follows_the_phases_of_the_run() {
+    let events = Events::default();
+    let (release, blocked) = crossbeam_channel::bounded::<()>(0);
+    let (entered_tx, entered_rx) = crossbeam_channel::bounded::<()>(1);
+    let first = Recorder::new("first", Behavior::Healthy, &events);
+    let mut closing = Scripted::new("closing", &events);
+    closing.close_blocks = Some(blocked);
+    /// Tells the test when its close has begun, then closes `inner`.
+    struct Announce(Arc<Scripted>, Sender<()>);
+    impl HealthReporter for Announce {
+        fn name(&self) -> &str {
+            self.0.name()
+        }
+        fn ready(&self) -> Result<()> {
+            self.0.ready()
+        }
+    }
+    impl Service for Announce {
+        fn start(&self, ctx: &StartContext) -> Result<()> {
+            self.0.start(ctx)
+        }
+        fn close(&self) -> Result<()> {
+            self.1.send(()).unwrap();
+            self.0.close()
+        }
+    }
+    let checker = Arc::new(lifecycle::HealthChecker::new("9.9.9", "cafe"));
+    let runner = runner()
+        .health(checker.clone())
+        .health_endpoint("127.0.0.1:0".parse().unwrap())
+        .service(first)
+        .service(Arc::new(Announce(Arc::new(closing), entered_tx)));
+    let handle = runner.handle();
+    let report = std::thread::scope(|s| {
+        // Owned by this closure, so a failing assertion drops it and unblocks the close.
+        let release = release;
+        let _guard = ShutdownOnDrop(handle.clone());
+        let run = s.spawn(move || runner.run());
+        assert!(handle.wait_running(WATCHDOG));
+        let addr = handle.health_addr().expect("endpoint listening");
+        // Running: every service and the runner itself become ready (the runner asks the
+        // checker for a fresh poll as the run phase begins).
+        let r = http::wait_status(addr, "/readyz", 200);
+        let j = r.json();
+        assert_eq!(j["version"], "9.9.9");
+        for check in ["first:ready", "closing:ready", "runner:ready"] {
+            assert_eq!(j["checks"][check][0]["status"], "pass", "{check}: {j}");
+        }
+        handle.shutdown();
+        // Shutting down, a close in progress: not ready, still alive.
+        entered_rx.recv_timeout(WATCHDOG).unwrap();
+        let r = http::get(addr, "/readyz");
+        assert_eq!(r.status, 503);
+        assert_eq!(r.json()["checks"]["runner:ready"][0]["status"], "fail");
+        let live = http::get(addr, "/livez?verbose");
+        assert_eq!(live.status, 200, "{}", live.body);
+        drop(release);
+        let report = run.join().unwrap();
+        // The endpoint closed last: nothing listens any more.
+        assert!(http::connect_fails(addr));
+        report
+    });
+    assert!(report.is_success(), "{:?}", report.error());
+    assert_eq!(
+        checker.snapshot().checker_state(),
+        lifecycle::State::Stopped
+    );
+}
+
+#[test]
+fn an_endpoint_that_cannot_bind_fails_the_start_before_any_service() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let events = Events::default();
+    let svc = Recorder::new("svc", Behavior::Healthy, &events);
+    let report = run_with(
+        runner()
+            .health_endpoint(taken.local_addr().unwrap())
+            .service(svc.clone()),
+        |h| assert!(h.is_none()),
+    );
+    assert_eq!(report.cause(), &ShutdownCause::StartFailed);
+    let e = report.error().unwrap();
+    assert_eq!(e.service(), Some("health endpoint"), "{e}");
+    assert!(e.to_string().contains("cannot listen on"), "{e}");
+    assert_eq!(svc.starts(), 0);
 }

@@ -33,6 +33,16 @@ pub(super) struct Entry {
     pub(super) worker: Worker,
     pub(super) call: Option<Call>,
     pub(super) next_due: Instant,
+    /// When each probe ([ready, health]) was last pushed: a poll whose call began before that
+    /// read the service's state before the push, so its result must not override the push.
+    pub(super) pushed_at: [Option<Instant>; 2],
+}
+
+fn probe_index(probe: Probe) -> usize {
+    match probe {
+        Probe::Ready => 0,
+        Probe::Health => 1,
+    }
 }
 
 impl Entry {
@@ -230,22 +240,13 @@ impl Registry {
         };
         data.report = report;
         let mut events = Vec::new();
-        events.extend(apply(
-            data,
-            Probe::Ready,
-            result.ready,
-            entry.threshold,
-            false,
-            stamp.1,
-        ));
-        events.extend(apply(
-            data,
-            Probe::Health,
-            health,
-            entry.threshold,
-            false,
-            stamp.1,
-        ));
+        for (probe, outcome) in [(Probe::Ready, result.ready), (Probe::Health, health)] {
+            let superseded = entry.pushed_at[probe_index(probe)].is_some_and(|p| result.began < p);
+            if superseded {
+                continue;
+            }
+            events.extend(apply(data, probe, outcome, entry.threshold, false, stamp.1));
+        }
         if was_stuck {
             let line = format!(
                 "{}: stuck call returned after {:?}",
@@ -274,6 +275,7 @@ impl Registry {
             .filter(|e| id.is_none_or(|id| id == e.id))
             .ok_or_else(|| super::not_registered(name))?;
         let status = status.map_err(|e| e.in_service(name, probe.phase()));
+        entry.pushed_at[probe_index(probe)] = Some(Instant::now());
         let data = Arc::make_mut(&mut entry.data);
         let event = apply(
             data,

@@ -70,6 +70,8 @@ pub(super) struct PollResult {
     pub(super) id: u64,
     pub(super) ready: Result<()>,
     pub(super) health: Result<HealthReport>,
+    /// When the call to `ready()` began.
+    pub(super) began: Instant,
     pub(super) duration: Duration,
 }
 
@@ -114,6 +116,7 @@ impl Worker {
                     id,
                     ready,
                     health,
+                    began,
                     duration,
                 };
                 if results.send(result).is_err() {

@@ -3,16 +3,24 @@
 mod call;
 mod report;
 
+mod health;
+
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
+use parking_lot::Mutex;
 
+use crate::checker::HealthChecker;
+use crate::endpoint::EndpointOptions;
 use crate::error::{Error, Phase, Result};
 use crate::service::{close_guarded, ready_guarded, start_guarded, Service};
 use crate::signals::SignalRoute;
 use crate::stop::{StartContext, StopSignal};
+
+use self::health::RunnerHealth;
 
 use self::call::{Abandoned, Pending};
 pub use self::report::{RunPhase, RunReport, ServiceReport, ShutdownCause};
@@ -75,6 +83,7 @@ pub struct RunHandle {
     shutting_down: StopSignal,
     // Fired (used as a one-shot latch) when every service is ready and the run phase begins.
     running: StopSignal,
+    health_addr: Arc<Mutex<Option<SocketAddr>>>,
 }
 
 impl RunHandle {
@@ -94,6 +103,11 @@ impl RunHandle {
     /// Whether a shutdown has been asked for through any handle, or has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.is_stopped()
+    }
+
+    /// The address the health endpoint listens on, once it has started (useful with port 0).
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        *self.health_addr.lock()
     }
 
     /// Whether the run phase has begun: every service started and became ready. It stays `true`
@@ -176,6 +190,8 @@ pub struct Runner {
     handle_signals: bool,
     requests: Receiver<Request>,
     handle: RunHandle,
+    checker: Option<Arc<HealthChecker>>,
+    endpoint: Option<(SocketAddr, EndpointOptions)>,
 }
 
 impl Default for Runner {
@@ -202,7 +218,10 @@ impl Runner {
                 requests: tx,
                 shutting_down: StopSignal::new(),
                 running: StopSignal::new(),
+                health_addr: Arc::new(Mutex::new(None)),
             },
+            checker: None,
+            endpoint: None,
         }
     }
 
@@ -275,6 +294,30 @@ impl Runner {
         self
     }
 
+    /// Reports health through `checker`: every service is registered with it, together with a
+    /// check named `runner` that is ready only in the run phase. The runner starts the checker
+    /// before any service and closes it last.
+    ///
+    /// Create it with your program's version and git sha, which the endpoint reports, and keep a
+    /// clone to [subscribe](HealthChecker::subscribe) to health changes.
+    pub fn health(mut self, checker: Arc<HealthChecker>) -> Runner {
+        self.checker = Some(checker);
+        self
+    }
+
+    /// Serves health on `addr` with a [`HealthEndpoint`](crate::HealthEndpoint), started before
+    /// any service (answering not-ready until every service is ready) and closed last. Uses the
+    /// checker given to [`health`](Runner::health), or one with version and sha `unknown`.
+    pub fn health_endpoint(self, addr: SocketAddr) -> Runner {
+        self.health_endpoint_with(addr, EndpointOptions::new())
+    }
+
+    /// Like [`health_endpoint`](Runner::health_endpoint), with options.
+    pub fn health_endpoint_with(mut self, addr: SocketAddr, options: EndpointOptions) -> Runner {
+        self.endpoint = Some((addr, options));
+        self
+    }
+
     /// A handle to ask this runner to shut down or to report a fatal error.
     pub fn handle(&self) -> RunHandle {
         self.handle.clone()
@@ -305,6 +348,8 @@ impl fmt::Debug for Runner {
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("termination_delay", &self.termination_delay)
             .field("handle_signals", &self.handle_signals)
+            .field("health", &self.checker.is_some())
+            .field("endpoint", &self.endpoint.as_ref().map(|(addr, _)| addr))
             .finish()
     }
 }
@@ -322,6 +367,7 @@ struct Run {
     signals: Receiver<()>,
     _route: Option<SignalRoute>,
     setup_error: Option<Error>,
+    health: Option<RunnerHealth>,
     reports: Vec<ServiceReport>,
     started: Vec<usize>,
     abandoned: Vec<Abandoned>,
@@ -354,11 +400,13 @@ impl Run {
                 closed: false,
             })
             .collect();
+        let health = RunnerHealth::new(&runner);
         Run {
             runner,
             signals,
             _route: route,
             setup_error,
+            health,
             reports,
             started: Vec::new(),
             abandoned: Vec::new(),
@@ -376,7 +424,14 @@ impl Run {
             return self.finish(ShutdownCause::StartFailed, [Duration::ZERO; 3]);
         }
 
-        let start_outcome = self.start_all();
+        let start_outcome = match self.start_health() {
+            Ok(()) => self.start_all(),
+            Err(e) => {
+                log::error!("{e}");
+                self.start_errors.push(e);
+                Some(ShutdownCause::StartFailed)
+            }
+        };
         let start_duration = began.elapsed();
         let run_began = Instant::now();
         let (cause, drain) = match start_outcome {
@@ -386,6 +441,9 @@ impl Run {
                     "all {} services ready in {start_duration:?}; running",
                     self.started.len()
                 );
+                if let Some(h) = &self.health {
+                    h.set_running(true);
+                }
                 self.runner.handle.running.stop();
                 (self.wait_for_end(), true)
             }
@@ -415,6 +473,23 @@ impl Run {
                 ShutdownCause::Fatal
             }
         }
+    }
+
+    /// Starts the health checker and endpoint, and registers every service, before any service
+    /// starts: probes get answers (not ready) from the start.
+    fn start_health(&mut self) -> Result<()> {
+        let Some(health) = &mut self.health else {
+            return Ok(());
+        };
+        let services: Vec<_> = self
+            .runner
+            .entries
+            .iter()
+            .map(|e| e.service.clone())
+            .collect();
+        health.start(services)?;
+        *self.runner.handle.health_addr.lock() = health.local_addr();
+        Ok(())
     }
 
     /// Starts every service in order; returns the cause if the start phase ended early.
@@ -554,6 +629,10 @@ impl Run {
     fn shutdown(&mut self, cause: &ShutdownCause, drain: bool) {
         let deadline = Instant::now() + self.runner.shutdown_timeout;
         self.runner.handle.shutting_down.stop();
+        if let Some(h) = &self.health {
+            // Readiness fails at once so load balancers stop sending traffic; liveness stays.
+            h.set_running(false);
+        }
         log::info!(
             "shutting down ({cause}): closing {} services",
             self.started.len()
@@ -576,22 +655,43 @@ impl Run {
         for (name, cleanup) in cleanups.into_iter().rev() {
             self.cleanup_one(name, cleanup, deadline);
         }
+
+        // Last, the health endpoint (so probes are answered until the end), then its checker.
+        if let Some(health) = self.health.take() {
+            for service in health.into_services_to_close() {
+                self.close_bounded(service, self.runner.stop_timeout, deadline);
+            }
+        }
     }
 
     fn close_one(&mut self, index: usize, deadline: Instant) {
         let entry = &self.runner.entries[index];
         let service = entry.service.clone();
-        let name = service.name().to_owned();
         let timeout = entry
             .options
             .stop_timeout
             .unwrap_or(self.runner.stop_timeout);
+        if let Some(took) = self.close_bounded(service, timeout, deadline) {
+            self.reports[index].closed = true;
+            self.reports[index].closed_in = Some(took);
+        }
+    }
+
+    /// Closes `service` on a thread of its own, waiting at most `timeout` and never past
+    /// `deadline`; records any error. Returns how long the close took if it returned in time.
+    fn close_bounded(
+        &mut self,
+        service: Arc<dyn Service>,
+        timeout: Duration,
+        deadline: Instant,
+    ) -> Option<Duration> {
+        let name = service.name().to_owned();
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             let e = Error::timed_out(&name, Phase::Shutdown, self.runner.shutdown_timeout);
             log::error!("{name}: not closed: the shutdown deadline has passed");
             self.shutdown_errors.push(e);
-            return;
+            return None;
         }
         let bound = timeout.min(remaining);
         log::info!("{name}: stopping");
@@ -602,8 +702,6 @@ impl Run {
         match outcome {
             Ok(Ok(result)) => {
                 let took = began.elapsed();
-                self.reports[index].closed = true;
-                self.reports[index].closed_in = Some(took);
                 match result {
                     Ok(()) => log::info!("{name}: stopped in {took:?}"),
                     Err(e) => {
@@ -611,16 +709,19 @@ impl Run {
                         self.shutdown_errors.push(e);
                     }
                 }
+                Some(took)
             }
             Ok(Err(pending)) => {
                 let e = Error::timed_out(&name, Phase::Close, bound);
                 log::error!("{e}; abandoning its close, which did not return");
                 self.abandoned.push(pending.abandon());
                 self.shutdown_errors.push(e);
+                None
             }
             Err(e) => {
                 log::error!("{e}");
                 self.shutdown_errors.push(e);
+                None
             }
         }
     }

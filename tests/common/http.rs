@@ -92,3 +92,20 @@ pub fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
 pub fn connect_fails(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_secs(5)).is_err()
 }
+
+/// GETs `path` until it answers `status` (bounded by a 20 s watchdog); returns that answer.
+#[track_caller]
+pub fn wait_status(addr: SocketAddr, path: &str, status: u16) -> Reply {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = get(addr, path);
+        if r.status == status {
+            return r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} never answered {status}: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
