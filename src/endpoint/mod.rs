@@ -103,7 +103,7 @@ impl EndpointOptions {
 /// checker.start(&StartContext::background())?;
 /// endpoint.start(&StartContext::background())?;
 /// let addr = endpoint.local_addr().expect("bound");
-/// // ... probes GET http://{addr}/readyz ...
+/// println!("probes GET http://{addr}/readyz");
 /// endpoint.close()?;
 /// checker.close()?;
 /// # Ok::<(), lifecycle::Error>(())

@@ -155,7 +155,14 @@ pub(super) fn parse<'a>(
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(httparse::Error::TooManyHeaders) => return Parsed::Rejected(Reject::TooLarge),
-        Err(httparse::Error::Version) => return Parsed::Rejected(Reject::Version),
+        // httparse says `Version` for anything but `HTTP/1.0` and `HTTP/1.1` where the version
+        // goes, garbage included: only another HTTP version is answered 505.
+        Err(httparse::Error::Version) if names_an_http_version(buf) => {
+            return Parsed::Rejected(Reject::Version);
+        }
+        Err(httparse::Error::Version) => {
+            return Parsed::Rejected(Reject::BadRequest("malformed HTTP version"));
+        }
         Err(_) => return Parsed::Rejected(Reject::BadRequest("malformed request head")),
     };
     let httparse::Request {
@@ -183,6 +190,22 @@ pub(super) fn parse<'a>(
             has_body: framing.has_body,
         }),
         Err(reject) => Parsed::Rejected(reject),
+    }
+}
+
+/// Whether the request line at the start of `buf` ends in an HTTP version, `HTTP/` DIGIT `.`
+/// DIGIT, or what httparse may have read of one when it refused it (at least the major digit;
+/// `HTTP/2` and `HTTP/3` are also how those versions are named).
+fn names_an_http_version(buf: &[u8]) -> bool {
+    let line = buf
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or(buf);
+    let version = line.rsplit(|&b| b == b' ').next().unwrap_or(line);
+    match version.strip_prefix(b"HTTP/") {
+        Some([major] | [major, b'.']) => major.is_ascii_digit(),
+        Some([major, b'.', minor]) => major.is_ascii_digit() && minor.is_ascii_digit(),
+        _ => false,
     }
 }
 
@@ -388,6 +411,16 @@ mod tests {
             "GET / HTTP/2.0\r\n\r\n",
             "Some(505) unsupported HTTP version",
         );
+        check("GET / HTTP/3\r\n\r\n", "Some(505) unsupported HTTP version");
+        check("GET / HTTP/1.2", "Some(505) unsupported HTTP version");
+        check("GET / HTTP/2", "Some(505) unsupported HTTP version");
+        check("GET / HTXP/1.1\r\n\r\n", "Some(400) malformed HTTP version");
+        check("GET / HTTP/1.x\r\n\r\n", "Some(400) malformed HTTP version");
+        check(
+            "GET / HTTP/11.1\r\n\r\n",
+            "Some(400) malformed HTTP version",
+        );
+        check("GET / 1.1\r\n\r\n", "Some(400) malformed HTTP version");
         check(
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             "None HTTP/2 connection preface",

@@ -45,7 +45,7 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// What a best-effort answer to a connection over the limit says.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
-Cache-Control: no-store\r\nContent-Length: 20\r\nConnection: close\r\n\r\ntoo many connections\n";
+Cache-Control: no-store\r\nContent-Length: 21\r\nConnection: close\r\n\r\ntoo many connections\n";
 
 /// The limits a [`Server`] enforces, built from the defaults
 /// (`Limits::new().max_connections(64)`); each builder method documents its default.
@@ -944,5 +944,28 @@ impl Connection {
                 Err(_) => return Next::Close,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod busy_tests {
+    use super::BUSY;
+
+    #[test]
+    fn the_busy_answer_is_framed_by_its_content_length() {
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut response = httparse::Response::new(&mut headers);
+        let httparse::Status::Complete(head) = response.parse(BUSY).unwrap() else {
+            panic!("incomplete BUSY head");
+        };
+        let length: usize = response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .map(|h| std::str::from_utf8(h.value).unwrap().parse().unwrap())
+            .unwrap();
+        assert_eq!(response.code, Some(503));
+        assert_eq!(&BUSY[head..], b"too many connections\n");
+        assert_eq!(length, BUSY.len() - head);
     }
 }

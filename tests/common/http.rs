@@ -107,5 +107,116 @@ pub fn wait_status(addr: SocketAddr, path: &str, status: u16) -> Reply {
             "{path} never answered {status}: {r:?}"
         );
         std::thread::sleep(Duration::from_millis(2));
+/// Bound for anything the robustness tests wait on: a watchdog, not a speed requirement.
+pub const WATCHDOG: Duration = Duration::from_secs(30);
+
+/// Whether a socket error means the peer closed the connection abruptly.
+pub fn is_reset(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
+}
+
+/// A keep-alive client over a raw socket that reads responses one at a time, so that several
+/// (pipelined) responses on one connection can be told apart.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    /// Connects with [`WATCHDOG`] read/write timeouts.
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(WATCHDOG)).unwrap();
+        stream.set_write_timeout(Some(WATCHDOG)).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        self.stream.write_all(bytes.as_ref()).expect("send");
+    }
+
+    /// Sends a keep-alive `GET path` and reads its response.
+    pub fn get(&mut self, path: &str) -> Reply {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"));
+        self.reply().expect("a response")
+    }
+
+    /// Reads more bytes into the buffer; `false` at the end of the stream or on a reset.
+    /// Panics when the watchdog expires.
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(e) if is_reset(&e) => false,
+            Err(e) => panic!(
+                "reading a response: {e} (watchdog {WATCHDOG:?}, {} bytes buffered)",
+                self.buf.len()
+            ),
+        }
+    }
+
+    /// The next response, or `None` if the connection ends (EOF or reset) before one begins.
+    /// Panics on anything that is not a well-formed response, and on a connection that ends
+    /// inside one.
+    pub fn reply(&mut self) -> Option<Reply> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut parsed = httparse::Response::new(&mut headers);
+            let status = parsed.parse(&self.buf).unwrap_or_else(|e| {
+                panic!(
+                    "not an HTTP response ({e}): {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                )
+            });
+            if let httparse::Status::Complete(len) = status {
+                let status = parsed.code.expect("status code");
+                let headers: Vec<(String, String)> = parsed
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        let value = String::from_utf8_lossy(h.value).into_owned();
+                        (h.name.to_owned(), value)
+                    })
+                    .collect();
+                let length = headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                    .map(|(_, v)| v.parse::<usize>().expect("Content-Length"))
+                    .expect("every response has a Content-Length");
+                while self.buf.len() < len + length {
+                    assert!(self.fill(), "the connection ended inside a response body");
+                }
+                let body = String::from_utf8_lossy(&self.buf[len..len + length]).into_owned();
+                self.buf.drain(..len + length);
+                return Some(Reply {
+                    status,
+                    headers,
+                    body,
+                });
+            }
+            if !self.fill() {
+                assert!(
+                    self.buf.is_empty(),
+                    "the connection ended inside a response head: {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
+                return None;
+            }
+        }
+    }
+
+    /// Waits (under the watchdog) for the server to close the connection; returns what it sent
+    /// before that and has not been read yet.
+    pub fn until_closed(&mut self) -> Vec<u8> {
+        while self.fill() {}
+        std::mem::take(&mut self.buf)
     }
 }

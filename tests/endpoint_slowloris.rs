@@ -1,0 +1,152 @@
+//! Slowloris against the health endpoint: hundreds of connections that send part of a request
+//! head, or nothing, and then wait. Real probes are still answered, the endpoint's thread count
+//! does not move, and the server drops those connections after its deadline.
+//!
+//! Alone in its file, so alone in its process: it counts every thread of the process.
+
+#[path = "common/fixture.rs"]
+mod fixture;
+#[path = "common/http.rs"]
+mod http;
+#[path = "common/procfs.rs"]
+mod procfs;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use fixture::{assert_health_json, Fixture};
+use http::Client;
+use lifecycle::EndpointOptions;
+use procfs::{thread_count, threads_named};
+
+const PARTIAL: usize = 500;
+const SILENT: usize = 100;
+const THREAD: &str = "health http";
+
+/// 500 connections that send a partial head, then 100 that send nothing.
+fn slowloris(f: &Fixture) -> Vec<Client> {
+    (0..PARTIAL + SILENT)
+        .map(|i| {
+            let mut c = Client::connect(f.addr());
+            if i < PARTIAL {
+                c.send("GET /readyz HTTP/1.1\r\nHost: x\r\n");
+            }
+            c
+        })
+        .collect()
+}
+
+/// A probe on a fresh connection, answered with a passing `/readyz`.
+#[track_caller]
+fn probe(f: &Fixture) {
+    let r = Client::connect(f.addr()).get("/readyz");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_health_json(&r, "readiness of every check");
+}
+
+#[test]
+fn slowloris_starves_no_probe_adds_no_thread_and_is_dropped_after_the_deadline() {
+    // 600 connections are 1200 descriptors in this process, both ends being here.
+    let limit = procfs::raise_fd_limit(4096);
+    assert!(
+        limit >= 2 * (PARTIAL + SILENT) as u64 + 100,
+        "fd limit {limit}"
+    );
+
+    // 1. Deadlines far away: the connections stay while probes come and go.
+    let f = Fixture::new(
+        EndpointOptions::new()
+            .max_connections(1024)
+            .head_read_timeout(Duration::from_secs(120))
+            .idle_timeout(Duration::from_secs(120)),
+    );
+    f.wait_ready();
+    let threads_before = thread_count();
+    assert_eq!(threads_named(THREAD), 1);
+
+    let mut idle = slowloris(&f);
+    // Connections are accepted in order, so once this probe is answered, all 600 have been.
+    probe(&f);
+    let threads_during = thread_count();
+    assert_eq!(threads_named(THREAD), 1);
+    // And the server holds every one of them open (none was refused or dropped).
+    for (i, c) in idle.iter_mut().enumerate() {
+        c.stream.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        match c.stream.read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("slowloris connection {i} was not held open: {other:?}"),
+        }
+        c.stream.set_nonblocking(false).unwrap();
+    }
+    for _ in 0..10 {
+        probe(&f);
+        assert_health_json(&Client::connect(f.addr()).get("/livez"), "liveness");
+    }
+    assert_eq!(threads_named(THREAD), 1);
+    drop(idle);
+    probe(&f);
+    let threads_after = thread_count();
+    assert_eq!(threads_named(THREAD), 1);
+    eprintln!(
+        "slowloris, held: threads before {threads_before}, during {threads_during}, \
+         after {threads_after}; '{THREAD}' threads: 1 throughout"
+    );
+    assert!(
+        threads_during <= threads_before + 2,
+        "{threads_before} threads before, {threads_during} with {} slowloris connections",
+        PARTIAL + SILENT
+    );
+    assert!(threads_after <= threads_before + 2);
+    drop(f);
+
+    // 2. Short deadlines: the server drops every one of them.
+    let f = Fixture::new(
+        EndpointOptions::new()
+            .max_connections(1024)
+            .head_read_timeout(Duration::from_millis(300))
+            .idle_timeout(Duration::from_millis(300)),
+    );
+    f.wait_ready();
+    let threads_before = thread_count();
+    assert_eq!(threads_named(THREAD), 1);
+    let mut idle = slowloris(&f);
+    let threads_during = thread_count();
+    assert_eq!(threads_named(THREAD), 1);
+    // Closed by the server (EOF or reset, with no answer), each within a 10 s watchdog.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (i, c) in idle.iter_mut().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        c.stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        match c.stream.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if http::is_reset(&e) => {}
+            other => panic!("slowloris connection {i} was not dropped within 10 s: {other:?}"),
+        }
+    }
+    // Probes still work; its head-read clock is short, so a probe that a loaded machine delays
+    // past it is cut, and sent again.
+    let watchdog = Instant::now() + http::WATCHDOG;
+    loop {
+        let mut c = Client::connect(f.addr());
+        let sent =
+            std::io::Write::write_all(&mut c.stream, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n");
+        if let (Ok(()), Some(r)) = (sent, c.reply()) {
+            assert_eq!(r.status, 200, "{r:?}");
+            assert_health_json(&r, "readiness of every check");
+            break;
+        }
+        assert!(Instant::now() < watchdog, "no probe answered");
+    }
+    let threads_after = thread_count();
+    assert_eq!(threads_named(THREAD), 1);
+    eprintln!(
+        "slowloris, dropped: threads before {threads_before}, during {threads_during}, \
+         after {threads_after}"
+    );
+    assert!(threads_during <= threads_before + 2);
+    assert!(threads_after <= threads_before + 2);
+}
