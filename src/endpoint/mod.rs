@@ -103,6 +103,7 @@ impl EndpointOptions {
 /// checker.start(&StartContext::background())?;
 /// endpoint.start(&StartContext::background())?;
 /// let addr = endpoint.local_addr().expect("bound");
+/// assert_ne!(addr.port(), 0);
 /// // ... probes GET http://{addr}/readyz ...
 /// endpoint.close()?;
 /// checker.close()?;
