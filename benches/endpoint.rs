@@ -39,6 +39,12 @@
 //! (user + system, every thread: servers, checker, slowloris holder) during the wrk run, per
 //! 1000 requests answered. `2xx/s` is `requests/s` less the share of non-`2xx` answers.
 //!
+//! Before every run, [`prime`] opens and answers 64 connections one by one, so that tiny_http's
+//! thread pool has a thread for each of wrk's connections (see there why); the `in flight`
+//! column (requests/s × wrk's mean latency, by Little's law) shows whether all 64 connections
+//! were served. With `ENDPOINT_BENCH_PIN=1`, this process (every server) is pinned to CPU 0 and
+//! wrk to CPU 1 (`taskset`), so that each server gets one core and never shares it with wrk.
+//!
 //! Run with `cargo bench --bench endpoint`; `wrk` must be on the `PATH`. Environment:
 //! `ENDPOINT_BENCH_ROUNDS` (default 3), `ENDPOINT_BENCH_SECONDS` (per wrk run, default 10),
 //! `ENDPOINT_BENCH_SCENARIOS` (comma-separated, default `plain,slowloris,slowloris-default`).
@@ -239,6 +245,29 @@ fn ticks_per_second() -> f64 {
     }
 }
 
+/// Opens [`CONNECTIONS`] keep-alive connections one after the other, each answered before the
+/// next is opened, then closes them all.
+///
+/// tiny_http serves each connection on a thread of a pool that spawns a thread only when it has
+/// no idle one; when 64 connections arrive at once at a pool whose idle threads have ended, it
+/// can spawn too few and leave most of them waiting, unserved, for the whole run (observed: runs
+/// at a third of the usual rate with 4–5 requests in flight instead of 64, and a p99 of 80 µs).
+/// Served one by one, every connection gets its own thread; closed, those threads wait idle for
+/// 5 s, long enough for wrk's connections to find them. Done for every server alike.
+fn prime(addr: SocketAddr, path: &str) {
+    let mut held = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        let Ok(mut s) = TcpStream::connect(addr) else {
+            continue;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+        held.push(s);
+    }
+}
+
 /// Asks `path` once on a fresh connection; returns the status line.
 fn status_line(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).expect("connect");
@@ -258,6 +287,7 @@ fn status_line(addr: SocketAddr, path: &str) -> String {
 struct Run {
     rps: f64,
     p99_us: f64,
+    mean_us: f64,
     requests: u64,
     non_2xx: u64,
     socket_errors: String,
@@ -267,6 +297,11 @@ struct Run {
 }
 
 impl Run {
+    /// Requests in flight on average (Little's law): 64 when every wrk connection is served.
+    fn in_flight(&self) -> f64 {
+        self.rps * self.mean_us / 1e6
+    }
+
     /// Requests per second answered `2xx`.
     fn ok_rps(&self) -> f64 {
         if self.requests == 0 {
@@ -295,6 +330,8 @@ fn parse_wrk(out: &str) -> Run {
         match words.as_slice() {
             ["Requests/sec:", v] => run.rps = v.parse().unwrap_or(f64::NAN),
             ["99%", v] => run.p99_us = to_us(v),
+            // `Latency  avg  stdev  max  +/-stdev` (not `Latency Distribution`).
+            ["Latency", avg, _, _, _] => run.mean_us = to_us(avg),
             [n, "requests", "in", ..] => run.requests = n.parse().unwrap_or(0),
             ["Non-2xx", "or", "3xx", "responses:", n] => run.non_2xx = n.parse().unwrap_or(0),
             ["Socket", "errors:", rest @ ..] => run.socket_errors = rest.join(" "),
@@ -304,8 +341,15 @@ fn parse_wrk(out: &str) -> Run {
     run
 }
 
-fn wrk(url: &str, seconds: u64) -> Run {
-    let child = Command::new("wrk")
+fn wrk(url: &str, seconds: u64, pin: bool) -> Run {
+    let mut command = if pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "1", "wrk"]);
+        c
+    } else {
+        Command::new("wrk")
+    };
+    let child = command
         .args([
             &format!("-t{WRK_THREADS}"),
             &format!("-c{CONNECTIONS}"),
@@ -359,6 +403,7 @@ struct Target {
     label: &'static str,
     url: String,
     addr: SocketAddr,
+    path: &'static str,
 }
 
 /// Runs every target `rounds` times (order rotating per round); with `slowloris`, holds that
@@ -371,12 +416,13 @@ fn scenario(
     rounds: usize,
     seconds: u64,
     slowloris: usize,
+    pin: bool,
 ) -> Vec<Vec<Run>> {
     println!("\n## {name}\n");
     println!(
-        "| round | server | requests/s | 2xx/s | p99 | non-2xx | socket errors | server CPU ms per 1k requests | threads before | threads mid-run | slowloris held mid-run | re-opened |"
+        "| round | server | requests/s | 2xx/s | p99 | in flight (rps × mean latency) | non-2xx | socket errors | server CPU ms per 1k requests | threads before | threads mid-run | slowloris held mid-run | re-opened |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|");
     let mut runs = vec![Vec::new(); targets.len()];
     for round in 0..rounds {
         for k in 0..targets.len() {
@@ -386,16 +432,18 @@ fn scenario(
             let before = threads();
             let holder = (slowloris > 0).then(|| Slowloris::hold(t.addr, slowloris));
             let held = holder.as_ref().map(|h| Arc::clone(&h.alive));
-            let mut run = wrk(&t.url, seconds);
+            prime(t.addr, t.path);
+            let mut run = wrk(&t.url, seconds, pin);
             let held_mid = held.map(|h| h.load(Ordering::Relaxed));
             let reopened = holder.map(Slowloris::release);
             println!(
-                "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {:.1} | {} | {} | {} | {} |",
+                "| {} | {} | {:.0} | {:.0} | {} | {:.0} | {} | {} | {:.1} | {} | {} | {} | {} |",
                 round + 1,
                 t.label,
                 run.rps,
                 run.ok_rps(),
                 fmt_us(run.p99_us),
+                run.in_flight(),
                 run.non_2xx,
                 if run.socket_errors.is_empty() {
                     "none".to_owned()
@@ -488,6 +536,22 @@ fn main() {
         "plain,slowloris,slowloris-default".to_owned(),
     );
     let scenarios: Vec<&str> = scenarios.split(',').map(str::trim).collect();
+    let pin = env_or("ENDPOINT_BENCH_PIN", 0) == 1;
+    if pin {
+        // Before any thread is spawned: every thread of this process inherits it.
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; the pointer is to a live local.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            assert_eq!(
+                rc,
+                0,
+                "sched_setaffinity: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 
     let ctx = StartContext::background();
     let checker = Arc::new(HealthChecker::new("1.0.0", "bench"));
@@ -528,13 +592,19 @@ fn main() {
         assert!(status.starts_with("HTTP/1.1 200"), "{addr}{path}: {status}");
     }
     println!(
-        "wrk -t{WRK_THREADS} -c{CONNECTIONS} -d{seconds}s --latency; {rounds} rounds; {CHECKS} checks; {} CPUs",
-        thread::available_parallelism().map_or(0, |n| n.get())
+        "wrk -t{WRK_THREADS} -c{CONNECTIONS} -d{seconds}s --latency; {rounds} rounds; {CHECKS} checks; {} CPUs; {}",
+        thread::available_parallelism().map_or(0, |n| n.get()),
+        if pin {
+            "servers pinned to CPU 0, wrk to CPU 1"
+        } else {
+            "not pinned"
+        }
     );
-    let target = |label, addr: SocketAddr, path: &str| Target {
+    let target = |label, addr: SocketAddr, path: &'static str| Target {
         label,
         url: format!("http://{addr}{path}"),
         addr,
+        path,
     };
     // This process's threads with every server idle: the checker's poller and workers, the two
     // endpoints' event loops, and each tiny_http's accept thread, minimum pool and handlers.
@@ -546,7 +616,7 @@ fn main() {
         target("tiny", tiny1.addr, "/"),
         target("tiny", tiny4.addr, "/"),
     ] {
-        wrk(&t.url, 2);
+        wrk(&t.url, 2, pin);
     }
 
     if scenarios.contains(&"plain") {
@@ -555,7 +625,7 @@ fn main() {
             target("tiny_http ×1", tiny1.addr, "/"),
             target("tiny_http ×4", tiny4.addr, "/"),
         ];
-        let runs = scenario("plain", baseline, &targets, rounds, seconds, 0);
+        let runs = scenario("plain", baseline, &targets, rounds, seconds, 0, pin);
         summary("plain", &targets, &runs);
     }
     if scenarios.contains(&"slowloris") {
@@ -564,7 +634,15 @@ fn main() {
             target("tiny_http ×1", tiny1.addr, "/"),
             target("tiny_http ×4", tiny4.addr, "/"),
         ];
-        let runs = scenario("slowloris", baseline, &targets, rounds, seconds, SLOWLORIS);
+        let runs = scenario(
+            "slowloris",
+            baseline,
+            &targets,
+            rounds,
+            seconds,
+            SLOWLORIS,
+            pin,
+        );
         summary("slowloris", &targets, &runs);
     }
     if scenarios.contains(&"slowloris-default") {
@@ -576,6 +654,7 @@ fn main() {
             rounds,
             seconds,
             SLOWLORIS,
+            pin,
         );
         summary("slowloris-default", &targets, &runs);
     }
