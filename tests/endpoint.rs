@@ -364,3 +364,76 @@ fn close_returns_with_idle_keep_alive_clients_connected() {
     }
     assert!(http::connect_fails(f.addr()));
 }
+
+#[test]
+fn repeated_answers_follow_changes_and_staleness() {
+    // Plain `/readyz` and `/healthz` answers are reused while nothing changes; they must still
+    // follow every change, including a check going stale with no new publication at all.
+    // Polls only when asked (`poll_now`, which also makes the poller publish anew): while
+    // paused and not asked, nothing is published.
+    let checker = Arc::new(
+        HealthChecker::builder("1.2.3", "deadbeef")
+            .interval(Duration::from_secs(60))
+            .timeout(Duration::from_millis(100))
+            .stale_after(Duration::from_secs(1))
+            .build(),
+    );
+    let endpoint = HealthEndpoint::new("127.0.0.1:0".parse().unwrap(), checker.clone());
+    let db = Switch::new("db", true);
+    checker.register(db.clone()).unwrap();
+    checker.start(&StartContext::background()).unwrap();
+    endpoint.start(&StartContext::background()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let polling = AtomicBool::new(true);
+    let wait = |path: &str, want: u16, also: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if polling.load(Ordering::SeqCst) {
+                checker.poll_now();
+            }
+            let r = http::get(addr, path);
+            if r.status == want && also(&r.body) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} never became {want}: {r:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let polled = |b: &str| !b.contains("not checked yet");
+    wait("/readyz", 200, &polled);
+    // Asked again and again, the same answer.
+    let first = http::get(addr, "/healthz");
+    assert_eq!(first.status, 200);
+    for _ in 0..5 {
+        assert_eq!(http::get(addr, "/readyz").status, 200);
+    }
+
+    // A change is published: the answer follows.
+    db.ready.store(false, Ordering::SeqCst);
+    wait("/readyz", 503, &|b| b.contains("refused"));
+    db.ready.store(true, Ordering::SeqCst);
+    wait("/readyz", 200, &polled);
+
+    // Paused, the checker publishes nothing more; the check goes stale with time alone.
+    checker.pause();
+    polling.store(false, Ordering::SeqCst);
+    // Answered (and kept) while the check is still fresh, unless this thread was held up.
+    http::get(addr, "/readyz");
+    http::get(addr, "/healthz");
+    let r = wait("/readyz", 503, &|b| b.contains("stale"));
+    assert!(r.json()["checks"]["db:ready"][0]["output"]
+        .as_str()
+        .unwrap()
+        .contains("stale: last polled"));
+    wait("/healthz", 503, &|b| b.contains("stale"));
+    wait("/ready", 503, &|b| b.contains("stale"));
+    checker.resume();
+    polling.store(true, Ordering::SeqCst);
+    wait("/readyz", 200, &polled);
+
+    endpoint.close().unwrap();
+    checker.close().unwrap();
+}

@@ -191,6 +191,22 @@ impl Snapshot {
         }
     }
 
+    /// Whether `later` (a snapshot taken after this one) shows exactly what this one shows, so
+    /// that a rendering of this one can be reused for it: both come from the same publication,
+    /// with the checker in the same state, and no check is stale at `later`'s time (nor, then,
+    /// at this one's). Conservative: `false` as soon as any check is stale, since a stale
+    /// check's error names its age, which changes with time.
+    pub(crate) fn shows_the_same_as(&self, later: &Snapshot) -> bool {
+        Arc::ptr_eq(&self.published, &later.published)
+            && self.state == later.state
+            && self.published.checks.iter().all(|c| {
+                c.last_polled.is_none_or(|(polled, _)| {
+                    // Stale once the age exceeds the bound (see `CheckStatus::probe`).
+                    later.at.saturating_duration_since(polled) <= c.stale_after
+                })
+            })
+    }
+
     /// The program version given to the checker.
     pub fn version(&self) -> &str {
         &self.published.version

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::checker::{HealthChecker, Probe};
+use crate::checker::{HealthChecker, Probe, Snapshot};
 use crate::error::{Error, Phase, Result};
 use crate::http::{Handler, Limits, Request, Response, Server};
 use crate::service::{HealthReporter, Service};
@@ -103,7 +103,8 @@ impl EndpointOptions {
 /// checker.start(&StartContext::background())?;
 /// endpoint.start(&StartContext::background())?;
 /// let addr = endpoint.local_addr().expect("bound");
-/// println!("probes GET http://{addr}/readyz");
+/// assert_ne!(addr.port(), 0);
+/// // ... probes GET http://{addr}/readyz ...
 /// endpoint.close()?;
 /// checker.close()?;
 /// # Ok::<(), lifecycle::Error>(())
@@ -160,7 +161,9 @@ impl Service for HealthEndpoint {
         self.sm.start_once(NAME, || {
             let checker = self.checker.clone();
             let hide = self.options.hide_reasons;
-            let handler: Handler = Arc::new(move |req: &Request<'_>| answer(&checker, hide, req));
+            let cache = Mutex::new(AnswerCache::default());
+            let handler: Handler =
+                Arc::new(move |req: &Request<'_>| answer(&checker, hide, &cache, req));
             let server = Server::bind(
                 self.addr,
                 self.options.limits.clone(),
@@ -251,9 +254,29 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The last plain `/readyz` and `/healthz` answers (no check named, no `verbose`, nothing
+/// excluded: what probes ask, over and over), each with the snapshot it was rendered from.
+///
+/// A probe's question gets the same answer until the checker publishes a change, so rendering
+/// it anew for every request is wasted work. A cached answer is reused only while a fresh
+/// snapshot [shows the same](Snapshot::shows_the_same_as) as the one it was rendered from: the
+/// same publication, the same checker state, and no check stale. Otherwise the answer is
+/// rendered from the fresh snapshot, as without the cache. The handler runs on the event-loop
+/// thread alone, so the lock is never contended.
+#[derive(Default)]
+struct AnswerCache {
+    /// `[readyz, healthz]`.
+    slots: [Option<(Snapshot, Response)>; 2],
+}
+
 /// Routes one request. Runs on the server's event-loop thread: it only reads the checker's
-/// cached snapshot and renders it.
-fn answer(checker: &HealthChecker, hide_reasons: bool, req: &Request<'_>) -> Response {
+/// cached snapshot and renders it (or reuses its last rendering of the same snapshot).
+fn answer(
+    checker: &HealthChecker,
+    hide_reasons: bool,
+    cache: &Mutex<AnswerCache>,
+    req: &Request<'_>,
+) -> Response {
     if req.method() != "GET" && req.method() != "HEAD" {
         return Response::text(405, "method not allowed: use GET or HEAD\n")
             .with_header("Allow", "GET, HEAD");
@@ -284,6 +307,15 @@ fn answer(checker: &HealthChecker, hide_reasons: bool, req: &Request<'_>) -> Res
         None => None,
     };
     let snapshot = checker.snapshot();
+    let slot = (only.is_none() && !query.verbose && query.excluded.is_empty())
+        .then_some(usize::from(what == "healthz"));
+    if let Some(slot) = slot {
+        if let Some((rendered_from, response)) = &cache.lock().slots[slot] {
+            if rendered_from.shows_the_same_as(&snapshot) {
+                return response.clone();
+            }
+        }
+    }
     let Some((overall, items)) = render::collect(&snapshot, probes, only, &query.excluded) else {
         return Response::text(404, format!("no check named {:?}\n", only.unwrap_or("")));
     };
@@ -297,7 +329,11 @@ fn answer(checker: &HealthChecker, hide_reasons: bool, req: &Request<'_>) -> Res
         None => "health and readiness of every check".to_owned(),
     };
     let body = render::json(&snapshot, &description, overall, &items, hide_reasons);
-    Response::new(overall.http_status(), HEALTH_JSON, body.into_bytes())
+    let response = Response::new(overall.http_status(), HEALTH_JSON, body.into_bytes());
+    if let Some(slot) = slot {
+        cache.lock().slots[slot] = Some((snapshot, response.clone()));
+    }
+    response
 }
 
 /// Liveness: the process answers and its health checker is polling. It does not depend on any

@@ -107,6 +107,9 @@ pub fn wait_status(addr: SocketAddr, path: &str, status: u16) -> Reply {
             "{path} never answered {status}: {r:?}"
         );
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// Bound for anything the robustness tests wait on: a watchdog, not a speed requirement.
 pub const WATCHDOG: Duration = Duration::from_secs(30);
 

@@ -1,0 +1,84 @@
+//! `HealthChecker::is_ready()` cost against the number of registered checks.
+//!
+//! For N = 10, 100 and 1000 checks, each an always-ready reporter, on a started checker whose
+//! cache holds one complete poll (`poll_now()`, then a bounded wait until `is_ready().0`):
+//!
+//! - `is_ready/N`: `checker.is_ready()`: take a snapshot, then walk every check for the verdict
+//!   (which builds a `BTreeMap` of the failing ones: empty here).
+//! - `snapshot/N` (the ceiling): `checker.snapshot()` alone: a read lock, an `Arc` clone and the
+//!   two clock reads that date the snapshot. `is_ready` is that plus the verdict, so the
+//!   difference is the verdict's walk over N checks.
+//!
+//! Each N gets its own checker (with N worker threads, idle between the default 10 s polls),
+//! closed once its group is done. The checks' default staleness bound is 40 s, so a cache
+//! stays fresh through a group of a few seconds.
+//!
+//! Run with `cargo bench --bench checker` (criterion options after `--`).
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use lifecycle::{HealthChecker, HealthReporter, Result, Service, StartContext};
+
+/// A check that is always ready.
+struct AlwaysReady(String);
+
+impl HealthReporter for AlwaysReady {
+    fn name(&self) -> &str {
+        &self.0
+    }
+    fn ready(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The check counts measured.
+const CHECK_COUNTS: [usize; 3] = [10, 100, 1000];
+
+/// A started checker with `n` always-ready checks and one complete poll in its cache.
+fn ready_checker(n: usize) -> HealthChecker {
+    let checker = HealthChecker::new("1.0.0", "bench");
+    for i in 0..n {
+        checker
+            .register(Arc::new(AlwaysReady(format!("check-{i:04}"))))
+            .expect("register");
+    }
+    checker
+        .start(&StartContext::background())
+        .expect("checker starts");
+    checker.poll_now();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !checker.is_ready().0 {
+        assert!(
+            Instant::now() < deadline,
+            "{n} checks not ready within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    checker
+}
+
+fn is_ready(c: &mut Criterion) {
+    let mut group = c.benchmark_group("is_ready");
+    for n in CHECK_COUNTS {
+        let checker = ready_checker(n);
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::new("is_ready", n), &n, |b, _| {
+            b.iter(|| {
+                let verdict = black_box(&checker).is_ready();
+                assert!(verdict.0);
+                verdict
+            });
+        });
+        group.bench_with_input(BenchmarkId::new("snapshot", n), &n, |b, _| {
+            b.iter(|| black_box(&checker).snapshot());
+        });
+        checker.close().expect("checker closes");
+    }
+    group.finish();
+}
+
+criterion_group!(benches, is_ready);
+criterion_main!(benches);
