@@ -21,6 +21,17 @@
 //!   [`close_all`] closes independent services concurrently.
 //! - [`Error`] is the crate's one error type: it names the service and the [`Phase`], joins
 //!   several errors without losing any, and carries panics from user code as errors.
+//! - [`HealthChecker`] polls every registered [`HealthReporter`] on a thread of its own, with a
+//!   timeout, and serves readiness and health from a cached [`Snapshot`] that a slow or hung
+//!   check can never block; services can also push changes, and subscribers get events.
+//! - [`HealthEndpoint`] serves that cache over HTTP for Kubernetes probes, load balancers and
+//!   people (`/livez`, `/readyz`, `/healthz`), on a hardened connection front of its own.
+//! - [`Runner`] is the main job: it handles SIGINT and SIGTERM, starts the services in order
+//!   (each ready before the next starts), serves health, waits, then drains and closes in
+//!   reverse within deadlines, and returns a [`RunReport`] that `main` can return as its exit
+//!   code.
+//!
+//! `ARCHITECTURE.md` in the repository maps the modules and the flow of a run.
 //!
 //! # Example
 //!

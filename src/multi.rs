@@ -49,6 +49,44 @@ impl MultiStart {
         MultiStart::default()
     }
 
+    /// Starts `services` in order and returns the `MultiStart` that holds them: a guard that
+    /// closes them all, in reverse, when it is dropped, also when a test panics halfway.
+    ///
+    /// This is the helper for tests that need several services up at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](MultiStart::start): if one fails, the started ones are closed again first.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use lifecycle::{MultiStart, Service};
+    /// # use lifecycle::{HealthReporter, Result, StartContext, StateMachine};
+    /// # #[derive(Default)] struct Db(StateMachine);
+    /// # impl HealthReporter for Db { fn name(&self) -> &str { "db" } fn ready(&self) -> Result<()> { self.0.ready() } }
+    /// # impl Service for Db {
+    /// #     fn start(&self, _: &StartContext) -> Result<()> { self.0.start_once("db", || Ok(())) }
+    /// #     fn close(&self) -> Result<()> { self.0.stop_once("db", || Ok(())) }
+    /// # }
+    ///
+    /// let db = Arc::new(Db::default());
+    /// {
+    ///     let _services = MultiStart::start_all([db.clone() as Arc<dyn Service>])?;
+    ///     assert!(db.ready().is_ok());
+    ///     // ... the test body; a panic here still closes everything ...
+    /// }
+    /// assert!(db.ready().is_err()); // closed when the guard dropped
+    /// # Ok::<(), lifecycle::Error>(())
+    /// ```
+    pub fn start_all<I>(services: I) -> Result<MultiStart>
+    where
+        I: IntoIterator<Item = Arc<dyn Service>>,
+    {
+        let mut started = MultiStart::new();
+        started.start(&StartContext::background(), services)?;
+        Ok(started)
+    }
+
     /// Starts `services` one after another, each only after the previous one's start returned.
     ///
     /// Before each start it checks `ctx`: once `ctx` is cancelled no further service starts.

@@ -285,3 +285,21 @@ fn a_cancelled_context_stops_starting_and_rolls_back() {
     );
     assert_eq!(c.starts(), 0);
 }
+
+#[test]
+fn start_all_is_a_guard_that_closes_everything_when_a_test_panics() {
+    let events = Events::default();
+    let a = Recorder::new("a", Behavior::Healthy, &events);
+    let b = Recorder::new("b", Behavior::Healthy, &events);
+    let services = dyn_services(&[a.clone(), b.clone()]);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _guard = MultiStart::start_all(services).unwrap();
+        panic!("the test fails with both services up");
+    }));
+    assert!(result.is_err());
+    assert_eq!(
+        events.take(),
+        ["a started", "b started", "b closed", "a closed"]
+    );
+    assert_eq!((a.closes(), b.closes()), (1, 1));
+}
