@@ -1,276 +1,114 @@
-//! A small non-async daemon: a connection pool and a worker that depends on it, started in
-//! dependency order with `MultiStart`, run until Ctrl-C (or `--run-for SECS`), then closed in
-//! reverse.
+//! `MultiStart` on its own, without the runner: three heartbeat workers started in order, run
+//! for a while, closed in reverse.
 //!
 //! ```text
-//! RUST_LOG=info cargo run --example multistart
-//! RUST_LOG=info cargo run --example multistart -- --run-for 3 --fail-worker
+//! RUST_LOG=debug cargo run --example multistart
+//! cargo run --example multistart -- --fail beta
 //! ```
 //!
-//! `--fail-worker` makes the worker fail to start, to show the rollback: the pool, already
-//! started, is closed again and the error names the worker.
+//! `--fail NAME` makes that worker fail to start: the ones started before it are closed again,
+//! in reverse, and the error names it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
 use lifecycle::{
-    Error, HealthReport, HealthReporter, MultiStart, Result, Service, StartContext, StateMachine,
-    StopSignal,
+    HealthReporter, MultiStart, Result, Service, StartContext, StateMachine, StopSignal,
 };
 use parking_lot::Mutex;
 
-/// A pool of connections, handed out as tokens over a channel.
-struct Pool {
-    size: usize,
-    sm: StateMachine,
-    give: Sender<u32>,
-    take: Receiver<u32>,
-}
-
-impl Pool {
-    fn new(size: usize) -> Arc<Pool> {
-        let (give, take) = crossbeam_channel::bounded(size);
-        Arc::new(Pool {
-            size,
-            sm: StateMachine::new(),
-            give,
-            take,
-        })
-    }
-
-    /// Runs `f` with a connection, waiting at most `timeout` for one.
-    fn with_conn<T>(&self, timeout: Duration, f: impl FnOnce(u32) -> T) -> Result<T> {
-        let mut out = None;
-        let ran = self.sm.if_started(|| {
-            if let Ok(conn) = self.take.recv_timeout(timeout) {
-                out = Some(f(conn));
-                let _ = self.give.send(conn);
-            }
-        });
-        match (ran, out) {
-            (false, _) => Err(Error::msg("pool is not running")),
-            (true, None) => Err(Error::msg("no connection free")),
-            (true, Some(v)) => Ok(v),
-        }
-    }
-}
-
-impl HealthReporter for Pool {
-    fn name(&self) -> &str {
-        "pool"
-    }
-    fn ready(&self) -> Result<()> {
-        self.sm.ready()
-    }
-    fn health_report(&self) -> HealthReport {
-        let mut report = HealthReport::single("pool", self.sm.healthy());
-        let free = self.take.len();
-        let status = if self.sm.healthy().is_ok() && free == 0 {
-            Err(Error::msg(format!("all {} connections busy", self.size)))
-        } else {
-            Ok(())
-        };
-        report.insert("pool.connections", status);
-        report
-    }
-}
-
-impl Service for Pool {
-    fn start(&self, ctx: &StartContext) -> Result<()> {
-        self.sm.start_once("pool", || {
-            for conn in 0..self.size as u32 {
-                ctx.check("pool")?; // opening connections can be slow: honour a shutdown
-                self.give.send(conn)?;
-            }
-            log::info!("pool: {} connections open", self.size);
-            Ok(())
-        })
-    }
-
-    fn close(&self) -> Result<()> {
-        self.sm.stop_once("pool", || {
-            let mut closed = 0;
-            while self.take.try_recv().is_ok() {
-                closed += 1;
-            }
-            log::info!("pool: closed {closed} connections");
-            Ok(())
-        })
-    }
-}
-
-/// A worker loop that does a job with a pool connection every 200 ms.
-struct Worker {
-    pool: Arc<Pool>,
-    fail_start: bool,
+/// A worker that logs a heartbeat every 100 ms: `start` spawns its named thread, `close` stops
+/// and joins it.
+struct Heartbeat {
+    name: &'static str,
+    fail: bool,
     sm: StateMachine,
     stop: StopSignal,
-    thread: Mutex<Option<JoinHandle<()>>>,
-    jobs: Arc<AtomicU64>,
+    thread: Mutex<Option<JoinHandle<u32>>>,
 }
 
-impl HealthReporter for Worker {
+impl HealthReporter for Heartbeat {
     fn name(&self) -> &str {
-        "worker"
+        self.name
     }
     fn ready(&self) -> Result<()> {
         self.sm.ready()
     }
-    fn health_report(&self) -> HealthReport {
-        // Recent job failures make the worker unhealthy until the next report.
-        let status = self
-            .sm
-            .healthy()
-            .and_then(|()| self.sm.errors().flush().map_or(Ok(()), Err));
-        HealthReport::single("worker", status)
-    }
 }
 
-impl Service for Worker {
+impl Service for Heartbeat {
     fn start(&self, _ctx: &StartContext) -> Result<()> {
-        self.sm.start_once("worker", || {
-            if self.fail_start {
-                return Err("queue is not reachable (--fail-worker)".into());
+        self.sm.start_once(self.name, || {
+            if self.fail {
+                return Err("injected start failure (--fail)".into());
             }
-            let (pool, stop, jobs) = (self.pool.clone(), self.stop.clone(), self.jobs.clone());
-            let errors = move |e: Error| log::warn!("worker: job failed: {e}");
-            let handle = std::thread::Builder::new()
-                .name("worker".into())
+            let (name, stop) = (self.name, self.stop.clone());
+            let thread = std::thread::Builder::new()
+                .name(name.into())
                 .spawn(move || {
-                    while !stop.wait_timeout(Duration::from_millis(200)) {
-                        match pool.with_conn(Duration::from_millis(100), |_conn| ()) {
-                            Ok(()) => {
-                                jobs.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => errors(e),
-                        }
+                    let mut beats = 0;
+                    while !stop.wait_timeout(Duration::from_millis(100)) {
+                        beats += 1;
+                        log::debug!("{name}: beat {beats}");
                     }
+                    beats
                 })?;
-            *self.thread.lock() = Some(handle);
+            *self.thread.lock() = Some(thread);
+            log::info!("{name}: started");
             Ok(())
         })
     }
 
     fn close(&self) -> Result<()> {
-        self.sm.stop_once("worker", || {
+        self.sm.stop_once(self.name, || {
             self.stop.stop();
-            if let Some(handle) = self.thread.lock().take() {
-                handle.join().map_err(|_| "worker thread panicked")?;
+            if let Some(thread) = self.thread.lock().take() {
+                let beats = thread.join().map_err(|_| "heartbeat thread panicked")?;
+                log::info!("{}: closed after {beats} beats", self.name);
             }
-            log::info!(
-                "worker: stopped after {} jobs",
-                self.jobs.load(Ordering::Relaxed)
-            );
             Ok(())
         })
     }
 }
 
-struct Args {
-    run_for: Option<Duration>,
-    fail_worker: bool,
-}
-
-fn parse_args() -> std::result::Result<Args, String> {
-    let mut args = Args {
-        run_for: None,
-        fail_worker: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--run-for" => {
-                let secs: f64 = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .ok_or("--run-for needs a number of seconds")?;
-                args.run_for = Some(Duration::from_secs_f64(secs));
-            }
-            "--fail-worker" => args.fail_worker = true,
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(args)
-}
-
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(e) => {
-            eprintln!("multistart: {e}\nusage: multistart [--run-for SECS] [--fail-worker]");
-            return std::process::ExitCode::from(2);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let fail = match args.as_slice() {
+        [] => None,
+        [flag, name] if flag == "--fail" => Some(name.clone()),
+        _ => {
+            eprintln!("usage: multistart [--fail alpha|beta|gamma]");
+            return ExitCode::from(2);
         }
     };
 
-    let shutdown = StopSignal::new();
-    let on_signal = shutdown.clone();
-    if let Err(e) = ctrlc::set_handler(move || {
-        on_signal.stop();
-    }) {
-        log::error!("cannot install the Ctrl-C handler: {e}");
-        return std::process::ExitCode::FAILURE;
-    }
+    let services: Vec<Arc<dyn Service>> = ["alpha", "beta", "gamma"]
+        .into_iter()
+        .map(|name| {
+            Arc::new(Heartbeat {
+                name,
+                fail: fail.as_deref() == Some(name),
+                sm: StateMachine::new(),
+                stop: StopSignal::new(),
+                thread: Mutex::new(None),
+            }) as Arc<dyn Service>
+        })
+        .collect();
 
-    let pool = Pool::new(4);
-    let worker = Arc::new(Worker {
-        pool: pool.clone(),
-        fail_start: args.fail_worker,
-        sm: StateMachine::new(),
-        stop: StopSignal::new(),
-        thread: Mutex::new(None),
-        jobs: Arc::new(AtomicU64::new(0)),
-    });
-    let reporters: [Arc<dyn HealthReporter>; 2] = [pool.clone(), worker.clone()];
-
-    let mut services = MultiStart::new();
-    let ctx = StartContext::new(shutdown.clone(), Some(Duration::from_secs(10)));
-    if let Err(e) = services.start(&ctx, [pool as Arc<dyn Service>, worker]) {
+    let mut group = MultiStart::new();
+    if let Err(e) = group.start(&StartContext::background(), services) {
         log::error!("start failed, rolled back: {e}");
-        return std::process::ExitCode::FAILURE;
+        return ExitCode::FAILURE;
     }
-    log::info!("running; press Ctrl-C to stop");
-
-    let began = Instant::now();
-    let deadline = args.run_for.map(|d| began + d);
-    loop {
-        let tick = Duration::from_secs(1);
-        let wait = deadline.map_or(tick, |d| {
-            tick.min(d.saturating_duration_since(Instant::now()))
-        });
-        if shutdown.wait_timeout(wait) || deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
-        let mut health = HealthReport::new();
-        for r in &reporters {
-            health.merge(r.health_report());
-        }
-        let failing: Vec<String> = health
-            .failures()
-            .map(|(n, e)| format!("{n}: {e}"))
-            .collect();
-        log::info!(
-            "health: {}",
-            if failing.is_empty() {
-                "ok".to_string()
-            } else {
-                failing.join("; ")
-            }
-        );
-    }
-
-    log::info!("shutting down after {:?}", began.elapsed());
-    match services.close() {
-        Ok(()) => {
-            log::info!("stopped cleanly");
-            std::process::ExitCode::SUCCESS
-        }
+    std::thread::sleep(Duration::from_millis(350));
+    match group.close() {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("shutdown: {e:#}");
-            std::process::ExitCode::FAILURE
+            log::error!("close: {e}");
+            ExitCode::FAILURE
         }
     }
 }
