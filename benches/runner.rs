@@ -25,6 +25,11 @@
 //!   worker i, wait for its ready message, then the next. **stop**: for i from N − 1 down to 0,
 //!   fire worker i's `StopSignal` and join it (the same ordered shutdown as the runner's: one
 //!   worker is gone before the next is told to stop).
+//! - `raw_threads_helper` (to attribute the runner's overhead, not a ceiling): `raw_threads` with
+//!   each worker's start, and each worker's stop-and-join, run on a short-lived helper thread that
+//!   sends its result over a channel and is joined, as the runner's `start NAME` and `close NAME`
+//!   threads are. What remains between it and `runner` is the runner's own bookkeeping (the
+//!   readiness poll, the report, logging calls, `select!`s).
 //! - `tokio_graceful_shutdown` (the async peer): a `Toplevel` whose root subsystem starts N
 //!   subsystems, each of which reports that it has started and then runs until
 //!   `on_shutdown_requested()`. That is idiomatic for that crate: subsystems are tasks (no thread
@@ -198,6 +203,50 @@ fn raw_cycle(n: usize) -> Cycle {
     Cycle { start, stop }
 }
 
+/// Runs `f` on a new thread named `name`, receives its result over a channel and joins the
+/// thread: what the runner does around every start and every close.
+fn on_helper<T: Send + 'static>(name: String, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let helper = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .expect("spawn a helper thread");
+    let result = rx.recv().expect("the helper sends its result");
+    helper.join().expect("a helper panicked");
+    result
+}
+
+/// [`raw_cycle`] with each start and each stop on a helper thread of its own, as the runner
+/// does: attributes the runner's overhead.
+fn raw_helper_cycle(n: usize) -> Cycle {
+    let stops: Vec<StopSignal> = (0..n).map(|_| StopSignal::new()).collect();
+    let names: Vec<String> = (0..n).map(|i| format!("svc-{i}")).collect();
+    let mut workers = Vec::with_capacity(n);
+
+    let began = Instant::now();
+    for (name, stop) in names.into_iter().zip(&stops) {
+        let stop = stop.clone();
+        let worker = on_helper(format!("start {name}"), move || spawn_worker(name, stop));
+        workers.push(worker.expect("spawn a worker"));
+    }
+    let start = began.elapsed();
+
+    let began = Instant::now();
+    for (i, (worker, stop)) in workers.into_iter().zip(&stops).enumerate().rev() {
+        let stop = stop.clone();
+        on_helper(format!("close svc-{i}"), move || {
+            stop.stop();
+            worker.join()
+        })
+        .expect("a worker panicked");
+    }
+    let stop = began.elapsed();
+
+    Cycle { start, stop }
+}
+
 /// One cycle of `tokio-graceful-shutdown` with N subsystems on `rt`: the async peer.
 fn tokio_cycle(rt: &tokio::runtime::Runtime, n: usize) -> Cycle {
     let token = CancellationToken::new();
@@ -272,6 +321,10 @@ fn raw_threads(c: &mut Criterion) {
     bench_variant(c, "raw_threads", raw_cycle);
 }
 
+fn raw_threads_helper(c: &mut Criterion) {
+    bench_variant(c, "raw_threads_helper", raw_helper_cycle);
+}
+
 fn tokio_graceful_shutdown(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -280,5 +333,11 @@ fn tokio_graceful_shutdown(c: &mut Criterion) {
     bench_variant(c, "tokio_graceful_shutdown", |n| tokio_cycle(&rt, n));
 }
 
-criterion_group!(benches, runner, raw_threads, tokio_graceful_shutdown);
+criterion_group!(
+    benches,
+    runner,
+    raw_threads,
+    raw_threads_helper,
+    tokio_graceful_shutdown
+);
 criterion_main!(benches);
