@@ -190,6 +190,7 @@ struct Api {
     jobs: Arc<AtomicU64>,
     sm: StateMachine,
     stop: StopSignal,
+    server: Mutex<Option<Arc<tiny_http::Server>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     served: Arc<AtomicU64>,
 }
@@ -206,8 +207,9 @@ impl HealthReporter for Api {
 impl Service for Api {
     fn start(&self, _ctx: &StartContext) -> Result<()> {
         self.sm.start_once("api", || {
-            let server = tiny_http::Server::http(self.addr)?;
+            let server = Arc::new(tiny_http::Server::http(self.addr)?);
             log::info!("api: listening on http://{}", self.addr);
+            *self.server.lock() = Some(server.clone());
             let (pool, jobs, stop, served) = (
                 self.pool.clone(),
                 self.jobs.clone(),
@@ -217,7 +219,7 @@ impl Service for Api {
             let handle = std::thread::Builder::new()
                 .name("api".into())
                 .spawn(move || {
-                    // Wakes at least every 100 ms to notice the stop signal.
+                    // `close` wakes it with `unblock`; the timeout is only a backstop.
                     while !stop.is_stopped() {
                         let request = match server.recv_timeout(Duration::from_millis(100)) {
                             Ok(Some(request)) => request,
@@ -250,6 +252,9 @@ impl Service for Api {
     fn close(&self) -> Result<()> {
         self.sm.stop_once("api", || {
             self.stop.stop();
+            if let Some(server) = self.server.lock().take() {
+                server.unblock(); // wakes the thread out of recv_timeout at once
+            }
             if let Some(handle) = self.thread.lock().take() {
                 handle.join().map_err(|_| "api thread panicked")?;
             }
@@ -390,6 +395,7 @@ fn main() -> ExitCode {
         jobs,
         sm: StateMachine::new(),
         stop: StopSignal::new(),
+        server: Mutex::new(None),
         thread: Mutex::new(None),
         served: Arc::new(AtomicU64::new(0)),
     });
