@@ -1,8 +1,12 @@
 //! The health endpoint over real sockets on 127.0.0.1: routes, status codes, the JSON and verbose
 //! bodies, exclusion, hidden reasons, a hung reporter, and consistent answers while checks flap.
 
+#[path = "common/fixture.rs"]
+mod fixture;
 #[path = "common/http.rs"]
 mod http;
+
+use fixture::Switch;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,34 +17,6 @@ use lifecycle::{
     CheckOptions, EndpointOptions, Error, HealthChecker, HealthEndpoint, HealthReporter, Probe,
     Result, Service, StartContext,
 };
-
-/// A reporter whose readiness a test sets.
-struct Switch {
-    name: String,
-    ready: AtomicBool,
-}
-
-impl Switch {
-    fn new(name: &str, ready: bool) -> Arc<Switch> {
-        Arc::new(Switch {
-            name: name.into(),
-            ready: AtomicBool::new(ready),
-        })
-    }
-}
-
-impl HealthReporter for Switch {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn ready(&self) -> Result<()> {
-        if self.ready.load(Ordering::SeqCst) {
-            Ok(())
-        } else {
-            Err(Error::msg("db at 10.0.0.7:5432 refused the connection"))
-        }
-    }
-}
 
 /// A reporter whose `ready()` blocks until released, counting its calls.
 struct Hang {

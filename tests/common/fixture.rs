@@ -37,7 +37,7 @@ impl HealthReporter for Switch {
         if self.ready.load(Ordering::SeqCst) {
             Ok(())
         } else {
-            Err(Error::msg("switched off"))
+            Err(Error::msg("db at 10.0.0.7:5432 refused the connection"))
         }
     }
 }
