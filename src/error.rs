@@ -89,6 +89,8 @@ pub enum ErrorKind {
     DuplicateName,
     /// No component of that name is registered.
     NotRegistered,
+    /// An argument was rejected (for example a metric name that Prometheus would not accept).
+    InvalidInput,
 }
 
 /// The error type of this crate.
@@ -209,6 +211,14 @@ impl Error {
     /// errors ([`ErrorKind::DuplicateName`], [`ErrorKind::NotRegistered`]).
     pub(crate) fn registration(kind: ErrorKind, name: &str) -> Error {
         let mut e = Error::new(kind, Detail::None);
+        Arc::make_mut(&mut e.inner).service = Some(Cow::Owned(name.to_owned()));
+        e
+    }
+
+    /// An error of kind [`ErrorKind::InvalidInput`] about the component `name`, outside any phase.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn invalid_input(name: &str, message: impl Into<Cow<'static, str>>) -> Error {
+        let mut e = Error::new(ErrorKind::InvalidInput, Detail::Message(message.into()));
         Arc::make_mut(&mut e.inner).service = Some(Cow::Owned(name.to_owned()));
         e
     }

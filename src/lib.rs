@@ -93,6 +93,8 @@ mod endpoint;
 mod error;
 mod error_buffer;
 mod http;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod multi;
 mod runner;
 mod service;

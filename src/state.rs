@@ -35,7 +35,7 @@ pub enum State {
 }
 
 impl State {
-    const ALL: [State; 7] = [
+    pub(crate) const ALL: [State; 7] = [
         State::Unstarted,
         State::Starting,
         State::Started,
@@ -58,7 +58,7 @@ impl State {
         }
     }
 
-    fn from_u8(v: u8) -> State {
+    pub(crate) fn from_u8(v: u8) -> State {
         State::ALL[usize::from(v)]
     }
 }

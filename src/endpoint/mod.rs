@@ -12,6 +12,8 @@ use parking_lot::Mutex;
 use crate::checker::{HealthChecker, Probe, Snapshot};
 use crate::error::{Error, Phase, Result};
 use crate::http::{Handler, Limits, Request, Response, Server};
+#[cfg(feature = "metrics")]
+use crate::metrics::Metrics;
 use crate::service::{HealthReporter, Service};
 use crate::state::StateMachine;
 use crate::stop::StartContext;
@@ -26,6 +28,8 @@ const HEALTH_JSON: &str = "application/health+json";
 pub struct EndpointOptions {
     hide_reasons: bool,
     limits: Limits,
+    #[cfg(feature = "metrics")]
+    metrics: Option<Metrics>,
 }
 
 impl EndpointOptions {
@@ -53,6 +57,16 @@ impl EndpointOptions {
     /// disconnected.
     pub fn head_read_timeout(mut self, timeout: Duration) -> EndpointOptions {
         self.limits = self.limits.head_read_timeout(timeout);
+        self
+    }
+
+    /// Serves `metrics` at `GET /metrics` (default: none, and `/metrics` is `404`), with the
+    /// health metrics of this endpoint's checker. Each scrape runs on a thread of the endpoint's
+    /// own (`health metrics`), so probes are answered meanwhile, however long producers take.
+    /// The [`Runner`](crate::Runner) sets this from [`Runner::metrics`](crate::Runner::metrics).
+    #[cfg(feature = "metrics")]
+    pub fn metrics(mut self, metrics: Metrics) -> EndpointOptions {
+        self.metrics = Some(metrics);
         self
     }
 

@@ -58,12 +58,18 @@ impl RunnerHealth {
             .checker
             .clone()
             .unwrap_or_else(|| Arc::new(HealthChecker::new("unknown", "unknown")));
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &runner.metrics {
+            metrics.watch_checker(checker.clone());
+        }
         let endpoint = runner.endpoint.as_ref().map(|(addr, options)| {
-            Arc::new(HealthEndpoint::with_options(
-                *addr,
-                checker.clone(),
-                options.clone(),
-            ))
+            #[allow(unused_mut)]
+            let mut options = options.clone();
+            #[cfg(feature = "metrics")]
+            if let Some(metrics) = &runner.metrics {
+                options = options.metrics(metrics.clone());
+            }
+            Arc::new(HealthEndpoint::with_options(*addr, checker.clone(), options))
         });
         Some(RunnerHealth {
             checker,

@@ -17,7 +17,10 @@ use crate::checker::HealthChecker;
 use crate::endpoint::EndpointOptions;
 use crate::error::{Error, Phase, Result};
 use crate::service::{close_guarded, ready_guarded, start_guarded, Service};
+#[cfg(feature = "metrics")]
+use crate::metrics::{Metrics, ServiceTable};
 use crate::signals::SignalRoute;
+use crate::state::State;
 use crate::stop::{StartContext, StopSignal};
 
 use self::health::RunnerHealth;
@@ -192,6 +195,8 @@ pub struct Runner {
     handle: RunHandle,
     checker: Option<Arc<HealthChecker>>,
     endpoint: Option<(SocketAddr, EndpointOptions)>,
+    #[cfg(feature = "metrics")]
+    metrics: Option<Metrics>,
 }
 
 impl Default for Runner {
@@ -222,6 +227,8 @@ impl Runner {
             },
             checker: None,
             endpoint: None,
+            #[cfg(feature = "metrics")]
+            metrics: None,
         }
     }
 
@@ -318,6 +325,27 @@ impl Runner {
         self
     }
 
+    /// Exposes `metrics` at `/metrics` on the health endpoint (see
+    /// [`health_endpoint`](Runner::health_endpoint)), with each service's lifecycle state and
+    /// start and stop durations, and the health checker's metrics (see the
+    /// [`metrics`](crate::metrics) module for the list). Keep a clone to register the program's
+    /// own metrics and producers.
+    ///
+    /// ```no_run
+    /// use lifecycle::{metrics::Metrics, Runner};
+    ///
+    /// let metrics = Metrics::new();
+    /// let report = Runner::new()
+    ///     .health_endpoint("127.0.0.1:8001".parse().unwrap())
+    ///     .metrics(metrics.clone())
+    ///     .run();
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn metrics(mut self, metrics: Metrics) -> Runner {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// A handle to ask this runner to shut down or to report a fatal error.
     pub fn handle(&self) -> RunHandle {
         self.handle.clone()
@@ -350,7 +378,7 @@ impl fmt::Debug for Runner {
             .field("handle_signals", &self.handle_signals)
             .field("health", &self.checker.is_some())
             .field("endpoint", &self.endpoint.as_ref().map(|(addr, _)| addr))
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -374,6 +402,9 @@ struct Run {
     start_errors: Vec<Error>,
     run_errors: Vec<Error>,
     shutdown_errors: Vec<Error>,
+    /// Each service's state and durations, for the metrics.
+    #[cfg(feature = "metrics")]
+    table: Option<Arc<ServiceTable>>,
 }
 
 impl Run {
@@ -401,6 +432,14 @@ impl Run {
             })
             .collect();
         let health = RunnerHealth::new(&runner);
+        #[cfg(feature = "metrics")]
+        let table = runner.metrics.as_ref().map(|metrics| {
+            let table = Arc::new(ServiceTable::new(
+                runner.entries.iter().map(|e| e.service.name()),
+            ));
+            metrics.watch_services(table.clone());
+            table
+        });
         Run {
             runner,
             signals,
@@ -413,6 +452,23 @@ impl Run {
             start_errors: Vec::new(),
             run_errors: Vec::new(),
             shutdown_errors: Vec::new(),
+            #[cfg(feature = "metrics")]
+            table,
+        }
+    }
+
+    /// Records that service `index` is now in `state`, and how long the step that got it there
+    /// took, for the metrics.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    fn mark(&self, index: usize, state: State, took: Option<Duration>) {
+        #[cfg(feature = "metrics")]
+        if let Some(table) = &self.table {
+            table.set_state(index, state);
+            match (state, took) {
+                (State::Started, Some(took)) => table.started_in(index, took),
+                (State::Stopped | State::StopFailed, Some(took)) => table.stopped_in(index, took),
+                _ => {}
+            }
         }
     }
 
@@ -521,6 +577,7 @@ impl Run {
             .stop_timeout
             .unwrap_or(self.runner.stop_timeout);
         log::info!("{name}: starting");
+        self.mark(index, State::Starting, None);
         let began = Instant::now();
 
         let stop = cancel.clone();
@@ -532,6 +589,7 @@ impl Run {
                 let e = Error::from(e).in_service(&name, Phase::Start);
                 log::error!("{e}");
                 self.start_errors.push(e);
+                self.mark(index, State::StartFailed, None);
                 return Some(ShutdownCause::StartFailed);
             }
         };
@@ -566,9 +624,11 @@ impl Run {
                 if interrupted.is_none() {
                     let took = began.elapsed();
                     self.reports[index].ready_in = Some(took);
+                    self.mark(index, State::Started, Some(took));
                     log::info!("{name}: ready in {took:?}");
                     return None;
                 }
+                self.mark(index, State::Started, None);
             }
             Some(StartOutcome {
                 started,
@@ -579,6 +639,7 @@ impl Run {
                     // Started but never became ready: it still needs closing.
                     self.started.push(index);
                 }
+                self.mark(index, State::StartFailed, None);
                 if interrupted.is_none() {
                     log::error!("{e}");
                     self.start_errors.push(e);
@@ -587,6 +648,7 @@ impl Run {
                 }
             }
             None => {
+                self.mark(index, State::StartFailed, None);
                 let e = Error::timed_out(&name, Phase::Start, timeout);
                 log::error!("{e}; abandoning its start, which did not return");
                 if interrupted.is_none() {
@@ -671,10 +733,19 @@ impl Run {
             .options
             .stop_timeout
             .unwrap_or(self.runner.stop_timeout);
-        if let Some(took) = self.close_bounded(service, timeout, deadline) {
+        self.mark(index, State::Stopping, None);
+        let errors_before = self.shutdown_errors.len();
+        let took = self.close_bounded(service, timeout, deadline);
+        if let Some(took) = took {
             self.reports[index].closed = true;
             self.reports[index].closed_in = Some(took);
         }
+        let state = if took.is_some() && self.shutdown_errors.len() == errors_before {
+            State::Stopped
+        } else {
+            State::StopFailed
+        };
+        self.mark(index, state, took);
     }
 
     /// Closes `service` on a thread of its own, waiting at most `timeout` and never past

@@ -1,0 +1,425 @@
+//! Prometheus metrics (feature `metrics`, on by default): the lifecycle's own, the program's, and
+//! producers evaluated at scrape time, served at `/metrics` by the
+//! [`HealthEndpoint`](crate::HealthEndpoint).
+//!
+//! [`Metrics`] is a cheap, cloneable handle. Give it to the [`Runner`](crate::Runner) with
+//! [`Runner::metrics`](crate::Runner::metrics) (or to an endpoint with
+//! [`EndpointOptions::metrics`](crate::EndpointOptions::metrics)) and `GET /metrics` answers
+//! with:
+//!
+//! - **the lifecycle's own metrics**, read at scrape time from their sources (the health
+//!   checker's cache and the runner's bookkeeping, never from the services themselves):
+//!
+//!   | family | labels | what |
+//!   | --- | --- | --- |
+//!   | `lifecycle_service_state` | `service`, `state` | 1 for each service's current [`State`](crate::State), 0 for the others |
+//!   | `lifecycle_service_start_duration_seconds` | `service` | from the call to start until ready |
+//!   | `lifecycle_service_stop_duration_seconds` | `service` | how long its close took |
+//!   | `lifecycle_health_status` | `probe` | 1 if the process passes `ready` / `health` overall |
+//!   | `lifecycle_health_check_status` | `check`, `probe` | 1 if the check passes the probe |
+//!   | `lifecycle_health_check_consecutive_failures` | `check`, `probe` | failures in a row |
+//!   | `lifecycle_health_check_poll_duration_seconds` | `check` | its latest poll |
+//!   | `lifecycle_health_check_stuck` | `check` | 1 while its latest call has not returned |
+//!   | `lifecycle_health_stuck_calls` | | calls into checks that have not returned |
+//!   | `lifecycle_build_info` | `version`, `git_sha`, `lifecycle_version` | from the [`HealthChecker`] |
+//!   | `process_start_time_seconds` | | when the process started |
+//!   | `lifecycle_metrics_producer_failures_total` | `producer`, `reason` | see below |
+//!   | `lifecycle_metrics_producer_duration_seconds` | `producer` | its latest completed call |
+//!
+//!   State label values are `unstarted`, `starting`, `started`, `start_failed`, `stopping`,
+//!   `stopped` and `stop_failed`. Restart counts will come with supervision.
+//! - **the program's metrics**, registered in the same `prometheus-client`
+//!   [`Registry`] with [`register`](Metrics::register) or
+//!   [`with_registry`](Metrics::with_registry): counters, gauges, histograms, families, collectors.
+//!   They must be cheap to read (atomics): they are encoded on the scrape's thread.
+//! - **producers** ([`add_producer`](Metrics::add_producer)): functions called at every scrape, each
+//!   on a thread of its own and each within its own bound, for values that are costly or may
+//!   block (a queue's depth in a remote broker, a pool's statistics). A producer that misses its
+//!   bound is left out of that scrape and never called again while its call is stuck; the scrape
+//!   is answered anyway, and the miss is counted in
+//!   `lifecycle_metrics_producer_failures_total{producer,reason}` (`timeout`, `stuck`, `error`,
+//!   `panic`, `invalid`, `spawn`).
+//!
+//! Names starting with `lifecycle_` or `process_` are the crate's.
+//!
+//! # Formats
+//!
+//! `/metrics` answers in the Prometheus text format 0.0.4, or in OpenMetrics text 1.0.0 when the
+//! request's `Accept` prefers `application/openmetrics-text` (as Prometheus' own scrapes do): see
+//! [`Format::from_accept`]. Everything is encoded by `prometheus-client`, whose text encoder
+//! speaks OpenMetrics; the 0.0.4 answer is derived from it by rewriting the descriptor lines that
+//! differ (a counter `x` is typed as `x_total`, `# EOF` and `# UNIT` go), never the samples.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use lifecycle::metrics::{Format, Metrics};
+//! use lifecycle::metrics::prometheus_client::metrics::counter::Counter;
+//!
+//! let metrics = Metrics::new();
+//! let served: Counter = Counter::default();
+//! metrics.register("api_requests", "Requests served by the API", served.clone());
+//! metrics.add_producer("pool", Duration::from_millis(50), |out| {
+//!     out.gauge("idle", "Idle connections in the pool.", 4.0);
+//!     Ok(())
+//! })?;
+//!
+//! served.inc();
+//! let text = metrics.encode(Format::Prometheus);
+//! assert!(text.contains("# TYPE api_requests_total counter\napi_requests_total 1\n"));
+//! assert!(text.contains("pool_idle 4"));
+//! # Ok::<(), lifecycle::Error>(())
+//! ```
+
+mod builtin;
+mod expose;
+mod producer;
+mod services;
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use crossbeam_channel::{Sender, TrySendError};
+use parking_lot::{Mutex, RwLock};
+pub use prometheus_client;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::registry::{Metric, Registry, Unit};
+
+use crate::checker::HealthChecker;
+use crate::error::{Error, ErrorKind, Result};
+
+pub use self::expose::Format;
+pub use self::producer::Samples;
+pub(crate) use self::services::ServiceTable;
+
+use self::builtin::Builtin;
+use self::producer::{Producer, ProduceFn};
+
+/// The registry, producers and sources behind `/metrics`: a cheap, cloneable handle (see the
+/// [module docs](self)).
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: RwLock<Registry>,
+    producers: RwLock<Vec<Arc<Producer>>>,
+    checker: RwLock<Option<Arc<HealthChecker>>>,
+    services: RwLock<Option<Arc<ServiceTable>>>,
+    process_start: Option<SystemTime>,
+    /// Held by the scrape in progress: producers are never called by two scrapes at once.
+    scrape: Mutex<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// An empty registry and no producers. The lifecycle's own metrics appear once the
+    /// handle is given to a runner or an endpoint.
+    pub fn new() -> Metrics {
+        Metrics {
+            inner: Arc::new(Inner {
+                registry: RwLock::new(Registry::default()),
+                producers: RwLock::new(Vec::new()),
+                checker: RwLock::new(None),
+                services: RwLock::new(None),
+                process_start: process_start_time(),
+                scrape: Mutex::new(()),
+            }),
+        }
+    }
+
+    /// Registers one of the program's metrics (see `prometheus-client`'s
+    /// [`Registry::register`]): a counter `name` is exposed as `name_total`, and `help` gets a
+    /// final period.
+    pub fn register(&self, name: impl Into<String>, help: impl Into<String>, metric: impl Metric) {
+        self.inner.registry.write().register(name, help, metric);
+    }
+
+    /// Registers one of the program's metrics with a unit, which is appended to its name
+    /// ([`Registry::register_with_unit`]).
+    pub fn register_with_unit(
+        &self,
+        name: impl Into<String>,
+        help: impl Into<String>,
+        unit: Unit,
+        metric: impl Metric,
+    ) {
+        self.inner
+            .registry
+            .write()
+            .register_with_unit(name, help, unit, metric);
+    }
+
+    /// Runs `f` with the registry, for everything else `prometheus-client` offers: sub-registries
+    /// with a prefix or labels, collectors.
+    ///
+    /// Scrapes wait while `f` runs: keep it short, and do not scrape from inside it.
+    pub fn with_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
+        f(&mut self.inner.registry.write())
+    }
+
+    /// Adds a producer: `produce` is called at every scrape, on a thread `metrics <name>`, and
+    /// fills [`Samples`] whose names are prefixed with `name` and `_`.
+    ///
+    /// A call that has not returned `timeout` after the scrape began is left out of that scrape
+    /// (the scrape is answered without it), and the producer is not called again until that call
+    /// returns. Producers run concurrently, so a scrape waits at most the longest bound.
+    ///
+    /// # Errors
+    ///
+    /// - [`ErrorKind::InvalidInput`] if `name` is not `[a-zA-Z_][a-zA-Z0-9_]*`, starts with
+    ///   `lifecycle` or `process` (the crate's), or `timeout` is zero or over a minute;
+    /// - [`ErrorKind::DuplicateName`] if a producer of that name exists.
+    pub fn add_producer(
+        &self,
+        name: &str,
+        timeout: Duration,
+        produce: impl Fn(&mut Samples) -> Result<()> + Send + Sync + 'static,
+    ) -> Result<()> {
+        if !producer::is_name(name) {
+            return Err(Error::invalid_input(
+                name,
+                "a producer's name must match [a-zA-Z_][a-zA-Z0-9_]*",
+            ));
+        }
+        if ["lifecycle", "process"]
+            .iter()
+            .any(|reserved| name.starts_with(reserved))
+        {
+            return Err(Error::invalid_input(
+                name,
+                "producer names starting with `lifecycle` or `process` are reserved",
+            ));
+        }
+        if timeout.is_zero() || timeout > Duration::from_secs(60) {
+            return Err(Error::invalid_input(
+                name,
+                "a producer's timeout must be more than zero and at most a minute",
+            ));
+        }
+        let mut producers = self.inner.producers.write();
+        if producers.iter().any(|p| &*p.name == name) {
+            return Err(Error::registration(ErrorKind::DuplicateName, name));
+        }
+        let produce: Arc<ProduceFn> = Arc::new(produce);
+        producers.push(Arc::new(Producer::new(name, timeout, produce)));
+        Ok(())
+    }
+
+    /// Removes a producer; a call of it in progress finishes on its own.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotRegistered`] if there is no producer of that name.
+    pub fn remove_producer(&self, name: &str) -> Result<()> {
+        let mut producers = self.inner.producers.write();
+        let before = producers.len();
+        producers.retain(|p| &*p.name != name);
+        if producers.len() == before {
+            return Err(Error::registration(ErrorKind::NotRegistered, name));
+        }
+        Ok(())
+    }
+
+    /// Encodes everything, as `/metrics` serves it: the lifecycle's metrics, the registry, then
+    /// the producers' samples.
+    ///
+    /// It blocks while the producers run: at most the longest producer's bound, plus the wait
+    /// for a scrape already in progress (scrapes take turns, so that no producer is called by
+    /// two at once).
+    pub fn encode(&self, format: Format) -> String {
+        let _turn = self.inner.scrape.lock();
+        let producers = self.inner.producers.read().clone();
+        let calls: Vec<_> = producers.iter().filter_map(Producer::call).collect();
+        let snapshot = self.inner.checker.read().as_ref().map(|c| c.snapshot());
+        let services = self.inner.services.read().clone();
+
+        let mut user = String::new();
+        if let Err(e) = encode_registry(&mut user, &self.inner.registry.read()) {
+            log::warn!("metrics: encoding the registry failed: {e}");
+            user.clear();
+        }
+        let produced: Vec<Samples> = calls.into_iter().filter_map(|c| c.finish()).collect();
+
+        let mut own = Registry::default();
+        own.register_collector(Box::new(Scrape::Builtin(Builtin {
+            process_start: self.inner.process_start,
+            snapshot,
+            services,
+            producers,
+        })));
+        let mut theirs = Registry::default();
+        theirs.register_collector(Box::new(Scrape::Produced(produced)));
+
+        // The lifecycle's families, then the registry's, then the producers'.
+        let mut out = String::with_capacity(user.len() + 4096);
+        if let Err(e) = encode_registry(&mut out, &own) {
+            log::warn!("metrics: encoding the lifecycle's metrics failed: {e}");
+        }
+        out.push_str(&user);
+        if let Err(e) = encode_registry(&mut out, &theirs) {
+            log::warn!("metrics: encoding the producers' samples failed: {e}");
+        }
+        let _ = encode_eof(&mut out);
+        match format {
+            Format::OpenMetrics => out,
+            Format::Prometheus => expose::openmetrics_to_prometheus(&out),
+        }
+    }
+
+    /// Reads health metrics and build information from `checker` (the endpoint's).
+    pub(crate) fn watch_checker(&self, checker: Arc<HealthChecker>) {
+        *self.inner.checker.write() = Some(checker);
+    }
+
+    /// Reads the services' states and durations from `table` (a runner's).
+    pub(crate) fn watch_services(&self, table: Arc<ServiceTable>) {
+        *self.inner.services.write() = Some(table);
+    }
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let producers = self.inner.producers.read();
+        f.debug_struct("Metrics")
+            .field(
+                "producers",
+                &producers.iter().map(|p| &*p.name).collect::<Vec<_>>(),
+            )
+            .field("watches_health", &self.inner.checker.read().is_some())
+            .field("watches_services", &self.inner.services.read().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    /// Joins the producers' threads that have ended; names those still running, which end on
+    /// their own when their call returns.
+    fn drop(&mut self) {
+        for p in self.producers.get_mut().iter() {
+            if let Some(name) = p.reap() {
+                log::warn!("metrics producer {name:?} is still running as its registry goes");
+            }
+        }
+    }
+}
+
+/// What one scrape encodes through `prometheus-client` besides the registry.
+#[derive(Debug)]
+enum Scrape {
+    Builtin(Builtin),
+    Produced(Vec<Samples>),
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        match self {
+            Scrape::Builtin(b) => b.encode(&mut encoder),
+            Scrape::Produced(all) => all.iter().try_for_each(|s| s.encode(&mut encoder)),
+        }
+    }
+}
+
+/// Scrapes for the endpoint on a thread of its own (`health metrics`), so that its event loop
+/// never waits for producers. Dropping it ends the thread after the scrape in progress (bounded
+/// by the producers' bounds) and joins it.
+pub(crate) struct Scraper {
+    jobs: Option<Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// One scrape to run and where its answer goes.
+pub(crate) struct Job {
+    pub(crate) format: Format,
+    pub(crate) reply: Box<dyn FnOnce(String) + Send>,
+}
+
+/// Scrapes queued beyond the one in progress; more are refused (answered `503`).
+const QUEUED_SCRAPES: usize = 4;
+
+impl Scraper {
+    pub(crate) fn spawn(metrics: Metrics) -> io::Result<Scraper> {
+        let (jobs, incoming) = crossbeam_channel::bounded::<Job>(QUEUED_SCRAPES);
+        let thread = std::thread::Builder::new()
+            .name("health metrics".to_owned())
+            .spawn(move || {
+                for job in incoming.iter() {
+                    let body = metrics.encode(job.format);
+                    (job.reply)(body);
+                }
+            })?;
+        Ok(Scraper {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a scrape; gives the job back if too many are queued.
+    pub(crate) fn submit(&self, job: Job) -> std::result::Result<(), Job> {
+        match self.jobs.as_ref().map(|jobs| jobs.try_send(job)) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(TrySendError::Full(job) | TrySendError::Disconnected(job))) => Err(job),
+            None => unreachable!("jobs is only taken on drop"),
+        }
+    }
+}
+
+impl Drop for Scraper {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                log::warn!("thread \"health metrics\" panicked");
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Scraper {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scraper").finish_non_exhaustive()
+    }
+}
+
+/// When the process started: from `/proc` on Linux, else when the first [`Metrics`] was made.
+fn process_start_time() -> Option<SystemTime> {
+    static FIRST_SEEN: std::sync::OnceLock<SystemTime> = std::sync::OnceLock::new();
+    #[cfg(target_os = "linux")]
+    if let Some(t) = linux_process_start_time() {
+        return Some(t);
+    }
+    Some(*FIRST_SEEN.get_or_init(SystemTime::now))
+}
+
+#[cfg(target_os = "linux")]
+fn linux_process_start_time() -> Option<SystemTime> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let after_comm = stat.get(stat.rfind(')')? + 1..)?;
+    // Field 22, `starttime`, in clock ticks since boot; fields from 3 on follow the name.
+    let ticks: u64 = after_comm.split_whitespace().nth(22 - 3)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions; it only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz).ok().filter(|&hz| hz > 0)?;
+    let boot: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let since_boot = Duration::from_secs(ticks / hz) + Duration::from_nanos((ticks % hz) * 1_000_000_000 / hz);
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(boot) + since_boot)
+}

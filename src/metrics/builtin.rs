@@ -1,0 +1,263 @@
+//! The lifecycle's own metrics, read at scrape time from their sources of truth: the health
+//! checker's cached [`Snapshot`], the runner's [`ServiceTable`], the producers' counts, the
+//! process.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Unit;
+
+use crate::checker::{Probe, Snapshot};
+use crate::state::State;
+
+use super::producer::{Failure, Producer};
+use super::services::ServiceTable;
+
+/// Everything one scrape reads, gathered before encoding.
+pub(super) struct Builtin {
+    pub(super) process_start: Option<SystemTime>,
+    pub(super) snapshot: Option<Snapshot>,
+    pub(super) services: Option<Arc<ServiceTable>>,
+    pub(super) producers: Vec<Arc<Producer>>,
+}
+
+impl fmt::Debug for Builtin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builtin").finish_non_exhaustive()
+    }
+}
+
+type Labels<'a> = [(&'static str, &'a str)];
+
+/// Encodes a gauge family from `(labels, value)` pairs; writes nothing when there are none.
+fn gauges<'l>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    samples: impl IntoIterator<Item = (Vec<(&'static str, &'l str)>, f64)>,
+) -> fmt::Result {
+    let mut samples = samples.into_iter().peekable();
+    if samples.peek().is_none() {
+        return Ok(());
+    }
+    let mut metric = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            // A family without labels has one sample, written `name v` rather than `name{} v`.
+            return ConstGauge::new(value).encode(metric);
+        }
+        ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn bit(b: bool) -> f64 {
+    if b {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// The label value of a state: snake case, as Prometheus label values go.
+pub(super) fn state_label(state: State) -> &'static str {
+    match state {
+        State::Unstarted => "unstarted",
+        State::Starting => "starting",
+        State::Started => "started",
+        State::StartFailed => "start_failed",
+        State::Stopping => "stopping",
+        State::Stopped => "stopped",
+        State::StopFailed => "stop_failed",
+    }
+}
+
+impl Builtin {
+    pub(super) fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        self.encode_process(encoder)?;
+        self.encode_services(encoder)?;
+        if let Some(snapshot) = &self.snapshot {
+            encode_health(encoder, snapshot)?;
+        }
+        self.encode_producers(encoder)
+    }
+
+    fn encode_process(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        if let Some(snapshot) = &self.snapshot {
+            let labels: &Labels<'_> = &[
+                ("version", snapshot.version()),
+                ("git_sha", snapshot.sha()),
+                ("lifecycle_version", env!("CARGO_PKG_VERSION")),
+            ];
+            let mut info = encoder.encode_descriptor(
+                "lifecycle_build",
+                "The program's version and git sha (from its HealthChecker), and lifecycle's version.",
+                None,
+                MetricType::Info,
+            )?;
+            info.encode_info(&labels)?;
+        }
+        if let Some(start) = self.process_start {
+            let at = start.duration_since(UNIX_EPOCH).unwrap_or_default();
+            gauges(
+                encoder,
+                "process_start_time",
+                "Start time of the process since the Unix epoch.",
+                Some(&Unit::Seconds),
+                [(Vec::new(), seconds(at))],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn encode_services(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let Some(table) = &self.services else {
+            return Ok(());
+        };
+        let rows = table.rows();
+        gauges(
+            encoder,
+            "lifecycle_service_state",
+            "The lifecycle state of each service the runner manages: 1 for its current state, 0 for the others.",
+            None,
+            rows.iter().flat_map(|row| {
+                let current = row.state();
+                State::ALL.into_iter().map(move |s| {
+                    (
+                        vec![("service", row.name.as_str()), ("state", state_label(s))],
+                        bit(s == current),
+                    )
+                })
+            }),
+        )?;
+        gauges(
+            encoder,
+            "lifecycle_service_start_duration",
+            "How long each service took from the call to its start until it was ready.",
+            Some(&Unit::Seconds),
+            rows.iter().filter_map(|row| {
+                let took = row.start_duration()?;
+                Some((vec![("service", row.name.as_str())], seconds(took)))
+            }),
+        )?;
+        gauges(
+            encoder,
+            "lifecycle_service_stop_duration",
+            "How long each service's close took.",
+            Some(&Unit::Seconds),
+            rows.iter().filter_map(|row| {
+                let took = row.stop_duration()?;
+                Some((vec![("service", row.name.as_str())], seconds(took)))
+            }),
+        )
+    }
+
+    fn encode_producers(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        if self.producers.is_empty() {
+            return Ok(());
+        }
+        let mut metric = encoder.encode_descriptor(
+            "lifecycle_metrics_producer_failures",
+            "Scrapes in which a metrics producer's samples were missing or partly left out, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for p in &self.producers {
+            for failure in Failure::ALL {
+                let labels: &Labels<'_> = &[("producer", &p.name), ("reason", failure.as_str())];
+                ConstCounter::new(p.failures(failure)).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        gauges(
+            encoder,
+            "lifecycle_metrics_producer_duration",
+            "How long each metrics producer's latest completed call took.",
+            Some(&Unit::Seconds),
+            self.producers.iter().filter_map(|p| {
+                let took = p.last_duration()?;
+                Some((vec![("producer", &*p.name)], seconds(took)))
+            }),
+        )
+    }
+}
+
+fn encode_health(encoder: &mut DescriptorEncoder<'_>, snapshot: &Snapshot) -> fmt::Result {
+    let probes = [Probe::Ready, Probe::Health];
+    gauges(
+        encoder,
+        "lifecycle_health_status",
+        "Whether the process passes each probe overall (1) or fails it (0), as /readyz and /healthz answer.",
+        None,
+        probes.map(|probe| {
+            let verdict = match probe {
+                Probe::Ready => snapshot.is_ready(),
+                Probe::Health => snapshot.is_healthy(),
+            };
+            (vec![("probe", probe.as_str())], bit(verdict.0))
+        }),
+    )?;
+    gauges(
+        encoder,
+        "lifecycle_health_check_status",
+        "Whether each check passes each probe (1) or fails it (0), stale results counting as failing.",
+        None,
+        snapshot.checks().flat_map(|c| {
+            probes.map(move |probe| {
+                (
+                    vec![("check", c.name()), ("probe", probe.as_str())],
+                    bit(c.probe(probe).is_passing()),
+                )
+            })
+        }),
+    )?;
+    gauges(
+        encoder,
+        "lifecycle_health_check_consecutive_failures",
+        "How many polls or reports in a row each check has failed each probe.",
+        None,
+        snapshot.checks().flat_map(|c| {
+            probes.map(move |probe| {
+                (
+                    vec![("check", c.name()), ("probe", probe.as_str())],
+                    f64::from(c.probe(probe).consecutive_failures()),
+                )
+            })
+        }),
+    )?;
+    gauges(
+        encoder,
+        "lifecycle_health_check_poll_duration",
+        "How long each check's latest poll (ready() then health_report()) took.",
+        Some(&Unit::Seconds),
+        snapshot.checks().filter_map(|c| {
+            let took = c.last_poll_duration()?;
+            Some((vec![("check", c.name())], seconds(took)))
+        }),
+    )?;
+    gauges(
+        encoder,
+        "lifecycle_health_check_stuck",
+        "Whether each check's latest call has not returned (1): it is not polled again until it does.",
+        None,
+        snapshot
+            .checks()
+            .map(|c| (vec![("check", c.name())], bit(c.is_stuck()))),
+    )?;
+    gauges(
+        encoder,
+        "lifecycle_health_stuck_calls",
+        "Calls into health checks that have not returned, across all checks.",
+        None,
+        [(Vec::new(), snapshot.stuck_calls() as f64)],
+    )
+}
