@@ -81,7 +81,7 @@ fn lifecycle_metrics_follow_a_run_from_start_to_shutdown() {
     let metrics = Metrics::new();
     let runner = Runner::new()
         .handle_signals(false)
-        .health(checker)
+        .health(checker.clone())
         .metrics(metrics.clone())
         .services(dyn_services(&services));
     let handle = runner.handle();
@@ -91,6 +91,12 @@ fn lifecycle_metrics_follow_a_run_from_start_to_shutdown() {
         let _guard = ShutdownOnDrop(handle.clone());
         let run = s.spawn(move || runner.run());
         assert!(handle.wait_running(WATCHDOG), "the run phase begins");
+        // The run phase begins with a poll of every check; wait for its results to be cached.
+        let deadline = Instant::now() + WATCHDOG;
+        while !checker.is_ready().0 {
+            assert!(Instant::now() < deadline, "ready within the watchdog");
+            std::thread::sleep(Duration::from_millis(5));
+        }
 
         if let Some(running) = scrape(&metrics) {
             assert_eq!(state(&running, "db"), "started");

@@ -30,12 +30,15 @@ pub struct Sample {
 /// showing the text, if the parser rejects it.
 pub fn parse(format: &str, text: &str) -> Option<Vec<Family>> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/parse_metrics.py");
-    let available = Command::new("python3")
-        .args(["-c", "import prometheus_client"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let available = *AVAILABLE.get_or_init(|| {
+        Command::new("python3")
+            .args(["-c", "import prometheus_client"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
     if !available {
         let how = "python3 -m pip install prometheus_client";
         if std::env::var_os("CI").is_some() {
