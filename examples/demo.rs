@@ -7,7 +7,13 @@
 //! curl localhost:8080/jobs
 //! curl 'localhost:8001/readyz?verbose'
 //! curl localhost:8001/healthz
+//! curl localhost:8001/metrics
 //! ```
+//!
+//! `/metrics` has the lifecycle's metrics (each service's state, start and stop durations, each
+//! check's status) and the demo's own: `demo_api_requests_total{path,status}` (the API),
+//! `demo_worker_jobs_total` and `demo_worker_job_failures_total` (the worker), and
+//! `pool_idle_connections` / `pool_size` (a producer, read at every scrape).
 //!
 //! Flags:
 //!
@@ -36,10 +42,16 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
+use lifecycle::metrics::prometheus_client::metrics::counter::Counter;
+use lifecycle::metrics::prometheus_client::metrics::family::Family;
+use lifecycle::metrics::Metrics;
 use lifecycle::{
     Error, HealthChecker, HealthReport, HealthReporter, Result, Runner, Service, ServiceOptions,
     StartContext, StateMachine, StopSignal,
 };
+
+/// The API's requests, by path and status.
+type Requests = Family<Vec<(&'static str, String)>, Counter>;
 use parking_lot::Mutex;
 
 /// A pool of connections, handed out as tokens over a channel.
@@ -129,7 +141,8 @@ struct Worker {
     sm: StateMachine,
     stop: StopSignal,
     thread: Mutex<Option<JoinHandle<()>>>,
-    jobs: Arc<AtomicU64>,
+    jobs: Counter,
+    failures: Counter,
 }
 
 impl HealthReporter for Worker {
@@ -152,16 +165,20 @@ impl HealthReporter for Worker {
 impl Service for Worker {
     fn start(&self, _ctx: &StartContext) -> Result<()> {
         self.sm.start_once("worker", || {
-            let (pool, stop, jobs) = (self.pool.clone(), self.stop.clone(), self.jobs.clone());
+            let (pool, stop) = (self.pool.clone(), self.stop.clone());
+            let (jobs, failures) = (self.jobs.clone(), self.failures.clone());
             let handle = std::thread::Builder::new()
                 .name("worker".into())
                 .spawn(move || {
                     while !stop.wait_timeout(Duration::from_millis(100)) {
                         match pool.with_conn(Duration::from_millis(50), |_conn| ()) {
                             Ok(()) => {
-                                jobs.fetch_add(1, Ordering::Relaxed);
+                                jobs.inc();
                             }
-                            Err(e) => log::warn!("worker: job failed: {e}"),
+                            Err(e) => {
+                                failures.inc();
+                                log::warn!("worker: job failed: {e}");
+                            }
                         }
                     }
                 })?;
@@ -176,7 +193,7 @@ impl Service for Worker {
             if let Some(handle) = self.thread.lock().take() {
                 handle.join().map_err(|_| "worker thread panicked")?;
             }
-            log::info!("worker: {} jobs done", self.jobs.load(Ordering::Relaxed));
+            log::info!("worker: {} jobs done", self.jobs.get());
             Ok(())
         })
     }
@@ -187,12 +204,13 @@ impl Service for Worker {
 struct Api {
     addr: SocketAddr,
     pool: Arc<Pool>,
-    jobs: Arc<AtomicU64>,
+    jobs: Counter,
     sm: StateMachine,
     stop: StopSignal,
     server: Mutex<Option<Arc<tiny_http::Server>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     served: Arc<AtomicU64>,
+    requests: Requests,
 }
 
 impl HealthReporter for Api {
@@ -216,6 +234,7 @@ impl Service for Api {
                 self.stop.clone(),
                 self.served.clone(),
             );
+            let requests = self.requests.clone();
             let handle = std::thread::Builder::new()
                 .name("api".into())
                 .spawn(move || {
@@ -229,18 +248,26 @@ impl Service for Api {
                                 continue;
                             }
                         };
-                        let response = match request.url() {
-                            "/jobs" => match pool.with_conn(Duration::from_millis(200), |_| {
-                                jobs.load(Ordering::Relaxed)
-                            }) {
-                                Ok(n) => tiny_http::Response::from_string(format!("{n}\n")),
-                                Err(e) => tiny_http::Response::from_string(format!("{e}\n"))
-                                    .with_status_code(503),
-                            },
+                        let path = match request.url() {
+                            "/jobs" => "/jobs",
+                            _ => "other",
+                        };
+                        let response = match path {
+                            "/jobs" => {
+                                match pool.with_conn(Duration::from_millis(200), |_| jobs.get()) {
+                                    Ok(n) => tiny_http::Response::from_string(format!("{n}\n")),
+                                    Err(e) => tiny_http::Response::from_string(format!("{e}\n"))
+                                        .with_status_code(503),
+                                }
+                            }
                             _ => tiny_http::Response::from_string("try /jobs\n")
                                 .with_status_code(404),
                         };
                         served.fetch_add(1, Ordering::Relaxed);
+                        let status = response.status_code().0.to_string();
+                        requests
+                            .get_or_create(&vec![("path", path.to_owned()), ("status", status)])
+                            .inc();
                         let _ = request.respond(response);
                     }
                 })?;
@@ -380,14 +407,44 @@ fn main() -> ExitCode {
         }
     };
 
+    let metrics = Metrics::new();
     let pool = Pool::new(4);
-    let jobs = Arc::new(AtomicU64::new(0));
+    let jobs = Counter::default();
+    let failures = Counter::default();
+    metrics.register("demo_worker_jobs", "Jobs the worker has done", jobs.clone());
+    metrics.register(
+        "demo_worker_job_failures",
+        "Jobs the worker could not do",
+        failures.clone(),
+    );
+    let requests = Requests::default();
+    metrics.register(
+        "demo_api_requests",
+        "Requests the API has answered",
+        requests.clone(),
+    );
+    // Read at every scrape, within 100 ms.
+    let watched = pool.clone();
+    let added = metrics.add_producer("pool", Duration::from_millis(100), move |out| {
+        out.gauge("size", "Connections in the pool.", watched.size as f64)
+            .gauge(
+                "idle_connections",
+                "Connections not in use.",
+                watched.take.len() as f64,
+            );
+        Ok(())
+    });
+    if let Err(e) = added {
+        eprintln!("demo: {e}");
+        return ExitCode::from(2);
+    }
     let worker = Arc::new(Worker {
         pool: pool.clone(),
         sm: StateMachine::new(),
         stop: StopSignal::new(),
         thread: Mutex::new(None),
         jobs: jobs.clone(),
+        failures,
     });
     let api = Arc::new(Api {
         addr: args.api_addr,
@@ -398,6 +455,7 @@ fn main() -> ExitCode {
         server: Mutex::new(None),
         thread: Mutex::new(None),
         served: Arc::new(AtomicU64::new(0)),
+        requests,
     });
 
     let checker = Arc::new(HealthChecker::new(
@@ -407,6 +465,7 @@ fn main() -> ExitCode {
     let mut runner = Runner::new()
         .health(checker)
         .health_endpoint(args.health_addr)
+        .metrics(metrics)
         .termination_delay(args.termination_delay)
         .shutdown_timeout(args.shutdown_timeout)
         .stop_timeout(args.stop_timeout);

@@ -99,7 +99,7 @@ pub use self::producer::Samples;
 pub(crate) use self::services::ServiceTable;
 
 use self::builtin::Builtin;
-use self::producer::{Producer, ProduceFn};
+use self::producer::{ProduceFn, Producer};
 
 /// The registry, producers and sources behind `/metrics`: a cheap, cloneable handle (see the
 /// [module docs](self)).
@@ -335,20 +335,24 @@ impl Collector for Scrape {
 /// Scrapes for the endpoint on a thread of its own (`health metrics`), so that its event loop
 /// never waits for producers. Dropping it ends the thread after the scrape in progress (bounded
 /// by the producers' bounds) and joins it.
+#[allow(dead_code)] // until the endpoint serves /metrics
 pub(crate) struct Scraper {
     jobs: Option<Sender<Job>>,
     thread: Option<JoinHandle<()>>,
 }
 
 /// One scrape to run and where its answer goes.
+#[allow(dead_code)]
 pub(crate) struct Job {
     pub(crate) format: Format,
     pub(crate) reply: Box<dyn FnOnce(String) + Send>,
 }
 
 /// Scrapes queued beyond the one in progress; more are refused (answered `503`).
+#[allow(dead_code)]
 const QUEUED_SCRAPES: usize = 4;
 
+#[allow(dead_code)]
 impl Scraper {
     pub(crate) fn spawn(metrics: Metrics) -> io::Result<Scraper> {
         let (jobs, incoming) = crossbeam_channel::bounded::<Job>(QUEUED_SCRAPES);
@@ -420,6 +424,7 @@ fn linux_process_start_time() -> Option<SystemTime> {
         .trim()
         .parse()
         .ok()?;
-    let since_boot = Duration::from_secs(ticks / hz) + Duration::from_nanos((ticks % hz) * 1_000_000_000 / hz);
+    let since_boot =
+        Duration::from_secs(ticks / hz) + Duration::from_nanos((ticks % hz) * 1_000_000_000 / hz);
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(boot) + since_boot)
 }

@@ -11,13 +11,13 @@ mod prom;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prom::{family, value, Family};
 use common::{dyn_services, Behavior, Events, Recorder};
 use lifecycle::metrics::prometheus_client::metrics::counter::Counter;
 use lifecycle::metrics::prometheus_client::metrics::family::Family as LabelledFamily;
 use lifecycle::metrics::prometheus_client::metrics::histogram::Histogram;
 use lifecycle::metrics::{Format, Metrics};
 use lifecycle::{Error, ErrorKind, HealthChecker, RunHandle, Runner};
+use prom::{family, value, Family};
 
 const WATCHDOG: Duration = Duration::from_secs(20);
 
@@ -39,7 +39,11 @@ fn scrape(metrics: &Metrics) -> Option<Vec<Family>> {
             })
             .collect::<Vec<_>>()
     };
-    assert_eq!(described(&parsed), described(&om), "the same families in both formats");
+    assert_eq!(
+        described(&parsed),
+        described(&om),
+        "the same families in both formats"
+    );
     Some(parsed)
 }
 
@@ -110,7 +114,11 @@ fn lifecycle_metrics_follow_a_run_from_start_to_shutdown() {
                 .expect("a start duration");
                 assert!((0.0..WATCHDOG.as_secs_f64()).contains(&took), "{took}");
                 assert_eq!(
-                    value(&running, "lifecycle_service_stop_duration_seconds", &[("service", service)]),
+                    value(
+                        &running,
+                        "lifecycle_service_stop_duration_seconds",
+                        &[("service", service)]
+                    ),
                     None
                 );
             }
@@ -137,14 +145,20 @@ fn lifecycle_metrics_follow_a_run_from_start_to_shutdown() {
                 value(&running, "lifecycle_health_status", &[("probe", "ready")]),
                 Some(1.0)
             );
-            assert_eq!(value(&running, "lifecycle_health_stuck_calls", &[]), Some(0.0));
+            assert_eq!(
+                value(&running, "lifecycle_health_stuck_calls", &[]),
+                Some(0.0)
+            );
             let started = value(&running, "process_start_time_seconds", &[]).unwrap();
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_secs_f64();
             // Clock-tick resolution and the boot time's whole seconds: allow a few seconds.
-            assert!(started > 1.5e9 && started <= now + 2.0, "{started} vs {now}");
+            assert!(
+                started > 1.5e9 && started <= now + 2.0,
+                "{started} vs {now}"
+            );
         }
 
         handle.shutdown();
@@ -159,8 +173,12 @@ fn lifecycle_metrics_follow_a_run_from_start_to_shutdown() {
     assert_eq!(state(&after, "api"), "stop_failed");
     for service in ["db", "api"] {
         assert!(
-            value(&after, "lifecycle_service_stop_duration_seconds", &[("service", service)])
-                .is_some(),
+            value(
+                &after,
+                "lifecycle_service_stop_duration_seconds",
+                &[("service", service)]
+            )
+            .is_some(),
             "{service} has a stop duration"
         );
     }
@@ -188,7 +206,9 @@ fn a_failed_start_shows_in_the_states() {
     assert_eq!(state(&after, "api"), "start_failed");
     assert_eq!(state(&after, "late"), "unstarted");
     // No checker was given: no health families, no build info.
-    assert!(after.iter().all(|f| !f.name.starts_with("lifecycle_health")));
+    assert!(after
+        .iter()
+        .all(|f| !f.name.starts_with("lifecycle_health")));
 }
 
 #[test]
@@ -203,7 +223,12 @@ fn program_metrics_and_producers_are_exposed_in_both_formats() {
     metrics
         .add_producer("queue", Duration::from_secs(5), |out| {
             out.gauge("depth", "Jobs \"waiting\"\nnow.", 12.0)
-                .gauge_with("by_priority", "Jobs by priority.", &[("priority", "high\"\\\n")], 3.0)
+                .gauge_with(
+                    "by_priority",
+                    "Jobs by priority.",
+                    &[("priority", "high\"\\\n")],
+                    3.0,
+                )
                 .counter("dropped", "Jobs dropped.", 7.0);
             Ok(())
         })
@@ -231,9 +256,16 @@ fn program_metrics_and_producers_are_exposed_in_both_formats() {
         Some(1.0)
     );
     assert_eq!(value(&families, "queue_depth", &[]), Some(12.0));
-    assert_eq!(family(&families, "queue_depth").help, "Jobs \"waiting\"\nnow.");
     assert_eq!(
-        value(&families, "queue_by_priority", &[("priority", "high\"\\\n")]),
+        family(&families, "queue_depth").help,
+        "Jobs \"waiting\"\nnow."
+    );
+    assert_eq!(
+        value(
+            &families,
+            "queue_by_priority",
+            &[("priority", "high\"\\\n")]
+        ),
         Some(3.0)
     );
     assert_eq!(family(&families, "queue_dropped").typ, "counter");
@@ -318,14 +350,17 @@ fn a_hung_producer_is_left_out_within_its_bound_and_not_called_again() {
 fn failing_and_panicking_producers_are_counted_and_the_rest_is_served() {
     let metrics = Metrics::new();
     metrics
-        .add_producer("failing", Duration::from_secs(10), |_| Err(Error::msg("broker down")))
+        .add_producer("failing", Duration::from_secs(10), |_| {
+            Err(Error::msg("broker down"))
+        })
         .unwrap();
     metrics
         .add_producer("panicking", Duration::from_secs(10), |_| panic!("boom"))
         .unwrap();
     metrics
         .add_producer("sloppy", Duration::from_secs(10), |out| {
-            out.gauge("good", "Fine.", 1.0).gauge("bad name", "Not fine.", 2.0);
+            out.gauge("good", "Fine.", 1.0)
+                .gauge("bad name", "Not fine.", 2.0);
             Ok(())
         })
         .unwrap();

@@ -129,9 +129,7 @@ pub(crate) fn openmetrics_to_prometheus(openmetrics: &str) -> String {
                         Kind::Other
                     };
                     match help.take() {
-                        Some((h, text)) if h == name => {
-                            flush_help(&mut out, Some((&family, text)))
-                        }
+                        Some((h, text)) if h == name => flush_help(&mut out, Some((&family, text))),
                         other => flush_help(&mut out, other),
                     }
                     out.push_str("# TYPE ");
@@ -183,6 +181,10 @@ fn split_name(line: &str) -> (&str, &str) {
 
 /// The part of a sample line after its name, without an exemplar (` # {...} value [ts]`).
 fn without_exemplar(after_name: &str) -> &str {
+    if !after_name.contains(" # ") {
+        // The common case, found by a fast substring search: no exemplar.
+        return after_name;
+    }
     let bytes = after_name.as_bytes();
     let mut i = 0;
     if bytes.first() == Some(&b'{') {
@@ -288,6 +290,9 @@ mod tests {
         assert_eq!(f("*/*"), Format::Prometheus);
         assert_eq!(f("application/json"), Format::Prometheus);
         assert_eq!(f(""), Format::Prometheus);
-        assert_eq!(f("application/openmetrics-text;q=bogus"), Format::OpenMetrics);
+        assert_eq!(
+            f("application/openmetrics-text;q=bogus"),
+            Format::OpenMetrics
+        );
     }
 }

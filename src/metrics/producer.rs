@@ -157,7 +157,10 @@ impl Producer {
             }
             Err(e) => {
                 self.fail(Failure::Spawn);
-                log::warn!("metrics producer {:?}: cannot spawn its thread: {e}", self.name);
+                log::warn!(
+                    "metrics producer {:?}: cannot spawn its thread: {e}",
+                    self.name
+                );
                 None
             }
         }

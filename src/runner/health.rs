@@ -69,7 +69,11 @@ impl RunnerHealth {
             if let Some(metrics) = &runner.metrics {
                 options = options.metrics(metrics.clone());
             }
-            Arc::new(HealthEndpoint::with_options(*addr, checker.clone(), options))
+            Arc::new(HealthEndpoint::with_options(
+                *addr,
+                checker.clone(),
+                options,
+            ))
         });
         Some(RunnerHealth {
             checker,

@@ -16,9 +16,9 @@ use parking_lot::Mutex;
 use crate::checker::HealthChecker;
 use crate::endpoint::EndpointOptions;
 use crate::error::{Error, Phase, Result};
-use crate::service::{close_guarded, ready_guarded, start_guarded, Service};
 #[cfg(feature = "metrics")]
 use crate::metrics::{Metrics, ServiceTable};
+use crate::service::{close_guarded, ready_guarded, start_guarded, Service};
 use crate::signals::SignalRoute;
 use crate::state::State;
 use crate::stop::{StartContext, StopSignal};
@@ -332,13 +332,18 @@ impl Runner {
     /// own metrics and producers.
     ///
     /// ```no_run
-    /// use lifecycle::{metrics::Metrics, Runner};
+    /// use lifecycle::metrics::{prometheus_client::metrics::counter::Counter, Metrics};
+    /// use lifecycle::{RunReport, Runner};
     ///
-    /// let metrics = Metrics::new();
-    /// let report = Runner::new()
-    ///     .health_endpoint("127.0.0.1:8001".parse().unwrap())
-    ///     .metrics(metrics.clone())
-    ///     .run();
+    /// fn main() -> RunReport {
+    ///     let metrics = Metrics::new();
+    ///     let jobs: Counter = Counter::default();
+    ///     metrics.register("jobs", "Jobs done", jobs.clone());
+    ///     Runner::new()
+    ///         .health_endpoint("127.0.0.1:8001".parse().unwrap())
+    ///         .metrics(metrics)
+    ///         .run()
+    /// }
     /// ```
     #[cfg(feature = "metrics")]
     pub fn metrics(mut self, metrics: Metrics) -> Runner {

@@ -29,7 +29,10 @@ pub struct Sample {
 /// The families of `text`, parsed as `format` (`"prometheus"` or `"openmetrics"`); panics,
 /// showing the text, if the parser rejects it.
 pub fn parse(format: &str, text: &str) -> Option<Vec<Family>> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/parse_metrics.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/support/parse_metrics.py"
+    );
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let available = *AVAILABLE.get_or_init(|| {
         Command::new("python3")
