@@ -26,6 +26,9 @@
 //!   check can never block; services can also push changes, and subscribers get events.
 //! - [`HealthEndpoint`] serves that cache over HTTP for Kubernetes probes, load balancers and
 //!   people (`/livez`, `/readyz`, `/healthz`), on a hardened connection front of its own.
+//! - [`metrics::Metrics`] (feature `metrics`, on by default) serves Prometheus metrics at
+//!   `/metrics` on that endpoint: the lifecycle's own (service states, durations, check
+//!   status), the program's, and producers evaluated at scrape time within a bound.
 //! - [`Runner`] is the main job: it handles SIGINT and SIGTERM, starts the services in order
 //!   (each ready before the next starts), serves health, waits, then drains and closes in
 //!   reverse within deadlines, and returns a [`RunReport`] that `main` can return as its exit

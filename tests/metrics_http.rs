@@ -1,0 +1,271 @@
+//! `/metrics` over real sockets: both formats by `Accept`, parsed by an independent parser
+//! (Python's `prometheus_client`), the lifecycle's values through a start and a shutdown, and a
+//! producer that hangs never holding up probes or the scrape beyond its bound.
+#![cfg(feature = "metrics")]
+
+#[path = "common/http.rs"]
+mod http;
+#[path = "common/prom.rs"]
+mod prom;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use http::{get, request, wait_status, Client};
+use lifecycle::metrics::prometheus_client::metrics::counter::Counter;
+use lifecycle::metrics::Metrics;
+use lifecycle::{
+    EndpointOptions, HealthChecker, HealthEndpoint, HealthReporter, Result, RunHandle, Runner,
+    Service, StartContext, StateMachine,
+};
+use prom::{value, Family};
+
+const WATCHDOG: Duration = Duration::from_secs(20);
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,\
+application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// A service whose close waits until the test lets it go (or the watchdog).
+struct Gate {
+    name: &'static str,
+    sm: StateMachine,
+    closing: Sender<()>,
+    release: Receiver<()>,
+}
+
+impl HealthReporter for Gate {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn ready(&self) -> Result<()> {
+        self.sm.ready()
+    }
+}
+
+impl Service for Gate {
+    fn start(&self, _: &StartContext) -> Result<()> {
+        self.sm.start_once(self.name, || Ok(()))
+    }
+    fn close(&self) -> Result<()> {
+        self.sm.stop_once(self.name, || {
+            let _ = self.closing.send(());
+            let _ = self.release.recv_timeout(WATCHDOG);
+            Ok(())
+        })
+    }
+}
+
+struct ShutdownOnDrop(RunHandle);
+
+impl Drop for ShutdownOnDrop {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
+}
+
+/// GETs `/metrics` with `accept` (if any), checks the framing and content type, and parses the
+/// body with the parser of the format the content type names.
+fn scrape(addr: SocketAddr, accept: Option<&str>) -> Option<Vec<Family>> {
+    let mut s = http::connect(addr);
+    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: test\r\n{accept}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let raw = http::read_until_closed(&mut s);
+    let reply = http::parse(&raw).expect("a complete answer");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let content_type = reply.header("content-type").unwrap().to_owned();
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    let format = if content_type.starts_with("application/openmetrics-text; version=1.0.0") {
+        "openmetrics"
+    } else {
+        assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+        "prometheus"
+    };
+    prom::parse(format, &reply.body)
+}
+
+fn current_state(families: &[Family], service: &str) -> Option<String> {
+    families
+        .iter()
+        .find(|f| f.name == "lifecycle_service_state")?
+        .samples
+        .iter()
+        .find(|s| s.labels["service"] == service && s.value == 1.0)
+        .map(|s| s.labels["state"].clone())
+}
+
+#[test]
+fn metrics_follow_a_run_over_http_in_both_formats() {
+    let (closing_tx, closing) = crossbeam_channel::unbounded();
+    let (release, release_rx) = crossbeam_channel::unbounded();
+    let gate = |name| {
+        Arc::new(Gate {
+            name,
+            sm: StateMachine::new(),
+            closing: closing_tx.clone(),
+            release: release_rx.clone(),
+        })
+    };
+    let metrics = Metrics::new();
+    let served: Counter = Counter::default();
+    metrics.register("app_requests", "Requests served", served.clone());
+    served.inc_by(5);
+    let runner = Runner::new()
+        .handle_signals(false)
+        .health(Arc::new(HealthChecker::new("2.0.0", "f00d")))
+        .health_endpoint("127.0.0.1:0".parse().unwrap())
+        .metrics(metrics)
+        .service(gate("db"))
+        .service(gate("api"));
+    let handle = runner.handle();
+
+    std::thread::scope(|s| {
+        let _guard = ShutdownOnDrop(handle.clone());
+        let run = s.spawn(move || runner.run());
+        assert!(handle.wait_running(WATCHDOG));
+        let addr = handle.health_addr().expect("the endpoint's address");
+        wait_status(addr, "/readyz", 200);
+
+        for accept in [None, Some(PROMETHEUS_ACCEPT), Some("application/openmetrics-text")] {
+            let Some(families) = scrape(addr, accept) else {
+                break;
+            };
+            assert_eq!(current_state(&families, "db").as_deref(), Some("started"));
+            assert_eq!(current_state(&families, "api").as_deref(), Some("started"));
+            assert_eq!(value(&families, "app_requests_total", &[]), Some(5.0));
+            assert_eq!(
+                value(&families, "lifecycle_health_status", &[("probe", "ready")]),
+                Some(1.0),
+                "{accept:?}"
+            );
+        }
+
+        // HEAD: the GET's headers, no body.
+        let head = request(addr, "HEAD", "/metrics");
+        assert_eq!(head.status, 200);
+        assert!(head.body.is_empty());
+        assert!(head.header("content-length").unwrap().parse::<usize>().unwrap() > 0);
+        assert_eq!(request(addr, "POST", "/metrics").status, 405);
+
+        // Shut down: api closes first and waits for the test; meanwhile the endpoint serves.
+        handle.shutdown();
+        closing.recv_timeout(WATCHDOG).expect("api's close begins");
+        if let Some(families) = scrape(addr, None) {
+            assert_eq!(current_state(&families, "api").as_deref(), Some("stopping"));
+            assert_eq!(current_state(&families, "db").as_deref(), Some("started"));
+            assert_eq!(
+                value(&families, "lifecycle_health_status", &[("probe", "ready")]),
+                Some(0.0),
+                "not ready once shutdown has begun"
+            );
+            assert_eq!(
+                value(
+                    &families,
+                    "lifecycle_health_check_status",
+                    &[("check", "runner"), ("probe", "ready")]
+                ),
+                Some(0.0)
+            );
+        }
+        release.send(()).unwrap();
+        closing.recv_timeout(WATCHDOG).expect("db's close begins");
+        if let Some(families) = scrape(addr, None) {
+            assert_eq!(current_state(&families, "api").as_deref(), Some("stopped"));
+            assert_eq!(current_state(&families, "db").as_deref(), Some("stopping"));
+            assert!(value(
+                &families,
+                "lifecycle_service_stop_duration_seconds",
+                &[("service", "api")]
+            )
+            .is_some());
+        }
+        release.send(()).unwrap();
+        let report = run.join().unwrap();
+        assert!(report.is_success(), "{report:?}");
+    });
+}
+
+/// A reporter that is always ready.
+struct Ready;
+
+impl HealthReporter for Ready {
+    fn name(&self) -> &str {
+        "ready"
+    }
+    fn ready(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_hung_producer_holds_up_neither_probes_nor_the_scrape_beyond_its_bound() {
+    let checker = Arc::new(HealthChecker::new("1", "x"));
+    checker.register(Arc::new(Ready)).unwrap();
+    checker.start(&StartContext::background()).unwrap();
+    let metrics = Metrics::new();
+    let (entered_tx, entered) = crossbeam_channel::unbounded::<()>();
+    let (release, released) = crossbeam_channel::bounded::<()>(1);
+    // Long enough that the scrape is surely still waiting while the test probes.
+    let bound = Duration::from_secs(10);
+    metrics
+        .add_producer("hung", bound, move |out| {
+            entered_tx.send(()).unwrap();
+            let _ = released.recv_timeout(WATCHDOG);
+            out.gauge("value", "A value that came late.", 1.0);
+            Ok(())
+        })
+        .unwrap();
+    let endpoint = HealthEndpoint::with_options(
+        "127.0.0.1:0".parse().unwrap(),
+        checker.clone(),
+        EndpointOptions::new().metrics(metrics),
+    );
+    endpoint.start(&StartContext::background()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    checker.poll_now();
+    wait_status(addr, "/readyz", 200);
+
+    // A scrape waits for the producer...
+    let mut scraper = Client::connect(addr);
+    scraper.send("GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n");
+    entered.recv_timeout(WATCHDOG).expect("the producer is called");
+    // ...while probes on other connections, and on both event loops, are answered.
+    for _ in 0..8 {
+        assert_eq!(get(addr, "/readyz").status, 200);
+        assert_eq!(get(addr, "/livez").status, 200);
+    }
+    // Released, the producer returns and the scrape is answered with its samples.
+    let began = Instant::now();
+    release.send(()).unwrap();
+    let reply = scraper.reply().expect("the scrape's answer");
+    assert!(began.elapsed() < WATCHDOG);
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.contains("hung_value 1"), "{}", reply.body);
+
+    // Pipelined after a scrape, a probe is answered in order, after it.
+    release.send(()).unwrap(); // the producer's next call returns at once
+    scraper.send("GET /metrics HTTP/1.1\r\nHost: test\r\n\r\nGET /readyz HTTP/1.1\r\nHost: test\r\n\r\n");
+    let first = scraper.reply().unwrap();
+    let second = scraper.reply().unwrap();
+    assert!(first.body.contains("# TYPE"), "{}", first.body);
+    assert!(second.body.contains("\"status\""), "{}", second.body);
+
+    endpoint.close().unwrap();
+    checker.close().unwrap();
+}
+
+#[test]
+fn without_metrics_the_path_is_not_found() {
+    let checker = Arc::new(HealthChecker::new("1", "x"));
+    checker.start(&StartContext::background()).unwrap();
+    let endpoint = HealthEndpoint::new("127.0.0.1:0".parse().unwrap(), checker.clone());
+    endpoint.start(&StartContext::background()).unwrap();
+    assert_eq!(get(endpoint.local_addr().unwrap(), "/metrics").status, 404);
+    endpoint.close().unwrap();
+    checker.close().unwrap();
+}
