@@ -30,7 +30,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, ErrorKind, Phase, Result};
 use crate::service::{HealthReporter, Service};
-use crate::state::StateMachine;
+use crate::state::{State, StateMachine};
 use crate::stop::{StartContext, StopSignal};
 
 use self::options::Config;
@@ -530,8 +530,17 @@ impl Service for HealthChecker {
     /// Besides the [`StateMachine`] errors (not started, already stopped), one error per worker
     /// still stuck in a call when the bound passed, naming its check and the call; those threads
     /// are left to end by themselves when their calls return.
+    ///
+    /// Closing a checker that was never started is an error ([`ErrorKind::NotStarted`]), but it
+    /// still ends the registered checks' workers: the checker cannot be used afterwards.
     fn close(&self) -> Result<()> {
-        self.sm.stop_once(CHECKER_NAME, || Ok(self.shutdown()?))
+        let closed = self.sm.stop_once(CHECKER_NAME, || Ok(self.shutdown()?));
+        if self.sm.state() == State::Unstarted {
+            if let Err(e) = self.shutdown() {
+                log::warn!("{CHECKER_NAME}: closing before a start: {e}");
+            }
+        }
+        closed
     }
 }
 

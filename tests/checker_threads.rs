@@ -90,4 +90,13 @@ fn every_thread_is_joined() {
     assert_eq!(threads(), baseline + 1);
     drop(checker);
     back_to(baseline, "after drop");
+
+    // Never started, closed: an error (it was not started), and the workers are joined anyway.
+    let checker = HealthChecker::new("v", "s");
+    checker.register(Arc::new(Fine("y"))).unwrap();
+    assert_eq!(threads(), baseline + 1);
+    let e = checker.close().unwrap_err();
+    assert_eq!(e.kind(), lifecycle::ErrorKind::NotStarted);
+    back_to(baseline, "after closing an unstarted checker");
+    drop(checker);
 }

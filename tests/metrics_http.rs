@@ -131,7 +131,11 @@ fn metrics_follow_a_run_over_http_in_both_formats() {
         let addr = handle.health_addr().expect("the endpoint's address");
         wait_status(addr, "/readyz", 200);
 
-        for accept in [None, Some(PROMETHEUS_ACCEPT), Some("application/openmetrics-text")] {
+        for accept in [
+            None,
+            Some(PROMETHEUS_ACCEPT),
+            Some("application/openmetrics-text"),
+        ] {
             let Some(families) = scrape(addr, accept) else {
                 break;
             };
@@ -149,7 +153,13 @@ fn metrics_follow_a_run_over_http_in_both_formats() {
         let head = request(addr, "HEAD", "/metrics");
         assert_eq!(head.status, 200);
         assert!(head.body.is_empty());
-        assert!(head.header("content-length").unwrap().parse::<usize>().unwrap() > 0);
+        assert!(
+            head.header("content-length")
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
+                > 0
+        );
         assert_eq!(request(addr, "POST", "/metrics").status, 405);
 
         // Shut down: api closes first and waits for the test; meanwhile the endpoint serves.
@@ -233,7 +243,9 @@ fn a_hung_producer_holds_up_neither_probes_nor_the_scrape_beyond_its_bound() {
     // A scrape waits for the producer...
     let mut scraper = Client::connect(addr);
     scraper.send("GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n");
-    entered.recv_timeout(WATCHDOG).expect("the producer is called");
+    entered
+        .recv_timeout(WATCHDOG)
+        .expect("the producer is called");
     // ...while probes on other connections, and on both event loops, are answered.
     for _ in 0..8 {
         assert_eq!(get(addr, "/readyz").status, 200);
@@ -249,7 +261,9 @@ fn a_hung_producer_holds_up_neither_probes_nor_the_scrape_beyond_its_bound() {
 
     // Pipelined after a scrape, a probe is answered in order, after it.
     release.send(()).unwrap(); // the producer's next call returns at once
-    scraper.send("GET /metrics HTTP/1.1\r\nHost: test\r\n\r\nGET /readyz HTTP/1.1\r\nHost: test\r\n\r\n");
+    scraper.send(
+        "GET /metrics HTTP/1.1\r\nHost: test\r\n\r\nGET /readyz HTTP/1.1\r\nHost: test\r\n\r\n",
+    );
     let first = scraper.reply().unwrap();
     let second = scraper.reply().unwrap();
     assert!(first.body.contains("# TYPE"), "{}", first.body);
