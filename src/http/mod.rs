@@ -26,6 +26,13 @@
 //! threads `NAME 1`, `NAME 2`, ... With several loops, a loop that the scheduler takes off its
 //! core holds up only its own share of the connections.
 //!
+//! Under load a loop never waits in its poll, so the scheduler would let it run to the end of
+//! its time slice and then keep it off its core for a whole tick, its connections all waiting.
+//! So after each turn that had events, a loop offers its core to other ready threads
+//! ([`std::thread::yield_now`]), which returns at once when there are none. Measured with
+//! 64 keep-alive clients on two cores they share with the server, two loops that yield cut the
+//! 99th-percentile latency about threefold; either change alone did little (BENCHMARKS.md).
+//!
 //! Each connection has a fixed-size input buffer of [`Limits::max_head_bytes`] into which
 //! request heads are read and parsed with [`httparse`] (at most [`MAX_HEADERS`] headers); the
 //! buffer never grows. The [`Handler`] is called on the event-loop threads, on several at once:
