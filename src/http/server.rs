@@ -145,11 +145,6 @@ impl Limits {
         self
     }
 
-    /// The number of event-loop threads.
-    pub(crate) fn event_loop_count(&self) -> usize {
-        self.event_loops
-    }
-
     fn validate(&self) -> io::Result<()> {
         let invalid = |what: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, what));
         if self.max_connections == 0 {
