@@ -466,11 +466,16 @@ fn idle_connections_neither_starve_others_nor_add_threads() {
     });
     let r = f.client().get("/fresh");
     assert_eq!(r.status, 200);
+    // The default two event loops, and no thread more.
     assert_eq!(threads_named("t-idle300"), 1);
+    assert_eq!(threads_named("t-idle300 1"), 1);
+    assert_eq!(threads_named("t-idle300 2"), 0);
     assert_eq!(f.calls(), 1);
 
     f.server.shutdown().unwrap();
-    wait_until("the thread to be gone", || threads_named("t-idle300") == 0);
+    wait_until("the threads to be gone", || {
+        threads_named("t-idle300") + threads_named("t-idle300 1") == 0
+    });
     assert_eq!(f.server.stats().open_connections, 0);
     for c in &mut idle {
         assert!(c.until_closed().is_empty());
