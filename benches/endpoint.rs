@@ -6,19 +6,22 @@
 //!
 //! - **ours**: a [`HealthEndpoint`] on 127.0.0.1:0 in front of a started [`HealthChecker`] with
 //!   [`CHECKS`] registered reporters that are always ready, polled once before any measurement.
-//!   It serves every connection from one event-loop thread; `/readyz` renders the checker's
-//!   cached snapshot as `application/health+json` on every request.
-//! - **tiny_http ×1** (the like-for-like ceiling): a bare tiny_http 0.12 server on 127.0.0.1:0
-//!   answering every request with a fixed `200 ok`, from one handler thread looping on
-//!   `recv_timeout`. One handler thread, as ours has one event-loop thread. tiny_http itself
-//!   adds an accept thread and one thread per open connection, which read and parse the
-//!   requests; the handler thread writes the responses.
-//! - **tiny_http ×4** (a second reference): the same, with four handler threads.
+//!   It serves every connection from its default [`OURS_LOOPS`] event-loop threads; `/readyz`
+//!   answers the checker's cached snapshot as `application/health+json` on every request.
+//! - **tiny_http ×2** (the like-for-like ceiling): a bare tiny_http 0.12 server on 127.0.0.1:0
+//!   answering every request with a fixed `200 ok`, from two handler threads looping on
+//!   `recv_timeout`: the same number of handler threads as ours has event loops. tiny_http
+//!   itself adds an accept thread and one thread per open connection, which read and parse the
+//!   requests; the handler threads write the responses.
+//! - **ours ×1 loop** (a reference): the same endpoint with `event_loops(1)`, and
+//!   **tiny_http ×1** (its like-for-like ceiling, one handler thread); in `plain` also
+//!   **tiny_http ×4**, with four handler threads.
 //!
 //! Each scenario runs `wrk -t2 -c64 -d<D>s --latency` against each server in turn, for several
 //! rounds; the order of the servers rotates from round to round so that drift in the machine's
 //! load hits all of them. A ratio is computed per round (ours over the ceiling of the same
-//! round) and the summary gives the median of each figure over the rounds.
+//! round) and the summary gives the median of each figure over the rounds. The headline ratio is
+//! ours over tiny_http ×2; ours ×1 loop over tiny_http ×1 is the same comparison at one thread.
 //!
 //! Scenarios:
 //!
@@ -27,7 +30,7 @@
 //!    part of a request head and then nothing. They are opened before the run and held until it
 //!    ends (a holder thread re-opens any the server closes and counts them). 500 + 64 exceed the
 //!    endpoint's default `max_connections` (256), and its default `head_read_timeout` (5 s)
-//!    would drop the 500 within a run, so the endpoint here is built with
+//!    would drop the 500 within a run, so the endpoints here are built with
 //!    `max_connections(1024)` and `head_read_timeout(60 s)`.
 //! 3. `slowloris-default`: ours only, with the default options (256 connections, 5 s to send a
 //!    head), under the same 500 slowloris connections, re-opened as soon as they are closed:
@@ -61,6 +64,8 @@ use lifecycle::{
     EndpointOptions, HealthChecker, HealthEndpoint, HealthReporter, Result, Service, StartContext,
 };
 
+/// Our endpoint's event loops by default, and so the ceiling's handler threads.
+const OURS_LOOPS: usize = 2;
 /// Registered checks behind the endpoint.
 const CHECKS: usize = 10;
 /// wrk's connections and threads.
@@ -471,8 +476,9 @@ fn fmt_us(us: f64) -> String {
     }
 }
 
-/// Prints medians per target and the per-round ratios of target 0 over each other target.
-fn summary(name: &str, targets: &[Target], runs: &[Vec<Run>]) {
+/// Prints medians per target and the per-round ratios of the `ratios` pairs of targets
+/// (numerator, denominator), by index.
+fn summary(name: &str, targets: &[Target], runs: &[Vec<Run>], ratios: &[(usize, usize)]) {
     println!("\n### {name}: medians over rounds\n");
     println!(
         "| server | requests/s (median) | 2xx/s (median) | p99 (median) | server CPU ms per 1k requests (median) |"
@@ -489,7 +495,7 @@ fn summary(name: &str, targets: &[Target], runs: &[Vec<Run>]) {
             fmt_us(p99)
         );
     }
-    if targets.len() < 2 {
+    if ratios.is_empty() {
         return;
     }
     println!();
@@ -497,9 +503,14 @@ fn summary(name: &str, targets: &[Target], runs: &[Vec<Run>]) {
         "| ratio | requests/s (median of rounds) | (min – max) | p99 (median of rounds) | (min – max) |"
     );
     println!("|---|---:|---:|---:|---:|");
-    for (t, r) in targets.iter().zip(runs).skip(1) {
-        let rps: Vec<f64> = runs[0].iter().zip(r).map(|(a, b)| a.rps / b.rps).collect();
-        let p99: Vec<f64> = runs[0]
+    for &(top, bottom) in ratios {
+        let (t, r) = (&targets[bottom], &runs[bottom]);
+        let rps: Vec<f64> = runs[top]
+            .iter()
+            .zip(r)
+            .map(|(a, b)| a.rps / b.rps)
+            .collect();
+        let p99: Vec<f64> = runs[top]
             .iter()
             .zip(r)
             .map(|(a, b)| a.p99_us / b.p99_us)
@@ -508,7 +519,7 @@ fn summary(name: &str, targets: &[Target], runs: &[Vec<Run>]) {
         let (plo, phi) = min_max(&p99);
         println!(
             "| {} / {} | {:.2} | {rlo:.2} – {rhi:.2} | {:.2} | {plo:.2} – {phi:.2} |",
-            targets[0].label,
+            targets[top].label,
             t.label,
             median(rps.clone()),
             median(p99.clone()),
@@ -567,25 +578,36 @@ fn main() {
         thread::sleep(Duration::from_millis(5));
     }
     let local = "127.0.0.1:0".parse().unwrap();
+    let wide = EndpointOptions::new()
+        .max_connections(1024)
+        .head_read_timeout(Duration::from_secs(60));
     let ours = HealthEndpoint::new(local, Arc::clone(&checker));
-    let ours_wide = HealthEndpoint::with_options(
+    let ours_wide = HealthEndpoint::with_options(local, Arc::clone(&checker), wide.clone());
+    let ours1 = HealthEndpoint::with_options(
         local,
         Arc::clone(&checker),
-        EndpointOptions::new()
-            .max_connections(1024)
-            .head_read_timeout(Duration::from_secs(60)),
+        EndpointOptions::new().event_loops(1),
     );
-    ours.start(&ctx).expect("endpoint starts");
-    ours_wide.start(&ctx).expect("endpoint starts");
+    let ours1_wide = HealthEndpoint::with_options(local, Arc::clone(&checker), wide.event_loops(1));
+    let endpoints = [&ours, &ours_wide, &ours1, &ours1_wide];
+    for e in endpoints {
+        e.start(&ctx).expect("endpoint starts");
+    }
     let tiny1 = Tiny::start(1);
+    let tiny2 = Tiny::start(OURS_LOOPS);
     let tiny4 = Tiny::start(4);
 
     let ours_addr = ours.local_addr().unwrap();
     let wide_addr = ours_wide.local_addr().unwrap();
+    let ours1_addr = ours1.local_addr().unwrap();
+    let wide1_addr = ours1_wide.local_addr().unwrap();
     for (addr, path) in [
         (ours_addr, "/readyz"),
         (wide_addr, "/readyz"),
+        (ours1_addr, "/readyz"),
+        (wide1_addr, "/readyz"),
         (tiny1.addr, "/"),
+        (tiny2.addr, "/"),
         (tiny4.addr, "/"),
     ] {
         let status = status_line(addr, path);
@@ -606,14 +628,17 @@ fn main() {
         addr,
         path,
     };
-    // This process's threads with every server idle: the checker's poller and workers, the two
+
+    // This process's threads with every server idle: the checker's poller and workers, the four
     // endpoints' event loops, and each tiny_http's accept thread, minimum pool and handlers.
     let baseline = threads();
     println!("threads with every server idle: {baseline}");
     // Warm-up, not reported.
     for t in [
         target("ours", ours_addr, "/readyz"),
+        target("ours", ours1_addr, "/readyz"),
         target("tiny", tiny1.addr, "/"),
+        target("tiny", tiny2.addr, "/"),
         target("tiny", tiny4.addr, "/"),
     ] {
         wrk(&t.url, 2, pin);
@@ -622,17 +647,25 @@ fn main() {
     if scenarios.contains(&"plain") {
         let targets = [
             target("ours", ours_addr, "/readyz"),
+            target("tiny_http ×2", tiny2.addr, "/"),
+            target("ours ×1 loop", ours1_addr, "/readyz"),
             target("tiny_http ×1", tiny1.addr, "/"),
             target("tiny_http ×4", tiny4.addr, "/"),
         ];
         let runs = scenario("plain", baseline, &targets, rounds, seconds, 0, pin);
-        summary("plain", &targets, &runs);
+        summary(
+            "plain",
+            &targets,
+            &runs,
+            &[(0, 1), (2, 3), (0, 2), (0, 3), (0, 4)],
+        );
     }
     if scenarios.contains(&"slowloris") {
         let targets = [
             target("ours (1024 conns, 60 s head)", wide_addr, "/readyz"),
+            target("tiny_http ×2", tiny2.addr, "/"),
+            target("ours ×1 loop (1024, 60 s)", wide1_addr, "/readyz"),
             target("tiny_http ×1", tiny1.addr, "/"),
-            target("tiny_http ×4", tiny4.addr, "/"),
         ];
         let runs = scenario(
             "slowloris",
@@ -643,7 +676,12 @@ fn main() {
             SLOWLORIS,
             pin,
         );
-        summary("slowloris", &targets, &runs);
+        summary(
+            "slowloris",
+            &targets,
+            &runs,
+            &[(0, 1), (2, 3), (0, 2), (0, 3)],
+        );
     }
     if scenarios.contains(&"slowloris-default") {
         let targets = [target("ours (defaults)", ours_addr, "/readyz")];
@@ -656,12 +694,14 @@ fn main() {
             SLOWLORIS,
             pin,
         );
-        summary("slowloris-default", &targets, &runs);
+        summary("slowloris-default", &targets, &runs, &[]);
     }
 
-    ours.close().expect("endpoint closes");
-    ours_wide.close().expect("endpoint closes");
+    for e in endpoints {
+        e.close().expect("endpoint closes");
+    }
     tiny1.stop();
+    tiny2.stop();
     tiny4.stop();
     checker.close().expect("checker closes");
 }

@@ -413,3 +413,35 @@ fn repeated_answers_follow_changes_and_staleness() {
     endpoint.close().unwrap();
     checker.close().unwrap();
 }
+
+#[test]
+fn event_loops_from_one_to_many_serve_and_out_of_range_fails_to_start() {
+    for loops in [1, 3] {
+        let f = Fixture::new(EndpointOptions::new().event_loops(loops));
+        f.wait_ready_status(200);
+        // More keep-alive clients than loops, each asking twice: every loop serves some.
+        let mut clients: Vec<_> = (0..2 * loops)
+            .map(|_| http::Client::connect(f.addr()))
+            .collect();
+        for _ in 0..2 {
+            for c in &mut clients {
+                assert_eq!(c.get("/livez").status, 200, "{loops} loops");
+            }
+        }
+        f.endpoint.close().unwrap();
+        for c in &mut clients {
+            assert!(c.until_closed().is_empty());
+        }
+    }
+    for loops in [0, 17] {
+        let checker = Arc::new(HealthChecker::new("1", "x"));
+        let endpoint = HealthEndpoint::with_options(
+            "127.0.0.1:0".parse().unwrap(),
+            checker,
+            EndpointOptions::new().event_loops(loops),
+        );
+        let e = endpoint.start(&StartContext::background()).unwrap_err();
+        assert!(e.to_string().contains("event_loops"), "{e}");
+        assert!(endpoint.local_addr().is_none());
+    }
+}

@@ -1,6 +1,7 @@
 //! Slowloris against the health endpoint: hundreds of connections that send part of a request
-//! head, or nothing, and then wait. Real probes are still answered, the endpoint's thread count
-//! does not move, and the server drops those connections after its deadline.
+//! head, or nothing, and then wait. Real probes are still answered, the endpoint keeps its fixed
+//! number of threads (two event loops by default), and the server drops those connections after
+//! its deadline.
 //!
 //! Alone in its file, so alone in its process: it counts every thread of the process.
 
@@ -21,7 +22,17 @@ use procfs::{thread_count, threads_named};
 
 const PARTIAL: usize = 500;
 const SILENT: usize = 100;
-const THREAD: &str = "health http";
+/// The endpoint's threads at the default of two event loops: the accepting loop, and the other.
+const THREADS: [&str; 2] = ["health http", "health http 1"];
+
+/// Asserts that each of the endpoint's threads runs, once, and no more of them.
+#[track_caller]
+fn assert_endpoint_threads() {
+    for name in THREADS {
+        assert_eq!(threads_named(name), 1, "threads named {name:?}");
+    }
+    assert_eq!(threads_named("health http 2"), 0);
+}
 
 /// 500 connections that send a partial head, then 100 that send nothing.
 fn slowloris(f: &Fixture) -> Vec<Client> {
@@ -62,13 +73,13 @@ fn slowloris_starves_no_probe_adds_no_thread_and_is_dropped_after_the_deadline()
     );
     f.wait_ready();
     let threads_before = thread_count();
-    assert_eq!(threads_named(THREAD), 1);
+    assert_endpoint_threads();
 
     let mut idle = slowloris(&f);
     // Connections are accepted in order, so once this probe is answered, all 600 have been.
     probe(&f);
     let threads_during = thread_count();
-    assert_eq!(threads_named(THREAD), 1);
+    assert_endpoint_threads();
     // And the server holds every one of them open (none was refused or dropped).
     for (i, c) in idle.iter_mut().enumerate() {
         c.stream.set_nonblocking(true).unwrap();
@@ -83,14 +94,14 @@ fn slowloris_starves_no_probe_adds_no_thread_and_is_dropped_after_the_deadline()
         probe(&f);
         assert_health_json(&Client::connect(f.addr()).get("/livez"), "liveness");
     }
-    assert_eq!(threads_named(THREAD), 1);
+    assert_endpoint_threads();
     drop(idle);
     probe(&f);
     let threads_after = thread_count();
-    assert_eq!(threads_named(THREAD), 1);
+    assert_endpoint_threads();
     eprintln!(
         "slowloris, held: threads before {threads_before}, during {threads_during}, \
-         after {threads_after}; '{THREAD}' threads: 1 throughout"
+         after {threads_after}; endpoint threads {THREADS:?}, one each throughout"
     );
     assert!(
         threads_during <= threads_before + 2,
@@ -109,10 +120,10 @@ fn slowloris_starves_no_probe_adds_no_thread_and_is_dropped_after_the_deadline()
     );
     f.wait_ready();
     let threads_before = thread_count();
-    assert_eq!(threads_named(THREAD), 1);
+    assert_endpoint_threads();
     let mut idle = slowloris(&f);
     let threads_during = thread_count();
-    assert_eq!(threads_named(THREAD), 1);
+    assert_endpoint_threads();
     // Closed by the server (EOF or reset, with no answer), each within a 10 s watchdog.
     let deadline = Instant::now() + Duration::from_secs(10);
     for (i, c) in idle.iter_mut().enumerate() {
@@ -142,7 +153,7 @@ fn slowloris_starves_no_probe_adds_no_thread_and_is_dropped_after_the_deadline()
         assert!(Instant::now() < watchdog, "no probe answered");
     }
     let threads_after = thread_count();
-    assert_eq!(threads_named(THREAD), 1);
+    assert_endpoint_threads();
     eprintln!(
         "slowloris, dropped: threads before {threads_before}, during {threads_during}, \
          after {threads_after}"

@@ -34,7 +34,7 @@ pub struct EndpointOptions {
 
 impl EndpointOptions {
     /// The defaults: reasons shown, 256 connections, 8 KiB request heads, 5 s to send a head,
-    /// 30 s idle keep-alive, 10 s to take a response.
+    /// 30 s idle keep-alive, 10 s to take a response, 2 event-loop threads.
     pub fn new() -> EndpointOptions {
         EndpointOptions::default()
     }
@@ -75,10 +75,23 @@ impl EndpointOptions {
         self.limits = self.limits.keep_alive_idle_timeout(timeout);
         self
     }
+
+    /// How many threads serve the connections (default 2; from 1 to 16, else
+    /// [`start`](Service::start) fails). It is a fixed number, whatever the number of
+    /// connections: the first thread, `health http`, accepts every connection and hands each
+    /// to the least loaded thread (itself included); the others are called `health http 1`,
+    /// `health http 2`, and so on. One thread is enough for probes; a second one keeps the
+    /// latency tail short under heavy load on a busy machine, where a thread that the
+    /// scheduler takes off its core holds up every connection it serves.
+    pub fn event_loops(mut self, n: usize) -> EndpointOptions {
+        self.limits = self.limits.event_loops(n);
+        self
+    }
 }
 
 /// Serves a [`HealthChecker`]'s cache over HTTP, as a [`Service`]: `start` binds and spawns its
-/// one thread, `close` returns once that thread has ended, even with clients connected.
+/// threads ([`EndpointOptions::event_loops`], 2 by default), `close` returns once they have
+/// ended, even with clients connected.
 ///
 /// # Routes (`GET` and `HEAD`)
 ///
@@ -103,7 +116,8 @@ impl EndpointOptions {
 ///
 /// # Connections
 ///
-/// One event-loop thread serves every connection, whatever their number; request heads are
+/// A fixed number of event-loop threads serves every connection, whatever their number
+/// ([`EndpointOptions::event_loops`]); request heads are
 /// limited in size and time, idle connections are dropped, and the connection count is capped
 /// (see [`EndpointOptions`]). Bind it where probes can reach it and people cannot, or turn on
 /// [`EndpointOptions::hide_reasons`].
@@ -275,15 +289,16 @@ fn percent_decode(s: &str) -> String {
 /// it anew for every request is wasted work. A cached answer is reused only while a fresh
 /// snapshot [shows the same](Snapshot::shows_the_same_as) as the one it was rendered from: the
 /// same publication, the same checker state, and no check stale. Otherwise the answer is
-/// rendered from the fresh snapshot, as without the cache. The handler runs on the event-loop
-/// thread alone, so the lock is never contended.
+/// rendered from the fresh snapshot, as without the cache. The handler runs on the server's
+/// event-loop threads; the lock is held only to compare snapshots and clone an answer (an
+/// `Arc` body), never while rendering.
 #[derive(Default)]
 struct AnswerCache {
     /// `[readyz, healthz]`.
     slots: [Option<(Snapshot, Response)>; 2],
 }
 
-/// Routes one request. Runs on the server's event-loop thread: it only reads the checker's
+/// Routes one request. Runs on the server's event-loop threads: it only reads the checker's
 /// cached snapshot and renders it (or reuses its last rendering of the same snapshot).
 fn answer(
     checker: &HealthChecker,

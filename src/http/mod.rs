@@ -16,28 +16,47 @@
 //!
 //! # Design
 //!
-//! One named event-loop thread polls the listener and every connection with [`mio`] (readiness
-//! polling over epoll/kqueue, not an async runtime). The number of threads is the same whatever
-//! the number of connections. Each connection has a fixed-size input buffer of
-//! [`Limits::max_head_bytes`] into which request heads are read and parsed with [`httparse`]
-//! (at most [`MAX_HEADERS`] headers); the buffer never grows. The [`Handler`] is called on the
-//! event-loop thread: it is contractually non-blocking (it renders from a cache). A handler that
-//! panics gets a `500` answer; the server itself never panics on any input.
+//! A fixed number of named event-loop threads ([`Limits::event_loops`], default 2) poll the
+//! connections with [`mio`] (readiness polling over epoll/kqueue, not an async runtime). The
+//! number of threads is the same whatever the number of connections. The first loop (thread
+//! `NAME`) also owns the listener: it accepts, admits, and hands each connection to the least
+//! loaded loop, itself included (ties go round), through that loop's channel and its
+//! [`mio::Waker`]. From then on the connection belongs to that loop alone: its buffers, its
+//! deadlines and its sweep; the server takes no lock on the request path. The other loops are
+//! threads `NAME 1`, `NAME 2`, ... With several loops, a loop that the scheduler takes off its
+//! core holds up only its own share of the connections.
+//!
+//! Under load a loop never waits in its poll, so the scheduler would let it run to the end of
+//! its time slice and then keep it off its core for a whole tick, its connections all waiting.
+//! So after each turn that had events, a loop offers its core to other ready threads
+//! ([`std::thread::yield_now`]), which returns at once when there are none. Measured with
+//! 64 keep-alive clients on two cores they share with the server, two loops that yield cut the
+//! 99th-percentile latency about threefold (6 ms to 2 ms); the yield alone, with one loop, cut
+//! it by about a third, and two loops alone not at all (BENCHMARKS.md).
+//!
+//! Each connection has a fixed-size input buffer of [`Limits::max_head_bytes`] into which
+//! request heads are read and parsed with [`httparse`] (at most [`MAX_HEADERS`] headers); the
+//! buffer never grows. The [`Handler`] is called on the event-loop threads, on several at once:
+//! it is contractually non-blocking (it renders from a cache). A handler that panics gets a
+//! `500` answer; the server itself never panics on any input.
 //!
 //! Responses go to a per-connection output buffer that is written as the socket allows (partial
 //! writes, `WouldBlock`). While that buffer holds more than a fixed high-water mark (64 KiB), no
 //! further requests are parsed from that connection, so a pipelining flood is served as fast as
 //! the client reads, never buffered without bound. Pipelined requests are answered in order.
 //!
-//! Deadlines are kept per connection as timestamps and enforced by a sweep: the poll timeout is
-//! the time to the nearest deadline (at most every few milliseconds), so no timer thread exists.
+//! Deadlines are kept per connection as timestamps and enforced by each loop's sweep: the poll
+//! timeout is the time to the nearest deadline (at most every few milliseconds, at least once a
+//! second), so no timer thread exists.
 //!
-//! Above [`Limits::max_connections`] open connections, new connections are accepted, answered
-//! `503` on a best-effort basis and closed at once. Accept errors (`EMFILE`, `ENFILE`, ...) never
-//! end the loop: they are logged (rate-limited) and accepting pauses for 100 ms.
+//! Above [`Limits::max_connections`] open connections, counted over every loop (one shared
+//! count, raised only by the accepting loop), new connections are accepted, answered `503` on a
+//! best-effort basis and closed at once. Accept errors (`EMFILE`, `ENFILE`, ...) never end the
+//! loop: they are logged (rate-limited) and accepting pauses for 100 ms. The counters of
+//! [`ServerStats`] are shared by every loop.
 //!
-//! [`Server::shutdown`] (or drop) wakes the loop with a [`mio::Waker`], which closes every
-//! connection and ends; the call joins the thread before it returns.
+//! [`Server::shutdown`] (or drop) wakes every loop with its [`mio::Waker`]; each closes its
+//! connections and ends, and the call joins every thread before it returns.
 //!
 //! # Protocol
 //!
@@ -65,6 +84,7 @@
 //! | [`keep_alive_idle_timeout`](Limits::keep_alive_idle_timeout) | 30 s | idle between requests |
 //! | [`write_timeout`](Limits::write_timeout) | 10 s | to send a response once it is queued |
 //! | [`max_requests_per_connection`](Limits::max_requests_per_connection) | none | then close |
+//! | [`event_loops`](Limits::event_loops) | 2 | threads serving the connections (1 to 16) |
 //!
 //! The head-read clock starts when the connection is accepted, or at the first byte of a head
 //! that follows an earlier response. The keep-alive clock starts when a response has been
@@ -83,4 +103,4 @@ pub(crate) use self::request::{Request, MAX_HEADERS};
 #[allow(unused_imports)]
 pub(crate) use self::response::Response;
 #[allow(unused_imports)]
-pub(crate) use self::server::{Handler, Limits, Server, ServerStats};
+pub(crate) use self::server::{Handler, Limits, Server, ServerStats, MAX_EVENT_LOOPS};

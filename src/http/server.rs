@@ -2,21 +2,23 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, SendError, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::request::{self, Parsed, Reject, Request, MAX_HEADERS};
 use super::response::Response;
 
-/// Renders the response to a request. It is called on the event-loop thread and must not block:
-/// it renders from a cache. If it panics, the client gets a `500` and the server goes on.
+/// Renders the response to a request. It is called on the event-loop threads, on several at
+/// once when there are several, and must not block: it renders from a cache. If it panics, the
+/// client gets a `500` and the server goes on.
 pub(crate) type Handler = Arc<dyn Fn(&Request<'_>) -> Response + Send + Sync>;
 
 const LISTENER: Token = Token(0);
@@ -36,6 +38,13 @@ const LINGER_DISCARD: usize = 64 * 1024;
 /// Requests answered, and reads done, on one connection before the loop turns to the others.
 const REQUESTS_PER_TURN: usize = 64;
 const READS_PER_TURN: usize = 16;
+/// The most events one poll returns.
+const EVENTS_CAPACITY: usize = 256;
+/// The longest an event loop waits in a poll: an idle loop wakes this often to look at its
+/// inbox and the stop flag, which bounds a shutdown even if a wake-up were lost.
+const MAX_POLL_WAIT: Duration = Duration::from_secs(1);
+/// The most event loops a server runs.
+pub(crate) const MAX_EVENT_LOOPS: usize = 16;
 /// The sweep for deadlines runs at most this often.
 const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(5);
 /// The most often the loop logs the same kind of warning.
@@ -57,6 +66,7 @@ pub(crate) struct Limits {
     keep_alive_idle_timeout: Duration,
     write_timeout: Duration,
     max_requests_per_connection: Option<u64>,
+    event_loops: usize,
 }
 
 // Until the health endpoint uses it.
@@ -71,6 +81,7 @@ impl Limits {
             keep_alive_idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
             max_requests_per_connection: None,
+            event_loops: 2,
         }
     }
 
@@ -124,6 +135,16 @@ impl Limits {
         self
     }
 
+    /// How many event-loop threads serve the connections: the first accepts them and hands
+    /// each to the least loaded loop (itself included). A fixed number, whatever the number of
+    /// connections. More than one keeps a descheduled loop from holding up every connection at
+    /// once. Default: 2. From 1 to [`MAX_EVENT_LOOPS`].
+    #[must_use]
+    pub(crate) fn event_loops(mut self, n: usize) -> Limits {
+        self.event_loops = n;
+        self
+    }
+
     fn validate(&self) -> io::Result<()> {
         let invalid = |what: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, what));
         if self.max_connections == 0 {
@@ -142,6 +163,12 @@ impl Limits {
         }
         if self.max_requests_per_connection == Some(0) {
             return invalid("max_requests_per_connection must be at least 1");
+        }
+        if !(1..=MAX_EVENT_LOOPS).contains(&self.event_loops) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("event_loops must be from 1 to {MAX_EVENT_LOOPS}"),
+            ));
         }
         Ok(())
     }
@@ -179,6 +206,8 @@ pub(crate) struct ServerStats {
 
 #[derive(Default)]
 struct Counters {
+    /// Connections admitted and not yet closed: the admission count that `max_connections`
+    /// caps, over every event loop.
     open_connections: AtomicUsize,
     accepted: AtomicU64,
     rejected_over_limit: AtomicU64,
@@ -193,35 +222,50 @@ fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
 
-#[derive(Default)]
+/// What every event loop of a server shares.
 struct Shared {
     stop: AtomicBool,
     counters: Counters,
+    /// Per event loop, the connections handed to it and not yet closed: how the accepting loop
+    /// finds the least loaded one. [`GONE`] once a loop can no longer take connections.
+    loads: Box<[AtomicUsize]>,
 }
 
-/// A running HTTP/1.1 server: one named event-loop thread serving every connection (see the
-/// [module docs](super) for the design and the limits).
+/// The load of an event loop that has ended: never the least.
+const GONE: usize = usize::MAX / 2;
+
+/// One event-loop thread of a [`Server`], as the server keeps it.
+struct LoopThread {
+    name: String,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A running HTTP/1.1 server: a fixed number of named event-loop threads
+/// ([`Limits::event_loops`]) serving every connection (see the [module docs](super) for the
+/// design and the limits).
 ///
-/// [`shutdown`](Server::shutdown), or dropping the server, closes every connection and joins the
-/// thread.
+/// [`shutdown`](Server::shutdown), or dropping the server, closes every connection and joins
+/// every thread.
 pub(crate) struct Server {
     local_addr: SocketAddr,
     shared: Arc<Shared>,
-    waker: Waker,
-    thread: Option<JoinHandle<()>>,
-    thread_name: String,
+    /// Loop 0 accepts and hands connections to the others.
+    loops: Vec<LoopThread>,
 }
 
 // Until the health endpoint uses it.
 #[allow(dead_code)]
 impl Server {
-    /// Binds to `addr` (the first of its addresses that binds) and starts serving on a thread
-    /// called `thread_name`, calling `handler` for each acceptable request.
+    /// Binds to `addr` (the first of its addresses that binds) and starts serving on
+    /// [`Limits::event_loops`] threads, calling `handler` for each acceptable request. The
+    /// accepting loop's thread is called `thread_name`, the others `thread_name 1`,
+    /// `thread_name 2`, and so on.
     ///
     /// # Errors
     ///
     /// Invalid `limits` or `thread_name` (`InvalidInput`), and the errors of binding, creating
-    /// the poller or spawning the thread.
+    /// the pollers or spawning the threads (any thread already spawned is then joined).
     pub(crate) fn bind(
         addr: impl ToSocketAddrs,
         limits: Limits,
@@ -235,43 +279,85 @@ impl Server {
                 "thread name contains a NUL byte",
             ));
         }
+        let n = limits.event_loops;
         let mut listener = bind_first(addr)?;
         let local_addr = listener.local_addr()?;
-        let poll = Poll::new()?;
-        poll.registry()
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            counters: Counters::default(),
+            loads: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+        });
+        // Every poller, waker and inbox is made before any thread starts.
+        let mut event_loops = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n);
+        let mut peers = Vec::with_capacity(n - 1);
+        for id in 0..n {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            let inbox = (id > 0).then(|| {
+                let (sender, receiver) = crossbeam_channel::unbounded();
+                peers.push(Peer {
+                    inbox: sender,
+                    waker: Arc::clone(&waker),
+                });
+                receiver
+            });
+            let name = if id == 0 {
+                thread_name.to_owned()
+            } else {
+                format!("{thread_name} {id}")
+            };
+            threads.push(LoopThread {
+                name,
+                waker,
+                thread: None,
+            });
+            event_loops.push(EventLoop {
+                id,
+                poll,
+                acceptor: None,
+                inbox,
+                scratch: vec![0; 8 * 1024].into_boxed_slice(),
+                limits: limits.clone(),
+                handler: Arc::clone(&handler),
+                shared: Arc::clone(&shared),
+                connections: Vec::new(),
+                free: Vec::new(),
+                again: Vec::new(),
+                next_sweep: None,
+            });
+        }
+        event_loops[0]
+            .poll
+            .registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let waker = Waker::new(poll.registry(), WAKER)?;
-        let shared = Arc::new(Shared::default());
-        let event_loop = EventLoop {
-            poll,
+        event_loops[0].acceptor = Some(Acceptor {
             listener,
-            accept_paused_until: None,
-            scratch: vec![0; 8 * 1024].into_boxed_slice(),
-            limits,
-            handler,
-            shared: Arc::clone(&shared),
-            connections: Vec::new(),
-            free: Vec::new(),
-            open: 0,
-            again: Vec::new(),
-            next_sweep: None,
-            accept_warnings: Warnings::default(),
-        };
-        let thread = std::thread::Builder::new()
-            .name(thread_name.to_owned())
-            .spawn(move || {
-                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| event_loop.run())) {
-                    log::error!("health endpoint event loop panicked; it no longer serves");
-                    resume_unwind(payload);
-                }
-            })?;
-        Ok(Server {
+            paused_until: None,
+            warnings: Warnings::default(),
+            peers,
+            next: 0,
+        });
+        // From here on, dropping `server` on an error stops and joins the loops already started.
+        let mut server = Server {
             local_addr,
             shared,
-            waker,
-            thread: Some(thread),
-            thread_name: thread_name.to_owned(),
-        })
+            loops: threads,
+        };
+        for (id, event_loop) in event_loops.into_iter().enumerate() {
+            let thread = std::thread::Builder::new()
+                .name(server.loops[id].name.clone())
+                .spawn(move || {
+                    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| event_loop.run())) {
+                        log::error!(
+                            "health endpoint event loop {id} panicked; it no longer serves"
+                        );
+                        resume_unwind(payload);
+                    }
+                })?;
+            server.loops[id].thread = Some(thread);
+        }
+        Ok(server)
     }
 
     /// The address the server listens on (with the port the OS chose for port 0).
@@ -279,7 +365,7 @@ impl Server {
         self.local_addr
     }
 
-    /// A snapshot of the server's counters.
+    /// A snapshot of the server's counters, summed over its event loops.
     pub(crate) fn stats(&self) -> ServerStats {
         let c = &self.shared.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -295,37 +381,58 @@ impl Server {
         }
     }
 
-    /// Stops serving: wakes the event loop, which closes the listener and every connection, and
-    /// joins its thread. Idempotent.
+    /// How many connections each event loop has been handed and not yet closed, accepting loop
+    /// first.
+    pub(crate) fn loads(&self) -> Vec<usize> {
+        (self.shared.loads.iter())
+            .map(|l| l.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Stops serving: wakes every event loop, each of which closes its connections (the first
+    /// also the listener), and joins their threads. Idempotent.
     ///
-    /// It blocks only until the loop notices the wake-up and drops its sockets, which takes no
+    /// It blocks only until each loop notices the wake-up and drops its sockets, which takes no
     /// longer than one turn of the loop: the handler does not block, and neither does any socket
-    /// operation. Idle keep-alive clients do not delay it.
+    /// operation. Idle keep-alive clients do not delay it. Should a wake-up ever fail, the loop
+    /// still notices within [`MAX_POLL_WAIT`].
     ///
     /// # Errors
     ///
-    /// If the event-loop thread panicked.
+    /// If an event-loop thread panicked (every thread is joined all the same).
     pub(crate) fn shutdown(&mut self) -> io::Result<()> {
-        let Some(thread) = self.thread.take() else {
+        if self.loops.iter().all(|l| l.thread.is_none()) {
             return Ok(());
-        };
-        self.shared.stop.store(true, Ordering::Release);
-        if let Err(e) = self.waker.wake() {
-            // Cannot really happen; a connection to the listener wakes the poll just as well.
-            log::warn!("health endpoint: waking the event loop failed: {e}; connecting instead");
-            let _ = std::net::TcpStream::connect_timeout(
-                &reachable(self.local_addr),
-                Duration::from_secs(1),
-            );
         }
-        thread
-            .join()
-            .map_err(|_| io::Error::other(format!("thread {:?} panicked", self.thread_name)))
+        self.shared.stop.store(true, Ordering::Release);
+        for l in self.loops.iter().filter(|l| l.thread.is_some()) {
+            if let Err(e) = l.waker.wake() {
+                // Cannot really happen; the loop's poll returns within MAX_POLL_WAIT anyway.
+                log::warn!("health endpoint: waking thread {:?} failed: {e}", l.name);
+            }
+        }
+        let mut panicked = Vec::new();
+        for l in &mut self.loops {
+            if let Some(thread) = l.thread.take() {
+                if thread.join().is_err() {
+                    panicked.push(l.name.clone());
+                }
+            }
+        }
+        self.shared
+            .counters
+            .open_connections
+            .store(0, Ordering::Relaxed);
+        match panicked.as_slice() {
+            [] => Ok(()),
+            [one] => Err(io::Error::other(format!("thread {one:?} panicked"))),
+            many => Err(io::Error::other(format!("threads {many:?} panicked"))),
+        }
     }
 }
 
 impl Drop for Server {
-    /// Shuts down and joins the event loop, logging (at warn level) if it had panicked. Never
+    /// Shuts down and joins the event loops, logging (at warn level) if one had panicked. Never
     /// panics.
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
@@ -336,10 +443,11 @@ impl Drop for Server {
 
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let threads: Vec<&str> = self.loops.iter().map(|l| l.name.as_str()).collect();
         f.debug_struct("Server")
             .field("local_addr", &self.local_addr)
-            .field("thread", &self.thread_name)
-            .field("running", &self.thread.is_some())
+            .field("threads", &threads)
+            .field("running", &self.loops.iter().any(|l| l.thread.is_some()))
             .field("stats", &self.stats())
             .finish()
     }
@@ -355,15 +463,6 @@ fn bind_first(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
     }
     Err(last
         .unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind to")))
-}
-
-/// An address that reaches a listener bound to `addr` (loopback for an unspecified address).
-fn reachable(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
-        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
-        _ => addr,
-    }
 }
 
 /// Logs one kind of warning at most once per [`WARN_INTERVAL`], counting the ones it holds back.
@@ -392,12 +491,52 @@ impl Warnings {
     }
 }
 
-/// Everything the event-loop thread owns.
-struct EventLoop {
-    poll: Poll,
+/// Another event loop, as the accepting loop hands connections to it.
+struct Peer {
+    inbox: Sender<TcpStream>,
+    waker: Arc<Waker>,
+}
+
+/// What the accepting loop (loop 0) owns besides what every loop owns.
+struct Acceptor {
     listener: TcpListener,
     /// While accepting is paused after an error, the listener is deregistered until then.
-    accept_paused_until: Option<Instant>,
+    paused_until: Option<Instant>,
+    warnings: Warnings,
+    /// Loops 1, 2, ...
+    peers: Vec<Peer>,
+    /// Where the search for the least loaded loop starts next, so that ties go round.
+    next: usize,
+}
+
+impl Acceptor {
+    /// The loop to hand the next connection to: the least loaded, ties going round.
+    fn pick(&mut self, loads: &[AtomicUsize]) -> usize {
+        let n = loads.len();
+        let start = self.next;
+        self.next = (start + 1) % n;
+        let mut best = start;
+        let mut least = loads[start].load(Ordering::Relaxed);
+        for k in 1..n {
+            let i = (start + k) % n;
+            let load = loads[i].load(Ordering::Relaxed);
+            if load < least {
+                (best, least) = (i, load);
+            }
+        }
+        best
+    }
+}
+
+/// Everything one event-loop thread owns.
+struct EventLoop {
+    /// Its index in [`Shared::loads`]; loop 0 accepts.
+    id: usize,
+    poll: Poll,
+    /// On loop 0 only.
+    acceptor: Option<Acceptor>,
+    /// Connections handed over by the accepting loop, on loops 1, 2, ...
+    inbox: Option<Receiver<TcpStream>>,
     /// Where lingering connections' input is read to be discarded.
     scratch: Box<[u8]>,
     limits: Limits,
@@ -406,12 +545,10 @@ struct EventLoop {
     /// Connection `i` has token `FIRST_CONNECTION + i`.
     connections: Vec<Option<Connection>>,
     free: Vec<usize>,
-    open: usize,
     /// Connections that used up their turn with work left: driven again without waiting.
     again: Vec<usize>,
     /// When the nearest deadline (or a later one) passes; `None` without connections.
     next_sweep: Option<Instant>,
-    accept_warnings: Warnings,
 }
 
 /// What to do with a connection after driving it.
@@ -427,11 +564,11 @@ enum Next {
 
 impl EventLoop {
     fn run(mut self) {
-        let mut events = Events::with_capacity(256);
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
         let mut poll_warnings = Warnings::default();
         while !self.shared.stop.load(Ordering::Acquire) {
             let timeout = self.poll_timeout(Instant::now());
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     poll_warnings.warn(
                         Instant::now(),
@@ -451,54 +588,80 @@ impl EventLoop {
                     Token(t) => self.drive(t - FIRST_CONNECTION, now),
                 }
             }
+            // Checked every turn, not only on a wake-up: it costs one atomic load when empty.
+            self.take_handed_over(now);
             for index in again {
                 if let Some(c) = self.connections[index].as_mut() {
                     c.queued = false;
                     self.drive(index, now);
                 }
             }
-            if self.accept_paused_until.is_some_and(|t| now >= t) {
+            if self
+                .acceptor
+                .as_ref()
+                .is_some_and(|a| a.paused_until.is_some_and(|t| now >= t))
+            {
                 self.resume_accepting(now);
             }
             self.sweep(now);
+            if !events.is_empty() {
+                // Under load a loop never waits in `poll`, so the scheduler sees a thread that
+                // never sleeps and lets it run until its time slice ends: on a machine where
+                // clients or the application want the same cores, it is then taken off its core
+                // for a whole tick (4 ms at 250 Hz) and every connection it serves waits that
+                // long. Offering the core after each turn lets the others run between turns
+                // instead. With no other thread ready on this core, it returns at once.
+                std::thread::yield_now();
+            }
         }
-        // Dropping the sockets closes them; the listener goes with `self`.
-        self.connections.clear();
-        self.shared
-            .counters
-            .open_connections
-            .store(0, Ordering::Relaxed);
+        // Dropping `self` closes every socket (see `Drop`).
     }
 
-    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+    fn poll_timeout(&self, now: Instant) -> Duration {
         if !self.again.is_empty() {
-            return Some(Duration::ZERO);
+            return Duration::ZERO;
         }
-        let wake = match (self.next_sweep, self.accept_paused_until) {
+        let paused = self.acceptor.as_ref().and_then(|a| a.paused_until);
+        let wake = match (self.next_sweep, paused) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         // Round up so that the poll does not return a hair before the deadline.
-        wake.map(|t| t.saturating_duration_since(now) + Duration::from_millis(1))
+        wake.map_or(MAX_POLL_WAIT, |t| {
+            (t.saturating_duration_since(now) + Duration::from_millis(1)).min(MAX_POLL_WAIT)
+        })
     }
 
+    /// Accepts every pending connection (on loop 0), unless accepting is paused.
     fn accept_all(&mut self, now: Instant) {
-        if self.accept_paused_until.is_some() {
+        let Some(mut acceptor) = self.acceptor.take() else {
             return;
+        };
+        if acceptor.paused_until.is_none() {
+            self.accept_with(&mut acceptor, now);
         }
+        self.acceptor = Some(acceptor);
+    }
+
+    fn accept_with(&mut self, acceptor: &mut Acceptor, now: Instant) {
         let shared = Arc::clone(&self.shared);
         let counters = &shared.counters;
         loop {
-            match self.listener.accept() {
+            match acceptor.listener.accept() {
                 Ok((stream, _)) => {
                     bump(&counters.accepted, 1);
-                    if self.open >= self.limits.max_connections {
+                    // Only this thread admits, so the count cannot rise between the check and
+                    // the increment; other loops only lower it.
+                    if counters.open_connections.load(Ordering::Relaxed)
+                        >= self.limits.max_connections
+                    {
                         bump(&counters.rejected_over_limit, 1);
                         // Best effort: a fresh socket's send buffer is empty.
                         let _ = (&stream).write(BUSY);
                         continue;
                     }
-                    self.insert(stream, now);
+                    counters.open_connections.fetch_add(1, Ordering::Relaxed);
+                    self.hand_over(acceptor, stream, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -509,43 +672,83 @@ impl EventLoop {
                     // EMFILE, ENFILE, ENOBUFS, ENOMEM, ...: the pending connection stays in the
                     // backlog, so accepting again at once would spin. Pause, then go on.
                     bump(&counters.accept_errors, 1);
-                    self.accept_warnings.warn(
+                    acceptor.warnings.warn(
                         now,
                         format_args!(
                             "health endpoint: accept failed: {e}; pausing accepts for {ACCEPT_BACKOFF:?}"
                         ),
                     );
-                    if let Err(e) = self.poll.registry().deregister(&mut self.listener) {
+                    if let Err(e) = self.poll.registry().deregister(&mut acceptor.listener) {
                         log::debug!("health endpoint: deregistering the listener: {e}");
                     }
-                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    acceptor.paused_until = Some(now + ACCEPT_BACKOFF);
                     return;
                 }
             }
         }
     }
 
-    fn resume_accepting(&mut self, now: Instant) {
-        match self
-            .poll
-            .registry()
-            .register(&mut self.listener, LISTENER, Interest::READABLE)
-        {
+    /// Gives an admitted connection to the least loaded loop: this one, or another through its
+    /// inbox and waker.
+    fn hand_over(&mut self, acceptor: &mut Acceptor, stream: TcpStream, now: Instant) {
+        let loads = &self.shared.loads;
+        let target = acceptor.pick(loads);
+        loads[target].fetch_add(1, Ordering::Relaxed);
+        if target == self.id {
+            self.insert(stream, now);
+            return;
+        }
+        let peer = &acceptor.peers[target - 1];
+        match peer.inbox.send(stream) {
             Ok(()) => {
-                self.accept_paused_until = None;
-                // Connections that waited in the backlog raise no new edge: take them now.
-                self.accept_all(now);
+                if let Err(e) = peer.waker.wake() {
+                    // It still looks at its inbox within MAX_POLL_WAIT.
+                    log::debug!("health endpoint: waking event loop {target}: {e}");
+                }
             }
-            Err(e) => {
-                self.accept_warnings.warn(
-                    now,
-                    format_args!("health endpoint: re-registering the listener failed: {e}"),
-                );
-                self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+            Err(SendError(stream)) => {
+                // That loop has ended (it panicked, or the server is stopping): serve it here,
+                // and hand it nothing more.
+                loads[target].store(GONE, Ordering::Relaxed);
+                loads[self.id].fetch_add(1, Ordering::Relaxed);
+                self.insert(stream, now);
             }
         }
     }
 
+    /// Takes the connections the accepting loop handed to this one.
+    fn take_handed_over(&mut self, now: Instant) {
+        while let Some(stream) = self.inbox.as_ref().and_then(|i| i.try_recv().ok()) {
+            self.insert(stream, now);
+        }
+    }
+
+    fn resume_accepting(&mut self, now: Instant) {
+        let Some(mut acceptor) = self.acceptor.take() else {
+            return;
+        };
+        match self
+            .poll
+            .registry()
+            .register(&mut acceptor.listener, LISTENER, Interest::READABLE)
+        {
+            Ok(()) => {
+                acceptor.paused_until = None;
+                // Connections that waited in the backlog raise no new edge: take them now.
+                self.accept_with(&mut acceptor, now);
+            }
+            Err(e) => {
+                acceptor.warnings.warn(
+                    now,
+                    format_args!("health endpoint: re-registering the listener failed: {e}"),
+                );
+                acceptor.paused_until = Some(now + ACCEPT_BACKOFF);
+            }
+        }
+        self.acceptor = Some(acceptor);
+    }
+
+    /// Starts serving a connection admitted and counted for this loop.
     fn insert(&mut self, mut stream: TcpStream, now: Instant) {
         let index = self.free.pop().unwrap_or(self.connections.len());
         let registered = self.poll.registry().register(
@@ -558,6 +761,7 @@ impl EventLoop {
             if index < self.connections.len() {
                 self.free.push(index);
             }
+            self.release(1);
             return;
         }
         // Responses are written whole; there is nothing to gain from Nagle's delay.
@@ -569,22 +773,29 @@ impl EventLoop {
         } else {
             self.connections[index] = Some(connection);
         }
-        self.open += 1;
+    }
+
+    /// Uncounts `n` closed connections of this loop, globally and from its load.
+    fn release(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
         self.shared
             .counters
             .open_connections
-            .store(self.open, Ordering::Relaxed);
+            .fetch_sub(n, Ordering::Relaxed);
+        // A loop marked GONE is no longer counted.
+        let _ =
+            self.shared.loads[self.id].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| {
+                (l < GONE).then(|| l.saturating_sub(n))
+            });
     }
 
     fn remove(&mut self, index: usize) {
         if let Some(mut c) = self.connections[index].take() {
             let _ = self.poll.registry().deregister(&mut c.stream);
             self.free.push(index);
-            self.open -= 1;
-            self.shared
-                .counters
-                .open_connections
-                .store(self.open, Ordering::Relaxed);
+            self.release(1);
         }
     }
 
@@ -638,6 +849,19 @@ impl EventLoop {
             }
         }
         self.next_sweep = nearest.map(|t| t.max(now + MIN_SWEEP_INTERVAL));
+    }
+}
+
+impl Drop for EventLoop {
+    /// Closes every connection of the loop, and those handed to it and not yet taken, and
+    /// uncounts them; when the loop ends, and also if it panicked.
+    fn drop(&mut self) {
+        let mut closed = self.connections.iter().flatten().count();
+        self.connections.clear();
+        if let Some(inbox) = &self.inbox {
+            closed += inbox.try_iter().count();
+        }
+        self.release(closed);
     }
 }
 
