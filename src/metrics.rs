@@ -79,6 +79,7 @@ mod services;
 
 use std::fmt;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
@@ -332,56 +333,63 @@ impl Collector for Scrape {
     }
 }
 
-/// Scrapes for the endpoint on a thread of its own (`health metrics`), so that its event loop
-/// never waits for producers. Dropping it ends the thread after the scrape in progress (bounded
-/// by the producers' bounds) and joins it.
-#[allow(dead_code)] // until the endpoint serves /metrics
+/// Scrapes for the endpoint on a thread of its own (`health metrics`), so that its event loops
+/// never wait for producers. Dropping it refuses the queued scrapes, waits for the one in
+/// progress (at most the producers' longest bound) and joins the thread.
 pub(crate) struct Scraper {
     jobs: Option<Sender<Job>>,
+    stopping: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-/// One scrape to run and where its answer goes.
-#[allow(dead_code)]
+/// One scrape to run, and where its answer goes: the encoded metrics, or `None` if the scrape
+/// was refused (too many queued, or the endpoint is closing).
 pub(crate) struct Job {
     pub(crate) format: Format,
-    pub(crate) reply: Box<dyn FnOnce(String) + Send>,
+    pub(crate) reply: Box<dyn FnOnce(Option<String>) + Send>,
 }
 
-/// Scrapes queued beyond the one in progress; more are refused (answered `503`).
-#[allow(dead_code)]
+/// Scrapes queued beyond the one in progress; more are refused.
 const QUEUED_SCRAPES: usize = 4;
 
-#[allow(dead_code)]
 impl Scraper {
     pub(crate) fn spawn(metrics: Metrics) -> io::Result<Scraper> {
         let (jobs, incoming) = crossbeam_channel::bounded::<Job>(QUEUED_SCRAPES);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&stopping);
         let thread = std::thread::Builder::new()
             .name("health metrics".to_owned())
             .spawn(move || {
                 for job in incoming.iter() {
+                    if stop.load(Ordering::Acquire) {
+                        (job.reply)(None);
+                        continue;
+                    }
                     let body = metrics.encode(job.format);
-                    (job.reply)(body);
+                    (job.reply)(Some(body));
                 }
             })?;
         Ok(Scraper {
             jobs: Some(jobs),
+            stopping,
             thread: Some(thread),
         })
     }
 
     /// Queues a scrape; gives the job back if too many are queued.
     pub(crate) fn submit(&self, job: Job) -> std::result::Result<(), Job> {
-        match self.jobs.as_ref().map(|jobs| jobs.try_send(job)) {
-            Some(Ok(())) => Ok(()),
-            Some(Err(TrySendError::Full(job) | TrySendError::Disconnected(job))) => Err(job),
-            None => unreachable!("jobs is only taken on drop"),
+        match &self.jobs {
+            Some(jobs) => jobs.try_send(job).map_err(|e| match e {
+                TrySendError::Full(job) | TrySendError::Disconnected(job) => job,
+            }),
+            None => Err(job),
         }
     }
 }
 
 impl Drop for Scraper {
     fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Release);
         drop(self.jobs.take());
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {

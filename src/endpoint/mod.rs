@@ -11,9 +11,11 @@ use parking_lot::Mutex;
 
 use crate::checker::{HealthChecker, Probe, Snapshot};
 use crate::error::{Error, Phase, Result};
+#[cfg(feature = "metrics")]
+use crate::http::Reply;
 use crate::http::{Handler, Limits, Request, Response, Server};
 #[cfg(feature = "metrics")]
-use crate::metrics::Metrics;
+use crate::metrics::{Format, Job, Metrics, Scraper};
 use crate::service::{HealthReporter, Service};
 use crate::state::StateMachine;
 use crate::stop::StartContext;
@@ -144,6 +146,8 @@ pub struct HealthEndpoint {
     sm: StateMachine,
     server: Mutex<Option<Server>>,
     bound: Mutex<Option<SocketAddr>>,
+    #[cfg(feature = "metrics")]
+    scraper: Mutex<Option<Arc<Scraper>>>,
 }
 
 impl HealthEndpoint {
@@ -166,6 +170,8 @@ impl HealthEndpoint {
             sm: StateMachine::new(),
             server: Mutex::new(None),
             bound: Mutex::new(None),
+            #[cfg(feature = "metrics")]
+            scraper: Mutex::new(None),
         }
     }
 
@@ -190,15 +196,34 @@ impl Service for HealthEndpoint {
             let checker = self.checker.clone();
             let hide = self.options.hide_reasons;
             let cache = Mutex::new(AnswerCache::default());
-            let handler: Handler =
-                Arc::new(move |req: &Request<'_>| answer(&checker, hide, &cache, req));
+            #[cfg(feature = "metrics")]
+            let scraper = match &self.options.metrics {
+                Some(metrics) => {
+                    metrics.watch_checker(checker.clone());
+                    let scraper = Arc::new(Scraper::spawn(metrics.clone())?);
+                    *self.scraper.lock() = Some(scraper.clone());
+                    Some(scraper)
+                }
+                None => None,
+            };
+            let handler: Handler = Arc::new(move |req: &Request<'_>| {
+                #[cfg(feature = "metrics")]
+                if let (Some(scraper), "/metrics") = (&scraper, req.path()) {
+                    return scrape(scraper, req);
+                }
+                answer(&checker, hide, &cache, req).into()
+            });
             let server = Server::bind(
                 self.addr,
                 self.options.limits.clone(),
                 handler,
                 "health http",
             )
-            .map_err(|e| Error::msg(format!("cannot listen on {}: {e}", self.addr)))?;
+            .map_err(|e| {
+                #[cfg(feature = "metrics")]
+                drop(self.scraper.lock().take());
+                Error::msg(format!("cannot listen on {}: {e}", self.addr))
+            })?;
             let addr = server.local_addr();
             log::info!("{NAME}: listening on http://{addr}");
             *self.bound.lock() = Some(addr);
@@ -210,12 +235,17 @@ impl Service for HealthEndpoint {
     fn close(&self) -> Result<()> {
         self.sm.stop_once(NAME, || {
             let server = self.server.lock().take();
-            if let Some(mut server) = server {
-                server
+            let closed = match server {
+                Some(mut server) => server
                     .shutdown()
-                    .map_err(|e| Error::from(e).in_service(NAME, Phase::Close))?;
-            }
-            Ok(())
+                    .map_err(|e| Error::from(e).in_service(NAME, Phase::Close)),
+                None => Ok(()),
+            };
+            // Then the scrape thread, whose answers no loop would take any more: it refuses
+            // what is queued and ends after the scrape in progress.
+            #[cfg(feature = "metrics")]
+            drop(self.scraper.lock().take());
+            Ok(closed?)
         })
     }
 }
@@ -363,6 +393,33 @@ fn answer(
         cache.lock().slots[slot] = Some((snapshot, response.clone()));
     }
     response
+}
+
+/// `/metrics`: handed to the scrape thread, whose answer comes back through the event loop.
+#[cfg(feature = "metrics")]
+fn scrape(scraper: &Arc<Scraper>, req: &Request<'_>) -> Reply {
+    if req.method() != "GET" && req.method() != "HEAD" {
+        return Response::text(405, "method not allowed: use GET or HEAD\n")
+            .with_header("Allow", "GET, HEAD")
+            .into();
+    }
+    let format = Format::from_accept(req.accept());
+    let scraper = Arc::clone(scraper);
+    Reply::Later(Box::new(move |responder| {
+        let job = Job {
+            format,
+            reply: Box::new(move |body| {
+                responder.send(match body {
+                    Some(body) => Response::new(200, format.content_type(), body.into_bytes()),
+                    None => Response::text(503, "too many scrapes at once; try again\n")
+                        .with_header("Retry-After", "1"),
+                });
+            }),
+        };
+        if let Err(refused) = scraper.submit(job) {
+            (refused.reply)(None);
+        }
+    }))
 }
 
 /// Liveness: the process answers and its health checker is polling. It does not depend on any

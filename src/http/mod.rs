@@ -90,6 +90,7 @@
 //! that follows an earlier response. The keep-alive clock starts when a response has been
 //! written completely and nothing of the next request has arrived.
 
+mod reply;
 mod request;
 mod response;
 mod server;
@@ -98,6 +99,8 @@ mod server;
 mod tests;
 
 // Until the health endpoint uses them.
+#[allow(unused_imports)]
+pub(crate) use self::reply::{Reply, Responder};
 #[allow(unused_imports)]
 pub(crate) use self::request::{Request, MAX_HEADERS};
 #[allow(unused_imports)]

@@ -13,13 +13,14 @@ use crossbeam_channel::{Receiver, SendError, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::reply::{Answer, Reply, Responder};
 use super::request::{self, Parsed, Reject, Request, MAX_HEADERS};
 use super::response::Response;
 
 /// Renders the response to a request. It is called on the event-loop threads, on several at
 /// once when there are several, and must not block: it renders from a cache. If it panics, the
 /// client gets a `500` and the server goes on.
-pub(crate) type Handler = Arc<dyn Fn(&Request<'_>) -> Response + Send + Sync>;
+pub(crate) type Handler = Arc<dyn Fn(&Request<'_>) -> Reply + Send + Sync>;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -67,6 +68,7 @@ pub(crate) struct Limits {
     write_timeout: Duration,
     max_requests_per_connection: Option<u64>,
     event_loops: usize,
+    answer_timeout: Duration,
 }
 
 // Until the health endpoint uses it.
@@ -81,6 +83,7 @@ impl Limits {
             keep_alive_idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
             max_requests_per_connection: None,
+            answer_timeout: Duration::from_secs(120),
             event_loops: 2,
         }
     }
@@ -145,6 +148,14 @@ impl Limits {
         self
     }
 
+    /// How long a connection waits for a response the handler gave as [`Reply::Later`] before
+    /// it is closed. Default: 2 minutes.
+    #[must_use]
+    pub(crate) fn answer_timeout(mut self, t: Duration) -> Limits {
+        self.answer_timeout = t;
+        self
+    }
+
     fn validate(&self) -> io::Result<()> {
         let invalid = |what: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, what));
         if self.max_connections == 0 {
@@ -157,6 +168,7 @@ impl Limits {
             self.head_read_timeout,
             self.keep_alive_idle_timeout,
             self.write_timeout,
+            self.answer_timeout,
         ];
         if timeouts.iter().any(|t| t.is_zero() || *t > MAX_TIMEOUT) {
             return invalid("timeouts must be more than zero and at most a day");
@@ -294,6 +306,7 @@ impl Server {
         for id in 0..n {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            let (answer_sender, answers) = crossbeam_channel::unbounded();
             let inbox = (id > 0).then(|| {
                 let (sender, receiver) = crossbeam_channel::unbounded();
                 peers.push(Peer {
@@ -325,6 +338,10 @@ impl Server {
                 free: Vec::new(),
                 again: Vec::new(),
                 next_sweep: None,
+                answers,
+                answer_sender,
+                waker: Arc::clone(&threads[id].waker),
+                next_id: 0,
             });
         }
         event_loops[0]
@@ -549,6 +566,12 @@ struct EventLoop {
     again: Vec<usize>,
     /// When the nearest deadline (or a later one) passes; `None` without connections.
     next_sweep: Option<Instant>,
+    /// Responses sent later through [`Responder`]s, and the sending side and waker they get.
+    answers: Receiver<Answer>,
+    answer_sender: Sender<Answer>,
+    waker: Arc<Waker>,
+    /// Identifies connections across the reuse of their slots, for late answers.
+    next_id: u64,
 }
 
 /// What to do with a connection after driving it.
@@ -590,6 +613,7 @@ impl EventLoop {
             }
             // Checked every turn, not only on a wake-up: it costs one atomic load when empty.
             self.take_handed_over(now);
+            self.take_answers(now);
             for index in again {
                 if let Some(c) = self.connections[index].as_mut() {
                     c.queued = false;
@@ -723,6 +747,24 @@ impl EventLoop {
         }
     }
 
+    /// Queues the responses that arrived through [`Responder`]s and drives their connections.
+    fn take_answers(&mut self, now: Instant) {
+        while let Ok(Answer {
+            index,
+            id,
+            response,
+        }) = self.answers.try_recv()
+        {
+            let Some(Some(c)) = self.connections.get_mut(index) else {
+                continue; // its connection has closed
+            };
+            if c.id != id || !c.deliver(&response, now) {
+                continue; // another connection in that slot, or not waiting
+            }
+            self.drive(index, now);
+        }
+    }
+
     fn resume_accepting(&mut self, now: Instant) {
         let Some(mut acceptor) = self.acceptor.take() else {
             return;
@@ -766,7 +808,10 @@ impl EventLoop {
         }
         // Responses are written whole; there is nothing to gain from Nagle's delay.
         let _ = stream.set_nodelay(true);
-        let connection = Connection::new(stream, self.limits.max_head_bytes, now);
+        let mut connection = Connection::new(stream, self.limits.max_head_bytes, now);
+        connection.id = self.next_id;
+        connection.index = index;
+        self.next_id += 1;
         self.note_deadline(connection.deadline(&self.limits).0);
         if index == self.connections.len() {
             self.connections.push(Some(connection));
@@ -809,6 +854,8 @@ impl EventLoop {
             handler: &self.handler,
             counters: &self.shared.counters,
             scratch: &mut self.scratch,
+            answers: &self.answer_sender,
+            waker: &self.waker,
         };
         match c.drive(&mut cx) {
             Next::Close => self.remove(index),
@@ -872,6 +919,17 @@ struct Cx<'a> {
     handler: &'a Handler,
     counters: &'a Counters,
     scratch: &'a mut [u8],
+    answers: &'a Sender<Answer>,
+    waker: &'a Arc<Waker>,
+}
+
+/// How to send the response to a request answered [`Reply::Later`] once it arrives.
+#[derive(Debug, Clone, Copy)]
+struct Awaited {
+    head_only: bool,
+    close: bool,
+    keep_alive_1_0: bool,
+    since: Instant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -908,6 +966,11 @@ struct Connection {
     write_since: Option<Instant>,
     /// Whether it is in the loop's `again` list.
     queued: bool,
+    /// Its slot in the loop and its identity, for responses that come later.
+    index: usize,
+    id: u64,
+    /// The request waiting for a response that comes later, if one is.
+    awaited: Option<Awaited>,
 }
 
 /// What answering the start of the input buffer did.
@@ -915,6 +978,8 @@ enum Step {
     Answered,
     NeedMore,
     Closing,
+    /// The response comes later; nothing more is parsed until it has.
+    Awaiting,
 }
 
 impl Connection {
@@ -934,7 +999,30 @@ impl Connection {
             head_since: Some(now),
             write_since: None,
             queued: false,
+            index: 0,
+            id: 0,
+            awaited: None,
         }
+    }
+
+    /// Queues the response to the awaited request; `false` if none is awaited.
+    fn deliver(&mut self, response: &Response, now: Instant) -> bool {
+        let Some(awaited) = self.awaited.take() else {
+            return false;
+        };
+        self.queue(
+            response,
+            awaited.head_only,
+            awaited.close,
+            awaited.keep_alive_1_0,
+            now,
+        );
+        if awaited.close {
+            self.state = State::Closing;
+        }
+        // A pipelined head that follows gets its own head-read time from now.
+        self.head_since = (self.start < self.end).then_some(now);
+        true
     }
 
     fn unsent(&self) -> usize {
@@ -946,6 +1034,9 @@ impl Connection {
     fn deadline(&self, limits: &Limits) -> (Instant, bool) {
         if let State::Lingering { since, .. } = self.state {
             return (since + LINGER_TIMEOUT, false);
+        }
+        if let Some(awaited) = self.awaited {
+            return (awaited.since + limits.answer_timeout, true);
         }
         if let Some(since) = self.write_since {
             return (since + limits.write_timeout, true);
@@ -960,6 +1051,7 @@ impl Connection {
     fn phase(&self) -> &'static str {
         match self.state {
             State::Lingering { .. } => "lingering",
+            _ if self.awaited.is_some() => "no answer in time",
             _ if self.write_since.is_some() => "write timed out",
             _ if self.head_since.is_some() => "request head timed out",
             _ => "idle keep-alive timed out",
@@ -976,14 +1068,17 @@ impl Connection {
                 return self.linger(cx);
             }
             let mut turn_used = false;
-            while self.state == State::Open && self.unsent() < OUT_HIGH_WATER {
+            while self.state == State::Open
+                && self.awaited.is_none()
+                && self.unsent() < OUT_HIGH_WATER
+            {
                 if requests == REQUESTS_PER_TURN {
                     turn_used = true;
                     break;
                 }
                 match self.answer_one(cx) {
                     Step::Answered => requests += 1,
-                    Step::NeedMore | Step::Closing => break,
+                    Step::NeedMore | Step::Closing | Step::Awaiting => break,
                 }
             }
             match self.flush(cx.now) {
@@ -1004,6 +1099,10 @@ impl Connection {
                 return Next::Again;
             }
             if self.read_closed {
+                if self.awaited.is_some() {
+                    // The awaited response is still to be sent (its arrival drives us again).
+                    return Next::Wait;
+                }
                 // Everything complete has been answered; a partial head never will be.
                 return Next::Close;
             }
@@ -1016,6 +1115,11 @@ impl Connection {
                 self.start = 0;
             }
             if self.end == self.input.len() {
+                if self.awaited.is_some() {
+                    // Pipelined requests fill the buffer while a response is awaited: read
+                    // more once it has been sent (its arrival drives us again).
+                    return Next::Wait;
+                }
                 // `answer_one` refuses a full buffer without a complete head; not reached.
                 return Next::Close;
             }
@@ -1057,21 +1161,56 @@ impl Connection {
             .max_requests_per_connection
             .is_some_and(|max| answered >= max);
         let close = head.close || head.has_body || last || self.read_closed;
-        let response = match catch_unwind(AssertUnwindSafe(|| (cx.handler)(&request))) {
-            Ok(response) => response,
+        let reply = match catch_unwind(AssertUnwindSafe(|| (cx.handler)(&request))) {
+            Ok(reply) => reply,
             Err(_) => {
                 log::error!(
                     "health endpoint: the handler panicked on {} {}",
                     request.method(),
                     request.path()
                 );
-                Response::text(500, "internal error\n")
+                Reply::Now(Response::text(500, "internal error\n"))
             }
         };
         let head_only = request.method() == "HEAD";
         let keep_alive_1_0 = request.minor_version() == 0;
         let head_len = head.len;
-        self.queue(&response, head_only, close, keep_alive_1_0, cx.now);
+        match reply {
+            Reply::Now(response) => {
+                self.queue(&response, head_only, close, keep_alive_1_0, cx.now);
+            }
+            Reply::Later(start) => {
+                self.awaited = Some(Awaited {
+                    head_only,
+                    close,
+                    keep_alive_1_0,
+                    since: cx.now,
+                });
+                let responder = Responder::new(
+                    cx.answers.clone(),
+                    Arc::clone(cx.waker),
+                    self.index,
+                    self.id,
+                );
+                // If it panics, the responder it was given is dropped, which sends a 500.
+                if catch_unwind(AssertUnwindSafe(|| start(responder))).is_err() {
+                    log::error!(
+                        "health endpoint: the handler's deferred answer panicked on {} {}",
+                        request.method(),
+                        request.path()
+                    );
+                }
+                bump(&cx.counters.requests, 1);
+                self.answered = answered;
+                self.start += head_len;
+                if close {
+                    // Nothing after this request is read as a request.
+                    self.start = self.end;
+                }
+                self.head_since = None;
+                return Step::Awaiting;
+            }
+        }
         bump(&cx.counters.requests, 1);
         self.answered = answered;
         self.start += head_len;
