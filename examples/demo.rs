@@ -226,7 +226,10 @@ impl Service for Api {
     fn start(&self, _ctx: &StartContext) -> Result<()> {
         self.sm.start_once("api", || {
             let server = Arc::new(tiny_http::Server::http(self.addr)?);
-            log::info!("api: listening on http://{}", self.addr);
+            match server.server_addr().to_ip() {
+                Some(addr) => log::info!("api: listening on http://{addr}"),
+                None => log::info!("api: listening on {}", self.addr),
+            }
             *self.server.lock() = Some(server.clone());
             let (pool, jobs, stop, served) = (
                 self.pool.clone(),

@@ -5,6 +5,8 @@
 mod http;
 #[path = "common/process.rs"]
 mod process;
+#[path = "common/prom.rs"]
+mod prom;
 
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
@@ -146,6 +148,55 @@ fn probes_answer_from_the_start_and_pass_once_everything_is_ready() {
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["checks"]["runner:ready"][0]["status"], "fail");
     assert_eq!(http::get(addr, "/livez").status, 200);
+    p.signal(libc::SIGTERM);
+    let (status, _) = p.wait_exit();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn the_demo_exposes_its_own_metrics_and_the_lifecycle_s() {
+    let mut p = demo(&[]);
+    let addr = health_addr(&mut p);
+    let line = p.wait_for("api: listening on http://");
+    let api: SocketAddr = line.rsplit("http://").next().unwrap().parse().unwrap();
+    p.wait_for("; running");
+    http::wait_status(addr, "/readyz", 200);
+    assert_eq!(http::get(api, "/jobs").status, 200);
+    assert_eq!(http::get(api, "/nothing").status, 404);
+
+    let reply = http::get(addr, "/metrics");
+    assert_eq!(reply.status, 200);
+    if let Some(families) = prom::parse("prometheus", &reply.body) {
+        let v = |name: &str, labels: &[(&str, &str)]| prom::value(&families, name, labels);
+        assert_eq!(
+            v(
+                "demo_api_requests_total",
+                &[("path", "/jobs"), ("status", "200")]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            v(
+                "demo_api_requests_total",
+                &[("path", "other"), ("status", "404")]
+            ),
+            Some(1.0)
+        );
+        assert!(v("demo_worker_jobs_total", &[]).is_some());
+        assert!(v("demo_worker_job_failures_total", &[]).is_some());
+        assert_eq!(v("pool_size", &[]), Some(4.0));
+        assert!(v("pool_idle_connections", &[]).is_some_and(|n| (0.0..=4.0).contains(&n)));
+        for service in ["pool", "worker", "api"] {
+            assert_eq!(
+                v(
+                    "lifecycle_service_state",
+                    &[("service", service), ("state", "started")]
+                ),
+                Some(1.0),
+                "{service}"
+            );
+        }
+    }
     p.signal(libc::SIGTERM);
     let (status, _) = p.wait_exit();
     assert_eq!(status.code(), Some(0));

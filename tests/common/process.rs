@@ -12,24 +12,27 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 /// Bound for anything the tests wait on: a watchdog, not a speed requirement.
 pub const WATCHDOG: Duration = Duration::from_secs(30);
 
-/// The path of a built example, building it if `cargo test` has not (e.g. `--test NAME` alone).
+/// The path of a built example, built (once per test binary) so that it is never stale: `cargo
+/// test` builds examples, but `cargo test --test NAME` alone does not rebuild them.
 pub fn example(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe
         .parent() // deps
         .and_then(|d| d.parent()) // debug
         .expect("target dir")
         .join("examples");
-    let path = dir.join(name);
-    if !path.exists() {
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
         let cargo = option_env!("CARGO").unwrap_or("cargo");
         let status = Command::new(cargo)
-            .args(["build", "--example", name])
+            .args(["build", "--quiet", "--example", name])
             .status()
             .expect("run cargo build");
         assert!(status.success(), "cargo build --example {name} failed");
+        built.push(name.to_owned());
     }
-    path
+    dir.join(name)
 }
 
 /// A running child whose standard error is read line by line on a thread.
