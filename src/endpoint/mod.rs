@@ -103,6 +103,7 @@ impl EndpointOptions {
 /// | `/readyz`, `/ready` | readiness: every check's `ready()` |
 /// | `/healthz`, `/health` | everything: every check's readiness and health |
 /// | `/readyz/NAME`, `/healthz/NAME` | one check (404 if there is none by that name) |
+/// | `/metrics` | Prometheus metrics, with [`EndpointOptions::metrics`] (feature `metrics`; else 404) |
 ///
 /// Status `200` when passing (also when only informational checks fail: status `warn`), `503`
 /// when failing. The body is `application/health+json` in the shape of the IETF health-check

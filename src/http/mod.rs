@@ -40,6 +40,14 @@
 //! it is contractually non-blocking (it renders from a cache). A handler that panics gets a
 //! `500` answer; the server itself never panics on any input.
 //!
+//! A request whose answer takes time (a `/metrics` scrape waits for producers) is answered
+//! [`Reply::Later`]: the handler hands a [`Responder`] to a thread of its own and returns; the
+//! responder sends the response through the loop's answer channel and wakes the loop with its
+//! waker. Until it arrives nothing more is parsed from that connection (pipelined requests stay
+//! in order) and the other connections are served as usual; a responder dropped unanswered
+//! sends a `500`, and an answer that does not come within [`Limits::answer_timeout`] (2 minutes)
+//! closes the connection.
+//!
 //! Responses go to a per-connection output buffer that is written as the socket allows (partial
 //! writes, `WouldBlock`). While that buffer holds more than a fixed high-water mark (64 KiB), no
 //! further requests are parsed from that connection, so a pipelining flood is served as fast as
