@@ -98,67 +98,123 @@ enum Kind {
 
 /// Translates a whole OpenMetrics text exposition into the Prometheus text format 0.0.4 (see the
 /// module docs for what changes).
+///
+/// Most lines are samples that pass as they are, so the text is copied in runs between the
+/// lines that hold a `#` (found with `memchr`): descriptors, `# EOF`, and samples with an
+/// exemplar or a `#` in a label value. Only those, and the samples of counter families (for
+/// their `_created`), are looked at line by line.
 pub(crate) fn openmetrics_to_prometheus(openmetrics: &str) -> String {
-    let mut out = String::with_capacity(openmetrics.len());
-    // A `# HELP` line waits for its `# TYPE`, which says what the family is called in 0.0.4.
-    let mut help: Option<(&str, &str)> = None;
-    let mut kind = Kind::Other;
-    for line in openmetrics.lines() {
-        if let Some(rest) = line.strip_prefix("# ") {
-            let mut parts = rest.splitn(3, ' ');
-            let (keyword, name, tail) = (
-                parts.next().unwrap_or(""),
-                parts.next().unwrap_or(""),
-                parts.next().unwrap_or(""),
-            );
-            match keyword {
-                "HELP" => {
-                    flush_help(&mut out, help.take());
-                    help = Some((name, tail));
-                }
-                "TYPE" => {
-                    let (family, typ) = match tail {
-                        "counter" => (format!("{name}_total"), "counter"),
-                        "info" => (format!("{name}_info"), "gauge"),
-                        "gauge" | "histogram" | "summary" => (name.to_owned(), tail),
-                        _ => (name.to_owned(), "untyped"),
-                    };
-                    kind = if tail == "counter" {
-                        Kind::Counter
-                    } else {
-                        Kind::Other
-                    };
-                    match help.take() {
-                        Some((h, text)) if h == name => flush_help(&mut out, Some((&family, text))),
-                        other => flush_help(&mut out, other),
-                    }
-                    out.push_str("# TYPE ");
-                    out.push_str(&family);
-                    out.push(' ');
-                    out.push_str(typ);
-                    out.push('\n');
-                }
-                // EOF, UNIT, and any other comment: nothing in 0.0.4.
-                _ => {}
+    let mut t = Translation {
+        out: String::with_capacity(openmetrics.len()),
+        help: None,
+        kind: Kind::Other,
+    };
+    let mut pos = 0;
+    while pos < openmetrics.len() {
+        let rest = &openmetrics[pos..];
+        // The next line holding a `#`, from `line_start` to `line_end` (past its newline).
+        let (line_start, line_end) = match rest.find('#') {
+            Some(h) => {
+                let start = rest[..h].rfind('\n').map_or(0, |n| n + 1);
+                let end = rest[h..].find('\n').map_or(rest.len(), |n| h + n + 1);
+                (pos + start, pos + end)
             }
-            continue;
+            None => (openmetrics.len(), openmetrics.len()),
+        };
+        let run = &openmetrics[pos..line_start];
+        if !run.is_empty() {
+            t.flush_help();
+            if t.kind == Kind::Counter {
+                run.lines().for_each(|line| t.sample(line));
+            } else {
+                t.out.push_str(run);
+            }
         }
-        flush_help(&mut out, help.take());
+        if line_start < line_end {
+            let line = &openmetrics[line_start..line_end];
+            t.line(line.strip_suffix('\n').unwrap_or(line));
+        }
+        pos = line_end;
+    }
+    t.flush_help();
+    t.out
+}
+
+/// The state of one translation.
+struct Translation<'a> {
+    out: String,
+    /// A `# HELP` line waits for its `# TYPE`, which says what the family is called in 0.0.4.
+    help: Option<(&'a str, &'a str)>,
+    kind: Kind,
+}
+
+impl<'a> Translation<'a> {
+    /// Translates one line (without its newline).
+    fn line(&mut self, line: &'a str) {
+        let Some(rest) = line.strip_prefix("# ") else {
+            self.flush_help();
+            self.sample(line);
+            return;
+        };
+        let mut parts = rest.splitn(3, ' ');
+        let (keyword, name, tail) = (
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
+        match keyword {
+            "HELP" => {
+                self.flush_help();
+                self.help = Some((name, tail));
+            }
+            "TYPE" => {
+                let (family, typ) = match tail {
+                    "counter" => (format!("{name}_total"), "counter"),
+                    "info" => (format!("{name}_info"), "gauge"),
+                    "gauge" | "histogram" | "summary" => (name.to_owned(), tail),
+                    _ => (name.to_owned(), "untyped"),
+                };
+                self.kind = if tail == "counter" {
+                    Kind::Counter
+                } else {
+                    Kind::Other
+                };
+                match self.help.take() {
+                    Some((h, text)) if h == name => {
+                        flush_help(&mut self.out, Some((&family, text)))
+                    }
+                    other => flush_help(&mut self.out, other),
+                }
+                self.out.push_str("# TYPE ");
+                self.out.push_str(&family);
+                self.out.push(' ');
+                self.out.push_str(typ);
+                self.out.push('\n');
+            }
+            // EOF, UNIT, and any other comment: nothing in 0.0.4.
+            _ => {}
+        }
+    }
+
+    /// Copies a sample line, without an exemplar, dropping a counter's `_created`.
+    fn sample(&mut self, line: &str) {
         if line.is_empty() {
-            continue;
+            return;
         }
         let (name, after_name) = split_name(line);
         // prometheus-client writes `_created` for counters only; elsewhere such a name is the
         // user's own gauge and stays.
-        if kind == Kind::Counter && name.ends_with("_created") {
-            continue;
+        if self.kind == Kind::Counter && name.ends_with("_created") {
+            return;
         }
-        out.push_str(name);
-        out.push_str(without_exemplar(after_name));
-        out.push('\n');
+        self.out.push_str(name);
+        self.out.push_str(without_exemplar(after_name));
+        self.out.push('\n');
     }
-    flush_help(&mut out, help);
-    out
+
+    fn flush_help(&mut self) {
+        flush_help(&mut self.out, self.help.take());
+    }
 }
 
 /// Writes a held `# HELP` line, with OpenMetrics' `\"` unescaped, under `family` (or its own name).
@@ -175,14 +231,17 @@ fn flush_help(out: &mut String, help: Option<(&str, &str)>) {
 
 /// Splits a sample line into its metric name and the rest (labels, value, timestamp, exemplar).
 fn split_name(line: &str) -> (&str, &str) {
-    let end = line.find(['{', ' ']).unwrap_or(line.len());
+    let end = line
+        .bytes()
+        .position(|b| b == b'{' || b == b' ')
+        .unwrap_or(line.len());
     line.split_at(end)
 }
 
 /// The part of a sample line after its name, without an exemplar (` # {...} value [ts]`).
 fn without_exemplar(after_name: &str) -> &str {
-    if !after_name.contains(" # ") {
-        // The common case, found by a fast substring search: no exemplar.
+    if !after_name.as_bytes().contains(&b'#') {
+        // The common case, found by a byte search (memchr): no exemplar.
         return after_name;
     }
     let bytes = after_name.as_bytes();
