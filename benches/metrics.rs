@@ -10,6 +10,9 @@
 //!   runner's service table, and the encoding of every family through `prometheus-client`.
 //! - `prometheus/N`: `metrics.encode(Format::Prometheus)`: the same, then the translation of the
 //!   descriptors into the 0.0.4 text format.
+//! - `http/N`: `GET /metrics` (Prometheus format) over a keep-alive connection to the runner's
+//!   health endpoint on 127.0.0.1: the above, plus the hop to the endpoint's scrape thread and
+//!   back through the event loop, and the transfer.
 //! - `baseline/N` (the ceiling): the same families with the same label sets and values, held in
 //!   `prometheus-client` `Family<_, Gauge<f64>>`s of a plain `Registry` built once, encoded with
 //!   `prometheus_client::encoding::text::encode`. It is what encoding these series costs with no
@@ -21,6 +24,8 @@
 //! Run with `cargo bench --bench metrics` (criterion options after `--`).
 
 use std::hint::black_box;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,6 +65,7 @@ impl Service for Idle {
 struct Running {
     metrics: Metrics,
     handle: RunHandle,
+    addr: std::net::SocketAddr,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -70,6 +76,7 @@ impl Running {
         let mut runner = Runner::new()
             .handle_signals(false)
             .health(checker.clone())
+            .health_endpoint("127.0.0.1:0".parse().unwrap())
             .metrics(metrics.clone());
         for i in 0..n {
             runner = runner.service(Arc::new(Idle(format!("service-{i:04}"))));
@@ -88,9 +95,11 @@ impl Running {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+        let addr = handle.health_addr().expect("the endpoint's address");
         Running {
             metrics,
             handle,
+            addr,
             thread: Some(thread),
         }
     }
@@ -215,6 +224,53 @@ fn baseline(n: usize) -> Registry {
     registry
 }
 
+/// A keep-alive HTTP client for `GET /metrics`.
+struct Scraper {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Scraper {
+    fn connect(addr: std::net::SocketAddr) -> Scraper {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        Scraper {
+            stream,
+            buf: Vec::with_capacity(2 << 20),
+        }
+    }
+
+    /// Sends one request and reads the whole answer; returns the body's length.
+    fn scrape(&mut self) -> usize {
+        self.stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+            .unwrap();
+        self.buf.clear();
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            let n = self.stream.read(&mut chunk).expect("read");
+            assert!(n > 0, "the endpoint closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+            let Some(head) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head_text = std::str::from_utf8(&self.buf[..head]).unwrap();
+            assert!(head_text.starts_with("HTTP/1.1 200"), "{head_text}");
+            let length: usize = head_text
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .expect("Content-Length")
+                .parse()
+                .unwrap();
+            if self.buf.len() >= head + 4 + length {
+                return length;
+            }
+        }
+    }
+}
+
 fn scrape(c: &mut Criterion) {
     let mut group = c.benchmark_group("scrape");
     for n in SERVICE_COUNTS {
@@ -237,6 +293,10 @@ fn scrape(c: &mut Criterion) {
         });
         group.bench_with_input(BenchmarkId::new("prometheus", n), &n, |b, _| {
             b.iter(|| black_box(running.metrics.encode(Format::Prometheus)))
+        });
+        let mut client = Scraper::connect(running.addr);
+        group.bench_with_input(BenchmarkId::new("http", n), &n, |b, _| {
+            b.iter(|| black_box(client.scrape()))
         });
         group.bench_with_input(BenchmarkId::new("baseline", n), &n, |b, _| {
             b.iter(|| {

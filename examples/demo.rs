@@ -414,30 +414,37 @@ fn main() -> ExitCode {
     let pool = Pool::new(4);
     let jobs = Counter::default();
     let failures = Counter::default();
-    metrics.register("demo_worker_jobs", "Jobs the worker has done", jobs.clone());
-    metrics.register(
-        "demo_worker_job_failures",
-        "Jobs the worker could not do",
-        failures.clone(),
-    );
     let requests = Requests::default();
-    metrics.register(
-        "demo_api_requests",
-        "Requests the API has answered",
-        requests.clone(),
-    );
     // Read at every scrape, within 100 ms.
     let watched = pool.clone();
-    let added = metrics.add_producer("pool", Duration::from_millis(100), move |out| {
-        out.gauge("size", "Connections in the pool.", watched.size as f64)
-            .gauge(
-                "idle_connections",
-                "Connections not in use.",
-                watched.take.len() as f64,
-            );
-        Ok(())
-    });
-    if let Err(e) = added {
+    let registered = metrics
+        .register("demo_worker_jobs", "Jobs the worker has done", jobs.clone())
+        .and_then(|()| {
+            metrics.register(
+                "demo_worker_job_failures",
+                "Jobs the worker could not do",
+                failures.clone(),
+            )
+        })
+        .and_then(|()| {
+            metrics.register(
+                "demo_api_requests",
+                "Requests the API has answered",
+                requests.clone(),
+            )
+        })
+        .and_then(|()| {
+            metrics.add_producer("pool", Duration::from_millis(100), move |out| {
+                out.gauge("size", "Connections in the pool.", watched.size as f64)
+                    .gauge(
+                        "idle_connections",
+                        "Connections not in use.",
+                        watched.take.len() as f64,
+                    );
+                Ok(())
+            })
+        });
+    if let Err(e) = registered {
         eprintln!("demo: {e}");
         return ExitCode::from(2);
     }

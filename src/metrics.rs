@@ -59,7 +59,7 @@
 //!
 //! let metrics = Metrics::new();
 //! let served: Counter = Counter::default();
-//! metrics.register("api_requests", "Requests served by the API", served.clone());
+//! metrics.register("api_requests", "Requests served by the API", served.clone())?;
 //! metrics.add_producer("pool", Duration::from_millis(50), |out| {
 //!     out.gauge("idle", "Idle connections in the pool.", 4.0);
 //!     Ok(())
@@ -77,14 +77,16 @@ mod expose;
 mod producer;
 mod services;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
 pub use prometheus_client;
 use prometheus_client::collector::Collector;
@@ -117,6 +119,10 @@ struct Inner {
     process_start: Option<SystemTime>,
     /// Held by the scrape in progress: producers are never called by two scrapes at once.
     scrape: Mutex<()>,
+    /// The names the metrics registered through [`Metrics::register`] expose.
+    registered: Mutex<HashSet<String>>,
+    /// Removed producers whose last call's thread is still to be joined.
+    retired: Mutex<Vec<Arc<Producer>>>,
 }
 
 impl Default for Metrics {
@@ -137,36 +143,87 @@ impl Metrics {
                 services: RwLock::new(None),
                 process_start: process_start_time(),
                 scrape: Mutex::new(()),
+                registered: Mutex::new(HashSet::new()),
+                retired: Mutex::new(Vec::new()),
             }),
         }
     }
 
     /// Registers one of the program's metrics (see `prometheus-client`'s
     /// [`Registry::register`]): a counter `name` is exposed as `name_total`, and `help` gets a
-    /// final period.
-    pub fn register(&self, name: impl Into<String>, help: impl Into<String>, metric: impl Metric) {
-        self.inner.registry.write().register(name, help, metric);
+    /// final period (and is escaped: it may hold any text).
+    ///
+    /// # Errors
+    ///
+    /// - [`ErrorKind::InvalidInput`] if `name` is not `[a-zA-Z_][a-zA-Z0-9_]*` or is the
+    ///   crate's (`lifecycle_*`, `process_*`);
+    /// - [`ErrorKind::DuplicateName`] if a metric registered here already exposes that name
+    ///   (a counter `x` also takes `x_total` and `x_created`, a histogram `x_bucket`, ...).
+    pub fn register(
+        &self,
+        name: impl Into<String>,
+        help: impl Into<String>,
+        metric: impl Metric,
+    ) -> Result<()> {
+        self.register_inner(name.into(), help.into(), None, metric)
     }
 
     /// Registers one of the program's metrics with a unit, which is appended to its name
     /// ([`Registry::register_with_unit`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`register`](Metrics::register), for the name with its unit.
     pub fn register_with_unit(
         &self,
         name: impl Into<String>,
         help: impl Into<String>,
         unit: Unit,
         metric: impl Metric,
-    ) {
-        self.inner
-            .registry
-            .write()
-            .register_with_unit(name, help, unit, metric);
+    ) -> Result<()> {
+        self.register_inner(name.into(), help.into(), Some(unit), metric)
+    }
+
+    fn register_inner(
+        &self,
+        name: String,
+        help: String,
+        unit: Option<Unit>,
+        metric: impl Metric,
+    ) -> Result<()> {
+        let full = match &unit {
+            Some(unit) => format!("{name}_{}", unit.as_str()),
+            None => name.clone(),
+        };
+        if !producer::is_name(&full) || is_reserved(&full) {
+            return Err(Error::invalid_input(
+                &full,
+                "a metric name must match [a-zA-Z_][a-zA-Z0-9_]* and not start with \
+                 `lifecycle_` or `process_` (the crate's)",
+            ));
+        }
+        let names = occupied(&full, metric.metric_type().as_str());
+        let mut registry = self.inner.registry.write();
+        let mut taken = self.inner.registered.lock();
+        if names.iter().any(|n| taken.contains(n)) {
+            return Err(Error::registration(ErrorKind::DuplicateName, &full));
+        }
+        taken.extend(names);
+        let help = producer::escape_help(&help);
+        match unit {
+            Some(unit) => registry.register_with_unit(name, help, unit, metric),
+            None => registry.register(name, help, metric),
+        }
+        Ok(())
     }
 
     /// Runs `f` with the registry, for everything else `prometheus-client` offers: sub-registries
     /// with a prefix or labels, collectors.
     ///
-    /// Scrapes wait while `f` runs: keep it short, and do not scrape from inside it.
+    /// Scrapes wait while `f` runs: keep it short, and do not scrape from inside it. What is
+    /// registered here is not checked: names must be valid and unique, help texts must not hold
+    /// line breaks, and collectors must be quick (they run on the scrape's thread; one that
+    /// panics is left out of that scrape).
     pub fn with_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
         f(&mut self.inner.registry.write())
     }
@@ -180,8 +237,9 @@ impl Metrics {
     ///
     /// # Errors
     ///
-    /// - [`ErrorKind::InvalidInput`] if `name` is not `[a-zA-Z_][a-zA-Z0-9_]*`, starts with
-    ///   `lifecycle` or `process` (the crate's), or `timeout` is zero or over a minute;
+    /// - [`ErrorKind::InvalidInput`] if `name` is not `[a-zA-Z_][a-zA-Z0-9_]*`, is `lifecycle`
+    ///   or `process` or starts with either and `_` (the crate's), or `timeout` is zero or over
+    ///   a minute;
     /// - [`ErrorKind::DuplicateName`] if a producer of that name exists.
     pub fn add_producer(
         &self,
@@ -195,13 +253,10 @@ impl Metrics {
                 "a producer's name must match [a-zA-Z_][a-zA-Z0-9_]*",
             ));
         }
-        if ["lifecycle", "process"]
-            .iter()
-            .any(|reserved| name.starts_with(reserved))
-        {
+        if is_reserved(name) {
             return Err(Error::invalid_input(
                 name,
-                "producer names starting with `lifecycle` or `process` are reserved",
+                "producer names `lifecycle*` and `process*` (with `_`) are the crate's",
             ));
         }
         if timeout.is_zero() || timeout > Duration::from_secs(60) {
@@ -219,18 +274,19 @@ impl Metrics {
         Ok(())
     }
 
-    /// Removes a producer; a call of it in progress finishes on its own.
+    /// Removes a producer; a call of it in progress finishes on its own (its thread is joined by
+    /// a later scrape, or when the last handle goes).
     ///
     /// # Errors
     ///
     /// [`ErrorKind::NotRegistered`] if there is no producer of that name.
     pub fn remove_producer(&self, name: &str) -> Result<()> {
         let mut producers = self.inner.producers.write();
-        let before = producers.len();
-        producers.retain(|p| &*p.name != name);
-        if producers.len() == before {
+        let Some(at) = producers.iter().position(|p| &*p.name == name) else {
             return Err(Error::registration(ErrorKind::NotRegistered, name));
-        }
+        };
+        let removed = producers.remove(at);
+        self.inner.retired.lock().push(removed);
         Ok(())
     }
 
@@ -242,17 +298,53 @@ impl Metrics {
     /// two at once).
     pub fn encode(&self, format: Format) -> String {
         let _turn = self.inner.scrape.lock();
+        // Removed producers whose last call has ended are joined; the others wait for a later
+        // scrape.
+        self.inner.retired.lock().retain(|p| p.reap().is_some());
         let producers = self.inner.producers.read().clone();
         let calls: Vec<_> = producers.iter().filter_map(Producer::call).collect();
         let snapshot = self.inner.checker.read().as_ref().map(|c| c.snapshot());
         let services = self.inner.services.read().clone();
 
         let mut user = String::new();
-        if let Err(e) = encode_registry(&mut user, &self.inner.registry.read()) {
-            log::warn!("metrics: encoding the registry failed: {e}");
-            user.clear();
+        let encoded = catch_unwind(AssertUnwindSafe(|| {
+            encode_registry(&mut user, &self.inner.registry.read())
+        }));
+        match encoded {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                log::warn!("metrics: encoding the registry failed: {e}; it is left out");
+                user.clear();
+            }
+            Err(_) => {
+                log::error!("metrics: a metric or collector of the registry panicked; the registry is left out of this scrape");
+                user.clear();
+            }
         }
-        let produced: Vec<Samples> = calls.into_iter().filter_map(|c| c.finish()).collect();
+        // Every name a family exposes appears once: a producer's family that would take a name
+        // the registry, or an earlier producer, has taken is left out (and counted).
+        let mut taken = HashSet::new();
+        for (name, typ) in user
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.split_once(' '))
+        {
+            taken.extend(occupied(name, typ));
+        }
+        let mut produced = Vec::new();
+        for call in calls {
+            let producer = Arc::clone(call.producer());
+            if let Some(mut samples) = call.finish() {
+                let dropped = samples.retain_unique(&mut taken);
+                if !dropped.is_empty() {
+                    producer.fail(producer::Failure::Invalid);
+                    log::warn!(
+                        "metrics producer {:?}: families left out, their names are taken: {dropped:?}",
+                        producer.name
+                    );
+                }
+                produced.push(samples);
+            }
+        }
 
         let mut own = Registry::default();
         own.register_collector(Box::new(Scrape::Builtin(Builtin {
@@ -309,12 +401,38 @@ impl Drop for Inner {
     /// Joins the producers' threads that have ended; names those still running, which end on
     /// their own when their call returns.
     fn drop(&mut self) {
-        for p in self.producers.get_mut().iter() {
+        let retired = std::mem::take(self.retired.get_mut());
+        for p in self.producers.get_mut().iter().chain(&retired) {
             if let Some(name) = p.reap() {
                 log::warn!("metrics producer {name:?} is still running as its registry goes");
             }
         }
     }
+}
+
+/// Whether a metric or producer name is the crate's: `lifecycle`, `process`, or either with `_`
+/// and more.
+fn is_reserved(name: &str) -> bool {
+    ["lifecycle", "process"].iter().any(|r| {
+        name == *r
+            || name
+                .strip_prefix(r)
+                .is_some_and(|rest| rest.starts_with('_'))
+    })
+}
+
+/// Every sample name a family of type `typ` (as OpenMetrics names it) called `name` exposes.
+fn occupied(name: &str, typ: &str) -> Vec<String> {
+    let suffixes: &[&str] = match typ {
+        "counter" => &["", "_total", "_created"],
+        "info" => &["", "_info"],
+        "histogram" => &["", "_bucket", "_sum", "_count", "_created"],
+        "summary" => &["", "_sum", "_count", "_created"],
+        "gaugehistogram" => &["", "_bucket", "_gsum", "_gcount"],
+        "stateset" | "gauge" | "unknown" => &[""],
+        _ => &[""],
+    };
+    suffixes.iter().map(|s| format!("{name}{s}")).collect()
 }
 
 /// What one scrape encodes through `prometheus-client` besides the registry.
@@ -334,45 +452,73 @@ impl Collector for Scrape {
 }
 
 /// Scrapes for the endpoint on a thread of its own (`health metrics`), so that its event loops
-/// never wait for producers. Dropping it refuses the queued scrapes, waits for the one in
-/// progress (at most the producers' longest bound) and joins the thread.
+/// never wait for producers. Dropping it refuses the queued scrapes and joins the thread once the
+/// scrape in progress is done, waiting at most the producers' longest bound and a margin: a
+/// scrape stuck beyond that (in a collector of the registry, say) is abandoned, with a warning.
 pub(crate) struct Scraper {
     jobs: Option<Sender<Job>>,
     stopping: Arc<AtomicBool>,
+    metrics: Metrics,
     thread: Option<JoinHandle<()>>,
+    /// Disconnected when the thread has ended (its sending side is dropped last).
+    ended: Receiver<()>,
 }
 
-/// One scrape to run, and where its answer goes: the encoded metrics, or `None` if the scrape
-/// was refused (too many queued, or the endpoint is closing).
+/// What became of a scrape.
+pub(crate) enum Outcome {
+    /// The encoded metrics.
+    Body(String),
+    /// Refused: too many scrapes queued, or the endpoint is closing.
+    Busy,
+    /// The scrape panicked (in a metric or collector of the program's).
+    Failed,
+}
+
+/// One scrape to run, and where its outcome goes.
 pub(crate) struct Job {
     pub(crate) format: Format,
-    pub(crate) reply: Box<dyn FnOnce(Option<String>) + Send>,
+    pub(crate) reply: Box<dyn FnOnce(Outcome) + Send>,
 }
 
 /// Scrapes queued beyond the one in progress; more are refused.
 const QUEUED_SCRAPES: usize = 4;
 
+/// What closing waits for a scrape in progress beyond the producers' longest bound.
+const SCRAPE_MARGIN: Duration = Duration::from_secs(5);
+
 impl Scraper {
     pub(crate) fn spawn(metrics: Metrics) -> io::Result<Scraper> {
         let (jobs, incoming) = crossbeam_channel::bounded::<Job>(QUEUED_SCRAPES);
+        let (guard, ended) = crossbeam_channel::bounded::<()>(0);
         let stopping = Arc::new(AtomicBool::new(false));
         let stop = Arc::clone(&stopping);
+        let scraped = metrics.clone();
         let thread = std::thread::Builder::new()
             .name("health metrics".to_owned())
             .spawn(move || {
+                // Declared first, dropped last.
+                let _guard = guard;
                 for job in incoming.iter() {
                     if stop.load(Ordering::Acquire) {
-                        (job.reply)(None);
+                        (job.reply)(Outcome::Busy);
                         continue;
                     }
-                    let body = metrics.encode(job.format);
-                    (job.reply)(Some(body));
+                    let encoded = catch_unwind(AssertUnwindSafe(|| scraped.encode(job.format)));
+                    (job.reply)(match encoded {
+                        Ok(body) => Outcome::Body(body),
+                        Err(_) => {
+                            log::error!("metrics: a scrape panicked");
+                            Outcome::Failed
+                        }
+                    });
                 }
             })?;
         Ok(Scraper {
             jobs: Some(jobs),
             stopping,
+            metrics,
             thread: Some(thread),
+            ended,
         })
     }
 
@@ -391,10 +537,28 @@ impl Drop for Scraper {
     fn drop(&mut self) {
         self.stopping.store(true, Ordering::Release);
         drop(self.jobs.take());
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                log::warn!("thread \"health metrics\" panicked");
+        let longest = self
+            .metrics
+            .inner
+            .producers
+            .read()
+            .iter()
+            .map(|p| p.timeout)
+            .max()
+            .unwrap_or_default();
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        match self.ended.recv_timeout(longest + SCRAPE_MARGIN) {
+            Err(RecvTimeoutError::Disconnected) => {
+                if thread.join().is_err() {
+                    log::warn!("thread \"health metrics\" panicked");
+                }
             }
+            _ => log::warn!(
+                "thread \"health metrics\" is still in a scrape after {:?}; abandoning it",
+                longest + SCRAPE_MARGIN
+            ),
         }
     }
 }

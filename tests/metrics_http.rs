@@ -65,9 +65,9 @@ impl Drop for ShutdownOnDrop {
     }
 }
 
-/// GETs `/metrics` with `accept` (if any), checks the framing and content type, and parses the
-/// body with the parser of the format the content type names.
-fn scrape(addr: SocketAddr, accept: Option<&str>) -> Option<Vec<Family>> {
+/// GETs `/metrics` with `accept` (if any), checks the framing and that the content type is that
+/// of `format` (`"prometheus"` or `"openmetrics"`), and parses the body with that format's parser.
+fn scrape(addr: SocketAddr, accept: Option<&str>, format: &str) -> Option<Vec<Family>> {
     let mut s = http::connect(addr);
     let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
     write!(
@@ -78,14 +78,16 @@ fn scrape(addr: SocketAddr, accept: Option<&str>) -> Option<Vec<Family>> {
     let raw = http::read_until_closed(&mut s);
     let reply = http::parse(&raw).expect("a complete answer");
     assert_eq!(reply.status, 200, "{reply:?}");
-    let content_type = reply.header("content-type").unwrap().to_owned();
     assert_eq!(reply.header("cache-control"), Some("no-store"));
-    let format = if content_type.starts_with("application/openmetrics-text; version=1.0.0") {
-        "openmetrics"
-    } else {
-        assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
-        "prometheus"
+    let expected = match format {
+        "openmetrics" => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        _ => "text/plain; version=0.0.4; charset=utf-8",
     };
+    assert_eq!(
+        reply.header("content-type"),
+        Some(expected),
+        "Accept: {accept:?}"
+    );
     prom::parse(format, &reply.body)
 }
 
@@ -113,7 +115,9 @@ fn metrics_follow_a_run_over_http_in_both_formats() {
     };
     let metrics = Metrics::new();
     let served: Counter = Counter::default();
-    metrics.register("app_requests", "Requests served", served.clone());
+    metrics
+        .register("app_requests", "Requests served", served.clone())
+        .unwrap();
     served.inc_by(5);
     let runner = Runner::new()
         .handle_signals(false)
@@ -131,12 +135,13 @@ fn metrics_follow_a_run_over_http_in_both_formats() {
         let addr = handle.health_addr().expect("the endpoint's address");
         wait_status(addr, "/readyz", 200);
 
-        for accept in [
-            None,
-            Some(PROMETHEUS_ACCEPT),
-            Some("application/openmetrics-text"),
+        for (accept, format) in [
+            (None, "prometheus"),
+            (Some("text/plain;version=0.0.4"), "prometheus"),
+            (Some(PROMETHEUS_ACCEPT), "openmetrics"),
+            (Some("application/openmetrics-text"), "openmetrics"),
         ] {
-            let Some(families) = scrape(addr, accept) else {
+            let Some(families) = scrape(addr, accept, format) else {
                 break;
             };
             assert_eq!(current_state(&families, "db").as_deref(), Some("started"));
@@ -165,7 +170,7 @@ fn metrics_follow_a_run_over_http_in_both_formats() {
         // Shut down: api closes first and waits for the test; meanwhile the endpoint serves.
         handle.shutdown();
         closing.recv_timeout(WATCHDOG).expect("api's close begins");
-        if let Some(families) = scrape(addr, None) {
+        if let Some(families) = scrape(addr, None, "prometheus") {
             assert_eq!(current_state(&families, "api").as_deref(), Some("stopping"));
             assert_eq!(current_state(&families, "db").as_deref(), Some("started"));
             assert_eq!(
@@ -184,7 +189,7 @@ fn metrics_follow_a_run_over_http_in_both_formats() {
         }
         release.send(()).unwrap();
         closing.recv_timeout(WATCHDOG).expect("db's close begins");
-        if let Some(families) = scrape(addr, None) {
+        if let Some(families) = scrape(addr, None, "prometheus") {
             assert_eq!(current_state(&families, "api").as_deref(), Some("stopped"));
             assert_eq!(current_state(&families, "db").as_deref(), Some("stopping"));
             assert!(value(
@@ -280,6 +285,48 @@ fn without_metrics_the_path_is_not_found() {
     let endpoint = HealthEndpoint::new("127.0.0.1:0".parse().unwrap(), checker.clone());
     endpoint.start(&StartContext::background()).unwrap();
     assert_eq!(get(endpoint.local_addr().unwrap(), "/metrics").status, 404);
+    endpoint.close().unwrap();
+    checker.close().unwrap();
+}
+
+/// A collector of the program's that panics at every scrape.
+#[derive(Debug)]
+struct Panicking;
+
+impl lifecycle::metrics::prometheus_client::collector::Collector for Panicking {
+    fn encode(
+        &self,
+        _: lifecycle::metrics::prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        panic!("a collector that panics")
+    }
+}
+
+#[test]
+fn a_panicking_collector_is_left_out_and_scrapes_go_on() {
+    let checker = Arc::new(HealthChecker::new("1", "x"));
+    checker.register(Arc::new(Ready)).unwrap();
+    checker.start(&StartContext::background()).unwrap();
+    let metrics = Metrics::new();
+    metrics.with_registry(|r| r.register_collector(Box::new(Panicking)));
+    let served: Counter = Counter::default();
+    metrics
+        .register("app_served", "Served", served.clone())
+        .unwrap();
+    let endpoint = HealthEndpoint::with_options(
+        "127.0.0.1:0".parse().unwrap(),
+        checker.clone(),
+        EndpointOptions::new().metrics(metrics),
+    );
+    endpoint.start(&StartContext::background()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    for _ in 0..3 {
+        if let Some(families) = scrape(addr, None, "prometheus") {
+            // The registry (its collector and its counter) is left out; the rest is served.
+            assert_eq!(value(&families, "app_served_total", &[]), None);
+            assert!(value(&families, "lifecycle_health_stuck_calls", &[]).is_some());
+        }
+    }
     endpoint.close().unwrap();
     checker.close().unwrap();
 }

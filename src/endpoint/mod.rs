@@ -15,7 +15,7 @@ use crate::error::{Error, Phase, Result};
 use crate::http::Reply;
 use crate::http::{Handler, Limits, Request, Response, Server};
 #[cfg(feature = "metrics")]
-use crate::metrics::{Format, Job, Metrics, Scraper};
+use crate::metrics::{Format, Job, Metrics, Outcome, Scraper};
 use crate::service::{HealthReporter, Service};
 use crate::state::StateMachine;
 use crate::stop::StartContext;
@@ -44,6 +44,9 @@ impl EndpointOptions {
     /// Leaves failure reasons out of every answer (default `false`): they can leak internals
     /// (hosts, paths, queries) to whoever can reach the port. Answers then say
     /// `reason withheld`, as Kubernetes does.
+    ///
+    /// `/metrics` (when served) never holds reasons, but it does name every check and service,
+    /// and the version and git sha.
     pub fn hide_reasons(mut self, hide: bool) -> EndpointOptions {
         self.hide_reasons = hide;
         self
@@ -409,16 +412,19 @@ fn scrape(scraper: &Arc<Scraper>, req: &Request<'_>) -> Reply {
     Reply::Later(Box::new(move |responder| {
         let job = Job {
             format,
-            reply: Box::new(move |body| {
-                responder.send(match body {
-                    Some(body) => Response::new(200, format.content_type(), body.into_bytes()),
-                    None => Response::text(503, "too many scrapes at once; try again\n")
+            reply: Box::new(move |outcome| {
+                responder.send(match outcome {
+                    Outcome::Body(body) => {
+                        Response::new(200, format.content_type(), body.into_bytes())
+                    }
+                    Outcome::Busy => Response::text(503, "too many scrapes at once; try again\n")
                         .with_header("Retry-After", "1"),
+                    Outcome::Failed => Response::text(500, "the scrape failed; see the log\n"),
                 });
             }),
         };
         if let Err(refused) = scraper.submit(job) {
-            (refused.reply)(None);
+            (refused.reply)(Outcome::Busy);
         }
     }))
 }

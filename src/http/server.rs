@@ -1035,11 +1035,14 @@ impl Connection {
         if let State::Lingering { since, .. } = self.state {
             return (since + LINGER_TIMEOUT, false);
         }
+        let writing = self.write_since.map(|since| since + limits.write_timeout);
         if let Some(awaited) = self.awaited {
-            return (awaited.since + limits.answer_timeout, true);
+            // Earlier responses still being sent keep their own deadline.
+            let answer = awaited.since + limits.answer_timeout;
+            return (writing.map_or(answer, |w| w.min(answer)), true);
         }
-        if let Some(since) = self.write_since {
-            return (since + limits.write_timeout, true);
+        if let Some(deadline) = writing {
+            return (deadline, true);
         }
         if let Some(since) = self.head_since {
             return (since + limits.head_read_timeout, true);

@@ -915,3 +915,32 @@ fn an_answer_that_never_comes_closes_the_connection_at_its_timeout() {
         "now /x"
     );
 }
+
+#[test]
+fn a_late_answer_never_reaches_the_next_connection_in_the_same_slot() {
+    // One loop, so that the second connection takes the first one's slot.
+    let (server, responders) = serve_deferred(
+        Limits::new()
+            .event_loops(1)
+            .answer_timeout(Duration::from_millis(200)),
+        "t-later-slot",
+    );
+    let mut first = Client::connect(server.local_addr());
+    first.send("GET /later HTTP/1.1\r\nHost: t\r\n\r\n");
+    let late = responders.recv_timeout(WATCHDOG).unwrap();
+    assert!(
+        first.until_closed().is_empty(),
+        "closed at its answer timeout"
+    );
+    wait_until("the first connection is gone", || {
+        server.stats().open_connections == 0
+    });
+
+    let mut second = Client::connect(server.local_addr());
+    second.send("GET /later HTTP/1.1\r\nHost: t\r\n\r\n");
+    let own = responders.recv_timeout(WATCHDOG).unwrap();
+    // The first connection's answer arrives while the second awaits its own: it is dropped.
+    late.send(Response::text(200, "for the first"));
+    own.send(Response::text(200, "for the second"));
+    assert_eq!(second.reply(false).unwrap().body(), "for the second");
+}

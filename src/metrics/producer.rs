@@ -1,7 +1,7 @@
 //! Producers: user functions evaluated at scrape time on threads of their own, each within its
 //! bound, and the [`Samples`] they fill.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -112,7 +112,7 @@ impl Producer {
         }
     }
 
-    fn fail(&self, failure: Failure) {
+    pub(super) fn fail(&self, failure: Failure) {
         self.failures[failure as usize].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -185,6 +185,11 @@ impl Producer {
 }
 
 impl Call {
+    /// The producer called.
+    pub(super) fn producer(&self) -> &Arc<Producer> {
+        &self.producer
+    }
+
     /// Waits for the call until its bound, counted from its start; returns its samples if it
     /// returned successfully in time (keeping its valid samples if some were invalid).
     pub(super) fn finish(self) -> Option<Samples> {
@@ -381,6 +386,23 @@ impl Samples {
         }
         family.samples.insert(set, value);
         Ok(())
+    }
+
+    /// Leaves out the families that would expose a name in `taken`, adding the names of the
+    /// others to it; returns the names of the families left out.
+    pub(super) fn retain_unique(&mut self, taken: &mut HashSet<String>) -> Vec<String> {
+        let mut dropped = Vec::new();
+        self.families.retain(|name, family| {
+            let names = super::occupied(name, if family.counter { "counter" } else { "gauge" });
+            if names.iter().any(|n| taken.contains(n)) {
+                dropped.push(name.clone());
+                false
+            } else {
+                taken.extend(names);
+                true
+            }
+        });
+        dropped
     }
 
     /// Writes the families through `prometheus-client`'s encoder.

@@ -338,7 +338,9 @@ impl Runner {
     /// fn main() -> RunReport {
     ///     let metrics = Metrics::new();
     ///     let jobs: Counter = Counter::default();
-    ///     metrics.register("jobs", "Jobs done", jobs.clone());
+    ///     metrics
+    ///         .register("jobs", "Jobs done", jobs.clone())
+    ///         .expect("a valid, unique name");
     ///     Runner::new()
     ///         .health_endpoint("127.0.0.1:8001".parse().unwrap())
     ///         .metrics(metrics)
@@ -644,7 +646,14 @@ impl Run {
                     // Started but never became ready: it still needs closing.
                     self.started.push(index);
                 }
-                self.mark(index, State::StartFailed, None);
+                // A start cut short by a shutdown is no failure: a service that did not start
+                // counts as stopped, one that did is closed like the others.
+                let state = match (interrupted.is_some(), started) {
+                    (true, false) => State::Stopped,
+                    (true, true) => State::Started,
+                    (false, _) => State::StartFailed,
+                };
+                self.mark(index, state, None);
                 if interrupted.is_none() {
                     log::error!("{e}");
                     self.start_errors.push(e);

@@ -51,6 +51,19 @@ pub fn parse(format: &str, text: &str) -> Option<Vec<Family>> {
         eprintln!("SKIPPED: the Python prometheus_client parser is missing; run `{how}`");
         return None;
     }
+    // Python's 0.0.4 parser accepts a family described twice; Prometheus refuses the scrape.
+    let mut described = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(name) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|t| t.split(' ').next())
+        {
+            assert!(
+                described.insert(name),
+                "family {name} described twice:\n{text}"
+            );
+        }
+    }
     let mut child = Command::new("python3")
         .args([script, format])
         .stdin(Stdio::piped())
