@@ -217,11 +217,41 @@ impl HealthReporter for Ready {
     }
 }
 
+/// A started checker with one ready check, and an endpoint serving it and `metrics` (if any).
+struct Served {
+    checker: Arc<HealthChecker>,
+    endpoint: HealthEndpoint,
+    addr: SocketAddr,
+}
+
+impl Served {
+    fn new(metrics: Option<Metrics>) -> Served {
+        let checker = Arc::new(HealthChecker::new("1", "x"));
+        checker.register(Arc::new(Ready)).unwrap();
+        checker.start(&StartContext::background()).unwrap();
+        let options = match metrics {
+            Some(metrics) => EndpointOptions::new().metrics(metrics),
+            None => EndpointOptions::new(),
+        };
+        let endpoint =
+            HealthEndpoint::with_options("127.0.0.1:0".parse().unwrap(), checker.clone(), options);
+        endpoint.start(&StartContext::background()).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        Served {
+            checker,
+            endpoint,
+            addr,
+        }
+    }
+
+    fn close(self) {
+        self.endpoint.close().unwrap();
+        self.checker.close().unwrap();
+    }
+}
+
 #[test]
 fn a_hung_producer_holds_up_neither_probes_nor_the_scrape_beyond_its_bound() {
-    let checker = Arc::new(HealthChecker::new("1", "x"));
-    checker.register(Arc::new(Ready)).unwrap();
-    checker.start(&StartContext::background()).unwrap();
     let metrics = Metrics::new();
     let (entered_tx, entered) = crossbeam_channel::unbounded::<()>();
     let (release, released) = crossbeam_channel::bounded::<()>(1);
@@ -235,14 +265,9 @@ fn a_hung_producer_holds_up_neither_probes_nor_the_scrape_beyond_its_bound() {
             Ok(())
         })
         .unwrap();
-    let endpoint = HealthEndpoint::with_options(
-        "127.0.0.1:0".parse().unwrap(),
-        checker.clone(),
-        EndpointOptions::new().metrics(metrics),
-    );
-    endpoint.start(&StartContext::background()).unwrap();
-    let addr = endpoint.local_addr().unwrap();
-    checker.poll_now();
+    let served = Served::new(Some(metrics));
+    let addr = served.addr;
+    served.checker.poll_now();
     wait_status(addr, "/readyz", 200);
 
     // A scrape waits for the producer...
@@ -273,20 +298,14 @@ fn a_hung_producer_holds_up_neither_probes_nor_the_scrape_beyond_its_bound() {
     let second = scraper.reply().unwrap();
     assert!(first.body.contains("# TYPE"), "{}", first.body);
     assert!(second.body.contains("\"status\""), "{}", second.body);
-
-    endpoint.close().unwrap();
-    checker.close().unwrap();
+    served.close();
 }
 
 #[test]
 fn without_metrics_the_path_is_not_found() {
-    let checker = Arc::new(HealthChecker::new("1", "x"));
-    checker.start(&StartContext::background()).unwrap();
-    let endpoint = HealthEndpoint::new("127.0.0.1:0".parse().unwrap(), checker.clone());
-    endpoint.start(&StartContext::background()).unwrap();
-    assert_eq!(get(endpoint.local_addr().unwrap(), "/metrics").status, 404);
-    endpoint.close().unwrap();
-    checker.close().unwrap();
+    let served = Served::new(None);
+    assert_eq!(get(served.addr, "/metrics").status, 404);
+    served.close();
 }
 
 /// A collector of the program's that panics at every scrape.
@@ -304,29 +323,19 @@ impl lifecycle::metrics::prometheus_client::collector::Collector for Panicking {
 
 #[test]
 fn a_panicking_collector_is_left_out_and_scrapes_go_on() {
-    let checker = Arc::new(HealthChecker::new("1", "x"));
-    checker.register(Arc::new(Ready)).unwrap();
-    checker.start(&StartContext::background()).unwrap();
     let metrics = Metrics::new();
     metrics.with_registry(|r| r.register_collector(Box::new(Panicking)));
     let served: Counter = Counter::default();
     metrics
         .register("app_served", "Served", served.clone())
         .unwrap();
-    let endpoint = HealthEndpoint::with_options(
-        "127.0.0.1:0".parse().unwrap(),
-        checker.clone(),
-        EndpointOptions::new().metrics(metrics),
-    );
-    endpoint.start(&StartContext::background()).unwrap();
-    let addr = endpoint.local_addr().unwrap();
+    let served = Served::new(Some(metrics));
     for _ in 0..3 {
-        if let Some(families) = scrape(addr, None, "prometheus") {
+        if let Some(families) = scrape(served.addr, None, "prometheus") {
             // The registry (its collector and its counter) is left out; the rest is served.
             assert_eq!(value(&families, "app_served_total", &[]), None);
             assert!(value(&families, "lifecycle_health_stuck_calls", &[]).is_some());
         }
     }
-    endpoint.close().unwrap();
-    checker.close().unwrap();
+    served.close();
 }
