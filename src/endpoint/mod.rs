@@ -128,6 +128,10 @@ impl EndpointOptions {
 /// (see [`EndpointOptions`]). Bind it where probes can reach it and people cannot, or turn on
 /// [`EndpointOptions::hide_reasons`].
 ///
+/// With metrics, one more thread (`health metrics`) runs the scrapes, so that a scrape waiting
+/// for producers never holds up an event loop; closing refuses queued scrapes and waits for the
+/// one in progress, at most the producers' longest bound and a few seconds.
+///
 /// ```
 /// use std::sync::Arc;
 /// use lifecycle::{HealthChecker, HealthEndpoint, Service, StartContext};
