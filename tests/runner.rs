@@ -591,3 +591,20 @@ fn an_endpoint_that_cannot_bind_fails_the_start_before_any_service() {
     assert!(e.to_string().contains("cannot listen on"), "{e}");
     assert_eq!(svc.starts(), 0);
 }
+
+#[test]
+fn two_services_of_one_name_are_refused_before_anything_starts() {
+    let events = Events::default();
+    let a = Recorder::new("same", Behavior::Healthy, &events);
+    let b = Recorder::new("same", Behavior::Healthy, &events);
+    let report = runner()
+        .services(dyn_services(&[a.clone(), b.clone()]))
+        .run();
+    assert_eq!(report.errors(RunPhase::Start).len(), 1);
+    assert_eq!(
+        report.errors(RunPhase::Start)[0].kind(),
+        ErrorKind::DuplicateName
+    );
+    assert_eq!(a.starts() + b.starts(), 0, "nothing started");
+    assert_eq!(report.exit_code(), std::process::ExitCode::FAILURE);
+}

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 
 use crate::checker::HealthChecker;
 use crate::endpoint::EndpointOptions;
-use crate::error::{Error, Phase, Result};
+use crate::error::{Error, ErrorKind, Phase, Result};
 #[cfg(feature = "metrics")]
 use crate::metrics::{Metrics, ServiceTable};
 use crate::service::{close_guarded, ready_guarded, start_guarded, Service};
@@ -361,6 +361,9 @@ impl Runner {
     /// Runs the program: starts every service, waits for the end, shuts down. Blocks until done.
     ///
     /// Never panics because of a service: panics in services become errors in the report.
+    /// Services must have distinct names: two of one name are refused before anything starts,
+    /// with an error of kind [`ErrorKind::DuplicateName`](crate::ErrorKind::DuplicateName) in
+    /// the report's start phase.
     pub fn run(self) -> RunReport {
         Run::new(self).execute()
     }
@@ -416,13 +419,22 @@ struct Run {
 
 impl Run {
     fn new(runner: Runner) -> Run {
-        let (route, setup_error) = if runner.handle_signals {
-            match SignalRoute::claim() {
+        // Two services of one name would make the report, the health checks and the metrics
+        // ambiguous: refuse to run them, before any signal route is claimed.
+        let mut names = std::collections::HashSet::new();
+        let duplicate = runner
+            .entries
+            .iter()
+            .map(|e| e.service.name())
+            .find(|name| !names.insert(*name))
+            .map(|name| Error::registration(ErrorKind::DuplicateName, name));
+        let (route, setup_error) = match duplicate {
+            Some(e) => (None, Some(e)),
+            None if runner.handle_signals => match SignalRoute::claim() {
                 Ok(route) => (Some(route), None),
                 Err(e) => (None, Some(e)),
-            }
-        } else {
-            (None, None)
+            },
+            None => (None, None),
         };
         let signals = route
             .as_ref()
