@@ -98,20 +98,24 @@
 //! that follows an earlier response. The keep-alive clock starts when a response has been
 //! written completely and nothing of the next request has arrived.
 
+mod connection;
+mod event_loop;
+mod limits;
 mod reply;
 mod request;
 mod response;
 mod server;
+mod stats;
 
 #[cfg(test)]
 mod tests;
 
-// Until the health endpoint uses them.
-#[allow(unused_imports)]
+pub(crate) use self::limits::Limits;
+// The bound of `Limits::event_loops`; outside `limits`, only the tests name it.
+#[cfg_attr(not(test), allow(unused_imports))]
+pub(crate) use self::limits::MAX_EVENT_LOOPS;
 pub(crate) use self::reply::{Reply, Responder};
-#[allow(unused_imports)]
 pub(crate) use self::request::{Request, MAX_HEADERS};
-#[allow(unused_imports)]
 pub(crate) use self::response::Response;
-#[allow(unused_imports)]
-pub(crate) use self::server::{Handler, Limits, Server, ServerStats, MAX_EVENT_LOOPS};
+pub(crate) use self::server::{Handler, Server};
+pub(crate) use self::stats::ServerStats;
