@@ -23,26 +23,28 @@ mod worker;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender};
 use parking_lot::{Mutex, RwLock};
 
-use crate::error::{Error, ErrorKind, Phase, Result};
+use crate::error::{check_name, Error, ErrorKind, Phase, Result};
 use crate::service::{HealthReporter, Service};
 use crate::state::{State, StateMachine};
 use crate::stop::{StartContext, StopSignal};
 
 use self::options::Config;
-use self::registry::{later, Entry, LogLine, Orphan, Registry};
+use self::registry::{Entry, LogLine, Orphan, Registry};
+use crate::thread::later;
 use self::snapshot::{CheckData, Published};
-use self::worker::{Joinable, PollResult, Worker};
+use self::worker::{join_until, PollResult, Worker};
+use crate::thread::Thread;
 
-pub use self::options::{
-    CheckOptions, HealthCheckerBuilder, DEFAULT_CLOSE_TIMEOUT, DEFAULT_EVENT_CAPACITY,
-    DEFAULT_INTERVAL, DEFAULT_TIMEOUT,
+use self::options::{
+    DEFAULT_CLOSE_TIMEOUT, DEFAULT_EVENT_CAPACITY, DEFAULT_INTERVAL, DEFAULT_TIMEOUT,
 };
-pub use self::snapshot::{CheckStatus, HealthEvent, Probe, ProbeStatus, Snapshot, Status, Verdict};
+pub use self::options::{CheckOptions, HealthCheckerBuilder};
+pub use self::snapshot::{Check, HealthEvent, Probe, ProbeStatus, Snapshot, Status, Verdict};
 
 /// The checker's own name, as a [`HealthReporter`] and in errors. Also its poller thread's name.
 pub(crate) const CHECKER_NAME: &str = "health checker";
@@ -79,6 +81,7 @@ impl Shared {
         // Dropped after the write lock is released: readers wait for a pointer swap only.
         drop(old);
         reg.send_pending();
+        reg.wake_watchers();
         reg.take_log()
     }
 
@@ -113,13 +116,14 @@ impl Shared {
 /// [`timeout`](HealthCheckerBuilder::timeout) makes the check fail with "timed out after ..."
 /// and marks it *stuck*: it is not polled again until that call returns (so a hung reporter costs
 /// one thread, never more), it keeps failing at every interval meanwhile, and
-/// [`stuck_calls`](HealthChecker::stuck_calls) counts it. Other checks are polled as usual.
+/// [`Snapshot::stuck_calls`] counts it. Other checks are polled as usual.
 ///
 /// # Reading
 ///
-/// [`is_ready`](HealthChecker::is_ready), [`is_healthy`](HealthChecker::is_healthy) and
-/// [`snapshot`](HealthChecker::snapshot) answer at once from the last published [`Snapshot`];
-/// they never wait for a poll or for user code. A check whose last poll is older than its
+/// [`snapshot`](HealthChecker::snapshot) answers at once with the last published [`Snapshot`];
+/// it never waits for a poll or for user code. [`wait_for_poll`](HealthChecker::wait_for_poll)
+/// waits (with a bound) for the next poll of every check, for tests and for code that must
+/// see a change. A check whose last poll is older than its
 /// [staleness bound](HealthCheckerBuilder::stale_after) reads as failing, so a poller that stalls
 /// (or is [paused](HealthChecker::pause) for longer than the bound) never looks healthy.
 ///
@@ -139,32 +143,26 @@ impl Shared {
 /// # Example
 ///
 /// ```
-/// use std::sync::Arc;
 /// use std::time::Duration;
-/// use lifecycle::{HealthChecker, HealthReporter, Result, Service, StartContext, Status};
-///
-/// struct Db;
-/// impl HealthReporter for Db {
-///     fn name(&self) -> &str { "db" }
-///     fn ready(&self) -> Result<()> { Ok(()) }
-/// }
+/// use lifecycle::health::{self, Probe, Status};
+/// use lifecycle::{HealthChecker, Service, StartContext};
 ///
 /// let checker = HealthChecker::new("1.0.0", "c0ffee");
 /// let events = checker.subscribe();
-/// let db = checker.register(Arc::new(Db))?;
+/// let db = checker.register(health::from_fn("db", || Ok(())))?;
 /// checker.start(&StartContext::background())?;
 ///
-/// // The first poll happens at once; wait for its result.
+/// // Wait for a poll of every check.
+/// let snapshot = checker.wait_for_poll(Duration::from_secs(5))?;
+/// assert!(snapshot.is_ready().is_passing());
 /// let event = events.recv_timeout(Duration::from_secs(5)).expect("first poll");
 /// assert_eq!((event.check(), event.new_status()), ("db", Status::Passing));
-/// let (ready, failing) = checker.is_ready();
-/// assert!(ready && failing.is_empty());
 ///
 /// // The service can report a change without waiting for the next poll.
-/// db.report(lifecycle::Probe::Ready, Err("connection lost".into()))?;
-/// let (ready, failing) = checker.is_ready();
-/// assert!(!ready);
-/// assert_eq!(failing["db"].to_string(), "db: ready failed: connection lost");
+/// db.report(Probe::Ready, Err("connection lost".into()))?;
+/// let ready = checker.snapshot().is_ready();
+/// assert!(!ready.is_passing());
+/// assert_eq!(ready.failure("db").unwrap().to_string(), "db: ready failed: connection lost");
 ///
 /// checker.close()?;
 /// # Ok::<(), lifecycle::Error>(())
@@ -175,7 +173,7 @@ pub struct HealthChecker {
     stop: StopSignal,
     results: Receiver<PollResult>,
     wake: Receiver<()>,
-    poller: Mutex<Option<Joinable>>,
+    poller: Mutex<Option<Thread<()>>>,
 }
 
 impl HealthChecker {
@@ -199,41 +197,36 @@ impl HealthChecker {
         }
     }
 
-    /// The program version given at creation.
-    pub fn version(&self) -> &str {
-        &self.shared.version
-    }
-
-    /// The program's git sha given at creation.
-    pub fn sha(&self) -> &str {
-        &self.shared.sha
-    }
-
     /// Registers `reporter` with the default [`CheckOptions`]; see
     /// [`register_with`](HealthChecker::register_with).
     ///
     /// # Errors
     ///
     /// As [`register_with`](HealthChecker::register_with).
-    pub fn register(&self, reporter: Arc<dyn HealthReporter>) -> Result<Reporter> {
+    pub fn register(&self, reporter: impl HealthReporter + 'static) -> Result<Reporter> {
         self.register_with(reporter, CheckOptions::new())
     }
 
-    /// Registers `reporter` as the check named by its [`name`](HealthReporter::name), and spawns
-    /// its worker thread. If the checker is running, the check is polled at once.
+    /// Registers `reporter` (a service, shared or not, or a check from
+    /// [`health::from_fn`](crate::health::from_fn)) as the check named by its
+    /// [`name`](HealthReporter::name), and spawns its worker thread. If the checker is running,
+    /// the check is polled at once.
     ///
     /// Returns a [`Reporter`] with which the check's service can push changes between polls.
     ///
     /// # Errors
     ///
+    /// - [`ErrorKind::InvalidInput`] if the name is empty or holds control characters.
     /// - [`ErrorKind::DuplicateName`] if a check of that name is registered.
-    /// - [`ErrorKind::AlreadyStopped`] if the checker was closed.
+    /// - [`ErrorKind::AlreadyClosed`] if the checker was closed.
     /// - The I/O error if the worker thread cannot be spawned.
     pub fn register_with(
         &self,
-        reporter: Arc<dyn HealthReporter>,
+        reporter: impl HealthReporter + 'static,
         options: CheckOptions,
     ) -> Result<Reporter> {
+        let reporter: Arc<dyn HealthReporter> = Arc::new(reporter);
+        check_name(reporter.name())?;
         let name: Arc<str> = reporter.name().into();
         let config = &self.shared.config;
         let timeout = options.timeout.unwrap_or(config.timeout);
@@ -245,7 +238,7 @@ impl HealthChecker {
             let mut reg = self.shared.registry.lock();
             if reg.closed {
                 return Err(Error::state(
-                    ErrorKind::AlreadyStopped,
+                    ErrorKind::AlreadyClosed,
                     CHECKER_NAME,
                     Phase::Run,
                     self.sm.state(),
@@ -259,6 +252,7 @@ impl HealthChecker {
                 .map_err(|e| Error::from(e).in_service(&name, Phase::Start))?;
             let group = options.group.map(Arc::from);
             let data = CheckData::new(Arc::clone(&name), options.informational, group, stale_after);
+            let quiet = options.quiet;
             let entry = Entry {
                 id,
                 data: Arc::new(data),
@@ -268,6 +262,7 @@ impl HealthChecker {
                 call: None,
                 next_due: Instant::now(),
                 pushed_at: [None, None],
+                quiet,
             };
             reg.checks.insert(Arc::clone(&name), entry);
             self.shared.commit(&mut reg)
@@ -286,8 +281,8 @@ impl HealthChecker {
     ///
     /// Its worker thread is joined, waiting at most the check's timeout for a call in progress.
     /// A worker whose call is stuck, or does not return in that time, is not waited for: it is
-    /// left to end when the call returns (counted by [`stuck_calls`](HealthChecker::stuck_calls)
-    /// until its thread ends, and joined by the poller or at close).
+    /// left to end when the call returns (counted by [`Snapshot::stuck_calls`] until its thread
+    /// ends, and joined by the poller or at close).
     ///
     /// # Errors
     ///
@@ -341,18 +336,6 @@ impl HealthChecker {
         Ok(())
     }
 
-    /// Pushes a status for one probe of the check `name` at once, without waiting for the next
-    /// poll (an *active* report). It takes effect immediately, whatever the check's failure
-    /// threshold, emits an event if the status changes, and lasts until the next poll of the
-    /// check says otherwise.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::NotRegistered`] if there is no check of that name.
-    pub fn report(&self, name: &str, probe: Probe, status: Result<()>) -> Result<()> {
-        self.shared.push(name, None, probe, status)
-    }
-
     /// A new subscription to every change of status of every check, from now on.
     ///
     /// The channel is bounded ([`event_capacity`](HealthCheckerBuilder::event_capacity)) and the
@@ -377,33 +360,6 @@ impl HealthChecker {
         Snapshot::new(published, self.sm.state())
     }
 
-    /// Whether every counted check is ready, with the error of each one that is not, by check
-    /// name. Answers at once, from the cache; see [`Snapshot::is_ready`].
-    pub fn is_ready(&self) -> Verdict {
-        self.snapshot().is_ready()
-    }
-
-    /// Whether every counted check is healthy, with the error of each one that is not, by check
-    /// name. Answers at once, from the cache; see [`Snapshot::is_healthy`].
-    pub fn is_healthy(&self) -> Verdict {
-        self.snapshot().is_healthy()
-    }
-
-    /// Like [`is_ready`](HealthChecker::is_ready), counting only the checks of `group`.
-    pub fn is_ready_in(&self, group: &str) -> Verdict {
-        self.snapshot().is_ready_in(group)
-    }
-
-    /// Like [`is_healthy`](HealthChecker::is_healthy), counting only the checks of `group`.
-    pub fn is_healthy_in(&self, group: &str) -> Verdict {
-        self.snapshot().is_healthy_in(group)
-    }
-
-    /// How many calls into reporters have overrun their timeout and not returned yet.
-    pub fn stuck_calls(&self) -> usize {
-        self.snapshot().stuck_calls()
-    }
-
     /// Stops polling until [`resume`](HealthChecker::resume). Calls in progress still complete
     /// and are recorded, and active reports still work. A pause longer than the staleness bound
     /// makes every check read as failing ("stale").
@@ -414,11 +370,6 @@ impl HealthChecker {
     /// Resumes polling after [`pause`](HealthChecker::pause), polling every check at once.
     pub fn resume(&self) {
         self.set_paused(false);
-    }
-
-    /// Whether polling is paused.
-    pub fn is_paused(&self) -> bool {
-        self.snapshot().is_paused()
     }
 
     fn set_paused(&self, paused: bool) {
@@ -447,6 +398,59 @@ impl HealthChecker {
         self.shared.wake();
     }
 
+    /// Polls every check now (as [`poll_now`](HealthChecker::poll_now)) and waits until each one
+    /// has a result from a poll that began after this call, or a timeout recorded since; returns
+    /// the snapshot that shows them all. A check registered meanwhile is waited for too.
+    ///
+    /// For tests, and for code that must see a change it just made: the snapshot is no older
+    /// than the call.
+    ///
+    /// # Errors
+    ///
+    /// - [`ErrorKind::TimedOut`], naming the checks not polled yet, when `timeout` passes first
+    ///   (each check's own poll timeout bounds its poll, so a timeout above it always suffices
+    ///   for a running checker).
+    /// - [`ErrorKind::NotStarted`] if the checker is not running, and [`ErrorKind::InvalidState`]
+    ///   if it is paused: no poll would come.
+    pub fn wait_for_poll(&self, timeout: Duration) -> Result<Snapshot> {
+        let asked = Instant::now();
+        let deadline = later(asked, timeout);
+        let (tx, published) = crossbeam_channel::bounded(1);
+        self.shared.registry.lock().watchers.push(tx);
+        self.poll_now();
+        loop {
+            let snapshot = self.snapshot();
+            if snapshot.checker_state() != State::Started {
+                let state = snapshot.checker_state();
+                return Err(Error::state(ErrorKind::NotStarted, CHECKER_NAME, Phase::Run, state));
+            }
+            if snapshot.is_paused() {
+                return Err(Error::invalid_state(Phase::Run, "polling is paused")
+                    .in_service(CHECKER_NAME, Phase::Run));
+            }
+            let waiting: Vec<&str> = snapshot
+                .checks()
+                .filter(|c| c.polled_since().is_none_or(|polled| polled < asked))
+                .map(|c| c.name())
+                .collect();
+            if waiting.is_empty() {
+                return Ok(snapshot);
+            }
+            match published.recv_deadline(deadline) {
+                Ok(()) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    let e = Error::msg(format!("no poll yet of {}", waiting.join(", ")));
+                    return Err(Error::timed_out_after(CHECKER_NAME, Phase::Run, timeout, e));
+                }
+                // The checker is closing: it dropped its watchers.
+                Err(RecvTimeoutError::Disconnected) => {
+                    let state = self.sm.state();
+                    return Err(Error::state(ErrorKind::NotStarted, CHECKER_NAME, Phase::Run, state));
+                }
+            }
+        }
+    }
+
     /// Ends the poller and every worker, waiting at most the close timeout in all. Idempotent.
     fn shutdown(&self) -> Result<()> {
         let deadline = later(Instant::now(), self.shared.config.close_timeout);
@@ -457,6 +461,7 @@ impl HealthChecker {
             }
             reg.closed = true;
             reg.subscribers.clear();
+            reg.watchers.clear();
             let entries = std::mem::take(&mut reg.checks);
             let orphans = std::mem::take(&mut reg.orphans);
             (entries, orphans, self.shared.commit(&mut reg))
@@ -464,11 +469,9 @@ impl HealthChecker {
         write_log(lines);
         self.stop.stop();
         let mut errors = Vec::new();
-        let poller = self.poller.lock().take();
-        if let Some(mut poller) = poller {
-            if !poller.join_until(deadline) {
-                errors.push(Error::msg("poller thread did not end in time"));
-            }
+        let mut poller = self.poller.lock().take();
+        if !join_until(&mut poller, deadline) {
+            errors.push(Error::msg("poller thread did not end in time"));
         }
         let mut workers: Vec<(Arc<str>, Worker)> = entries
             .into_values()
@@ -510,31 +513,35 @@ impl Service for HealthChecker {
     /// Spawns the poller thread (`"health checker"`), which polls every check at once and then
     /// every interval.
     fn start(&self, ctx: &StartContext) -> Result<()> {
-        self.sm.start_once(CHECKER_NAME, || {
+        self.sm.start_once(|| {
             ctx.check(CHECKER_NAME)?;
             let shared = Arc::clone(&self.shared);
             let (results, wake, stop) =
                 (self.results.clone(), self.wake.clone(), self.stop.clone());
-            let poller = Joinable::spawn(CHECKER_NAME.to_owned(), move || {
+            let poller = Thread::spawn(CHECKER_NAME.to_owned(), move || {
                 poll(&shared, &results, &wake, &stop);
             })?;
             *self.poller.lock() = Some(poller);
             Ok(())
         })
+        .map_err(|e| e.in_service(CHECKER_NAME, Phase::Start))
     }
 
     /// Stops polling and ends every thread, waiting at most the close timeout.
     ///
     /// # Errors
     ///
-    /// Besides the [`StateMachine`] errors (not started, already stopped), one error per worker
+    /// Besides the [`StateMachine`] errors (not started, already closed), one error per worker
     /// still stuck in a call when the bound passed, naming its check and the call; those threads
     /// are left to end by themselves when their calls return.
     ///
     /// Closing a checker that was never started is an error ([`ErrorKind::NotStarted`]), but it
     /// still ends the registered checks' workers: the checker cannot be used afterwards.
     fn close(&self) -> Result<()> {
-        let closed = self.sm.stop_once(CHECKER_NAME, || Ok(self.shutdown()?));
+        let closed = self
+            .sm
+            .close_once(|| Ok(self.shutdown()?))
+            .map_err(|e| e.in_service(CHECKER_NAME, Phase::Close));
         if self.sm.state() == State::Unstarted {
             if let Err(e) = self.shutdown() {
                 log::warn!("{CHECKER_NAME}: closing before a start: {e}");
@@ -556,8 +563,8 @@ impl Drop for HealthChecker {
 impl fmt::Debug for HealthChecker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HealthChecker")
-            .field("version", &self.version())
-            .field("sha", &self.sha())
+            .field("version", &self.shared.version)
+            .field("sha", &self.shared.sha)
             .field("state", &self.sm.state())
             .field("config", &self.shared.config)
             .finish()
@@ -616,7 +623,10 @@ impl Reporter {
         &self.name
     }
 
-    /// Pushes a status for `probe` of this check; see [`HealthChecker::report`].
+    /// Pushes a status for `probe` of this check at once, without waiting for the next poll (an
+    /// *active* report). It takes effect immediately, whatever the check's failure threshold,
+    /// emits an event if the status changes, and lasts until the next poll of the check says
+    /// otherwise.
     ///
     /// # Errors
     ///

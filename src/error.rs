@@ -12,7 +12,7 @@ use crate::state::State;
 /// A boxed error from user code: anything `?` can turn into an error.
 ///
 /// Closures handed to [`StateMachine::start_once`](crate::StateMachine::start_once) and
-/// [`StateMachine::stop_once`](crate::StateMachine::stop_once) return this, so `?` works on
+/// [`StateMachine::close_once`](crate::StateMachine::close_once) return this, so `?` works on
 /// any error type inside them.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
@@ -65,8 +65,7 @@ impl fmt::Display for Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
-    /// The service's own code returned an error; [`Error::source`](StdError::source) is the cause
-    /// when there is one.
+    /// The service's own code returned an error; [`Error::find`] reaches the cause's own type.
     Failed,
     /// The service's code panicked; the error carries the panic message.
     Panicked,
@@ -76,12 +75,13 @@ pub enum ErrorKind {
     Cancelled,
     /// `start` was called on a service that has already been started once.
     AlreadyStarted,
-    /// `close` was called on a service that is already stopping or stopped.
-    AlreadyStopped,
-    /// The service is not started: it cannot be stopped, and it is neither ready nor healthy.
+    /// `close` was called on a service that is already closing or closed.
+    AlreadyClosed,
+    /// The service is not started: it cannot be closed, and it is neither ready nor healthy.
     NotStarted,
-    /// The service is in a state from which the operation cannot proceed
-    /// (for example closing a service whose start failed).
+    /// The service is in a state from which the operation cannot proceed (for example closing a
+    /// service whose start failed, or a [`StateMachine`](crate::StateMachine) method called from
+    /// inside that machine's own start or close).
     InvalidState,
     /// Several errors joined into one; [`Error::errors`] gives every one of them.
     Joined,
@@ -89,7 +89,8 @@ pub enum ErrorKind {
     DuplicateName,
     /// No component of that name is registered.
     NotRegistered,
-    /// An argument was rejected (for example a metric name that Prometheus would not accept).
+    /// An argument was rejected: an empty name, a metric name that Prometheus would not accept,
+    /// a timeout out of range.
     InvalidInput,
 }
 
@@ -105,6 +106,15 @@ pub enum ErrorKind {
 /// Errors from user code enter through [`Error::other`], [`Error::msg`] or the `From`
 /// conversions; the crate adds the service name and the phase when it learns them.
 ///
+/// # Causes, `Display` and `source`
+///
+/// An error made from a cause shows the cause's message in its own (`"api: start failed: port
+/// taken"`), so [`source`](StdError::source) skips it and returns the cause's own source, as
+/// `std::io::Error` does for the error it wraps: a chain printer (anyhow, eyre) shows every
+/// message once. [`find`](Error::find) reaches the cause itself, by type, and
+/// [`has_kind`](Error::has_kind) asks about kinds: both look through joined errors, attached
+/// errors and source chains.
+///
 /// ```
 /// use lifecycle::{Error, ErrorKind, Phase};
 ///
@@ -116,6 +126,11 @@ pub enum ErrorKind {
 /// assert_eq!(both.to_string(), "api: start failed: port in use; db: close failed: flush failed");
 /// let services: Vec<_> = both.errors().map(|e| e.service().unwrap()).collect();
 /// assert_eq!(services, ["api", "db"]);
+///
+/// let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "port taken");
+/// let e = Error::join([both, Error::from(io).in_service("web", Phase::Start)]).unwrap();
+/// assert!(e.has_kind(ErrorKind::Failed));
+/// assert_eq!(e.find::<std::io::Error>().unwrap().kind(), std::io::ErrorKind::AddrInUse);
 /// ```
 #[derive(Clone)]
 pub struct Error {
@@ -135,7 +150,8 @@ enum Detail {
     None,
     Message(Cow<'static, str>),
     Source(Arc<dyn StdError + Send + Sync + 'static>),
-    Timeout(Duration),
+    /// A deadline, and the last error seen before it passed (a start's last readiness error).
+    Timeout(Duration, Option<Error>),
     State(State),
     Joined(Vec<Error>),
 }
@@ -172,6 +188,11 @@ impl Error {
     /// An error of kind [`ErrorKind::Panicked`] from the payload that
     /// [`std::panic::catch_unwind`] returned.
     pub fn panicked(service: &str, phase: Phase, payload: &(dyn Any + Send)) -> Error {
+        Error::panicked_in(phase, payload).in_service(service, phase)
+    }
+
+    /// Like [`panicked`](Error::panicked), for the caller to name.
+    pub(crate) fn panicked_in(phase: Phase, payload: &(dyn Any + Send)) -> Error {
         let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
             Cow::Borrowed(*s)
         } else if let Some(s) = payload.downcast_ref::<String>() {
@@ -179,13 +200,19 @@ impl Error {
         } else {
             Cow::Borrowed("(non-string panic payload)")
         };
-        Error::new(ErrorKind::Panicked, Detail::Message(message)).in_service(service, phase)
+        Error::new(ErrorKind::Panicked, Detail::Message(message)).in_phase(phase)
     }
 
     /// An error of kind [`ErrorKind::TimedOut`]: `phase` of `service` did not finish within
     /// `after`.
     pub fn timed_out(service: &str, phase: Phase, after: Duration) -> Error {
-        Error::new(ErrorKind::TimedOut, Detail::Timeout(after)).in_service(service, phase)
+        Error::new(ErrorKind::TimedOut, Detail::Timeout(after, None)).in_service(service, phase)
+    }
+
+    /// Like [`timed_out`](Error::timed_out), with the last error seen before the deadline (a
+    /// start's last readiness error): still of kind [`ErrorKind::TimedOut`].
+    pub(crate) fn timed_out_after(service: &str, phase: Phase, after: Duration, last: Error) -> Error {
+        Error::new(ErrorKind::TimedOut, Detail::Timeout(after, Some(last))).in_service(service, phase)
     }
 
     /// An error of kind [`ErrorKind::Cancelled`]: `phase` of `service` was cancelled.
@@ -193,35 +220,39 @@ impl Error {
         Error::new(ErrorKind::Cancelled, Detail::None).in_service(service, phase)
     }
 
-    /// An error of `kind` about `service` in `phase`, found in `state`; used by
-    /// [`StateMachine`](crate::StateMachine).
+    /// An error of `kind` about `service` in `phase`, found in `state`.
     pub(crate) fn state(kind: ErrorKind, service: &str, phase: Phase, state: State) -> Error {
-        Error::new(kind, Detail::State(state)).in_service(service, phase)
+        Error::unnamed_state(kind, phase, state).in_service(service, phase)
     }
 
     /// Like [`Error::state`] for a caller that does not know the service's name: the name is
     /// added later by whoever does (see [`Error::in_service`]).
     pub(crate) fn unnamed_state(kind: ErrorKind, phase: Phase, state: State) -> Error {
-        let mut e = Error::new(kind, Detail::State(state));
-        Arc::make_mut(&mut e.inner).phase = Some(phase);
-        e
+        Error::new(kind, Detail::State(state)).in_phase(phase)
+    }
+
+    /// An error of kind [`ErrorKind::InvalidState`] with `message`, in `phase`, for the caller to
+    /// name.
+    pub(crate) fn invalid_state(phase: Phase, message: &'static str) -> Error {
+        Error::new(ErrorKind::InvalidState, Detail::Message(Cow::Borrowed(message))).in_phase(phase)
     }
 
     /// An error of `kind` about the component `name`, outside any phase: used for registration
     /// errors ([`ErrorKind::DuplicateName`], [`ErrorKind::NotRegistered`]).
     pub(crate) fn registration(kind: ErrorKind, name: &str) -> Error {
-        let mut e = Error::new(kind, Detail::None);
-        Arc::make_mut(&mut e.inner).service = Some(Cow::Owned(name.to_owned()));
-        e
+        Error::new(kind, Detail::None).named(name)
     }
 
     /// An error of kind [`ErrorKind::InvalidInput`] about the component `name`, outside any phase.
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) fn invalid_input(name: &str, message: impl Into<Cow<'static, str>>) -> Error {
-        let mut e = Error::new(ErrorKind::InvalidInput, Detail::Message(message.into()));
-        Arc::make_mut(&mut e.inner).service = Some(Cow::Owned(name.to_owned()));
-        e
+        Error::new(ErrorKind::InvalidInput, Detail::Message(message.into())).named(name)
     }
+
+    fn named(mut self, name: &str) -> Error {
+        Arc::make_mut(&mut self.inner).service = Some(Cow::Owned(name.to_owned()));
+        self
+    }
+
 
     /// Joins errors into one, keeping every cause in order.
     ///
@@ -247,21 +278,28 @@ impl Error {
     ///
     /// The parts of a joined error keep their own names; the ones that have none get these.
     #[must_use]
-    pub fn in_service(mut self, service: &str, phase: Phase) -> Error {
-        let needs = |i: &Inner| i.service.is_none() || i.phase.is_none();
+    pub fn in_service(self, service: &str, phase: Phase) -> Error {
+        self.fill(Some(service), phase)
+    }
+
+    /// Names the phase this error comes from, unless it names one already, for the caller to
+    /// name the service.
+    pub(crate) fn in_phase(self, phase: Phase) -> Error {
+        self.fill(None, phase)
+    }
+
+    fn fill(mut self, service: Option<&str>, phase: Phase) -> Error {
+        let needs = |i: &Inner| (service.is_some() && i.service.is_none()) || i.phase.is_none();
         if let Detail::Joined(parts) = &self.inner.detail {
             if parts.iter().any(|p| needs(&p.inner)) {
-                let parts = parts
-                    .iter()
-                    .map(|p| p.clone().in_service(service, phase))
-                    .collect();
+                let parts = parts.iter().map(|p| p.clone().fill(service, phase)).collect();
                 return Error::new(ErrorKind::Joined, Detail::Joined(parts));
             }
             return self;
         }
         if needs(&self.inner) {
             let inner = Arc::make_mut(&mut self.inner);
-            if inner.service.is_none() {
+            if let (None, Some(service)) = (&inner.service, service) {
                 inner.service = Some(Cow::Owned(service.to_owned()));
             }
             if inner.phase.is_none() {
@@ -271,7 +309,8 @@ impl Error {
         self
     }
 
-    /// What kind of error this is.
+    /// What kind of error this is. A joined error is of kind [`ErrorKind::Joined`]: ask
+    /// [`has_kind`](Error::has_kind) about its parts.
     pub fn kind(&self) -> ErrorKind {
         self.inner.kind
     }
@@ -286,14 +325,84 @@ impl Error {
         self.inner.phase
     }
 
-    /// Whether this is a [`ErrorKind::TimedOut`] error.
-    pub fn is_timeout(&self) -> bool {
-        self.kind() == ErrorKind::TimedOut
+    /// Whether this error, or any error it holds, is of `kind`: it looks through the parts of a
+    /// joined error, the error attached to a timeout, and the source chain of a cause (for a
+    /// `lifecycle::Error` in it).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lifecycle::{Error, ErrorKind, Phase};
+    ///
+    /// let timeout = Error::timed_out("db", Phase::Start, Duration::from_secs(1));
+    /// let both = Error::join([Error::msg("other"), timeout]).unwrap();
+    /// assert_eq!(both.kind(), ErrorKind::Joined);
+    /// assert!(both.has_kind(ErrorKind::TimedOut) && both.is_timeout());
+    /// assert!(!both.has_kind(ErrorKind::Panicked));
+    /// ```
+    pub fn has_kind(&self, kind: ErrorKind) -> bool {
+        self.any(&mut |e| e.kind() == kind)
     }
 
-    /// Whether this is a [`ErrorKind::Panicked`] error.
+    /// The first error of type `E` this error holds: itself, its cause or anything in the
+    /// cause's source chain, the error attached to a timeout, or any part of a joined error,
+    /// in that order.
+    pub fn find<E: StdError + 'static>(&self) -> Option<&E> {
+        if let Some(e) = (self as &(dyn StdError + 'static)).downcast_ref::<E>() {
+            return Some(e);
+        }
+        match &self.inner.detail {
+            Detail::Source(source) => {
+                let mut next: Option<&(dyn StdError + 'static)> = Some(&**source);
+                while let Some(e) = next {
+                    if let Some(found) = e.downcast_ref::<E>() {
+                        return Some(found);
+                    }
+                    if let Some(found) = e.downcast_ref::<Error>().and_then(Error::find::<E>) {
+                        return Some(found);
+                    }
+                    next = e.source();
+                }
+                None
+            }
+            Detail::Timeout(_, Some(last)) => last.find(),
+            Detail::Joined(parts) => parts.iter().find_map(Error::find),
+            _ => None,
+        }
+    }
+
+    /// Whether `f` holds for this error or any `lifecycle::Error` it holds (see
+    /// [`has_kind`](Error::has_kind)).
+    fn any(&self, f: &mut dyn FnMut(&Error) -> bool) -> bool {
+        if f(self) {
+            return true;
+        }
+        match &self.inner.detail {
+            Detail::Source(source) => {
+                let mut next: Option<&(dyn StdError + 'static)> = Some(&**source);
+                while let Some(e) = next {
+                    if e.downcast_ref::<Error>().is_some_and(|own| own.any(f)) {
+                        return true;
+                    }
+                    next = e.source();
+                }
+                false
+            }
+            Detail::Timeout(_, Some(last)) => last.any(f),
+            Detail::Joined(parts) => parts.iter().any(|p| p.any(f)),
+            _ => false,
+        }
+    }
+
+    /// Whether this is, or holds, an error of kind [`ErrorKind::TimedOut`]
+    /// (see [`has_kind`](Error::has_kind)).
+    pub fn is_timeout(&self) -> bool {
+        self.has_kind(ErrorKind::TimedOut)
+    }
+
+    /// Whether this is, or holds, an error of kind [`ErrorKind::Panicked`]
+    /// (see [`has_kind`](Error::has_kind)).
     pub fn is_panic(&self) -> bool {
-        self.kind() == ErrorKind::Panicked
+        self.has_kind(ErrorKind::Panicked)
     }
 
     /// Every error this one holds: the parts of a joined error, in order, or this error alone.
@@ -304,9 +413,10 @@ impl Error {
         }
     }
 
-    fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    /// Writes the error; `named` says whether to begin with the service's name.
+    fn describe(&self, f: &mut fmt::Formatter<'_>, named: bool) -> fmt::Result {
         let i = &*self.inner;
-        if let Some(service) = &i.service {
+        if let (true, Some(service)) = (named, &i.service) {
             write!(f, "{service}: ")?;
         }
         let phase = i.phase.map_or("", Phase::as_str);
@@ -317,23 +427,33 @@ impl Error {
             (ErrorKind::Failed, Detail::Source(s)) if phase.is_empty() => write!(f, "{s}"),
             (ErrorKind::Failed, Detail::Source(s)) => write!(f, "{phase} failed: {s}"),
             (ErrorKind::Panicked, Detail::Message(m)) => write!(f, "panicked in {phase}: {m}"),
-            (ErrorKind::TimedOut, Detail::Timeout(d)) => {
-                write!(f, "{phase}{sep}timed out after {d:?}")
+            (ErrorKind::TimedOut, Detail::Timeout(d, last)) => {
+                write!(f, "{phase}{sep}timed out after {d:?}")?;
+                match last {
+                    // The attached error is about the same service: not named again.
+                    Some(last) if last.service() == i.service.as_deref() => {
+                        f.write_str(", last error: ")?;
+                        last.describe(f, false)
+                    }
+                    Some(last) => write!(f, ", last error: {last}"),
+                    None => Ok(()),
+                }
             }
             (ErrorKind::Cancelled, _) => write!(f, "{phase}{sep}cancelled"),
             (ErrorKind::AlreadyStarted, Detail::State(s)) => {
                 write!(f, "already started once (state: {s})")
             }
-            (ErrorKind::AlreadyStopped, Detail::State(s)) => {
-                write!(f, "already stopped (state: {s})")
+            (ErrorKind::AlreadyClosed, Detail::State(s)) => {
+                write!(f, "already closed (state: {s})")
             }
             (ErrorKind::NotStarted, Detail::State(s)) if i.phase == Some(Phase::Close) => {
-                write!(f, "cannot stop unstarted service (state: {s})")
+                write!(f, "cannot close a service that was never started (state: {s})")
             }
             (ErrorKind::NotStarted, Detail::State(s)) => write!(f, "not started (state: {s})"),
             (ErrorKind::InvalidState, Detail::State(s)) => {
                 write!(f, "cannot {phase} in state {s}")
             }
+            (ErrorKind::InvalidState, Detail::Message(m)) => write!(f, "cannot {phase}: {m}"),
             (ErrorKind::DuplicateName, _) => f.write_str("already registered"),
             (ErrorKind::NotRegistered, _) => f.write_str("not registered"),
             (_, Detail::Message(m)) => f.write_str(m),
@@ -352,11 +472,11 @@ impl fmt::Display for Error {
                     if n > 0 {
                         f.write_str(if f.alternate() { "\n" } else { "; " })?;
                     }
-                    part.describe(f)?;
+                    part.describe(f, true)?;
                 }
                 Ok(())
             }
-            _ => self.describe(f),
+            _ => self.describe(f, true),
         }
     }
 }
@@ -380,9 +500,13 @@ impl fmt::Debug for Error {
 }
 
 impl StdError for Error {
+    /// The source of this error's cause, never the cause itself, whose message this error's
+    /// `Display` already shows (see [`Error`]); `None` for a joined error, whose parts
+    /// [`errors`](Error::errors) gives.
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match &self.inner.detail {
-            Detail::Source(s) => Some(&**s as &(dyn StdError + 'static)),
+            Detail::Source(s) => s.source(),
+            Detail::Timeout(_, Some(last)) => last.source(),
             _ => None,
         }
     }
@@ -414,16 +538,34 @@ impl From<String> for Error {
 
 /// Turns the outcome of `catch_unwind` around a service call into a `Result` that names the
 /// service and phase, whatever happened.
-pub(crate) fn flatten_call(
+pub(crate) fn flatten_call<T>(
     service: &str,
     phase: Phase,
-    outcome: std::thread::Result<Result<()>>,
-) -> Result<()> {
+    outcome: std::thread::Result<Result<T>>,
+) -> Result<T> {
     match outcome {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(e.in_service(service, phase)),
         Err(payload) => Err(Error::panicked(service, phase, &*payload)),
     }
+}
+
+/// Checks a name given to the runner, a [`MultiStart`](crate::MultiStart) or the health
+/// checker: it must not be empty, nor hold control characters (it is written in log lines,
+/// probe answers and metric labels).
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidInput`], saying why.
+pub(crate) fn check_name(name: &str) -> Result<()> {
+    let why = if name.is_empty() {
+        "a name must not be empty"
+    } else if name.chars().any(char::is_control) {
+        "a name must not hold control characters"
+    } else {
+        return Ok(());
+    };
+    Err(Error::new(ErrorKind::InvalidInput, Detail::Message(Cow::Owned(format!("invalid name {name:?}: {why}")))))
 }
 
 #[cfg(test)]
@@ -463,7 +605,7 @@ mod tests {
     }
 
     #[test]
-    fn other_does_not_rewrap_own_errors_and_keeps_source() {
+    fn other_does_not_rewrap_own_errors_and_shows_the_cause_once() {
         let own = Error::msg("m").in_service("s", Phase::Start);
         let back = Error::other(BoxError::from(own.clone()));
         assert_eq!(back.to_string(), own.to_string());
@@ -471,8 +613,21 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "port taken");
         let e = Error::from(io).in_service("api", Phase::Start);
         assert_eq!(e.to_string(), "api: start failed: port taken");
-        let src = e.source().expect("keeps its source");
-        assert!(src.downcast_ref::<std::io::Error>().is_some());
+        // The cause's message is in Display, so source() does not return the cause again.
+        assert!(e.source().is_none());
+        assert!(e.find::<std::io::Error>().is_some());
+    }
+
+    #[test]
+    fn a_timeout_with_its_last_error_is_a_timeout() {
+        let last = Error::msg("warming up").in_service("api", Phase::Ready);
+        let t = Error::timed_out_after("api", Phase::Start, Duration::from_secs(2), last);
+        assert_eq!(t.kind(), ErrorKind::TimedOut);
+        assert_eq!(
+            t.to_string(),
+            "api: start timed out after 2s, last error: ready failed: warming up"
+        );
+        assert!(t.has_kind(ErrorKind::Failed), "the attached error is searched too");
     }
 
     #[test]
@@ -497,6 +652,15 @@ mod tests {
         assert_eq!(dup.phase(), None);
         let missing = Error::registration(ErrorKind::NotRegistered, "cache");
         assert_eq!(missing.to_string(), "cache: not registered");
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("db.pool").is_ok());
+        let empty = check_name("").unwrap_err();
+        assert_eq!(empty.kind(), ErrorKind::InvalidInput);
+        assert_eq!(empty.to_string(), "invalid name \"\": a name must not be empty");
+        assert!(check_name("a\nb").is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use crate::error::Error;
 
 /// How many errors an [`ErrorBuffer`] keeps unless told otherwise.
-pub const DEFAULT_ERROR_BUFFER_CAP: usize = 50;
+const DEFAULT_ERROR_BUFFER_CAP: usize = 50;
 
 /// Keeps the most recent errors of a service so that it can report them through its health and
 /// then forget them.
@@ -39,7 +39,7 @@ struct Buffer {
 }
 
 impl ErrorBuffer {
-    /// An empty buffer that keeps [`DEFAULT_ERROR_BUFFER_CAP`] errors.
+    /// An empty buffer that keeps the 50 most recent errors.
     pub fn new() -> ErrorBuffer {
         ErrorBuffer::with_cap(DEFAULT_ERROR_BUFFER_CAP)
     }

@@ -95,33 +95,31 @@ mod checker;
 mod endpoint;
 mod error;
 mod error_buffer;
+pub mod health;
 mod http;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 mod multi;
 mod runner;
 mod service;
-mod signals;
 mod state;
 mod stop;
+pub mod testing;
+mod thread;
+mod worker;
 
-pub use crate::checker::{
-    CheckOptions, CheckStatus, HealthChecker, HealthCheckerBuilder, HealthEvent, Probe,
-    ProbeStatus, Reporter, Snapshot, Status, Verdict, DEFAULT_CLOSE_TIMEOUT,
-    DEFAULT_EVENT_CAPACITY, DEFAULT_INTERVAL, DEFAULT_TIMEOUT,
-};
-pub use crate::endpoint::{EndpointOptions, HealthEndpoint};
+pub use crate::checker::HealthChecker;
+pub use crate::endpoint::HealthEndpoint;
 pub use crate::error::{BoxError, Error, ErrorKind, Phase, Result};
-pub use crate::error_buffer::{ErrorBuffer, DEFAULT_ERROR_BUFFER_CAP};
+pub use crate::error_buffer::ErrorBuffer;
 pub use crate::multi::{close_all, MultiStart};
 pub use crate::runner::{
     RunHandle, RunPhase, RunReport, Runner, ServiceOptions, ServiceReport, ShutdownCause,
-    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_START_TIMEOUT, DEFAULT_STOP_TIMEOUT,
 };
 pub use crate::service::{HealthReport, HealthReporter, Service};
-pub use crate::signals::SECOND_SIGNAL_EXIT_CODE;
 pub use crate::state::{State, StateMachine};
 pub use crate::stop::{StartContext, StopSignal};
+pub use crate::worker::Worker;
 
 /// The README's examples, compiled and run as doc tests so they cannot go stale.
 #[cfg(doctest)]

@@ -14,7 +14,7 @@
 //!   | --- | --- | --- |
 //!   | `lifecycle_service_state` | `service`, `state` | 1 for each service's current [`State`](crate::State), 0 for the others |
 //!   | `lifecycle_service_start_duration_seconds` | `service` | from the call to start until ready |
-//!   | `lifecycle_service_stop_duration_seconds` | `service` | how long its close took |
+//!   | `lifecycle_service_close_duration_seconds` | `service` | how long its close took |
 //!   | `lifecycle_health_status` | `probe` | 1 if the process passes `ready` / `health` overall |
 //!   | `lifecycle_health_check_status` | `check`, `probe` | 1 if the check passes the probe |
 //!   | `lifecycle_health_check_consecutive_failures` | `check`, `probe` | failures in a row |
@@ -26,8 +26,9 @@
 //!   | `lifecycle_metrics_producer_failures_total` | `producer`, `reason` | see below |
 //!   | `lifecycle_metrics_producer_duration_seconds` | `producer` | its latest completed call |
 //!
-//!   State label values are `unstarted`, `starting`, `started`, `start_failed`, `stopping`,
-//!   `stopped` and `stop_failed`. Restart counts will come with supervision.
+//!   State label values are `unstarted`, `starting`, `started`, `start_failed`, `closing`,
+//!   `closed` and `close_failed`. These names and labels are a contract: they change only with
+//!   a note in the changelog.
 //! - **the program's metrics**, registered in the same `prometheus-client`
 //!   [`Registry`] with [`register`](Metrics::register) or
 //!   [`with_registry`](Metrics::with_registry): counters, gauges, histograms, families, collectors.
@@ -75,18 +76,15 @@
 mod builtin;
 mod expose;
 mod producer;
+mod scraper;
 mod services;
 
 use std::collections::HashSet;
 use std::fmt;
-use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
 pub use prometheus_client;
 use prometheus_client::collector::Collector;
@@ -99,6 +97,7 @@ use crate::error::{Error, ErrorKind, Result};
 
 pub use self::expose::Format;
 pub use self::producer::Samples;
+pub(crate) use self::scraper::{Job, Outcome, Scraper};
 pub(crate) use self::services::ServiceTable;
 
 use self::builtin::Builtin;
@@ -381,6 +380,12 @@ impl Metrics {
     pub(crate) fn watch_services(&self, table: Arc<ServiceTable>) {
         *self.inner.services.write() = Some(table);
     }
+
+    /// The longest bound of the producers: what a scrape waits for them at most.
+    pub(crate) fn longest_producer_bound(&self) -> Duration {
+        let producers = self.inner.producers.read();
+        producers.iter().map(|p| p.timeout).max().unwrap_or_default()
+    }
 }
 
 impl fmt::Debug for Metrics {
@@ -448,124 +453,6 @@ impl Collector for Scrape {
             Scrape::Builtin(b) => b.encode(&mut encoder),
             Scrape::Produced(all) => all.iter().try_for_each(|s| s.encode(&mut encoder)),
         }
-    }
-}
-
-/// Scrapes for the endpoint on a thread of its own (`health metrics`), so that its event loops
-/// never wait for producers. Dropping it refuses the queued scrapes and joins the thread once the
-/// scrape in progress is done, waiting at most the producers' longest bound and a margin: a
-/// scrape stuck beyond that (in a collector of the registry, say) is abandoned, with a warning.
-pub(crate) struct Scraper {
-    jobs: Option<Sender<Job>>,
-    stopping: Arc<AtomicBool>,
-    metrics: Metrics,
-    thread: Option<JoinHandle<()>>,
-    /// Disconnected when the thread has ended (its sending side is dropped last).
-    ended: Receiver<()>,
-}
-
-/// What became of a scrape.
-pub(crate) enum Outcome {
-    /// The encoded metrics.
-    Body(String),
-    /// Refused: too many scrapes queued, or the endpoint is closing.
-    Busy,
-    /// The scrape panicked (in a metric or collector of the program's).
-    Failed,
-}
-
-/// One scrape to run, and where its outcome goes.
-pub(crate) struct Job {
-    pub(crate) format: Format,
-    pub(crate) reply: Box<dyn FnOnce(Outcome) + Send>,
-}
-
-/// Scrapes queued beyond the one in progress; more are refused.
-const QUEUED_SCRAPES: usize = 4;
-
-/// What closing waits for a scrape in progress beyond the producers' longest bound.
-const SCRAPE_MARGIN: Duration = Duration::from_secs(5);
-
-impl Scraper {
-    pub(crate) fn spawn(metrics: Metrics) -> io::Result<Scraper> {
-        let (jobs, incoming) = crossbeam_channel::bounded::<Job>(QUEUED_SCRAPES);
-        let (guard, ended) = crossbeam_channel::bounded::<()>(0);
-        let stopping = Arc::new(AtomicBool::new(false));
-        let stop = Arc::clone(&stopping);
-        let scraped = metrics.clone();
-        let thread = std::thread::Builder::new()
-            .name("health metrics".to_owned())
-            .spawn(move || {
-                // Declared first, dropped last.
-                let _guard = guard;
-                for job in incoming.iter() {
-                    if stop.load(Ordering::Acquire) {
-                        (job.reply)(Outcome::Busy);
-                        continue;
-                    }
-                    let encoded = catch_unwind(AssertUnwindSafe(|| scraped.encode(job.format)));
-                    (job.reply)(match encoded {
-                        Ok(body) => Outcome::Body(body),
-                        Err(_) => {
-                            log::error!("metrics: a scrape panicked");
-                            Outcome::Failed
-                        }
-                    });
-                }
-            })?;
-        Ok(Scraper {
-            jobs: Some(jobs),
-            stopping,
-            metrics,
-            thread: Some(thread),
-            ended,
-        })
-    }
-
-    /// Queues a scrape; gives the job back if too many are queued.
-    pub(crate) fn submit(&self, job: Job) -> std::result::Result<(), Job> {
-        match &self.jobs {
-            Some(jobs) => jobs.try_send(job).map_err(|e| match e {
-                TrySendError::Full(job) | TrySendError::Disconnected(job) => job,
-            }),
-            None => Err(job),
-        }
-    }
-}
-
-impl Drop for Scraper {
-    fn drop(&mut self) {
-        self.stopping.store(true, Ordering::Release);
-        drop(self.jobs.take());
-        let longest = self
-            .metrics
-            .inner
-            .producers
-            .read()
-            .iter()
-            .map(|p| p.timeout)
-            .max()
-            .unwrap_or_default();
-        let Some(thread) = self.thread.take() else {
-            return;
-        };
-        match self.ended.recv_timeout(longest + SCRAPE_MARGIN) {
-            Err(RecvTimeoutError::Disconnected) => {
-                if thread.join().is_err() {
-                    log::warn!("thread \"health metrics\" panicked");
-                }
-            }
-            _ => log::warn!(
-                "thread \"health metrics\" is still in a scrape after {:?}; abandoning it",
-                longest + SCRAPE_MARGIN
-            ),
-        }
-    }
-}
-
-impl fmt::Debug for Scraper {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Scraper").finish_non_exhaustive()
     }
 }
 

@@ -1,11 +1,14 @@
 //! Starting services in order with rollback ([`MultiStart`]), and closing many at once
 //! ([`close_all`]).
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::error::{Error, Phase, Result};
+use parking_lot::Mutex;
+
+use crate::error::{check_name, Error, ErrorKind, Phase, Result};
 use crate::service::{close_guarded, start_guarded, Service};
 use crate::stop::StartContext;
 
@@ -14,33 +17,29 @@ use crate::stop::StartContext;
 ///
 /// The services it started are closed, in reverse order, by [`close`](MultiStart::close),
 /// [`close_because`](MultiStart::close_because), or when the `MultiStart` is dropped: a test that
-/// panics halfway leaves nothing running.
+/// panics halfway leaves nothing running. Every method takes `&self`, so a parent service can
+/// own its sub-services in a `MultiStart` field without a lock of its own.
+///
+/// A close waits for each service's `close` to return, without a bound of its own: services
+/// bound their own closes, and the [`Runner`](crate::Runner) bounds each with its close
+/// timeout.
 ///
 /// ```
-/// use std::sync::Arc;
-/// use lifecycle::{HealthReporter, MultiStart, Result, Service, StartContext, StateMachine};
+/// use std::time::Duration;
+/// use lifecycle::{HealthReporter, MultiStart, StartContext, Worker};
 ///
-/// struct Pool { sm: StateMachine }
-/// impl HealthReporter for Pool {
-///     fn name(&self) -> &str { "pool" }
-///     fn ready(&self) -> Result<()> { self.sm.ready() }
-/// }
-/// impl Service for Pool {
-///     fn start(&self, _: &StartContext) -> Result<()> { self.sm.start_once("pool", || Ok(())) }
-///     fn close(&self) -> Result<()> { self.sm.stop_once("pool", || Ok(())) }
-/// }
-///
-/// let pool = Arc::new(Pool { sm: StateMachine::new() });
-/// let mut ms = MultiStart::new();
-/// ms.start(&StartContext::background(), [pool.clone() as Arc<dyn Service>])?;
+/// let pool = std::sync::Arc::new(Worker::new("pool", |stop| Ok(stop.wait())));
+/// let services = MultiStart::new();
+/// services.start(&StartContext::background(), [pool.clone()])?;
 /// assert!(pool.ready().is_ok());
-/// ms.close()?;
+/// services.close()?;
 /// assert!(pool.ready().is_err());
 /// # Ok::<(), lifecycle::Error>(())
 /// ```
 #[derive(Default)]
 pub struct MultiStart {
-    started: Vec<Arc<dyn Service>>,
+    /// Held only to push or pop, never across a start or a close.
+    started: Mutex<Vec<Arc<dyn Service>>>,
 }
 
 impl MultiStart {
@@ -50,44 +49,30 @@ impl MultiStart {
     }
 
     /// Starts `services` in order and returns the `MultiStart` that holds them: a guard that
-    /// closes them all, in reverse, when it is dropped, also when a test panics halfway.
-    ///
-    /// This is the helper for tests that need several services up at once.
+    /// closes them all, in reverse, when it is dropped, also when a test panics halfway. (The
+    /// [`testing`](crate::testing) module's harness also waits for readiness and watches
+    /// health.)
     ///
     /// # Errors
     ///
     /// As [`start`](MultiStart::start): if one fails, the started ones are closed again first.
-    ///
-    /// ```
-    /// use std::sync::Arc;
-    /// use lifecycle::{MultiStart, Service};
-    /// # use lifecycle::{HealthReporter, Result, StartContext, StateMachine};
-    /// # #[derive(Default)] struct Db(StateMachine);
-    /// # impl HealthReporter for Db { fn name(&self) -> &str { "db" } fn ready(&self) -> Result<()> { self.0.ready() } }
-    /// # impl Service for Db {
-    /// #     fn start(&self, _: &StartContext) -> Result<()> { self.0.start_once("db", || Ok(())) }
-    /// #     fn close(&self) -> Result<()> { self.0.stop_once("db", || Ok(())) }
-    /// # }
-    ///
-    /// let db = Arc::new(Db::default());
-    /// {
-    ///     let _services = MultiStart::start_all([db.clone() as Arc<dyn Service>])?;
-    ///     assert!(db.ready().is_ok());
-    ///     // ... the test body; a panic here still closes everything ...
-    /// }
-    /// assert!(db.ready().is_err()); // closed when the guard dropped
-    /// # Ok::<(), lifecycle::Error>(())
-    /// ```
-    pub fn start_all<I>(services: I) -> Result<MultiStart>
+    pub fn start_all<I, S>(services: I) -> Result<MultiStart>
     where
-        I: IntoIterator<Item = Arc<dyn Service>>,
+        I: IntoIterator<Item = S>,
+        S: Service + 'static,
     {
-        let mut started = MultiStart::new();
+        let started = MultiStart::new();
         started.start(&StartContext::background(), services)?;
         Ok(started)
     }
 
     /// Starts `services` one after another, each only after the previous one's start returned.
+    ///
+    /// Services are taken as they are or shared (`Arc<MyService>`, `Arc<dyn Service>`). Their
+    /// names are checked first: an empty name, one with control characters, or one that this
+    /// `MultiStart` already holds (or that comes twice) refuses the whole call before anything
+    /// starts, as the [`Runner`](crate::Runner) does; services started by earlier calls stay
+    /// started.
     ///
     /// Before each start it checks `ctx`: once `ctx` is cancelled no further service starts.
     /// If a service fails to start (an error, a panic, or a cancelled context), every service this
@@ -97,12 +82,24 @@ impl MultiStart {
     ///
     /// # Errors
     ///
-    /// The start failure, joined with every error from the rollback's closes, in the order they
-    /// happened; each names its service and phase.
-    pub fn start<I>(&mut self, ctx: &StartContext, services: I) -> Result<()>
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) or
+    /// [`ErrorKind::DuplicateName`](crate::ErrorKind::DuplicateName) for a name refused as above.
+    /// Otherwise the start failure, joined with every error from the rollback's closes, in the
+    /// order they happened; each names its service and phase.
+    pub fn start<I, S>(&self, ctx: &StartContext, services: I) -> Result<()>
     where
-        I: IntoIterator<Item = Arc<dyn Service>>,
+        I: IntoIterator<Item = S>,
+        S: Service + 'static,
     {
+        let services: Vec<Arc<dyn Service>> = services
+            .into_iter()
+            .map(|s| Arc::new(s) as Arc<dyn Service>)
+            .collect();
+        {
+            let started = self.started.lock();
+            let held = started.iter().map(|s| s.name());
+            check_names(held, services.iter().map(|s| s.name()))?;
+        }
         // The clock is read only when the debug log would show the duration: it costs about as
         // much as starting a trivial service (see BENCHMARKS.md).
         let timed = log::log_enabled!(log::Level::Debug);
@@ -115,7 +112,7 @@ impl MultiStart {
                     if let Some(began) = began {
                         log::debug!("{name}: started in {:?}", began.elapsed());
                     }
-                    self.started.push(service);
+                    self.started.lock().push(service);
                 }
                 Err(failure) => {
                     log::debug!("{name}: failed to start: {failure}; rolling back");
@@ -132,10 +129,14 @@ impl MultiStart {
     /// # Errors
     ///
     /// Every close error, joined, in the order of closing.
-    pub fn close(&mut self) -> Result<()> {
+    pub fn close(&self) -> Result<()> {
         let mut errors = Vec::new();
         let timed = log::log_enabled!(log::Level::Debug);
-        while let Some(service) = self.started.pop() {
+        loop {
+            // Popped one at a time: the lock is never held across a close.
+            let Some(service) = self.started.lock().pop() else {
+                break;
+            };
             let began = timed.then(Instant::now);
             match close_guarded(&*service) {
                 Ok(()) => {
@@ -151,31 +152,51 @@ impl MultiStart {
 
     /// Like [`close`](MultiStart::close), for when closing because of `reason`: returns `reason`
     /// joined with any close errors.
-    pub fn close_because(&mut self, reason: Error) -> Error {
+    pub fn close_because(&self, reason: Error) -> Error {
         match self.close() {
             Ok(()) => reason,
             Err(close) => Error::join([reason, close]).expect("two errors"),
         }
     }
 
-    /// The services started and not yet closed, in start order.
-    pub fn started(&self) -> &[Arc<dyn Service>] {
-        &self.started
+    /// The names of the services started and not yet closed, in start order.
+    pub fn names(&self) -> Vec<String> {
+        self.started
+            .lock()
+            .iter()
+            .map(|s| s.name().to_owned())
+            .collect()
     }
 
     /// Takes the started services out, in start order; this `MultiStart` no longer closes them.
     ///
     /// For handing them to another owner, such as [`close_all`].
-    pub fn release(&mut self) -> Vec<Arc<dyn Service>> {
-        std::mem::take(&mut self.started)
+    pub fn release(&self) -> Vec<Arc<dyn Service>> {
+        std::mem::take(&mut *self.started.lock())
     }
+}
+
+/// Refuses a batch of names, before anything starts, if one is invalid, already `held`, or
+/// given twice.
+pub(crate) fn check_names<'a>(
+    held: impl IntoIterator<Item = &'a str>,
+    batch: impl IntoIterator<Item = &'a str>,
+) -> Result<()> {
+    let mut seen: HashSet<&str> = held.into_iter().collect();
+    for name in batch {
+        check_name(name)?;
+        if !seen.insert(name) {
+            return Err(Error::registration(ErrorKind::DuplicateName, name));
+        }
+    }
+    Ok(())
 }
 
 impl Drop for MultiStart {
     /// Closes whatever is still started, in reverse order, logging (at warn level) any error.
     /// Never panics.
     fn drop(&mut self) {
-        if self.started.is_empty() {
+        if self.started.get_mut().is_empty() {
             return;
         }
         if let Err(e) = self.close() {
@@ -187,38 +208,27 @@ impl Drop for MultiStart {
 impl fmt::Debug for MultiStart {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MultiStart")
-            .field(
-                "started",
-                &self.started.iter().map(|s| s.name()).collect::<Vec<_>>(),
-            )
+            .field("started", &self.names())
             .finish()
     }
 }
 
 /// Closes every service concurrently, each on a named thread of its own, and waits for all of
-/// them (the seed's `CloseAll` / `MultiCloser`).
+/// them.
 ///
 /// A close that fails or panics does not stop the others. Every thread is joined before this
-/// returns; if a thread cannot be spawned, that service is closed on the calling thread instead.
+/// returns, so this waits for the slowest close, without a bound of its own; if a thread cannot
+/// be spawned, that service is closed on the calling thread instead.
 ///
 /// # Errors
 ///
 /// Every close error, joined, in the order of `services`.
 ///
 /// ```
-/// use std::sync::Arc;
-/// use lifecycle::{close_all, MultiStart, Service, StartContext};
-/// # use lifecycle::{HealthReporter, Result, StateMachine};
-/// # struct Db(StateMachine);
-/// # impl HealthReporter for Db { fn name(&self) -> &str { "db" } fn ready(&self) -> Result<()> { self.0.ready() } }
-/// # impl Service for Db {
-/// #     fn start(&self, _: &StartContext) -> Result<()> { self.0.start_once("db", || Ok(())) }
-/// #     fn close(&self) -> Result<()> { self.0.stop_once("db", || Ok(())) }
-/// # }
-/// # let (a, b) = (Arc::new(Db(StateMachine::new())), Arc::new(Db(StateMachine::new())));
+/// use lifecycle::{close_all, MultiStart, Worker};
 ///
-/// let mut ms = MultiStart::new();
-/// ms.start(&StartContext::background(), [a as Arc<dyn Service>, b])?;
+/// let shard = |name| Worker::new(name, |stop| Ok(stop.wait()));
+/// let ms = MultiStart::start_all([shard("shard 1"), shard("shard 2")])?;
 /// // Shards that do not depend on each other can close in parallel.
 /// close_all(ms.release())?;
 /// # Ok::<(), lifecycle::Error>(())

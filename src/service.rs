@@ -1,8 +1,9 @@
 //! The [`Service`] and [`HealthReporter`] traits, and the [`HealthReport`] they produce.
 
 use std::collections::btree_map::{self, BTreeMap};
-
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::error::{flatten_call, Error, Phase, Result};
 use crate::stop::StartContext;
@@ -16,7 +17,13 @@ use crate::stop::StartContext;
 /// periodically and treats a call that does not return in time as a failure.
 pub trait HealthReporter: Send + Sync {
     /// The component's name, unique among the services of a program. It names the component in
-    /// every error and health report.
+    /// every error, log line, health report and metric.
+    ///
+    /// A name must not be empty nor hold control characters: the [`Runner`](crate::Runner),
+    /// [`MultiStart`](crate::MultiStart) and the [`HealthChecker`](crate::HealthChecker) refuse
+    /// such a name, and a second component of a name they already hold, with an error of kind
+    /// [`InvalidInput`](crate::ErrorKind::InvalidInput) or
+    /// [`DuplicateName`](crate::ErrorKind::DuplicateName).
     fn name(&self) -> &str;
 
     /// `Ok` once the component is initialised and can take work (Kubernetes' *ready*).
@@ -117,8 +124,8 @@ impl HealthReport {
         }
     }
 
-    /// Copies every entry of `other` into this report (the seed's `CopyHealth`); a name present in
-    /// both combines as in [`insert`](HealthReport::insert).
+    /// Copies every entry of `other` (a sub-service's report) into this report; a name present
+    /// in both combines as in [`insert`](HealthReport::insert).
     pub fn merge(&mut self, other: HealthReport) {
         for (name, status) in other.checks {
             self.insert(name, status);
@@ -179,6 +186,72 @@ impl<N: Into<String>> Extend<(N, Result<()>)> for HealthReport {
         for (name, status) in iter {
             self.insert(name, status);
         }
+    }
+}
+
+/// A shared component reports as the component itself.
+impl<T: HealthReporter + ?Sized> HealthReporter for Arc<T> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn ready(&self) -> Result<()> {
+        (**self).ready()
+    }
+    fn health_report(&self) -> HealthReport {
+        (**self).health_report()
+    }
+}
+
+/// A shared service starts and closes as the service itself, so that `Arc<MyService>` (kept to
+/// be used by others) and `Arc<dyn Service>` can be given wherever a service is taken.
+impl<T: Service + ?Sized> Service for Arc<T> {
+    fn start(&self, ctx: &StartContext) -> Result<()> {
+        (**self).start(ctx)
+    }
+    fn close(&self) -> Result<()> {
+        (**self).close()
+    }
+}
+
+/// What a start that waits for readiness ([`start_until_ready`]) came to.
+#[derive(Debug)]
+pub(crate) struct StartOutcome {
+    /// Whether `start` returned `Ok` (the service then needs closing, ready or not).
+    pub(crate) started: bool,
+    pub(crate) result: Result<()>,
+}
+
+/// Starts `service`, then waits until it is ready, the context's deadline passes, or the start
+/// is cancelled; `ready()` is polled with a backoff from 100 µs to 50 ms.
+///
+/// A start whose deadline passes fails with an error of kind
+/// [`TimedOut`](crate::ErrorKind::TimedOut) that carries the last readiness error.
+pub(crate) fn start_until_ready(service: &dyn Service, ctx: &StartContext) -> StartOutcome {
+    let name = service.name();
+    if let Err(e) = ctx.check(name).and_then(|()| start_guarded(service, ctx)) {
+        return StartOutcome {
+            started: false,
+            result: Err(e),
+        };
+    }
+    let mut backoff = Duration::from_micros(100);
+    loop {
+        let last = match ready_guarded(service) {
+            Ok(()) => {
+                return StartOutcome {
+                    started: true,
+                    result: Ok(()),
+                }
+            }
+            Err(e) => e,
+        };
+        if ctx.wait_timeout(backoff) {
+            return StartOutcome {
+                started: true,
+                result: Err(ctx.gave_up(name, last)),
+            };
+        }
+        backoff = (backoff * 2).min(Duration::from_millis(50));
     }
 }
 

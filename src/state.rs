@@ -1,19 +1,20 @@
-//! [`StateMachine`]: start once, stop once, and run work only while started.
+//! [`StateMachine`]: start once, close once, and run work only while started.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use parking_lot::RwLock;
 
-use crate::error::{flatten_call, BoxError, Error, ErrorKind, Phase, Result};
+use crate::error::{BoxError, Error, ErrorKind, Phase, Result};
 use crate::error_buffer::ErrorBuffer;
 
 /// Where a [`StateMachine`] is in its life.
 ///
 /// ```text
-/// Unstarted ─start─▶ Starting ─ok──▶ Started ─close─▶ Stopping ─ok──▶ Stopped
-///                        └─err/panic─▶ StartFailed        └─err/panic─▶ StopFailed
+/// Unstarted ─start─▶ Starting ─ok──▶ Started ─close─▶ Closing ─ok──▶ Closed
+///                        └─err/panic─▶ StartFailed        └─err/panic─▶ CloseFailed
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -22,16 +23,16 @@ pub enum State {
     Unstarted,
     /// Its start function is running.
     Starting,
-    /// Started successfully and not yet asked to stop.
+    /// Started successfully and not yet asked to close.
     Started,
     /// Its start function failed or panicked. It will not start again.
     StartFailed,
-    /// Its stop function is running.
-    Stopping,
-    /// Stopped successfully.
-    Stopped,
-    /// Its stop function failed or panicked. It counts as stopped.
-    StopFailed,
+    /// Its close function is running.
+    Closing,
+    /// Closed successfully.
+    Closed,
+    /// Its close function failed or panicked. It counts as closed.
+    CloseFailed,
 }
 
 impl State {
@@ -40,9 +41,9 @@ impl State {
         State::Starting,
         State::Started,
         State::StartFailed,
-        State::Stopping,
-        State::Stopped,
-        State::StopFailed,
+        State::Closing,
+        State::Closed,
+        State::CloseFailed,
     ];
 
     /// The state's name: `"Unstarted"`, `"Started"`, ...
@@ -52,14 +53,18 @@ impl State {
             State::Starting => "Starting",
             State::Started => "Started",
             State::StartFailed => "StartFailed",
-            State::Stopping => "Stopping",
-            State::Stopped => "Stopped",
-            State::StopFailed => "StopFailed",
+            State::Closing => "Closing",
+            State::Closed => "Closed",
+            State::CloseFailed => "CloseFailed",
         }
     }
 
     pub(crate) fn from_u8(v: u8) -> State {
         State::ALL[usize::from(v)]
+    }
+
+    fn is_closed(self) -> bool {
+        matches!(self, State::Closed | State::CloseFailed)
     }
 }
 
@@ -69,48 +74,82 @@ impl fmt::Display for State {
     }
 }
 
-/// Makes a service start once, stop once, and run work only while started.
+/// Makes a service start once, close once, and run work only while started.
 ///
 /// Embed one in a service and route its `start` and `close` through
-/// [`start_once`](StateMachine::start_once) and [`stop_once`](StateMachine::stop_once); guard work
-/// that needs the service running with [`if_started`](StateMachine::if_started).
+/// [`start_once`](StateMachine::start_once) and [`close_once`](StateMachine::close_once); guard
+/// work that needs the service running with [`if_started`](StateMachine::if_started).
+///
+/// Its errors name the phase but not the service: the runner, [`MultiStart`](crate::MultiStart)
+/// and the health checker add the service's name (or call [`Error::in_service`] yourself).
 ///
 /// # Locking contract
 ///
-/// `start_once` and `stop_once` hold the machine's write lock while their function runs, and
-/// `if_started` / `if_not_stopped` hold its read lock while theirs runs. So a close waits for a
+/// `start_once` and `close_once` hold the machine's write lock while their function runs, and
+/// `if_started` / `if_not_closed` hold its read lock while theirs runs. So a close waits for a
 /// start in progress and for running guarded work, and guarded work never overlaps a start or a
-/// stop. Consequently, calling any of these four methods from inside a function passed to one of
-/// them, on the same machine, deadlocks. [`state`](StateMachine::state),
-/// [`ready`](StateMachine::ready) and [`healthy`](StateMachine::healthy) never block.
+/// close. Calling these methods from inside a function passed to one of them, on the same
+/// machine and the same thread, never deadlocks: a start or close is refused at once with an
+/// error of kind [`ErrorKind::InvalidState`], and guarded work inside a start or close is
+/// refused the same way, while guarded work inside guarded work simply runs (the read lock is
+/// already held). [`state`](StateMachine::state), [`ready`](StateMachine::ready) and
+/// [`healthy`](StateMachine::healthy) never block.
 ///
-/// A panic inside the start or stop function is caught: the machine moves to
-/// [`State::StartFailed`] or [`State::StopFailed`] and the call returns an error of kind
+/// A panic inside the start or close function is caught: the machine moves to
+/// [`State::StartFailed`] or [`State::CloseFailed`] and the call returns an error of kind
 /// [`ErrorKind::Panicked`]. Nothing is poisoned.
 ///
 /// ```
 /// use lifecycle::{ErrorKind, State, StateMachine};
 ///
 /// let sm = StateMachine::new();
-/// assert!(!sm.if_started(|| unreachable!()));
-/// sm.start_once("svc", || Ok(()))?;
+/// assert_eq!(sm.if_started(|| 1).unwrap_err().kind(), ErrorKind::NotStarted);
+/// sm.start_once(|| Ok(()))?;
 /// assert_eq!(sm.state(), State::Started);
-/// assert!(sm.if_started(|| { /* work that needs the service running */ }));
+/// assert_eq!(sm.if_started(|| 1)?, 1); // work that needs the service running
 ///
-/// let again = sm.start_once("svc", || Ok(())).unwrap_err();
+/// let again = sm.start_once(|| Ok(())).unwrap_err();
 /// assert_eq!(again.kind(), ErrorKind::AlreadyStarted);
 ///
-/// sm.stop_once("svc", || Ok(()))?;
-/// assert_eq!(sm.state(), State::Stopped);
-/// assert_eq!(sm.stop_once("svc", || Ok(())).unwrap_err().kind(), ErrorKind::AlreadyStopped);
+/// sm.close_once(|| Ok(()))?;
+/// assert_eq!(sm.state(), State::Closed);
+/// assert_eq!(sm.close_once(|| Ok(())).unwrap_err().kind(), ErrorKind::AlreadyClosed);
 /// # Ok::<(), lifecycle::Error>(())
 /// ```
 pub struct StateMachine {
-    // Write-held across start and stop functions, read-held across guarded work.
+    // Write-held across start and close functions, read-held across guarded work.
     gate: RwLock<()>,
     // Readable without the gate, so state(), ready() and healthy() never block.
     state: AtomicU8,
     errors: ErrorBuffer,
+}
+
+/// How this thread holds a machine's gate.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    Read,
+    Write,
+}
+
+thread_local! {
+    /// The machines whose gate this thread holds, by address, innermost last.
+    static HELD: RefCell<Vec<(usize, Hold)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Records that this thread holds a gate, until dropped (also when the body panics).
+struct Held;
+
+impl Held {
+    fn enter(machine: &StateMachine, hold: Hold) -> Held {
+        HELD.with(|h| h.borrow_mut().push((machine.id(), hold)));
+        Held
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        HELD.with(|h| h.borrow_mut().pop());
+    }
 }
 
 impl StateMachine {
@@ -132,33 +171,58 @@ impl StateMachine {
         self.state.store(state as u8, Ordering::Release);
     }
 
+    /// The machine's identity while it is borrowed (it cannot move meanwhile).
+    fn id(&self) -> usize {
+        self as *const StateMachine as usize
+    }
+
+    /// How this thread holds this machine's gate, if it does.
+    fn held(&self) -> Option<Hold> {
+        let id = self.id();
+        HELD.with(|h| h.borrow().iter().rev().find(|(m, _)| *m == id).map(|(_, hold)| *hold))
+    }
+
+    fn refuse_reentry(&self, phase: Phase) -> Result<()> {
+        match self.held() {
+            None => Ok(()),
+            Some(_) => Err(Error::invalid_state(
+                phase,
+                "called from inside this service's own start, close or guarded work, \
+                 which would wait for itself",
+            )),
+        }
+    }
+
     /// Runs `start` if the machine is [`State::Unstarted`], moving it to `Started` or, if `start`
-    /// fails or panics, to `StartFailed`. `name` names the service in errors.
+    /// fails or panics, to `StartFailed`.
     ///
     /// Holds the write lock while `start` runs (see the locking contract above).
     ///
     /// # Errors
     ///
+    /// Each of [`Phase::Start`], for the caller to name the service:
     /// - [`ErrorKind::AlreadyStarted`] if the machine is not `Unstarted`; `start` does not run.
-    /// - The error `start` returns, naming `name` and [`Phase::Start`].
-    /// - [`ErrorKind::Panicked`] if `start` panics.
-    pub fn start_once<F>(&self, name: &str, start: F) -> Result<()>
+    /// - [`ErrorKind::InvalidState`] if called from inside this machine's own start, close or
+    ///   guarded work; `start` does not run.
+    /// - The error `start` returns; [`ErrorKind::Panicked`] if it panics.
+    pub fn start_once<F>(&self, start: F) -> Result<()>
     where
         F: FnOnce() -> std::result::Result<(), BoxError>,
     {
+        self.refuse_reentry(Phase::Start)?;
         let _gate = self.gate.write();
         let state = self.state();
         if state != State::Unstarted {
-            return Err(Error::state(
+            return Err(Error::unnamed_state(
                 ErrorKind::AlreadyStarted,
-                name,
                 Phase::Start,
                 state,
             ));
         }
         self.set(State::Starting);
+        let _held = Held::enter(self, Hold::Write);
         let outcome = catch_unwind(AssertUnwindSafe(|| start().map_err(Error::other)));
-        let result = flatten_call(name, Phase::Start, outcome);
+        let result = unnamed(Phase::Start, outcome);
         self.set(if result.is_ok() {
             State::Started
         } else {
@@ -167,77 +231,105 @@ impl StateMachine {
         result
     }
 
-    /// Runs `stop` if the machine is [`State::Started`], moving it to `Stopped` or, if `stop`
-    /// fails or panics, to `StopFailed`. `name` names the service in errors.
+    /// Runs `close` if the machine is [`State::Started`], moving it to `Closed` or, if `close`
+    /// fails or panics, to `CloseFailed`.
     ///
-    /// Holds the write lock while `stop` runs, so it waits for a start in progress and for guarded
-    /// work to finish first (see the locking contract above).
+    /// Holds the write lock while `close` runs, so it waits for a start in progress and for
+    /// guarded work to finish first (see the locking contract above).
     ///
     /// # Errors
     ///
-    /// - [`ErrorKind::NotStarted`] if the machine was never started ("cannot stop unstarted
-    ///   service"), [`ErrorKind::AlreadyStopped`] if it is stopped already, and
-    ///   [`ErrorKind::InvalidState`] if its start failed; `stop` does not run.
-    /// - The error `stop` returns, naming `name` and [`Phase::Close`].
-    /// - [`ErrorKind::Panicked`] if `stop` panics.
-    pub fn stop_once<F>(&self, name: &str, stop: F) -> Result<()>
+    /// Each of [`Phase::Close`], for the caller to name the service:
+    /// - [`ErrorKind::NotStarted`] if the machine was never started, [`ErrorKind::AlreadyClosed`]
+    ///   if it is closing or closed already, and [`ErrorKind::InvalidState`] if its start failed
+    ///   or if called from inside this machine's own start, close or guarded work; `close` does
+    ///   not run.
+    /// - The error `close` returns; [`ErrorKind::Panicked`] if it panics.
+    pub fn close_once<F>(&self, close: F) -> Result<()>
     where
         F: FnOnce() -> std::result::Result<(), BoxError>,
     {
+        self.refuse_reentry(Phase::Close)?;
         let _gate = self.gate.write();
         let state = self.state();
-        let refuse = |kind| Err(Error::state(kind, name, Phase::Close, state));
+        let refuse = |kind| Err(Error::unnamed_state(kind, Phase::Close, state));
         match state {
             State::Started => {}
             State::Unstarted => return refuse(ErrorKind::NotStarted),
-            State::Stopping | State::Stopped | State::StopFailed => {
-                return refuse(ErrorKind::AlreadyStopped)
+            State::Closing | State::Closed | State::CloseFailed => {
+                return refuse(ErrorKind::AlreadyClosed)
             }
             State::Starting | State::StartFailed => return refuse(ErrorKind::InvalidState),
         }
-        self.set(State::Stopping);
-        let outcome = catch_unwind(AssertUnwindSafe(|| stop().map_err(Error::other)));
-        let result = flatten_call(name, Phase::Close, outcome);
+        self.set(State::Closing);
+        let _held = Held::enter(self, Hold::Write);
+        let outcome = catch_unwind(AssertUnwindSafe(|| close().map_err(Error::other)));
+        let result = unnamed(Phase::Close, outcome);
         self.set(if result.is_ok() {
-            State::Stopped
+            State::Closed
         } else {
-            State::StopFailed
+            State::CloseFailed
         });
         result
     }
 
     /// Runs `f` only if the machine is started, holding the read lock meanwhile so that the
-    /// service cannot stop under it; returns whether `f` ran.
+    /// service cannot close under it, and returns what `f` returns.
     ///
-    /// Waits while a start or stop function is running. A panic in `f` propagates to the caller
+    /// Waits while a start or close function is running. A panic in `f` propagates to the caller
     /// and leaves the machine as it was.
-    pub fn if_started(&self, f: impl FnOnce()) -> bool {
-        if self.state() != State::Started {
-            return false;
-        }
-        let _gate = self.gate.read();
-        if self.state() != State::Started {
-            return false;
-        }
-        f();
-        true
+    ///
+    /// # Errors
+    ///
+    /// Of [`Phase::Run`]: [`ErrorKind::NotStarted`] (with the state) when the machine is not
+    /// started, and [`ErrorKind::InvalidState`] when called from inside this machine's own start
+    /// or close; `f` does not run.
+    pub fn if_started<R>(&self, f: impl FnOnce() -> R) -> Result<R> {
+        self.guarded(|s| s == State::Started, f)
     }
 
-    /// Runs `f` unless the machine is stopped (successfully or not), holding the read lock
-    /// meanwhile; returns whether `f` ran.
+    /// Runs `f` unless the machine is closed (successfully or not), holding the read lock
+    /// meanwhile, and returns what `f` returns.
     ///
-    /// Waits while a start or stop function is running.
-    pub fn if_not_stopped(&self, f: impl FnOnce()) -> bool {
-        let stopped = |s| matches!(s, State::Stopped | State::StopFailed);
-        if stopped(self.state()) {
-            return false;
+    /// Waits while a start or close function is running.
+    ///
+    /// # Errors
+    ///
+    /// Of [`Phase::Run`]: [`ErrorKind::AlreadyClosed`] when the machine is closed, and
+    /// [`ErrorKind::InvalidState`] when called from inside this machine's own start or close;
+    /// `f` does not run.
+    pub fn if_not_closed<R>(&self, f: impl FnOnce() -> R) -> Result<R> {
+        self.guarded(|s| !s.is_closed(), f)
+    }
+
+    fn guarded<R>(&self, allowed: impl Fn(State) -> bool, f: impl FnOnce() -> R) -> Result<R> {
+        let refused = |state: State| {
+            let kind = if state.is_closed() {
+                ErrorKind::AlreadyClosed
+            } else {
+                ErrorKind::NotStarted
+            };
+            Err(Error::unnamed_state(kind, Phase::Run, state))
+        };
+        match self.held() {
+            // Guarded work inside guarded work: the read lock is held already.
+            Some(Hold::Read) => {
+                let state = self.state();
+                return if allowed(state) { Ok(f()) } else { refused(state) };
+            }
+            Some(Hold::Write) => return self.refuse_reentry(Phase::Run).map(|()| unreachable!()),
+            None => {}
+        }
+        if !allowed(self.state()) {
+            return refused(self.state());
         }
         let _gate = self.gate.read();
-        if stopped(self.state()) {
-            return false;
+        let state = self.state();
+        if !allowed(state) {
+            return refused(state);
         }
-        f();
-        true
+        let _held = Held::enter(self, Hold::Read);
+        Ok(f())
     }
 
     /// `Ok` if started, otherwise an error of kind [`ErrorKind::NotStarted`] naming the state.
@@ -276,6 +368,14 @@ impl StateMachine {
     }
 }
 
+/// Like `flatten_call`, for a caller that does not know the service's name.
+fn unnamed(phase: Phase, outcome: std::thread::Result<Result<()>>) -> Result<()> {
+    match outcome {
+        Ok(result) => result.map_err(|e| e.in_phase(phase)),
+        Err(payload) => Err(Error::panicked_in(phase, &*payload)),
+    }
+}
+
 impl Default for StateMachine {
     fn default() -> StateMachine {
         StateMachine::new()
@@ -296,28 +396,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn failed_start_cannot_be_stopped_or_restarted() {
+    fn failed_start_cannot_be_closed_or_restarted() {
         let sm = StateMachine::new();
-        let e = sm.start_once("s", || Err("nope".into())).unwrap_err();
-        assert_eq!(e.to_string(), "s: start failed: nope");
+        let e = sm.start_once(|| Err("nope".into())).unwrap_err();
+        assert_eq!(e.to_string(), "start failed: nope");
+        assert_eq!(e.in_service("s", Phase::Start).to_string(), "s: start failed: nope");
         assert_eq!(sm.state(), State::StartFailed);
         assert_eq!(
-            sm.start_once("s", || Ok(())).unwrap_err().kind(),
+            sm.start_once(|| Ok(())).unwrap_err().kind(),
             ErrorKind::AlreadyStarted
         );
-        let stop = sm.stop_once("s", || Ok(())).unwrap_err();
-        assert_eq!(stop.kind(), ErrorKind::InvalidState);
-        assert_eq!(stop.to_string(), "s: cannot close in state StartFailed");
+        let close = sm.close_once(|| Ok(())).unwrap_err();
+        assert_eq!(close.kind(), ErrorKind::InvalidState);
+        assert_eq!(close.to_string(), "cannot close in state StartFailed");
     }
 
     #[test]
-    fn stop_unstarted_is_refused() {
+    fn closing_an_unstarted_machine_is_refused() {
         let sm = StateMachine::new();
-        let e = sm.stop_once("s", || unreachable!()).unwrap_err();
+        let e = sm.close_once(|| unreachable!()).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::NotStarted);
         assert_eq!(
             e.to_string(),
-            "s: cannot stop unstarted service (state: Unstarted)"
+            "cannot close a service that was never started (state: Unstarted)"
         );
         assert_eq!(sm.state(), State::Unstarted);
     }
@@ -325,46 +426,46 @@ mod tests {
     #[test]
     fn panics_become_errors_and_states() {
         let sm = StateMachine::new();
-        let e = sm.start_once("p", || panic!("in start")).unwrap_err();
+        let e = sm.start_once(|| panic!("in start")).unwrap_err();
         assert!(e.is_panic());
         assert_eq!(sm.state(), State::StartFailed);
 
         let sm = StateMachine::new();
-        sm.start_once("p", || Ok(())).unwrap();
-        let e = sm.stop_once("p", || panic!("in stop")).unwrap_err();
-        assert_eq!(e.to_string(), "p: panicked in close: in stop");
-        assert_eq!(sm.state(), State::StopFailed);
+        sm.start_once(|| Ok(())).unwrap();
+        let e = sm.close_once(|| panic!("in close")).unwrap_err();
+        assert_eq!(e.in_service("p", Phase::Close).to_string(), "p: panicked in close: in close");
+        assert_eq!(sm.state(), State::CloseFailed);
         // The lock is not poisoned or held: further calls answer at once.
-        assert!(!sm.if_not_stopped(|| ()));
+        assert!(sm.if_not_closed(|| ()).is_err());
         assert_eq!(
-            sm.stop_once("p", || Ok(())).unwrap_err().kind(),
-            ErrorKind::AlreadyStopped
+            sm.close_once(|| Ok(())).unwrap_err().kind(),
+            ErrorKind::AlreadyClosed
         );
     }
 
     #[test]
-    fn failed_stop_counts_as_stopped() {
+    fn failed_close_counts_as_closed() {
         let sm = StateMachine::new();
-        sm.start_once("s", || Ok(())).unwrap();
-        assert!(sm.stop_once("s", || Err("leak".into())).is_err());
-        assert_eq!(sm.state(), State::StopFailed);
-        assert!(!sm.if_started(|| ()));
+        sm.start_once(|| Ok(())).unwrap();
+        assert!(sm.close_once(|| Err("leak".into())).is_err());
+        assert_eq!(sm.state(), State::CloseFailed);
+        assert_eq!(sm.if_started(|| ()).unwrap_err().kind(), ErrorKind::AlreadyClosed);
     }
 
     #[test]
     fn guards_follow_state() {
         let sm = StateMachine::new();
-        assert!(sm.if_not_stopped(|| ()));
-        assert!(!sm.if_started(|| ()));
+        assert!(sm.if_not_closed(|| ()).is_ok());
+        assert_eq!(sm.if_started(|| ()).unwrap_err().kind(), ErrorKind::NotStarted);
         assert_eq!(sm.ready().unwrap_err().kind(), ErrorKind::NotStarted);
-        sm.start_once("s", || Ok(())).unwrap();
+        sm.start_once(|| Ok(())).unwrap();
         assert!(sm.healthy().is_ok());
-        assert!(sm.if_not_stopped(|| ()));
-        sm.stop_once("s", || Ok(())).unwrap();
-        assert!(!sm.if_not_stopped(|| ()));
+        assert_eq!(sm.if_not_closed(|| 5).unwrap(), 5);
+        sm.close_once(|| Ok(())).unwrap();
+        assert!(sm.if_not_closed(|| ()).is_err());
         assert_eq!(
             sm.healthy().unwrap_err().to_string(),
-            "not started (state: Stopped)"
+            "not started (state: Closed)"
         );
     }
 
@@ -375,7 +476,7 @@ mod tests {
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
         std::thread::scope(|s| {
             s.spawn(|| {
-                sm.start_once("s", || {
+                sm.start_once(|| {
                     tx.send(()).unwrap();
                     done_rx.recv().unwrap();
                     Ok(())

@@ -9,6 +9,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Phase, Result};
+use crate::runner::RunHandle;
 
 /// A cloneable, one-shot signal that tells work to stop.
 ///
@@ -49,7 +50,7 @@ use crate::error::{Error, Phase, Result};
 ///
 /// impl Service for Ticker {
 ///     fn start(&self, _ctx: &StartContext) -> Result<()> {
-///         self.sm.start_once("ticker", || {
+///         self.sm.start_once(|| {
 ///             let stop = self.stop.clone();
 ///             let handle = std::thread::Builder::new()
 ///                 .name("ticker".into())
@@ -68,7 +69,7 @@ use crate::error::{Error, Phase, Result};
 ///     }
 ///
 ///     fn close(&self) -> Result<()> {
-///         self.sm.stop_once("ticker", || {
+///         self.sm.close_once(|| {
 ///             self.stop.stop();
 ///             if let Some(handle) = self.worker.lock().take() {
 ///                 handle.join().map_err(|_| "ticker worker panicked")?;
@@ -200,6 +201,7 @@ pub struct StartContext {
     stop: StopSignal,
     deadline: Option<Instant>,
     timeout: Option<Duration>,
+    handle: Option<RunHandle>,
 }
 
 impl StartContext {
@@ -210,7 +212,21 @@ impl StartContext {
             stop,
             deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
             timeout,
+            handle: None,
         }
+    }
+
+    /// This context, for a service that a [`Runner`](crate::Runner) starts with `handle`.
+    pub(crate) fn with_handle(mut self, handle: RunHandle) -> StartContext {
+        self.handle = Some(handle);
+        self
+    }
+
+    /// The handle of the [`Runner`](crate::Runner) that starts the service, if one does: a
+    /// service whose work fails after its start reports it with [`RunHandle::fatal`], which
+    /// shuts the program down. `None` under [`MultiStart`](crate::MultiStart) and in tests.
+    pub fn run_handle(&self) -> Option<&RunHandle> {
+        self.handle.as_ref()
     }
 
     /// A context that is never cancelled: for tests and for programs without a shutdown signal.
@@ -250,6 +266,19 @@ impl StartContext {
                 Err(Error::timed_out(service, Phase::Start, t))
             }
             _ => Ok(()),
+        }
+    }
+
+    /// The error of a start that gave up waiting for readiness because the context was
+    /// cancelled: a timeout, with the last readiness error, or a cancellation.
+    pub(crate) fn gave_up(&self, service: &str, last: Error) -> Error {
+        match self.check(service) {
+            Err(e) if e.is_timeout() => {
+                let after = self.timeout.unwrap_or_default();
+                Error::timed_out_after(service, Phase::Start, after, last)
+            }
+            Err(e) => e,
+            Ok(()) => Error::cancelled(service, Phase::Start),
         }
     }
 

@@ -12,13 +12,13 @@ use crate::state::StateMachine;
 use crate::stop::StopSignal;
 
 /// Default time between two polls of a check.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 /// Default time a poll may take before the check counts as failing and stuck.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default time [`HealthChecker::close`](crate::Service::close) waits for its threads.
-pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default capacity of each subscriber's event channel.
-pub const DEFAULT_EVENT_CAPACITY: usize = 256;
+pub(crate) const DEFAULT_EVENT_CAPACITY: usize = 256;
 
 #[derive(Debug, Clone)]
 pub(super) struct Config {
@@ -39,7 +39,7 @@ pub(super) struct Config {
 ///     .interval(Duration::from_secs(5))
 ///     .timeout(Duration::from_secs(2))
 ///     .build();
-/// assert_eq!(checker.version(), "1.4.2");
+/// assert_eq!(checker.snapshot().version(), "1.4.2");
 /// ```
 #[derive(Debug, Clone)]
 #[must_use]
@@ -50,15 +50,15 @@ pub struct HealthCheckerBuilder {
 }
 
 impl HealthCheckerBuilder {
-    /// Time between two polls of each check. Default [`DEFAULT_INTERVAL`] (1 s); at least 1 ms.
+    /// Time between two polls of each check. Default 1 s; at least 1 ms.
     pub fn interval(mut self, interval: Duration) -> Self {
         self.config.interval = interval.max(Duration::from_millis(1));
         self
     }
 
     /// How long one poll of a check (its `ready()` and `health_report()` together) may take
-    /// before the check counts as failing ("timed out after ...") and stuck. Default
-    /// [`DEFAULT_TIMEOUT`] (1 s); a check can set its own with [`CheckOptions::timeout`].
+    /// before the check counts as failing ("timed out after ...") and stuck. Default 1 s; a
+    /// check can set its own with [`CheckOptions::timeout`].
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.config.timeout = timeout;
         self
@@ -73,14 +73,14 @@ impl HealthCheckerBuilder {
     }
 
     /// How long [`close`](crate::Service::close) waits for the checker's threads to end. Default
-    /// [`DEFAULT_CLOSE_TIMEOUT`] (2 s).
+    /// 2 s.
     pub fn close_timeout(mut self, bound: Duration) -> Self {
         self.config.close_timeout = bound;
         self
     }
 
-    /// Capacity of each subscriber's channel ([`HealthChecker::subscribe`]). Default
-    /// [`DEFAULT_EVENT_CAPACITY`] (256); at least 1.
+    /// Capacity of each subscriber's channel ([`HealthChecker::subscribe`]). Default 256; at
+    /// least 1.
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.config.event_capacity = capacity.max(1);
         self
@@ -118,7 +118,7 @@ impl HealthCheckerBuilder {
 ///
 /// ```
 /// use std::time::Duration;
-/// use lifecycle::CheckOptions;
+/// use lifecycle::health::CheckOptions;
 ///
 /// let flaky_cache = CheckOptions::new()
 ///     .group("cache")
@@ -134,6 +134,7 @@ pub struct CheckOptions {
     pub(super) group: Option<String>,
     pub(super) failure_threshold: u32,
     pub(super) timeout: Option<Duration>,
+    pub(super) quiet: bool,
 }
 
 impl CheckOptions {
@@ -144,15 +145,15 @@ impl CheckOptions {
     }
 
     /// An informational check is polled and reported but never counted by
-    /// [`is_ready`](HealthChecker::is_ready), [`is_healthy`](HealthChecker::is_healthy) or their
-    /// per-group forms. Default `false`.
+    /// [`Snapshot::is_ready`](super::Snapshot::is_ready),
+    /// [`Snapshot::is_healthy`](super::Snapshot::is_healthy) or their per-group forms. Default `false`.
     pub fn informational(mut self, informational: bool) -> Self {
         self.informational = informational;
         self
     }
 
     /// Puts the check in `group`, so that a probe can ask about that group alone
-    /// ([`is_ready_in`](HealthChecker::is_ready_in)). Default: no group (counted only by the
+    /// ([`Snapshot::is_ready_in`](super::Snapshot::is_ready_in)). Default: no group (counted only by the
     /// overall aggregates).
     pub fn group(mut self, group: impl Into<String>) -> Self {
         self.group = Some(group.into());
@@ -170,6 +171,13 @@ impl CheckOptions {
     /// This check's poll timeout, instead of the checker's.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Logs this check's changes at debug level (the runner's own check, whose changes the
+    /// runner logs in its own words).
+    pub(crate) fn quiet(mut self) -> Self {
+        self.quiet = true;
         self
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Sender, TrySendError};
 
 use crate::error::{Error, Phase, Result};
+use crate::thread::later;
 use crate::service::HealthReport;
 
 use super::snapshot::{CheckData, HealthEvent, Probe, Published, Status};
@@ -36,6 +37,8 @@ pub(super) struct Entry {
     /// When each probe ([ready, health]) was last pushed: a poll whose call began before that
     /// read the service's state before the push, so its result must not override the push.
     pub(super) pushed_at: [Option<Instant>; 2],
+    /// Its events are logged at debug level (the runner's own check).
+    pub(super) quiet: bool,
 }
 
 fn probe_index(probe: Probe) -> usize {
@@ -63,6 +66,9 @@ pub(super) struct Registry {
     pub(super) checks: BTreeMap<Arc<str>, Entry>,
     pub(super) orphans: Vec<Orphan>,
     pub(super) subscribers: Vec<Sender<HealthEvent>>,
+    /// Woken (never waited on) after every publication, for
+    /// [`wait_for_poll`](super::HealthChecker::wait_for_poll).
+    pub(super) watchers: Vec<Sender<()>>,
     pub(super) paused: bool,
     pub(super) closed: bool,
     dropped_events: u64,
@@ -70,12 +76,6 @@ pub(super) struct Registry {
     /// published, so a subscriber that reads the snapshot on an event sees the change.
     pending: Vec<HealthEvent>,
     log: Vec<LogLine>,
-}
-
-/// `now + d`, saturating far in the future instead of overflowing.
-pub(super) fn later(now: Instant, d: Duration) -> Instant {
-    now.checked_add(d)
-        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// Records one outcome of `probe` on `data`; returns the event if its status changed.
@@ -126,6 +126,21 @@ fn apply(
     })
 }
 
+/// The level an event is logged at: a failure at warn, a recovery at info, and at debug what is
+/// expected: a service that is not started (yet, or any more) not being ready, and the events
+/// of a quiet check.
+fn event_level(event: &HealthEvent, quiet: bool) -> log::Level {
+    let expected = event
+        .reason
+        .as_ref()
+        .is_some_and(|e| e.has_kind(crate::error::ErrorKind::NotStarted));
+    match event.new {
+        _ if quiet || expected => log::Level::Debug,
+        Status::Failing => log::Level::Warn,
+        _ => log::Level::Info,
+    }
+}
+
 /// The health status a report amounts to: its failures joined, each naming its component.
 fn report_status(report: &HealthReport) -> Result<()> {
     let failures = report
@@ -156,6 +171,7 @@ impl Registry {
     ) {
         let data = Arc::make_mut(&mut entry.data);
         data.last_polled = Some(now);
+        data.last_poll_began = Some(now.0);
         for probe in [Probe::Ready, Probe::Health] {
             let outcome = Err(e.clone().in_service(&data.name, probe.phase()));
             out.extend(apply(data, probe, outcome, entry.threshold, false, now.1));
@@ -233,6 +249,7 @@ impl Registry {
         let data = Arc::make_mut(&mut entry.data);
         data.stuck = false;
         data.last_polled = Some(stamp);
+        data.last_poll_began = Some(result.began);
         data.last_poll_duration = Some(result.duration);
         let (health, report) = match result.health {
             Ok(report) => (report_status(&report), Some(report)),
@@ -314,13 +331,21 @@ impl Registry {
         }
     }
 
+    /// Wakes every [`wait_for_poll`](super::HealthChecker::wait_for_poll) without waiting; a
+    /// waiter gone is forgotten.
+    pub(super) fn wake_watchers(&mut self) {
+        self.watchers
+            .retain(|tx| !matches!(tx.try_send(()), Err(TrySendError::Disconnected(_))));
+    }
+
     /// Sends the pending events to every subscriber without ever waiting: a full channel loses
     /// the event (counted), a dropped receiver loses its subscription.
     pub(super) fn send_pending(&mut self) {
         let events = std::mem::take(&mut self.pending);
         for event in events {
-            let line = event.to_string();
-            self.info(line);
+            let quiet = self.checks.get(&*event.check).is_some_and(|e| e.quiet);
+            let level = event_level(&event, quiet);
+            self.log.push((level, event.to_string()));
             self.subscribers
                 .retain(|tx| match tx.try_send(event.clone()) {
                     Ok(()) => true,

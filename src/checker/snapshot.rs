@@ -1,5 +1,5 @@
-//! The read side of the checker: the immutable [`Snapshot`] readers get, the per-check
-//! [`CheckStatus`] and [`ProbeStatus`] views, and the [`HealthEvent`]s subscribers receive.
+//! The read side of the checker: the immutable [`Snapshot`] readers get, its [`Verdict`]s, the
+//! per-check [`Check`] and [`ProbeStatus`] views, and the [`HealthEvent`]s subscribers receive.
 //!
 //! Staleness is decided here, at read time, never by the poller: a result older than its check's
 //! bound reads as failing, so a poller that stalls cannot leave a healthy-looking cache behind.
@@ -106,6 +106,9 @@ pub(super) struct CheckData {
     pub(super) health: ProbeState,
     pub(super) report: Option<HealthReport>,
     pub(super) last_polled: Option<(Instant, SystemTime)>,
+    /// When the call of the last recorded poll began (for a call that timed out: when the
+    /// timeout was recorded).
+    pub(super) last_poll_began: Option<Instant>,
     pub(super) last_poll_duration: Option<Duration>,
     pub(super) stuck: bool,
 }
@@ -126,6 +129,7 @@ impl CheckData {
             stale_after,
             report: None,
             last_polled: None,
+            last_poll_began: None,
             last_poll_duration: None,
             stuck: false,
         }
@@ -177,9 +181,39 @@ pub struct Snapshot {
     taken_at: SystemTime,
 }
 
-/// Whether the checks an aggregate counts pass, and the error of each one that does not, by
-/// check name.
-pub type Verdict = (bool, BTreeMap<String, Error>);
+/// Whether the checks an aggregate counts pass, and why each one that does not fails: what
+/// [`Snapshot::is_ready`], [`Snapshot::is_healthy`] and their per-group forms answer.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    failing: BTreeMap<String, Error>,
+}
+
+impl Verdict {
+    /// Whether every check counted passes.
+    pub fn is_passing(&self) -> bool {
+        self.failing.is_empty()
+    }
+
+    /// Each failing check's name and error, in name order (the checker itself, `"health
+    /// checker"`, when it is not running).
+    pub fn failures(&self) -> impl ExactSizeIterator<Item = (&str, &Error)> + '_ {
+        self.failing.iter().map(|(n, e)| (n.as_str(), e))
+    }
+
+    /// Why the check `name` fails, if it is counted and fails.
+    pub fn failure(&self, name: &str) -> Option<&Error> {
+        self.failing.get(name)
+    }
+
+    /// `Ok` when passing, otherwise every failure joined into one error.
+    ///
+    /// # Errors
+    ///
+    /// The failures, each naming its check and probe.
+    pub fn into_result(self) -> Result<(), Error> {
+        Error::join(self.failing.into_values()).map_or(Ok(()), Err)
+    }
+}
 
 impl Snapshot {
     pub(super) fn new(published: Arc<Published>, state: State) -> Snapshot {
@@ -201,7 +235,7 @@ impl Snapshot {
             && self.state == later.state
             && self.published.checks.iter().all(|c| {
                 c.last_polled.is_none_or(|(polled, _)| {
-                    // Stale once the age exceeds the bound (see `CheckStatus::probe`).
+                    // Stale once the age exceeds the bound (see `Check::probe`).
                     later.at.saturating_duration_since(polled) <= c.stale_after
                 })
             })
@@ -244,18 +278,18 @@ impl Snapshot {
     }
 
     /// Every check, in name order.
-    pub fn checks(&self) -> impl ExactSizeIterator<Item = CheckStatus<'_>> + '_ {
+    pub fn checks(&self) -> impl ExactSizeIterator<Item = Check<'_>> + '_ {
         self.published
             .checks
             .iter()
-            .map(|data| CheckStatus { data, at: self.at })
+            .map(|data| Check { data, at: self.at })
     }
 
     /// The check called `name`.
-    pub fn check(&self, name: &str) -> Option<CheckStatus<'_>> {
+    pub fn check(&self, name: &str) -> Option<Check<'_>> {
         let checks = &self.published.checks;
         let i = checks.binary_search_by(|c| (*c.name).cmp(name)).ok()?;
-        Some(CheckStatus {
+        Some(Check {
             data: &checks[i],
             at: self.at,
         })
@@ -309,7 +343,7 @@ impl Snapshot {
                 failing.insert(check.name().to_owned(), error);
             }
         }
-        (failing.is_empty(), failing)
+        Verdict { failing }
     }
 }
 
@@ -328,12 +362,12 @@ impl fmt::Debug for Snapshot {
 
 /// One check, as a [`Snapshot`] saw it.
 #[derive(Clone, Copy)]
-pub struct CheckStatus<'a> {
+pub struct Check<'a> {
     data: &'a CheckData,
     at: Instant,
 }
 
-impl<'a> CheckStatus<'a> {
+impl<'a> Check<'a> {
     /// The check's name (its reporter's [`name`](crate::HealthReporter::name)).
     pub fn name(&self) -> &'a str {
         &self.data.name
@@ -416,6 +450,11 @@ impl<'a> CheckStatus<'a> {
         self.data.last_poll_duration
     }
 
+    /// When the call of the last recorded poll began.
+    pub(crate) fn polled_since(&self) -> Option<Instant> {
+        self.data.last_poll_began
+    }
+
     /// Whether a call to this check's reporter has overrun its timeout and not returned yet.
     /// While it is stuck the check is not polled again and reads as failing.
     pub fn is_stuck(&self) -> bool {
@@ -423,9 +462,9 @@ impl<'a> CheckStatus<'a> {
     }
 }
 
-impl fmt::Debug for CheckStatus<'_> {
+impl fmt::Debug for Check<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CheckStatus")
+        f.debug_struct("Check")
             .field("name", &self.name())
             .field("informational", &self.is_informational())
             .field("group", &self.group())
@@ -517,24 +556,23 @@ impl HealthEvent {
         self.at
     }
 
-    /// Whether the change came from an active report ([`Reporter::report`](crate::Reporter::report)
-    /// or [`HealthChecker::report`](crate::HealthChecker::report)) rather than a poll.
+    /// Whether the change came from an active report
+    /// ([`Reporter::report`](super::Reporter::report)) rather than a poll.
     pub fn is_pushed(&self) -> bool {
         self.pushed
     }
 }
 
 impl fmt::Display for HealthEvent {
-    /// `"db: ready passing -> failing: db: ready failed: connection refused"`.
+    /// `"db: ready is failing: db: ready failed: connection refused"`, `"db: ready passes"`,
+    /// `"db: ready passes again"` (after failing).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {} {} -> {}",
-            self.check, self.probe, self.old, self.new
-        )?;
-        if let Some(reason) = &self.reason {
-            write!(f, ": {reason}")?;
+        let (check, probe) = (&self.check, self.probe);
+        match (self.new, self.old, &self.reason) {
+            (Status::Passing, Status::Failing, _) => write!(f, "{check}: {probe} passes again"),
+            (Status::Passing, _, _) => write!(f, "{check}: {probe} passes"),
+            (new, _, Some(reason)) => write!(f, "{check}: {probe} is {new}: {reason}"),
+            (new, _, None) => write!(f, "{check}: {probe} is {new}"),
         }
-        Ok(())
     }
 }

@@ -1,67 +1,17 @@
-//! The threads: [`Joinable`] (a named thread that can be joined with a deadline) and the per-check
-//! [`Worker`] that makes the calls into user code, so that the poller never does.
+//! The per-check [`Worker`] thread that makes the calls into user code, so that the poller
+//! never does.
 
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{Sender, TrySendError};
 
 use crate::error::{flatten_call, Error, Phase, Result};
 use crate::service::{HealthReport, HealthReporter};
-
-/// A named thread whose end can be awaited with a deadline.
-///
-/// `std` offers no `join_timeout`: the thread holds the sending side of a channel and drops it as
-/// the very last thing it does, so a receiver that sees the channel disconnected knows the join
-/// will not block (beyond the thread's exit itself).
-pub(super) struct Joinable {
-    name: String,
-    handle: Option<JoinHandle<()>>,
-    exited: Receiver<()>,
-}
-
-impl Joinable {
-    pub(super) fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> io::Result<Joinable> {
-        let (guard, exited) = crossbeam_channel::bounded::<()>(0);
-        let handle = thread::Builder::new().name(name.clone()).spawn(move || {
-            // Declared first, dropped last: after `f` and everything it captured.
-            let _guard = guard;
-            f();
-        })?;
-        Ok(Joinable {
-            name,
-            handle: Some(handle),
-            exited,
-        })
-    }
-
-    /// Joins the thread if it ends before `deadline`; returns whether it has been joined.
-    pub(super) fn join_until(&mut self, deadline: Instant) -> bool {
-        match self.exited.recv_deadline(deadline) {
-            Err(RecvTimeoutError::Disconnected) => self.join(),
-            Err(RecvTimeoutError::Timeout) | Ok(()) => false,
-        }
-    }
-
-    /// Whether the thread has ended (or is ending, past everything it was given to run), so that
-    /// joining it will not wait. Never blocks.
-    pub(super) fn has_ended(&self) -> bool {
-        matches!(self.exited.try_recv(), Err(TryRecvError::Disconnected))
-    }
-
-    fn join(&mut self) -> bool {
-        if let Some(handle) = self.handle.take() {
-            if handle.join().is_err() {
-                log::warn!("thread \"{}\" panicked", self.name);
-            }
-        }
-        true
-    }
-}
+use crate::thread::Thread;
 
 /// What the worker found in one poll.
 #[derive(Debug)]
@@ -86,7 +36,8 @@ const IN_HEALTH: u8 = 2;
 /// when the previous result has come back, so a call stuck in user code never piles up threads or
 /// requests. It ends when its request channel is dropped, after the call in progress returns.
 pub(super) struct Worker {
-    thread: Joinable,
+    /// `None` once joined.
+    thread: Option<Thread<()>>,
     requests: Option<Sender<()>>,
     phase: Arc<AtomicU8>,
 }
@@ -101,7 +52,7 @@ impl Worker {
         let (requests, incoming) = crossbeam_channel::bounded::<()>(1);
         let phase = Arc::new(AtomicU8::new(IDLE));
         let in_call = Arc::clone(&phase);
-        let thread = Joinable::spawn(format!("health {name}"), move || {
+        let thread = Thread::spawn(format!("health {name}"), move || {
             for () in incoming.iter() {
                 let began = Instant::now();
                 in_call.store(IN_READY, Ordering::Relaxed);
@@ -125,7 +76,7 @@ impl Worker {
             }
         })?;
         Ok(Worker {
-            thread,
+            thread: Some(thread),
             requests: Some(requests),
             phase,
         })
@@ -157,32 +108,30 @@ impl Worker {
     /// [`disconnect`](Worker::disconnect)s and joins the thread if it ends before `deadline`.
     pub(super) fn join_until(&mut self, deadline: Instant) -> bool {
         self.disconnect();
-        self.thread.join_until(deadline)
+        join_until(&mut self.thread, deadline)
     }
 
-    /// Whether the thread has ended; see [`Joinable::has_ended`].
+    /// Whether the thread has ended, so that joining it will not wait. Never blocks.
     pub(super) fn has_ended(&self) -> bool {
-        self.thread.has_ended()
+        self.thread.as_ref().is_none_or(Thread::has_ended)
+    }
+}
+
+/// Joins the thread in `slot` if it ends before `deadline` (then the slot is empty); returns
+/// whether it has been joined.
+pub(super) fn join_until(slot: &mut Option<Thread<()>>, deadline: Instant) -> bool {
+    match slot.take().map(|t| t.join_until(deadline)) {
+        Some(Err(thread)) => {
+            *slot = Some(thread);
+            false
+        }
+        _ => true,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn join_until_is_bounded_and_joins_once_ended() {
-        let (release, wait) = crossbeam_channel::bounded::<()>(0);
-        let mut t = Joinable::spawn("joinable test".into(), move || {
-            let _ = wait.recv();
-        })
-        .unwrap();
-        assert!(!t.has_ended());
-        assert!(!t.join_until(Instant::now() + Duration::from_millis(10)));
-        drop(release);
-        assert!(t.join_until(Instant::now() + Duration::from_secs(10)));
-        assert!(t.has_ended());
-    }
 
     struct Flaky;
     impl HealthReporter for Flaky {

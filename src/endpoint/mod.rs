@@ -194,13 +194,13 @@ impl HealthReporter for HealthEndpoint {
         NAME
     }
     fn ready(&self) -> Result<()> {
-        self.sm.ready()
+        self.sm.ready().map_err(|e| e.in_service(NAME, Phase::Ready))
     }
 }
 
 impl Service for HealthEndpoint {
     fn start(&self, _ctx: &StartContext) -> Result<()> {
-        self.sm.start_once(NAME, || {
+        self.sm.start_once(|| {
             let checker = self.checker.clone();
             let hide = self.options.hide_reasons;
             let cache = Mutex::new(AnswerCache::default());
@@ -238,10 +238,11 @@ impl Service for HealthEndpoint {
             *self.server.lock() = Some(server);
             Ok(())
         })
+        .map_err(|e| e.in_service(NAME, Phase::Start))
     }
 
     fn close(&self) -> Result<()> {
-        self.sm.stop_once(NAME, || {
+        self.sm.close_once(|| {
             let server = self.server.lock().take();
             let closed = match server {
                 Some(mut server) => server
@@ -255,6 +256,7 @@ impl Service for HealthEndpoint {
             drop(self.scraper.lock().take());
             Ok(closed?)
         })
+        .map_err(|e| e.in_service(NAME, Phase::Close))
     }
 }
 

@@ -76,9 +76,9 @@ pub(super) fn state_label(state: State) -> &'static str {
         State::Starting => "starting",
         State::Started => "started",
         State::StartFailed => "start_failed",
-        State::Stopping => "stopping",
-        State::Stopped => "stopped",
-        State::StopFailed => "stop_failed",
+        State::Closing => "closing",
+        State::Closed => "closed",
+        State::CloseFailed => "close_failed",
     }
 }
 
@@ -152,11 +152,11 @@ impl Builtin {
         )?;
         gauges(
             encoder,
-            "lifecycle_service_stop_duration",
+            "lifecycle_service_close_duration",
             "How long each service's close took.",
             Some(&Unit::Seconds),
             rows.iter().filter_map(|row| {
-                let took = row.stop_duration()?;
+                let took = row.close_duration()?;
                 Some((vec![("service", row.name.as_str())], seconds(took)))
             }),
         )
@@ -203,7 +203,7 @@ fn encode_health(encoder: &mut DescriptorEncoder<'_>, snapshot: &Snapshot) -> fm
                 Probe::Ready => snapshot.is_ready(),
                 Probe::Health => snapshot.is_healthy(),
             };
-            (vec![("probe", probe.as_str())], bit(verdict.0))
+            (vec![("probe", probe.as_str())], bit(verdict.is_passing()))
         }),
     )?;
     gauges(

@@ -6,7 +6,7 @@ use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
 use crate::error::{Error, Result};
+use crate::thread::Thread;
 
 /// What a producer function is: it fills [`Samples`] from whatever it measures.
 pub(super) type ProduceFn = dyn Fn(&mut Samples) -> Result<()> + Send + Sync + 'static;
@@ -67,7 +68,7 @@ pub(super) struct Producer {
     pub(super) timeout: Duration,
     produce: Arc<ProduceFn>,
     /// The thread of the latest call, until it has been joined.
-    call: Mutex<Option<JoinHandle<()>>>,
+    call: Mutex<Option<Thread<Produced>>>,
     failures: [AtomicU64; Failure::ALL.len()],
     /// The duration of the latest call that returned, in nanoseconds (`u64::MAX`: none yet).
     last_duration_nanos: AtomicU64,
@@ -82,11 +83,14 @@ impl fmt::Debug for Producer {
     }
 }
 
+/// What one call of a producer's function came to: its result and its samples, or its panic.
+type Produced = thread::Result<(Result<()>, Samples)>;
+
 /// One call in progress, started by [`Producer::call`].
 pub(super) struct Call {
     producer: Arc<Producer>,
     began: Instant,
-    result: Receiver<thread::Result<(Result<()>, Samples)>>,
+    result: Receiver<Produced>,
 }
 
 impl Producer {
@@ -121,7 +125,7 @@ impl Producer {
     pub(super) fn call(self: &Arc<Producer>) -> Option<Call> {
         let mut slot = self.call.lock();
         if let Some(previous) = slot.take() {
-            if !previous.is_finished() {
+            if !previous.has_ended() {
                 *slot = Some(previous);
                 self.fail(Failure::Stuck);
                 log::warn!(
@@ -130,25 +134,22 @@ impl Producer {
                 );
                 return None;
             }
-            let _ = previous.join();
+            previous.join();
         }
-        let (send, result) = crossbeam_channel::bounded(1);
         let produce = Arc::clone(&self.produce);
         let prefix = Arc::clone(&self.name);
         let began = Instant::now();
-        let spawned = thread::Builder::new()
-            .name(format!("metrics {}", self.name))
-            .spawn(move || {
-                let outcome = catch_unwind(AssertUnwindSafe(|| {
-                    let mut samples = Samples::new(&prefix);
-                    let result = produce(&mut samples);
-                    (result, samples)
-                }));
-                let _ = send.send(outcome);
-            });
+        let spawned = Thread::spawn(format!("metrics {}", self.name), move || {
+            catch_unwind(AssertUnwindSafe(|| {
+                let mut samples = Samples::new(&prefix);
+                let result = produce(&mut samples);
+                (result, samples)
+            }))
+        });
         match spawned {
-            Ok(handle) => {
-                *slot = Some(handle);
+            Ok(thread) => {
+                let result = thread.receiver().clone();
+                *slot = Some(thread);
                 Some(Call {
                     producer: Arc::clone(self),
                     began,
@@ -171,12 +172,12 @@ impl Producer {
     pub(super) fn reap(&self) -> Option<Arc<str>> {
         let mut slot = self.call.lock();
         match slot.take() {
-            Some(handle) if handle.is_finished() => {
-                let _ = handle.join();
+            Some(thread) if thread.has_ended() => {
+                thread.join();
                 None
             }
-            Some(handle) => {
-                *slot = Some(handle);
+            Some(thread) => {
+                *slot = Some(thread);
                 Some(Arc::clone(&self.name))
             }
             None => None,

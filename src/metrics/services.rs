@@ -1,4 +1,4 @@
-//! [`ServiceTable`]: the lifecycle state and start and stop durations of a runner's services,
+//! [`ServiceTable`]: the lifecycle state and start and close durations of a runner's services,
 //! written by the runner as they change and read by scrapes without a lock.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -19,7 +19,7 @@ pub(super) struct Row {
     pub(super) name: String,
     state: AtomicU8,
     start_nanos: AtomicU64,
-    stop_nanos: AtomicU64,
+    close_nanos: AtomicU64,
 }
 
 impl Row {
@@ -31,8 +31,8 @@ impl Row {
         load(&self.start_nanos)
     }
 
-    pub(super) fn stop_duration(&self) -> Option<Duration> {
-        load(&self.stop_nanos)
+    pub(super) fn close_duration(&self) -> Option<Duration> {
+        load(&self.close_nanos)
     }
 }
 
@@ -58,7 +58,7 @@ impl ServiceTable {
                     name: name.to_owned(),
                     state: AtomicU8::new(State::Unstarted as u8),
                     start_nanos: AtomicU64::new(NONE),
-                    stop_nanos: AtomicU64::new(NONE),
+                    close_nanos: AtomicU64::new(NONE),
                 })
                 .collect(),
         }
@@ -83,9 +83,9 @@ impl ServiceTable {
     }
 
     /// Service `index`'s close returned `took` after it was called.
-    pub(crate) fn stopped_in(&self, index: usize, took: Duration) {
+    pub(crate) fn closed_in(&self, index: usize, took: Duration) {
         if let Some(row) = self.rows.get(index) {
-            store(&row.stop_nanos, took);
+            store(&row.close_nanos, took);
         }
     }
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::checker::{HealthChecker, Probe, Reporter};
+use crate::checker::{CheckOptions, HealthChecker, Probe, Reporter};
 use crate::endpoint::HealthEndpoint;
 use crate::error::{Error, Phase, Result};
 use crate::service::{start_guarded, HealthReporter, Service};
@@ -92,7 +92,9 @@ impl RunnerHealth {
         let ctx = StartContext::background();
         start_guarded(&*self.checker, &ctx)?;
         self.started.push(self.checker.clone());
-        self.reporter = Some(self.checker.register(self.phase.clone())?);
+        // The runner logs its own phases; the check's changes are logged at debug level.
+        let options = CheckOptions::new().quiet();
+        self.reporter = Some(self.checker.register_with(self.phase.clone(), options)?);
         for service in services {
             let name = service.name().to_owned();
             self.checker

@@ -27,10 +27,7 @@ use parking_lot::Mutex;
 
 use crate::error::Error;
 
-/// The exit code of a process that receives a second SIGINT or SIGTERM while a runner shuts down
-/// (or any such signal while no runner is running): 130, the shell's code for "terminated by
-/// SIGINT" (128 + 2). `ctrlc` does not tell SIGINT from SIGTERM, so the code is the same for both.
-pub const SECOND_SIGNAL_EXIT_CODE: i32 = 130;
+const SECOND_SIGNAL_EXIT_CODE: i32 = super::Runner::SECOND_SIGNAL_EXIT_CODE;
 
 struct Route {
     id: u64,

@@ -1,0 +1,91 @@
+//! [`RunHandle`]: what services and other threads hold to ask a runner to shut down.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{select, Sender};
+use parking_lot::Mutex;
+
+use crate::error::Error;
+use crate::stop::StopSignal;
+
+#[cfg(doc)]
+use super::Runner;
+
+pub(super) enum Request {
+    Shutdown,
+    Fatal(Error),
+}
+
+/// A cloneable handle to a [`Runner`]: asks it to shut down, or reports a fatal error that stops
+/// the whole program. Get one from [`Runner::handle`], or in a service's start from
+/// [`StartContext::run_handle`](crate::StartContext::run_handle).
+///
+/// Calls after the run has ended do nothing.
+#[derive(Clone)]
+pub struct RunHandle {
+    pub(super) requests: Sender<Request>,
+    pub(super) shutting_down: StopSignal,
+    // Fired (used as a one-shot latch) when every service is ready and the run phase begins.
+    pub(super) running: StopSignal,
+    pub(super) health_addr: Arc<Mutex<Option<SocketAddr>>>,
+}
+
+impl RunHandle {
+    /// Asks the runner to shut down gracefully, as a signal would. Idempotent.
+    pub fn shutdown(&self) {
+        self.shutting_down.stop();
+        let _ = self.requests.send(Request::Shutdown);
+    }
+
+    /// Reports a fatal error: the runner shuts down and the run fails with this error (in the run
+    /// phase). Name the service with [`Error::in_service`] so the report says who failed. A
+    /// [`Worker`](crate::Worker) whose closure fails does this itself.
+    pub fn fatal(&self, error: Error) {
+        self.shutting_down.stop();
+        let _ = self.requests.send(Request::Fatal(error));
+    }
+
+    /// Whether a shutdown has been asked for through any handle, or has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.is_stopped()
+    }
+
+    /// The address the health endpoint listens on, once it has started (useful with port 0).
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        *self.health_addr.lock()
+    }
+
+    /// Whether the run phase has begun: every service started and became ready. It stays `true`
+    /// from then on, through the shutdown.
+    pub fn has_run(&self) -> bool {
+        self.running.is_stopped()
+    }
+
+    /// Waits until the run phase begins (every service ready), a shutdown begins first, or
+    /// `timeout` passes; returns whether the run phase has begun. For tests and for code that
+    /// must wait for the whole program to be up (the [`testing`](crate::testing) harness does
+    /// this without a runner).
+    ///
+    /// Returns `false` at once when a shutdown was asked for or began before the run phase (a
+    /// start failed, or a signal arrived during start): the run phase will not begin then.
+    pub fn wait_running(&self, timeout: Duration) -> bool {
+        select! {
+            recv(self.running.receiver()) -> _ => {}
+            recv(self.shutting_down.receiver()) -> _ => {}
+            default(timeout) => {}
+        }
+        self.running.is_stopped()
+    }
+}
+
+impl fmt::Debug for RunHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunHandle")
+            .field("shutting_down", &self.is_shutting_down())
+            .finish()
+    }
+}
+

@@ -1,0 +1,198 @@
+//! [`Thread`]: a named, owned thread whose end can be awaited with a deadline, and that is
+//! abandoned, by name, when it does not end in time.
+//!
+//! `std` offers no `join_timeout`. Here the thread sends what its function returned on a
+//! channel of capacity one and then drops the sending side, so the owner can wait for the
+//! value with a deadline, `select!` on it, and join the thread knowing the join will not wait
+//! for user code. Every call into user code that the crate must be able to give up on runs on
+//! one: the runner's starts, closes and cleanups, the checker's workers and poller, the
+//! endpoint's scrape thread, the metrics producers, the test harness's closes.
+
+use std::fmt;
+use std::io;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+/// `now + d`, saturating about a century ahead instead of overflowing: a deadline from any
+/// `Duration` a user gives, `Duration::MAX` included.
+pub(crate) fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
+/// A named thread running one function, owned: it is joined once it has ended, or handed over
+/// by [`abandon`](Thread::abandon) when its owner gives up waiting.
+pub(crate) struct Thread<T> {
+    name: String,
+    handle: JoinHandle<()>,
+    result: Receiver<T>,
+}
+
+impl<T: Send + 'static> Thread<T> {
+    /// Runs `f` on a new thread called `name`.
+    ///
+    /// Wrap user code in `catch_unwind` inside `f`: a panic only loses the value, which the
+    /// owner then sees as a thread that ended without one.
+    ///
+    /// # Errors
+    ///
+    /// When the thread cannot be spawned.
+    pub(crate) fn spawn(name: String, f: impl FnOnce() -> T + Send + 'static) -> io::Result<Self> {
+        let (tx, result) = crossbeam_channel::bounded(1);
+        let handle = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                // Sent after `f` and everything it captured are gone; the sender goes last.
+                let _ = tx.send(f());
+            })?;
+        Ok(Thread {
+            name,
+            handle,
+            result,
+        })
+    }
+}
+
+impl<T> Thread<T> {
+    /// The thread's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The channel the value arrives on, for `select!`; it disconnects when the thread ends.
+    /// Once a value has been received from it, [`join`](Thread::join) the thread.
+    pub(crate) fn receiver(&self) -> &Receiver<T> {
+        &self.result
+    }
+
+    /// Joins the thread if it ends before `deadline`, returning its value if it gave one (a
+    /// thread whose function panicked gives none); gives the thread back otherwise.
+    pub(crate) fn join_until(self, deadline: Instant) -> Result<Option<T>, Thread<T>> {
+        match self.result.recv_deadline(deadline) {
+            Ok(value) => {
+                self.join();
+                Ok(Some(value))
+            }
+            // The sender is gone: the thread is past its function, so the join does not wait
+            // for user code.
+            Err(RecvTimeoutError::Disconnected) => {
+                self.join();
+                Ok(None)
+            }
+            Err(RecvTimeoutError::Timeout) => Err(self),
+        }
+    }
+
+    /// Whether the thread has ended, or has returned its value and is ending, so that a join
+    /// would not wait for user code. Never blocks, and never takes the value.
+    pub(crate) fn has_ended(&self) -> bool {
+        !self.result.is_empty() || self.handle.is_finished()
+    }
+
+    /// Joins the thread. Call it once the value was received or the thread has ended: it waits
+    /// for the thread otherwise. A panic that escaped the thread's function is logged.
+    pub(crate) fn join(self) {
+        if self.handle.join().is_err() {
+            log::warn!("thread {:?} panicked", self.name);
+        }
+    }
+
+    /// Gives up waiting: the thread is still running user code that did not return in time.
+    pub(crate) fn abandon(self) -> Abandoned {
+        Abandoned {
+            name: self.name,
+            handle: self.handle,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Thread<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Thread").field("name", &self.name).finish()
+    }
+}
+
+/// A thread whose owner gave up waiting for it, kept so that it can still be joined (and named
+/// in reports) if it ends later.
+#[derive(Debug)]
+pub(crate) struct Abandoned {
+    pub(crate) name: String,
+    handle: JoinHandle<()>,
+}
+
+impl Abandoned {
+    /// Joins the thread if it has ended since it was abandoned; gives it back if not.
+    pub(crate) fn try_join(self) -> Result<(), Abandoned> {
+        if self.handle.is_finished() {
+            let _ = self.handle.join();
+            Ok(())
+        } else {
+            Err(self)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_value_arrives_and_the_thread_is_joined() {
+        let t = Thread::spawn("thread test".into(), || 7).unwrap();
+        let far = Instant::now() + Duration::from_secs(30);
+        assert_eq!(t.join_until(far).ok(), Some(Some(7)));
+    }
+
+    #[test]
+    fn a_hung_thread_is_given_back_then_joined_once_it_ends() {
+        let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(0);
+        let t = Thread::spawn("thread hang".into(), move || {
+            let _ = release_rx.recv();
+            5
+        })
+        .unwrap();
+        let t = t.join_until(Instant::now()).unwrap_err();
+        assert!(!t.has_ended());
+        assert_eq!(t.name(), "thread hang");
+        release_tx.send(()).unwrap();
+        let far = Instant::now() + Duration::from_secs(30);
+        assert_eq!(t.join_until(far).ok(), Some(Some(5)));
+    }
+
+    #[test]
+    fn an_abandoned_thread_is_joined_once_it_has_ended() {
+        let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(0);
+        let t = Thread::spawn("thread abandoned".into(), move || {
+            let _ = release_rx.recv();
+        })
+        .unwrap();
+        // The receiver is kept to learn when the thread has sent its value.
+        let result = t.receiver().clone();
+        let mut abandoned = t.abandon();
+        assert_eq!(abandoned.name, "thread abandoned");
+        release_tx.send(()).unwrap();
+        result.recv_timeout(Duration::from_secs(30)).unwrap();
+        // Past its value the thread only returns: joining it then waits for no user code.
+        let watchdog = Instant::now() + Duration::from_secs(30);
+        loop {
+            match abandoned.try_join() {
+                Ok(()) => break,
+                Err(back) => {
+                    assert!(Instant::now() < watchdog, "the thread never ended");
+                    abandoned = back;
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_thread_that_panics_ends_without_a_value() {
+        let t = Thread::<()>::spawn("thread panic".into(), || panic!("boom")).unwrap();
+        let far = Instant::now() + Duration::from_secs(30);
+        assert!(matches!(t.join_until(far), Ok(None)));
+    }
+}
