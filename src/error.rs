@@ -351,19 +351,10 @@ impl Error {
             return Some(e);
         }
         match &self.inner.detail {
-            Detail::Source(source) => {
-                let mut next: Option<&(dyn StdError + 'static)> = Some(&**source);
-                while let Some(e) = next {
-                    if let Some(found) = e.downcast_ref::<E>() {
-                        return Some(found);
-                    }
-                    if let Some(found) = e.downcast_ref::<Error>().and_then(Error::find::<E>) {
-                        return Some(found);
-                    }
-                    next = e.source();
-                }
-                None
-            }
+            Detail::Source(source) => walk(&**source, &mut |e| {
+                e.downcast_ref::<E>()
+                    .or_else(|| e.downcast_ref::<Error>().and_then(Error::find::<E>))
+            }),
             Detail::Timeout(_, Some(last)) => last.find(),
             Detail::Joined(parts) => parts.iter().find_map(Error::find),
             _ => None,
@@ -377,16 +368,10 @@ impl Error {
             return true;
         }
         match &self.inner.detail {
-            Detail::Source(source) => {
-                let mut next: Option<&(dyn StdError + 'static)> = Some(&**source);
-                while let Some(e) = next {
-                    if e.downcast_ref::<Error>().is_some_and(|own| own.any(f)) {
-                        return true;
-                    }
-                    next = e.source();
-                }
-                false
-            }
+            Detail::Source(source) => walk(&**source, &mut |e| {
+                e.downcast_ref::<Error>().is_some_and(|own| own.any(f)).then_some(())
+            })
+            .is_some(),
             Detail::Timeout(_, Some(last)) => last.any(f),
             Detail::Joined(parts) => parts.iter().any(|p| p.any(f)),
             _ => false,
@@ -534,6 +519,26 @@ impl From<String> for Error {
     fn from(message: String) -> Error {
         Error::msg(message)
     }
+}
+
+/// Calls `visit` on `error` and on every error of its source chain, until it returns `Some`.
+/// The error an `std::io::Error` wraps is visited too: its `source()` skips it.
+fn walk<'a, T>(
+    error: &'a (dyn StdError + 'static),
+    visit: &mut dyn FnMut(&'a (dyn StdError + 'static)) -> Option<T>,
+) -> Option<T> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(found) = visit(e) {
+            return Some(found);
+        }
+        let wrapped = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+        if let Some(found) = wrapped.and_then(|w| walk(w as &(dyn StdError + 'static), visit)) {
+            return Some(found);
+        }
+        next = e.source();
+    }
+    None
 }
 
 /// Turns the outcome of `catch_unwind` around a service call into a `Result` that names the

@@ -1,87 +1,87 @@
 //! Run the long-lived parts of a synchronous program: start them in order, roll back cleanly
-//! when one fails, report their health, and close them gracefully.
+//! when one fails, report their health, and close them gracefully on a signal.
 //!
-//! `lifecycle` is thread-based and has no async runtime. Services start threads in `start` and
-//! join them in `close`; every wait in the crate has a bound.
+//! `lifecycle` is thread-based and has no async runtime. A service's threads are named, owned
+//! and joined; the runner bounds every call into a service with a timeout.
 //!
-//! # The parts and how they fit
+//! # Hello, services
 //!
-//! - [`Service`] is what you implement: a blocking [`start`](Service::start) that honours a
-//!   [`StartContext`] (cancelled on shutdown or at its deadline), a blocking
-//!   [`close`](Service::close), and health through its supertrait [`HealthReporter`]
-//!   (`name`, `ready`, and a [`HealthReport`] of itself and its parts). Services are shared as
-//!   `Arc<dyn Service>`.
-//! - [`StateMachine`] is what a service embeds so that its start runs once, its close runs once,
-//!   and guarded work runs only while it is started. Its [`ErrorBuffer`] keeps the service's
-//!   recent non-fatal errors for its health report.
-//! - [`StopSignal`] is the cloneable, idempotent signal a service's worker thread waits on;
-//!   `close` fires it and joins the thread (see its docs for the canonical service).
-//! - [`MultiStart`] starts services in order; when one fails it closes the started ones in
-//!   reverse and returns every error. It closes in reverse on demand and on drop.
-//!   [`close_all`] closes independent services concurrently.
-//! - [`Error`] is the crate's one error type: it names the service and the [`Phase`], joins
-//!   several errors without losing any, and carries panics from user code as errors.
-//! - [`HealthChecker`] polls every registered [`HealthReporter`] on a thread of its own, with a
-//!   timeout, and serves readiness and health from a cached [`Snapshot`] that a slow or hung
-//!   check can never block; services can also push changes, and subscribers get events.
-//! - [`HealthEndpoint`] serves that cache over HTTP for Kubernetes probes, load balancers and
-//!   people (`/livez`, `/readyz`, `/healthz`), on a hardened connection front of its own.
-//! - [`metrics::Metrics`] (feature `metrics`, on by default) serves Prometheus metrics at
-//!   `/metrics` on that endpoint: the lifecycle's own (service states, durations, check
-//!   status), the program's, and producers evaluated at scrape time within a bound.
-//! - [`Runner`] is the main job: it handles SIGINT and SIGTERM, starts the services in order
-//!   (each ready before the next starts), serves health, waits, then drains and closes in
-//!   reverse within deadlines, and returns a [`RunReport`] that `main` can return as its exit
-//!   code.
+//! A worker from a closure, run until SIGINT or SIGTERM (here, until the handle asks):
+//!
+//! ```
+//! use std::time::Duration;
+//! use lifecycle::{Runner, Worker};
+//!
+//! let heartbeat = Worker::new("heartbeat", |stop| {
+//!     while !stop.wait_timeout(Duration::from_millis(10)) {
+//!         // beat
+//!     }
+//!     Ok(())
+//! });
+//! let runner = Runner::new().handle_signals(false).service(heartbeat);
+//! let handle = runner.handle();
+//! std::thread::spawn(move || {
+//!     handle.wait_running(Duration::from_secs(10));
+//!     handle.shutdown(); // a signal does this in a real program
+//! });
+//! let report = runner.run(); // starts, waits, closes; `main` can return it as its exit code
+//! assert!(report.is_success(), "{report:?}");
+//! ```
+//!
+//! # Anatomy of the crate
+//!
+//! **Services.** A [`Service`] is started once and closed once, and is a [`HealthReporter`]
+//! (name, readiness, a [`HealthReport`] of itself and its parts). Most services need no trait
+//! impl: a [`Worker`] runs a closure on a thread of its own until its [`StopSignal`] fires, or
+//! sets up first (binds, connects) and then serves. A hand-written service embeds a
+//! [`StateMachine`] (whose [`State`] says where it is) so that its start and close run once,
+//! honours the [`StartContext`] its start gets, and keeps recent non-fatal errors in an
+//! [`ErrorBuffer`] for its health.
+//!
+//! **Running them.** The [`Runner`] owns `main()`: it starts the services in order, each ready
+//! before the next starts (per-service [`ServiceOptions`]), serves health, waits for a signal
+//! or a [`RunHandle`] request, then closes them in reverse within deadlines and returns a
+//! [`RunReport`] (a [`ShutdownCause`], errors per [`RunPhase`], a [`ServiceReport`] per
+//! service). [`MultiStart`] starts services in order with rollback on its own (in a parent
+//! service, say); [`close_all`] closes independent services at once.
+//!
+//! **Health.** The [`HealthChecker`] polls every reporter on threads of its own and answers
+//! from a cache that a hung check cannot block; the [`HealthEndpoint`] serves it to probes
+//! (`/livez`, `/readyz`, `/healthz`) on a hardened HTTP front. The [`health`] module holds
+//! their options and views (snapshots, checks, verdicts, events), checks from closures, and
+//! the routes for a program that already runs tiny_http (feature `tiny_http`).
+//!
+//! **Errors.** One [`Error`] type (a [`Result`] alias; [`BoxError`] for closures) names the
+//! service and the [`Phase`], says its [`ErrorKind`], and joins several errors without losing
+//! any cause or kind. Panics in user code become errors.
+//!
+//! **Metrics** (feature `metrics`, on by default): the [`metrics`] module serves Prometheus
+//! metrics at `/metrics` on the endpoint.
+//!
+//! **Tests.** The [`testing`] module's harness starts services for a test, waits until they
+//! are ready, fails the test if one turns unhealthy, and closes them at the end.
 //!
 //! `ARCHITECTURE.md` in the repository maps the modules and the flow of a run.
 //!
-//! # Example
+//! # Vocabulary
 //!
-//! A pool that two workers depend on, started in dependency order and closed in reverse:
+//! A service is *started* and *closed* ([`Service::close`], [`StateMachine::close_once`],
+//! [`State::Closed`], close timeouts); the program *shuts down* ([`RunHandle::shutdown`],
+//! [`Runner::shutdown_timeout`], [`ShutdownCause`]); a worker's thread is told to *stop* by its
+//! [`StopSignal`]. A test in the repository keeps it so.
 //!
-//! ```
-//! use std::sync::Arc;
-//! use lifecycle::{HealthReporter, MultiStart, Result, Service, StartContext, StateMachine};
+//! # Features
 //!
-//! struct Component { name: &'static str, sm: StateMachine }
-//!
-//! impl HealthReporter for Component {
-//!     fn name(&self) -> &str { self.name }
-//!     fn ready(&self) -> Result<()> { self.sm.ready() }
-//! }
-//!
-//! impl Service for Component {
-//!     fn start(&self, ctx: &StartContext) -> Result<()> {
-//!         ctx.check(self.name)?; // give up at once if a shutdown is already under way
-//!         self.sm.start_once(self.name, || Ok(()))
-//!     }
-//!     fn close(&self) -> Result<()> {
-//!         self.sm.stop_once(self.name, || Ok(()))
-//!     }
-//! }
-//!
-//! let component = |name| Arc::new(Component { name, sm: StateMachine::new() });
-//! let (pool, ingest, api) = (component("pool"), component("ingest"), component("api"));
-//!
-//! let mut services = MultiStart::new();
-//! services.start(
-//!     &StartContext::background(),
-//!     [pool.clone() as Arc<dyn Service>, ingest.clone(), api.clone()],
-//! )?;
-//! assert!(pool.ready().is_ok() && api.ready().is_ok());
-//!
-//! services.close()?; // api, then ingest, then pool
-//! assert!(pool.ready().is_err());
-//! # Ok::<(), lifecycle::Error>(())
-//! ```
+//! - `metrics` (default): [`metrics`], `/metrics`, on `prometheus-client`.
+//! - `tiny_http`: [`health::TinyHttpRoutes`](crate::health), the health routes answered from
+//!   the program's own tiny_http server.
 //!
 //! # Panics
 //!
-//! A panic inside a service's `start` or `close` called through this crate is caught and becomes
-//! an [`Error`] of kind [`ErrorKind::Panicked`] naming the service: it never aborts a rollback
-//! or a shutdown, and never leaves a [`StateMachine`] stuck or a lock poisoned. (With
-//! `panic = "abort"` nothing can be caught.)
+//! A panic inside a service's `start`, `close`, `ready` or `health_report` called through this
+//! crate is caught and becomes an [`Error`] of kind [`ErrorKind::Panicked`] naming the service,
+//! with the panic's message: it never aborts a rollback or a shutdown, and never leaves a
+//! [`StateMachine`] stuck or a lock poisoned. (With `panic = "abort"` nothing can be caught.)
 
 #![warn(
     missing_docs,

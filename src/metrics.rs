@@ -4,7 +4,7 @@
 //!
 //! [`Metrics`] is a cheap, cloneable handle. Give it to the [`Runner`](crate::Runner) with
 //! [`Runner::metrics`](crate::Runner::metrics) (or to an endpoint with
-//! [`EndpointOptions::metrics`](crate::EndpointOptions::metrics)) and `GET /metrics` answers
+//! [`EndpointOptions::metrics`](crate::health::EndpointOptions::metrics)) and `GET /metrics` answers
 //! with:
 //!
 //! - **the lifecycle's own metrics**, read at scrape time from their sources (the health

@@ -25,7 +25,6 @@ use crate::stop::StartContext;
 /// timeout.
 ///
 /// ```
-/// use std::time::Duration;
 /// use lifecycle::{HealthReporter, MultiStart, StartContext, Worker};
 ///
 /// let pool = std::sync::Arc::new(Worker::new("pool", |stop| Ok(stop.wait())));

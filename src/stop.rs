@@ -22,70 +22,33 @@ use crate::runner::RunHandle;
 /// The receiver never yields a message: it becomes *disconnected* when the signal fires, which
 /// wakes every `recv` and `select!` on it, present and future.
 ///
-/// # The canonical service
+/// # In a worker
 ///
-/// `start` spawns a named worker thread; `close` fires the signal and joins the thread, so
-/// nothing is ever detached.
+/// A [`Worker`](crate::Worker) hands its closure the signal that its close fires, then joins the
+/// thread. A loop that waits on channels of its own selects on the signal's receiver too:
 ///
 /// ```
-/// use std::sync::Arc;
-/// use std::thread::JoinHandle;
 /// use std::time::Duration;
-///
 /// use crossbeam_channel::{select, tick};
-/// use lifecycle::{HealthReporter, Result, Service, StartContext, StateMachine, StopSignal};
-/// use parking_lot::Mutex;
+/// use lifecycle::{MultiStart, Worker};
 ///
-/// #[derive(Default)]
-/// struct Ticker {
-///     sm: StateMachine,
-///     stop: StopSignal,
-///     worker: Mutex<Option<JoinHandle<()>>>,
-/// }
-///
-/// impl HealthReporter for Ticker {
-///     fn name(&self) -> &str { "ticker" }
-///     fn ready(&self) -> Result<()> { self.sm.ready() }
-/// }
-///
-/// impl Service for Ticker {
-///     fn start(&self, _ctx: &StartContext) -> Result<()> {
-///         self.sm.start_once(|| {
-///             let stop = self.stop.clone();
-///             let handle = std::thread::Builder::new()
-///                 .name("ticker".into())
-///                 .spawn(move || {
-///                     let ticks = tick(Duration::from_millis(10));
-///                     loop {
-///                         select! {
-///                             recv(ticks) -> _ => { /* do a unit of work */ }
-///                             recv(stop.receiver()) -> _ => return,
-///                         }
-///                     }
-///                 })?;
-///             *self.worker.lock() = Some(handle);
-///             Ok(())
-///         })
+/// let ticker = Worker::new("ticker", |stop| {
+///     let ticks = tick(Duration::from_millis(10));
+///     loop {
+///         select! {
+///             recv(ticks) -> _ => { /* do a unit of work */ }
+///             recv(stop.receiver()) -> _ => return Ok(()),
+///         }
 ///     }
-///
-///     fn close(&self) -> Result<()> {
-///         self.sm.close_once(|| {
-///             self.stop.stop();
-///             if let Some(handle) = self.worker.lock().take() {
-///                 handle.join().map_err(|_| "ticker worker panicked")?;
-///             }
-///             Ok(())
-///         })
-///     }
-/// }
-///
-/// let ticker = Arc::new(Ticker::default());
-/// ticker.start(&StartContext::background())?;
-/// assert!(ticker.ready().is_ok());
-/// ticker.close()?;
-/// assert!(ticker.ready().is_err());
+/// });
+/// let services = MultiStart::start_all([ticker])?;
+/// services.close()?; // fires the signal and joins the thread
 /// # Ok::<(), lifecycle::Error>(())
 /// ```
+///
+/// A hand-written [`Service`](crate::Service) does the same: `start` spawns a named thread
+/// with a clone of its signal, `close` fires the signal and joins the thread, so nothing is
+/// ever detached.
 #[derive(Clone)]
 pub struct StopSignal {
     inner: Arc<StopInner>,
@@ -299,7 +262,7 @@ impl StartContext {
     ///
     /// It does not fire at the deadline: select on
     /// `crossbeam_channel::at(deadline)` as well where the deadline matters.
-    pub fn stop_receiver(&self) -> &Receiver<()> {
+    pub fn receiver(&self) -> &Receiver<()> {
         self.stop.receiver()
     }
 }

@@ -165,7 +165,7 @@ impl RunReport {
     /// The process exit code for this outcome: 0 after a clean shutdown, 1 if anything failed.
     ///
     /// (A second signal during shutdown exits the process at once with
-    /// [`SECOND_SIGNAL_EXIT_CODE`](crate::SECOND_SIGNAL_EXIT_CODE), without returning here.)
+    /// [`SECOND_SIGNAL_EXIT_CODE`](crate::Runner::SECOND_SIGNAL_EXIT_CODE), without returning here.)
     pub fn exit_code(&self) -> ExitCode {
         if self.is_success() {
             ExitCode::SUCCESS
