@@ -35,15 +35,15 @@ use crate::stop::{StartContext, StopSignal};
 
 use self::options::Config;
 use self::registry::{Entry, LogLine, Orphan, Registry};
-use crate::thread::later;
 use self::snapshot::{CheckData, Published};
 use self::worker::{join_until, PollResult, Worker};
+use crate::thread::later;
 use crate::thread::Thread;
 
+pub use self::options::{CheckOptions, HealthCheckerBuilder};
 use self::options::{
     DEFAULT_CLOSE_TIMEOUT, DEFAULT_EVENT_CAPACITY, DEFAULT_INTERVAL, DEFAULT_TIMEOUT,
 };
-pub use self::options::{CheckOptions, HealthCheckerBuilder};
 pub use self::snapshot::{Check, HealthEvent, Probe, ProbeStatus, Snapshot, Status, Verdict};
 
 /// The checker's own name, as a [`HealthReporter`] and in errors. Also its poller thread's name.
@@ -422,7 +422,12 @@ impl HealthChecker {
             let snapshot = self.snapshot();
             if snapshot.checker_state() != State::Started {
                 let state = snapshot.checker_state();
-                return Err(Error::state(ErrorKind::NotStarted, CHECKER_NAME, Phase::Run, state));
+                return Err(Error::state(
+                    ErrorKind::NotStarted,
+                    CHECKER_NAME,
+                    Phase::Run,
+                    state,
+                ));
             }
             if snapshot.is_paused() {
                 return Err(Error::invalid_state(Phase::Run, "polling is paused")
@@ -445,7 +450,12 @@ impl HealthChecker {
                 // The checker is closing: it dropped its watchers.
                 Err(RecvTimeoutError::Disconnected) => {
                     let state = self.sm.state();
-                    return Err(Error::state(ErrorKind::NotStarted, CHECKER_NAME, Phase::Run, state));
+                    return Err(Error::state(
+                        ErrorKind::NotStarted,
+                        CHECKER_NAME,
+                        Phase::Run,
+                        state,
+                    ));
                 }
             }
         }
@@ -513,18 +523,19 @@ impl Service for HealthChecker {
     /// Spawns the poller thread (`"health checker"`), which polls every check at once and then
     /// every interval.
     fn start(&self, ctx: &StartContext) -> Result<()> {
-        self.sm.start_once(|| {
-            ctx.check(CHECKER_NAME)?;
-            let shared = Arc::clone(&self.shared);
-            let (results, wake, stop) =
-                (self.results.clone(), self.wake.clone(), self.stop.clone());
-            let poller = Thread::spawn(CHECKER_NAME.to_owned(), move || {
-                poll(&shared, &results, &wake, &stop);
-            })?;
-            *self.poller.lock() = Some(poller);
-            Ok(())
-        })
-        .map_err(|e| e.in_service(CHECKER_NAME, Phase::Start))
+        self.sm
+            .start_once(|| {
+                ctx.check(CHECKER_NAME)?;
+                let shared = Arc::clone(&self.shared);
+                let (results, wake, stop) =
+                    (self.results.clone(), self.wake.clone(), self.stop.clone());
+                let poller = Thread::spawn(CHECKER_NAME.to_owned(), move || {
+                    poll(&shared, &results, &wake, &stop);
+                })?;
+                *self.poller.lock() = Some(poller);
+                Ok(())
+            })
+            .map_err(|e| e.in_service(CHECKER_NAME, Phase::Start))
     }
 
     /// Stops polling and ends every thread, waiting at most the close timeout.

@@ -211,8 +211,14 @@ impl Error {
 
     /// Like [`timed_out`](Error::timed_out), with the last error seen before the deadline (a
     /// start's last readiness error): still of kind [`ErrorKind::TimedOut`].
-    pub(crate) fn timed_out_after(service: &str, phase: Phase, after: Duration, last: Error) -> Error {
-        Error::new(ErrorKind::TimedOut, Detail::Timeout(after, Some(last))).in_service(service, phase)
+    pub(crate) fn timed_out_after(
+        service: &str,
+        phase: Phase,
+        after: Duration,
+        last: Error,
+    ) -> Error {
+        Error::new(ErrorKind::TimedOut, Detail::Timeout(after, Some(last)))
+            .in_service(service, phase)
     }
 
     /// An error of kind [`ErrorKind::Cancelled`]: `phase` of `service` was cancelled.
@@ -234,7 +240,11 @@ impl Error {
     /// An error of kind [`ErrorKind::InvalidState`] with `message`, in `phase`, for the caller to
     /// name.
     pub(crate) fn invalid_state(phase: Phase, message: &'static str) -> Error {
-        Error::new(ErrorKind::InvalidState, Detail::Message(Cow::Borrowed(message))).in_phase(phase)
+        Error::new(
+            ErrorKind::InvalidState,
+            Detail::Message(Cow::Borrowed(message)),
+        )
+        .in_phase(phase)
     }
 
     /// An error of `kind` about the component `name`, outside any phase: used for registration
@@ -244,6 +254,7 @@ impl Error {
     }
 
     /// An error of kind [`ErrorKind::InvalidInput`] about the component `name`, outside any phase.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) fn invalid_input(name: &str, message: impl Into<Cow<'static, str>>) -> Error {
         Error::new(ErrorKind::InvalidInput, Detail::Message(message.into())).named(name)
     }
@@ -252,7 +263,6 @@ impl Error {
         Arc::make_mut(&mut self.inner).service = Some(Cow::Owned(name.to_owned()));
         self
     }
-
 
     /// Joins errors into one, keeping every cause in order.
     ///
@@ -292,7 +302,10 @@ impl Error {
         let needs = |i: &Inner| (service.is_some() && i.service.is_none()) || i.phase.is_none();
         if let Detail::Joined(parts) = &self.inner.detail {
             if parts.iter().any(|p| needs(&p.inner)) {
-                let parts = parts.iter().map(|p| p.clone().fill(service, phase)).collect();
+                let parts = parts
+                    .iter()
+                    .map(|p| p.clone().fill(service, phase))
+                    .collect();
                 return Error::new(ErrorKind::Joined, Detail::Joined(parts));
             }
             return self;
@@ -369,7 +382,9 @@ impl Error {
         }
         match &self.inner.detail {
             Detail::Source(source) => walk(&**source, &mut |e| {
-                e.downcast_ref::<Error>().is_some_and(|own| own.any(f)).then_some(())
+                e.downcast_ref::<Error>()
+                    .is_some_and(|own| own.any(f))
+                    .then_some(())
             })
             .is_some(),
             Detail::Timeout(_, Some(last)) => last.any(f),
@@ -432,7 +447,10 @@ impl Error {
                 write!(f, "already closed (state: {s})")
             }
             (ErrorKind::NotStarted, Detail::State(s)) if i.phase == Some(Phase::Close) => {
-                write!(f, "cannot close a service that was never started (state: {s})")
+                write!(
+                    f,
+                    "cannot close a service that was never started (state: {s})"
+                )
             }
             (ErrorKind::NotStarted, Detail::State(s)) => write!(f, "not started (state: {s})"),
             (ErrorKind::InvalidState, Detail::State(s)) => {
@@ -532,7 +550,9 @@ fn walk<'a, T>(
         if let Some(found) = visit(e) {
             return Some(found);
         }
-        let wrapped = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+        let wrapped = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref());
         if let Some(found) = wrapped.and_then(|w| walk(w as &(dyn StdError + 'static), visit)) {
             return Some(found);
         }
@@ -570,7 +590,10 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
     } else {
         return Ok(());
     };
-    Err(Error::new(ErrorKind::InvalidInput, Detail::Message(Cow::Owned(format!("invalid name {name:?}: {why}")))))
+    Err(Error::new(
+        ErrorKind::InvalidInput,
+        Detail::Message(Cow::Owned(format!("invalid name {name:?}: {why}"))),
+    ))
 }
 
 #[cfg(test)]
@@ -632,7 +655,10 @@ mod tests {
             t.to_string(),
             "api: start timed out after 2s, last error: ready failed: warming up"
         );
-        assert!(t.has_kind(ErrorKind::Failed), "the attached error is searched too");
+        assert!(
+            t.has_kind(ErrorKind::Failed),
+            "the attached error is searched too"
+        );
     }
 
     #[test]
@@ -664,7 +690,10 @@ mod tests {
         assert!(check_name("db.pool").is_ok());
         let empty = check_name("").unwrap_err();
         assert_eq!(empty.kind(), ErrorKind::InvalidInput);
-        assert_eq!(empty.to_string(), "invalid name \"\": a name must not be empty");
+        assert_eq!(
+            empty.to_string(),
+            "invalid name \"\": a name must not be empty"
+        );
         assert!(check_name("a\nb").is_err());
     }
 

@@ -17,8 +17,8 @@ use crate::error::Result;
 use crate::service::HealthReporter;
 
 pub use crate::checker::{
-    Check, CheckOptions, HealthCheckerBuilder, HealthEvent, Probe, ProbeStatus, Reporter,
-    Snapshot, Status, Verdict,
+    Check, CheckOptions, HealthCheckerBuilder, HealthEvent, Probe, ProbeStatus, Reporter, Snapshot,
+    Status, Verdict,
 };
 pub use crate::endpoint::EndpointOptions;
 #[cfg(feature = "tiny_http")]

@@ -384,7 +384,11 @@ impl Metrics {
     /// The longest bound of the producers: what a scrape waits for them at most.
     pub(crate) fn longest_producer_bound(&self) -> Duration {
         let producers = self.inner.producers.read();
-        producers.iter().map(|p| p.timeout).max().unwrap_or_default()
+        producers
+            .iter()
+            .map(|p| p.timeout)
+            .max()
+            .unwrap_or_default()
     }
 }
 

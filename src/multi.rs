@@ -27,7 +27,7 @@ use crate::stop::StartContext;
 /// ```
 /// use lifecycle::{HealthReporter, MultiStart, StartContext, Worker};
 ///
-/// let pool = std::sync::Arc::new(Worker::new("pool", |stop| Ok(stop.wait())));
+/// let pool = std::sync::Arc::new(Worker::new("pool", |stop| { stop.wait(); Ok(()) }));
 /// let services = MultiStart::new();
 /// services.start(&StartContext::background(), [pool.clone()])?;
 /// assert!(pool.ready().is_ok());
@@ -226,7 +226,7 @@ impl fmt::Debug for MultiStart {
 /// ```
 /// use lifecycle::{close_all, MultiStart, Worker};
 ///
-/// let shard = |name| Worker::new(name, |stop| Ok(stop.wait()));
+/// let shard = |name| Worker::new(name, |stop| { stop.wait(); Ok(()) });
 /// let ms = MultiStart::start_all([shard("shard 1"), shard("shard 2")])?;
 /// // Shards that do not depend on each other can close in parallel.
 /// close_all(ms.release())?;

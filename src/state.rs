@@ -179,7 +179,13 @@ impl StateMachine {
     /// How this thread holds this machine's gate, if it does.
     fn held(&self) -> Option<Hold> {
         let id = self.id();
-        HELD.with(|h| h.borrow().iter().rev().find(|(m, _)| *m == id).map(|(_, hold)| *hold))
+        HELD.with(|h| {
+            h.borrow()
+                .iter()
+                .rev()
+                .find(|(m, _)| *m == id)
+                .map(|(_, hold)| *hold)
+        })
     }
 
     fn refuse_reentry(&self, phase: Phase) -> Result<()> {
@@ -315,7 +321,11 @@ impl StateMachine {
             // Guarded work inside guarded work: the read lock is held already.
             Some(Hold::Read) => {
                 let state = self.state();
-                return if allowed(state) { Ok(f()) } else { refused(state) };
+                return if allowed(state) {
+                    Ok(f())
+                } else {
+                    refused(state)
+                };
             }
             Some(Hold::Write) => return self.refuse_reentry(Phase::Run).map(|()| unreachable!()),
             None => {}
@@ -400,7 +410,10 @@ mod tests {
         let sm = StateMachine::new();
         let e = sm.start_once(|| Err("nope".into())).unwrap_err();
         assert_eq!(e.to_string(), "start failed: nope");
-        assert_eq!(e.in_service("s", Phase::Start).to_string(), "s: start failed: nope");
+        assert_eq!(
+            e.in_service("s", Phase::Start).to_string(),
+            "s: start failed: nope"
+        );
         assert_eq!(sm.state(), State::StartFailed);
         assert_eq!(
             sm.start_once(|| Ok(())).unwrap_err().kind(),
@@ -433,7 +446,10 @@ mod tests {
         let sm = StateMachine::new();
         sm.start_once(|| Ok(())).unwrap();
         let e = sm.close_once(|| panic!("in close")).unwrap_err();
-        assert_eq!(e.in_service("p", Phase::Close).to_string(), "p: panicked in close: in close");
+        assert_eq!(
+            e.in_service("p", Phase::Close).to_string(),
+            "p: panicked in close: in close"
+        );
         assert_eq!(sm.state(), State::CloseFailed);
         // The lock is not poisoned or held: further calls answer at once.
         assert!(sm.if_not_closed(|| ()).is_err());
@@ -449,14 +465,20 @@ mod tests {
         sm.start_once(|| Ok(())).unwrap();
         assert!(sm.close_once(|| Err("leak".into())).is_err());
         assert_eq!(sm.state(), State::CloseFailed);
-        assert_eq!(sm.if_started(|| ()).unwrap_err().kind(), ErrorKind::AlreadyClosed);
+        assert_eq!(
+            sm.if_started(|| ()).unwrap_err().kind(),
+            ErrorKind::AlreadyClosed
+        );
     }
 
     #[test]
     fn guards_follow_state() {
         let sm = StateMachine::new();
         assert!(sm.if_not_closed(|| ()).is_ok());
-        assert_eq!(sm.if_started(|| ()).unwrap_err().kind(), ErrorKind::NotStarted);
+        assert_eq!(
+            sm.if_started(|| ()).unwrap_err().kind(),
+            ErrorKind::NotStarted
+        );
         assert_eq!(sm.ready().unwrap_err().kind(), ErrorKind::NotStarted);
         sm.start_once(|| Ok(())).unwrap();
         assert!(sm.healthy().is_ok());

@@ -7,7 +7,7 @@
 //! use lifecycle::testing::Harness;
 //! use lifecycle::Worker;
 //!
-//! let queue = Worker::new("queue", |stop| Ok(stop.wait()));
+//! let queue = Worker::new("queue", |stop| { stop.wait(); Ok(()) });
 //! let consumer = Worker::new("consumer", |stop| {
 //!     while !stop.wait_timeout(Duration::from_millis(5)) { /* consume */ }
 //!     Ok(())

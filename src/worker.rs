@@ -167,8 +167,16 @@ impl<T: Send + Sync + 'static> Worker<T> {
     }
 
     fn spawn(&self, ctx: &StartContext) -> std::result::Result<(), BoxError> {
-        let setup = self.setup.lock().take().ok_or("the worker has no setup left")?;
-        let run = self.run.lock().take().ok_or("the worker has no run closure left")?;
+        let setup = self
+            .setup
+            .lock()
+            .take()
+            .ok_or("the worker has no setup left")?;
+        let run = self
+            .run
+            .lock()
+            .take()
+            .ok_or("the worker has no run closure left")?;
         let value = Arc::new(setup(ctx)?);
         let thread = {
             let (name, value, stop) = (self.name.clone(), value.clone(), self.stop.clone());
@@ -274,7 +282,10 @@ impl<T: Send + Sync + 'static> Service for Worker<T> {
                 thread.join();
                 drop(value);
                 match ended {
-                    Ok(Ended { result: Err(e), reported: false }) => Err(e.into()),
+                    Ok(Ended {
+                        result: Err(e),
+                        reported: false,
+                    }) => Err(e.into()),
                     _ => Ok(()),
                 }
             })

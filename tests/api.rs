@@ -107,8 +107,13 @@ fn kind_and_type_queries_walk_joined_errors_and_causes() {
     assert!(both.has_kind(ErrorKind::Panicked) && both.is_panic());
     assert!(both.has_kind(ErrorKind::Failed));
     assert!(!both.has_kind(ErrorKind::TimedOut) && !both.is_timeout());
-    assert_eq!(both.find::<Migration>().unwrap().to_string(), "migration 42 failed");
-    let io = both.find::<std::io::Error>().expect("the cause's own source");
+    assert_eq!(
+        both.find::<Migration>().unwrap().to_string(),
+        "migration 42 failed"
+    );
+    let io = both
+        .find::<std::io::Error>()
+        .expect("the cause's own source");
     assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);
     // A lifecycle error inside a foreign error's chain is found too.
     let inner = Error::timed_out("db", Phase::Start, Duration::from_secs(1));
@@ -117,14 +122,27 @@ fn kind_and_type_queries_walk_joined_errors_and_causes() {
 }
 
 fn named(name: &'static str) -> Worker {
-    Worker::new(name, |stop| Ok(stop.wait()))
+    Worker::new(name, |stop| {
+        stop.wait();
+        Ok(())
+    })
 }
 
 #[test]
 fn names_are_checked_alike_by_the_runner_multistart_and_the_checker() {
-    for (bad, kind) in [("", ErrorKind::InvalidInput), ("a\nb", ErrorKind::InvalidInput)] {
-        let report = Runner::new().handle_signals(false).service(named(bad)).run();
-        assert_eq!(report.errors(RunPhase::Start)[0].kind(), kind, "runner, {bad:?}");
+    for (bad, kind) in [
+        ("", ErrorKind::InvalidInput),
+        ("a\nb", ErrorKind::InvalidInput),
+    ] {
+        let report = Runner::new()
+            .handle_signals(false)
+            .service(named(bad))
+            .run();
+        assert_eq!(
+            report.errors(RunPhase::Start)[0].kind(),
+            kind,
+            "runner, {bad:?}"
+        );
         let e = MultiStart::start_all([named(bad)]).unwrap_err();
         assert_eq!(e.kind(), kind, "multistart, {bad:?}");
         let e = HealthChecker::new("t", "t")
@@ -137,17 +155,30 @@ fn names_are_checked_alike_by_the_runner_multistart_and_the_checker() {
         .services([named("db"), named("db")])
         .run();
     let e = &report.errors(RunPhase::Start)[0];
-    assert_eq!((e.kind(), e.service()), (ErrorKind::DuplicateName, Some("db")));
+    assert_eq!(
+        (e.kind(), e.service()),
+        (ErrorKind::DuplicateName, Some("db"))
+    );
     let e = MultiStart::start_all([named("db"), named("db")]).unwrap_err();
-    assert_eq!((e.kind(), e.service()), (ErrorKind::DuplicateName, Some("db")));
+    assert_eq!(
+        (e.kind(), e.service()),
+        (ErrorKind::DuplicateName, Some("db"))
+    );
     let started = MultiStart::start_all([named("db")]).unwrap();
-    let again = started.start(&StartContext::background(), [named("db")]).unwrap_err();
+    let again = started
+        .start(&StartContext::background(), [named("db")])
+        .unwrap_err();
     assert_eq!(again.kind(), ErrorKind::DuplicateName);
     assert_eq!(started.names(), ["db"], "the first db stays started");
     let checker = HealthChecker::new("t", "t");
     checker.register(health::from_fn("db", || Ok(()))).unwrap();
-    let e = checker.register(health::from_fn("db", || Ok(()))).unwrap_err();
-    assert_eq!((e.kind(), e.service()), (ErrorKind::DuplicateName, Some("db")));
+    let e = checker
+        .register(health::from_fn("db", || Ok(())))
+        .unwrap_err();
+    assert_eq!(
+        (e.kind(), e.service()),
+        (ErrorKind::DuplicateName, Some("db"))
+    );
 }
 
 /// Runs `f` on a thread of its own and fails, instead of hanging, if it does not return.
@@ -202,8 +233,11 @@ impl HealthReporter for Shards {
 
 impl Service for Shards {
     fn start(&self, ctx: &StartContext) -> Result<()> {
-        self.sm
-            .start_once(|| Ok(self.shards.start(ctx, [named("shard 1"), named("shard 2")])?))
+        self.sm.start_once(|| {
+            Ok(self
+                .shards
+                .start(ctx, [named("shard 1"), named("shard 2")])?)
+        })
     }
     fn close(&self) -> Result<()> {
         self.sm.close_once(|| Ok(self.shards.close()?))
@@ -236,9 +270,11 @@ fn a_check_from_a_closure_and_the_next_poll_seen_without_sleeping() {
         .interval(Duration::from_secs(3600)) // only the first poll and the asked ones
         .build();
     checker
-        .register(health::from_fn("disk", move || match flag.load(Ordering::SeqCst) {
-            true => Ok(()),
-            false => Err("disk full".into()),
+        .register(health::from_fn("disk", move || {
+            match flag.load(Ordering::SeqCst) {
+                true => Ok(()),
+                false => Err("disk full".into()),
+            }
         }))
         .unwrap();
     checker.start(&StartContext::background()).unwrap();
@@ -251,11 +287,28 @@ fn a_check_from_a_closure_and_the_next_poll_seen_without_sleeping() {
     assert_eq!(verdict.failures().len(), 1);
     let e = verdict.failure("disk").unwrap();
     assert_eq!(e.to_string(), "disk: ready failed: disk full");
-    assert_eq!(snapshot.check("disk").unwrap().ready().error().unwrap().to_string(), e.to_string());
-    assert!(verdict.into_result().unwrap_err().to_string().contains("disk full"));
+    assert_eq!(
+        snapshot
+            .check("disk")
+            .unwrap()
+            .ready()
+            .error()
+            .unwrap()
+            .to_string(),
+        e.to_string()
+    );
+    assert!(verdict
+        .into_result()
+        .unwrap_err()
+        .to_string()
+        .contains("disk full"));
     checker.close().unwrap();
     let e = checker.wait_for_poll(WATCHDOG).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::NotStarted, "no poll comes from a closed checker");
+    assert_eq!(
+        e.kind(),
+        ErrorKind::NotStarted,
+        "no poll comes from a closed checker"
+    );
 }
 
 #[test]
@@ -271,7 +324,9 @@ fn waiting_for_a_poll_is_bounded_and_names_the_checks_not_polled() {
         }))
         .unwrap();
     checker.start(&StartContext::background()).unwrap();
-    let e = checker.wait_for_poll(Duration::from_millis(20)).unwrap_err();
+    let e = checker
+        .wait_for_poll(Duration::from_millis(20))
+        .unwrap_err();
     assert!(e.is_timeout());
     assert!(e.to_string().contains("no poll yet of hung"), "{e}");
     drop(release_tx);
@@ -284,7 +339,8 @@ fn one_way_to_push_a_status() {
     let db = checker.register(health::from_fn("db", || Ok(()))).unwrap();
     checker.start(&StartContext::background()).unwrap();
     checker.wait_for_poll(WATCHDOG).unwrap();
-    db.report(Probe::Ready, Err("connection lost".into())).unwrap();
+    db.report(Probe::Ready, Err("connection lost".into()))
+        .unwrap();
     let verdict = checker.snapshot().is_ready();
     assert_eq!(
         verdict.failure("db").unwrap().to_string(),

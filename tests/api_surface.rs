@@ -55,7 +55,10 @@ fn crate_docs(lib: &str) -> String {
 fn the_root_is_small_and_every_item_is_in_the_anatomy() {
     let lib = source("src/lib.rs");
     let items = root_items(&lib);
-    assert!(items.len() >= 20, "the parser found too few items: {items:?}");
+    assert!(
+        items.len() >= 20,
+        "the parser found too few items: {items:?}"
+    );
     assert!(
         items.len() <= ROOT_ITEM_LIMIT,
         "{} items at the crate root, more than {ROOT_ITEM_LIMIT}: {items:?}",
@@ -71,7 +74,10 @@ fn the_root_is_small_and_every_item_is_in_the_anatomy() {
         .iter()
         .filter(|item| !anatomy.contains(&format!("[`{item}`]")))
         .collect();
-    assert!(missing.is_empty(), "root items not placed in the anatomy: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "root items not placed in the anatomy: {missing:?}"
+    );
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -90,7 +96,10 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// public enums. Items in `#[cfg(test)]` modules and crate-private items are not public.
 fn public_names() -> Vec<(String, String, String)> {
     let mut files = Vec::new();
-    rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+    rust_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
     let mut names = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
@@ -109,21 +118,35 @@ fn public_names() -> Vec<(String, String, String)> {
                     let word = head.split_whitespace().last().unwrap_or("");
                     owner = word.split('<').next().unwrap().to_owned();
                 } else if let Some(rest) = line.strip_prefix("pub enum ") {
-                    owner = rest.split(|c: char| !c.is_alphanumeric()).next().unwrap().into();
+                    owner = rest
+                        .split(|c: char| !c.is_alphanumeric())
+                        .next()
+                        .unwrap()
+                        .into();
                     in_enum = true;
                 }
             }
             let trimmed = line.trim();
-            for kind in ["pub fn ", "pub const ", "pub struct ", "pub enum ", "pub type "] {
+            for kind in [
+                "pub fn ",
+                "pub const ",
+                "pub struct ",
+                "pub enum ",
+                "pub type ",
+            ] {
                 if let Some(rest) = trimmed.strip_prefix(kind) {
-                    let name: String =
-                        rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                    let name: String = rest
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect();
                     names.push((file.display().to_string(), owner.clone(), name));
                 }
             }
             if in_enum && line.starts_with("    ") && !line.starts_with("     ") {
-                let variant: String =
-                    trimmed.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                let variant: String = trimmed
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
                 if variant.chars().next().is_some_and(char::is_uppercase) {
                     names.push((file.display().to_string(), owner.clone(), variant));
                 }
@@ -136,9 +159,15 @@ fn public_names() -> Vec<(String, String, String)> {
 #[test]
 fn one_vocabulary_close_for_services_shutdown_for_the_program() {
     let names = public_names();
-    assert!(names.len() > 100, "the scan found too few names: {}", names.len());
     assert!(
-        names.iter().any(|(_, o, n)| o == "StateMachine" && n == "close_once"),
+        names.len() > 100,
+        "the scan found too few names: {}",
+        names.len()
+    );
+    assert!(
+        names
+            .iter()
+            .any(|(_, o, n)| o == "StateMachine" && n == "close_once"),
         "the scan must see methods and their types"
     );
     // "stop" belongs to the worker's stop signal only.
@@ -147,21 +176,37 @@ fn one_vocabulary_close_for_services_shutdown_for_the_program() {
         .filter(|(_, _, name)| name.to_lowercase().contains("stop"))
         .filter(|(_, owner, name)| owner != "StopSignal" && name != "StopSignal")
         .collect();
-    assert!(stop.is_empty(), "\"stop\" names a service's close in: {stop:?}");
+    assert!(
+        stop.is_empty(),
+        "\"stop\" names a service's close in: {stop:?}"
+    );
     // "shutdown" belongs to the program: the runner, its handle, report and phases.
-    let program = ["Runner", "RunHandle", "RunReport", "RunPhase", "ShutdownCause", "Phase"];
+    let program = [
+        "Runner",
+        "RunHandle",
+        "RunReport",
+        "RunPhase",
+        "ShutdownCause",
+        "Phase",
+    ];
     let shutdown: Vec<_> = names
         .iter()
         .filter(|(_, _, name)| name.to_lowercase().contains("shutdown"))
         .filter(|(_, owner, name)| !program.contains(&owner.as_str()) && name != "ShutdownCause")
         .collect();
-    assert!(shutdown.is_empty(), "\"shutdown\" names something else than the program's: {shutdown:?}");
+    assert!(
+        shutdown.is_empty(),
+        "\"shutdown\" names something else than the program's: {shutdown:?}"
+    );
 }
 
 #[test]
 fn metric_names_and_labels_say_close() {
     let mut files = Vec::new();
-    rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src/metrics"), &mut files);
+    rust_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src/metrics"),
+        &mut files,
+    );
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
         for (n, line) in text.lines().enumerate() {

@@ -92,7 +92,10 @@ fn starts_in_order_each_once_ready_and_closes_in_reverse() {
         Arc::new(worker("api", &closed_tx)),
     ])
     .unwrap();
-    assert!(db.ready().is_ok(), "start returns once every service is ready");
+    assert!(
+        db.ready().is_ok(),
+        "start returns once every service is ready"
+    );
     harness.check().unwrap();
     harness.close().unwrap();
     assert_eq!(closed.try_iter().collect::<Vec<_>>(), ["api"]);
@@ -102,8 +105,11 @@ fn starts_in_order_each_once_ready_and_closes_in_reverse() {
 #[test]
 fn a_service_that_is_not_ready_in_time_is_named_and_the_others_are_closed() {
     let (closed_tx, closed) = bounded(4);
-    let never = Worker::new("search", |stop| Ok(stop.wait()))
-        .ready_when(|_| Err("index not loaded".into()));
+    let never = Worker::new("search", |stop| {
+        stop.wait();
+        Ok(())
+    })
+    .ready_when(|_| Err("index not loaded".into()));
     let e = Harness::builder()
         .ready_timeout(Duration::from_millis(20))
         .start([
@@ -125,12 +131,19 @@ fn a_service_that_turns_unhealthy_fails_the_test() {
     db.healthy.store(false, Ordering::SeqCst);
     let e = harness.check().unwrap_err();
     assert_eq!(e.errors().next().unwrap().service(), Some("db"));
-    assert!(e.to_string().contains("turned unhealthy while the test ran"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("turned unhealthy while the test ran"),
+        "{e}"
+    );
     assert!(e.to_string().contains("replica lag"), "{e}");
     // Dropping the harness fails the test with the same failure.
     let dropped = catch_unwind(AssertUnwindSafe(move || drop(harness))).unwrap_err();
     let message = dropped.downcast_ref::<String>().unwrap();
-    assert!(message.contains("db") && message.contains("replica lag"), "{message}");
+    assert!(
+        message.contains("db") && message.contains("replica lag"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -153,7 +166,10 @@ fn a_start_or_close_slower_than_the_bound_is_reported() {
             std::thread::sleep(Duration::from_millis(20));
             Ok(())
         },
-        |_, stop| Ok(stop.wait()),
+        |_, stop| {
+            stop.wait();
+            Ok(())
+        },
     );
     let harness = Harness::builder()
         .slow_after(Duration::from_millis(1))
@@ -161,8 +177,14 @@ fn a_start_or_close_slower_than_the_bound_is_reported() {
         .unwrap();
     let e = harness.close().unwrap_err();
     let first = e.errors().next().unwrap();
-    assert_eq!((first.service(), first.phase()), (Some("slow"), Some(Phase::Start)));
-    assert!(first.to_string().contains("more than the bound of 1ms"), "{first}");
+    assert_eq!(
+        (first.service(), first.phase()),
+        (Some("slow"), Some(Phase::Start))
+    );
+    assert!(
+        first.to_string().contains("more than the bound of 1ms"),
+        "{first}"
+    );
 }
 
 #[test]
@@ -181,7 +203,8 @@ fn a_close_that_hangs_is_abandoned_and_named() {
     let e = harness.close().unwrap_err();
     assert_eq!(e.service(), Some("stuck"));
     assert!(
-        e.to_string().contains("thread \"close stuck\" is left running"),
+        e.to_string()
+            .contains("thread \"close stuck\" is left running"),
         "{e}"
     );
     drop(release); // the abandoned close returns, and its thread ends

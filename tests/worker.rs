@@ -28,13 +28,19 @@ fn a_worker_runs_its_closure_on_a_thread_named_after_it_until_closed() {
         Ok(())
     });
     let services = MultiStart::start_all([heartbeat]).unwrap();
-    assert_eq!(named.recv_timeout(WATCHDOG).unwrap().as_deref(), Some("heartbeat"));
+    assert_eq!(
+        named.recv_timeout(WATCHDOG).unwrap().as_deref(),
+        Some("heartbeat")
+    );
     services.close().unwrap();
 }
 
 #[test]
 fn a_worker_is_ready_once_started_and_not_after_its_close() {
-    let worker = Arc::new(Worker::new("w", |stop| Ok(stop.wait())));
+    let worker = Arc::new(Worker::new("w", |stop| {
+        stop.wait();
+        Ok(())
+    }));
     assert_eq!(worker.ready().unwrap_err().kind(), ErrorKind::NotStarted);
     worker.start(&StartContext::background()).unwrap();
     assert!(worker.ready().is_ok());
@@ -53,7 +59,8 @@ fn the_readiness_hook_holds_the_runner_until_the_worker_has_set_up() {
     let consumer = Worker::new("consumer", move |stop| {
         connect.recv()?; // connecting to a broker, say
         flag.store(true, Ordering::SeqCst);
-        Ok(stop.wait())
+        stop.wait();
+        Ok(())
     })
     .ready_when(move |_| match connected.load(Ordering::SeqCst) {
         true => Ok(()),
@@ -97,7 +104,10 @@ fn a_panic_in_the_run_closure_keeps_its_message_and_the_worker_fails_its_checks(
     };
     let reason = failed.reason().unwrap();
     assert!(reason.is_panic(), "{reason}");
-    assert_eq!(reason.to_string(), "parser: panicked in run: unexpected byte 0xff");
+    assert_eq!(
+        reason.to_string(),
+        "parser: panicked in run: unexpected byte 0xff"
+    );
     assert_eq!(worker.ready().unwrap_err().phase(), Some(Phase::Run));
     checker.close().unwrap();
     // Without a runner to report it to, the close returns the failure.
@@ -211,7 +221,10 @@ fn setup_then_serve_wakes_the_blocking_run_and_drops_the_value_after_the_join() 
 #[test]
 fn a_failing_setup_is_a_start_failure_that_rolls_back() {
     let (log_tx, log): (Sender<&str>, Receiver<&str>) = bounded(8);
-    let pool = Arc::new(Worker::new("pool", |stop| Ok(stop.wait())));
+    let pool = Arc::new(Worker::new("pool", |stop| {
+        stop.wait();
+        Ok(())
+    }));
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let run_log = log_tx.clone();
@@ -233,7 +246,9 @@ fn a_failing_setup_is_a_start_failure_that_rolls_back() {
         .start(&StartContext::background(), [api])
         .unwrap_err();
     assert_eq!((e.service(), e.phase()), (Some("api"), Some(Phase::Start)));
-    assert!(e.to_string().starts_with(&format!("api: start failed: cannot listen on {addr}")));
+    assert!(e
+        .to_string()
+        .starts_with(&format!("api: start failed: cannot listen on {addr}")));
     assert!(pool.ready().is_err(), "the started pool was closed again");
     drop(log_tx);
     assert!(log.try_iter().next().is_none(), "the run closure never ran");
@@ -242,10 +257,14 @@ fn a_failing_setup_is_a_start_failure_that_rolls_back() {
 #[test]
 fn worker_names_are_checked_before_anything_starts() {
     let (ran_tx, ran) = bounded::<()>(1);
-    let unnamed = Worker::new("", |stop| Ok(stop.wait()));
+    let unnamed = Worker::new("", |stop| {
+        stop.wait();
+        Ok(())
+    });
     let first = Worker::new("first", move |stop| {
         ran_tx.send(())?;
-        Ok(stop.wait())
+        stop.wait();
+        Ok(())
     });
     let report = runner().service(first).service(unnamed).run();
     let e = &report.errors(RunPhase::Start)[0];

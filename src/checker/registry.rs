@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Sender, TrySendError};
 
 use crate::error::{Error, Phase, Result};
-use crate::thread::later;
 use crate::service::HealthReport;
+use crate::thread::later;
 
 use super::snapshot::{CheckData, HealthEvent, Probe, Published, Status};
 use super::worker::{PollResult, Worker};

@@ -110,4 +110,3 @@ impl fmt::Debug for Scraper {
         f.debug_struct("Scraper").finish_non_exhaustive()
     }
 }
-

@@ -30,8 +30,8 @@ use crate::metrics::Metrics;
 use crate::service::Service;
 use crate::stop::StopSignal;
 
-pub use self::handle::RunHandle;
 use self::handle::Request;
+pub use self::handle::RunHandle;
 pub use self::report::{RunPhase, RunReport, ServiceReport, ShutdownCause};
 
 /// How long a service may take to start and become ready, unless set otherwise.
@@ -103,7 +103,7 @@ type CleanupFn = Box<dyn FnOnce() -> Result<()> + Send + 'static>;
 /// let runner = Runner::new()
 ///     .handle_signals(false) // a test: no process-wide signal handler
 ///     .close_timeout(Duration::from_secs(5))
-///     .service(Worker::new("db", |stop| Ok(stop.wait())));
+///     .service(Worker::new("db", |stop| { stop.wait(); Ok(()) }));
 /// let handle = runner.handle();
 /// handle.shutdown(); // normally a signal, or a service, asks for this
 /// let report = runner.run();
@@ -169,7 +169,11 @@ impl Runner {
     }
 
     /// Adds a service with timeouts of its own.
-    pub fn service_with(mut self, service: impl Service + 'static, options: ServiceOptions) -> Runner {
+    pub fn service_with(
+        mut self,
+        service: impl Service + 'static,
+        options: ServiceOptions,
+    ) -> Runner {
         self.entries.push(Entry {
             service: Arc::new(service),
             options,
@@ -178,7 +182,10 @@ impl Runner {
     }
 
     /// Adds several services, in order.
-    pub fn services<S: Service + 'static>(mut self, services: impl IntoIterator<Item = S>) -> Runner {
+    pub fn services<S: Service + 'static>(
+        mut self,
+        services: impl IntoIterator<Item = S>,
+    ) -> Runner {
         for service in services {
             self = self.service(service);
         }
@@ -333,4 +340,3 @@ impl fmt::Debug for Runner {
             .finish_non_exhaustive()
     }
 }
-

@@ -215,7 +215,8 @@ impl Run {
         self.mark(index, State::Starting, None);
         let began = Instant::now();
 
-        let ctx = StartContext::new(cancel.clone(), Some(timeout)).with_handle(self.runner.handle());
+        let ctx =
+            StartContext::new(cancel.clone(), Some(timeout)).with_handle(self.runner.handle());
         let pending = match Thread::spawn(format!("start {name}"), move || {
             start_until_ready(&*service, &ctx)
         }) {
@@ -471,7 +472,9 @@ impl Run {
                 None
             }
             Ok(Ok(Some(Err(e)))) | Err(e) => Some(e),
-            Ok(Ok(None)) => Some(Error::msg("its thread ended without a result").in_service(&name, Phase::Cleanup)),
+            Ok(Ok(None)) => Some(
+                Error::msg("its thread ended without a result").in_service(&name, Phase::Cleanup),
+            ),
             Ok(Err(pending)) => {
                 self.abandoned.push(pending.abandon());
                 Some(Error::timed_out(&name, Phase::Cleanup, remaining))
