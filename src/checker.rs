@@ -3,8 +3,9 @@
 //!
 //! # Anatomy
 //!
-//! - `checker.rs` (this file): the public handle, the push
-//!   [`Reporter`] and the poller loop.
+//! - `checker.rs` (this file): the public handle.
+//! - `checker/reporter.rs`: the push [`Reporter`].
+//! - `checker/poller.rs`: the `"health checker"` thread's loop.
 //! - `checker/options.rs`: [`HealthCheckerBuilder`] and [`CheckOptions`], with their defaults.
 //! - `checker/registry.rs`: the registry of checks and every change to it, under one lock that is
 //!   never held across user code.
@@ -16,16 +17,18 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod options;
+mod poller;
 mod registry;
+mod reporter;
 mod snapshot;
 mod worker;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::{check_name, Error, ErrorKind, Phase, Result};
@@ -44,6 +47,7 @@ pub use self::options::{CheckOptions, HealthCheckerBuilder};
 use self::options::{
     DEFAULT_CLOSE_TIMEOUT, DEFAULT_EVENT_CAPACITY, DEFAULT_INTERVAL, DEFAULT_TIMEOUT,
 };
+pub use self::reporter::Reporter;
 pub use self::snapshot::{Check, HealthEvent, Probe, ProbeStatus, Snapshot, Status, Verdict};
 
 /// The checker's own name, as a [`HealthReporter`] and in errors. Also its poller thread's name.
@@ -530,7 +534,7 @@ impl Service for HealthChecker {
                 let (results, wake, stop) =
                     (self.results.clone(), self.wake.clone(), self.stop.clone());
                 let poller = Thread::spawn(CHECKER_NAME.to_owned(), move || {
-                    poll(&shared, &results, &wake, &stop);
+                    poller::poll(&shared, &results, &wake, &stop);
                 })?;
                 *self.poller.lock() = Some(poller);
                 Ok(())
@@ -578,83 +582,6 @@ impl fmt::Debug for HealthChecker {
             .field("sha", &self.shared.sha)
             .field("state", &self.sm.state())
             .field("config", &self.shared.config)
-            .finish()
-    }
-}
-
-/// The poller loop: records results, expires calls, sends due polls and publishes, then sleeps
-/// until the next deadline, a result, a wake-up or the stop signal.
-fn poll(shared: &Shared, results: &Receiver<PollResult>, wake: &Receiver<()>, stop: &StopSignal) {
-    let interval = shared.config.interval;
-    while !stop.is_stopped() {
-        while wake.try_recv().is_ok() {}
-        let (next, ended, lines) = {
-            let mut reg = shared.registry.lock();
-            let now = Instant::now();
-            while let Ok(result) = results.try_recv() {
-                reg.record_poll(result, now);
-            }
-            let ended = reg.ended_orphans();
-            let next = reg.tick(Instant::now(), interval);
-            (next, ended, shared.commit(&mut reg))
-        };
-        write_log(lines);
-        for mut orphan in ended {
-            // It has ended: this join does not wait for user code.
-            orphan.worker.join_until(Instant::now());
-            log::info!(
-                "{}: the stuck worker of this unregistered check has ended",
-                orphan.name
-            );
-        }
-        let mut select = Select::new();
-        select.recv(results);
-        select.recv(wake);
-        select.recv(stop.receiver());
-        let _ = select.ready_deadline(next);
-    }
-}
-
-/// A cloneable handle with which a registered service pushes changes of its own status at once,
-/// between polls (an *active* report).
-///
-/// Returned by [`HealthChecker::register`]. It does not keep the checker alive; once the check is
-/// unregistered (even if one of the same name is registered again) or the checker is gone, its
-/// reports fail with [`ErrorKind::NotRegistered`].
-#[derive(Clone)]
-pub struct Reporter {
-    shared: Weak<Shared>,
-    id: u64,
-    name: Arc<str>,
-}
-
-impl Reporter {
-    /// The name of the check this handle reports on.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Pushes a status for `probe` of this check at once, without waiting for the next poll (an
-    /// *active* report). It takes effect immediately, whatever the check's failure threshold,
-    /// emits an event if the status changes, and lasts until the next poll of the check says
-    /// otherwise.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::NotRegistered`] if the check was unregistered or the checker is gone.
-    pub fn report(&self, probe: Probe, status: Result<()>) -> Result<()> {
-        let shared = self
-            .shared
-            .upgrade()
-            .ok_or_else(|| not_registered(&self.name))?;
-        shared.push(&self.name, Some(self.id), probe, status)
-    }
-}
-
-impl fmt::Debug for Reporter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Reporter")
-            .field("name", &self.name)
             .finish()
     }
 }

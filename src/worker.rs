@@ -235,7 +235,9 @@ impl<T: Send + Sync + 'static> HealthReporter for Worker<T> {
     /// `Ok` once started, while the run closure has not failed, and while the
     /// [`ready_when`](Worker::ready_when) hook, if any, says so.
     fn ready(&self) -> Result<()> {
-        self.sm.ready()?;
+        self.sm
+            .ready()
+            .map_err(|e| e.in_service(&self.name, Phase::Ready))?;
         if let Some(e) = self.failed.get() {
             return Err(e.clone());
         }
@@ -274,7 +276,8 @@ impl<T: Send + Sync + 'static> Service for Worker<T> {
                 let Some((value, thread)) = self.running.lock().take() else {
                     return Ok(());
                 };
-                if let Some(hook) = self.on_close.lock().take() {
+                let hook = self.on_close.lock().take();
+                if let Some(hook) = hook {
                     hook(&value);
                 }
                 // The close's own bound is its caller's (the runner's close timeout).

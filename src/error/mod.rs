@@ -1,4 +1,6 @@
-//! The crate's one error type.
+//! The crate's one error type: [`Error`] here, its [`Phase`] and [`ErrorKind`] in `kind.rs`.
+
+mod kind;
 
 use std::any::Any;
 use std::borrow::Cow;
@@ -9,6 +11,8 @@ use std::time::Duration;
 
 use crate::state::State;
 
+pub use self::kind::{ErrorKind, Phase};
+
 /// A boxed error from user code: anything `?` can turn into an error.
 ///
 /// Closures handed to [`StateMachine::start_once`](crate::StateMachine::start_once) and
@@ -18,81 +22,6 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
 /// `Result<T, lifecycle::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// The phase of a service's life in which an error happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Phase {
-    /// Starting the service ([`Service::start`](crate::Service::start)).
-    Start,
-    /// Closing the service ([`Service::close`](crate::Service::close)).
-    Close,
-    /// Asking whether the service is ready ([`HealthReporter::ready`](crate::HealthReporter::ready)).
-    Ready,
-    /// Asking for the service's health
-    /// ([`HealthReporter::health_report`](crate::HealthReporter::health_report)).
-    Health,
-    /// While the service runs, between a successful start and close.
-    Run,
-    /// A cleanup function the runner runs after the services have closed.
-    Cleanup,
-    /// The program's shutdown as a whole (for example its overall deadline).
-    Shutdown,
-}
-
-impl Phase {
-    /// The phase's name in lower case, as used in messages: `"start"`, `"close"`, ...
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Start => "start",
-            Phase::Close => "close",
-            Phase::Ready => "ready",
-            Phase::Health => "health",
-            Phase::Run => "run",
-            Phase::Cleanup => "cleanup",
-            Phase::Shutdown => "shutdown",
-        }
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What kind of error an [`Error`] is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// The service's own code returned an error; [`Error::find`] reaches the cause's own type.
-    Failed,
-    /// The service's code panicked; the error carries the panic message.
-    Panicked,
-    /// A deadline passed before the phase finished.
-    TimedOut,
-    /// The phase was cancelled (a shutdown was requested).
-    Cancelled,
-    /// `start` was called on a service that has already been started once.
-    AlreadyStarted,
-    /// `close` was called on a service that is already closing or closed.
-    AlreadyClosed,
-    /// The service is not started: it cannot be closed, and it is neither ready nor healthy.
-    NotStarted,
-    /// The service is in a state from which the operation cannot proceed (for example closing a
-    /// service whose start failed, or a [`StateMachine`](crate::StateMachine) method called from
-    /// inside that machine's own start or close).
-    InvalidState,
-    /// Several errors joined into one; [`Error::errors`] gives every one of them.
-    Joined,
-    /// A name is already registered (for example a second health check with the same name).
-    DuplicateName,
-    /// No component of that name is registered.
-    NotRegistered,
-    /// An argument was rejected: an empty name, a metric name that Prometheus would not accept,
-    /// a timeout out of range.
-    InvalidInput,
-}
 
 /// The error type of this crate.
 ///
@@ -597,111 +526,4 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_is_small_and_thread_safe() {
-        fn assert_traits<T: StdError + Send + Sync + Clone + 'static>() {}
-        assert_traits::<Error>();
-        assert_eq!(std::mem::size_of::<Error>(), std::mem::size_of::<usize>());
-    }
-
-    #[test]
-    fn display_names_service_and_phase() {
-        let e = Error::msg("boom").in_service("db", Phase::Close);
-        assert_eq!(e.to_string(), "db: close failed: boom");
-        assert_eq!(e.service(), Some("db"));
-        assert_eq!(e.phase(), Some(Phase::Close));
-        assert_eq!(Error::msg("plain").to_string(), "plain");
-        let t = Error::timed_out("api", Phase::Start, Duration::from_millis(1500));
-        assert_eq!(t.to_string(), "api: start timed out after 1.5s");
-        assert!(t.is_timeout());
-        assert_eq!(
-            Error::cancelled("w", Phase::Start).to_string(),
-            "w: start cancelled"
-        );
-    }
-
-    #[test]
-    fn in_service_keeps_existing_names() {
-        let e = Error::msg("x")
-            .in_service("inner", Phase::Close)
-            .in_service("outer", Phase::Start);
-        assert_eq!(e.service(), Some("inner"));
-        assert_eq!(e.phase(), Some(Phase::Close));
-    }
-
-    #[test]
-    fn other_does_not_rewrap_own_errors_and_shows_the_cause_once() {
-        let own = Error::msg("m").in_service("s", Phase::Start);
-        let back = Error::other(BoxError::from(own.clone()));
-        assert_eq!(back.to_string(), own.to_string());
-
-        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "port taken");
-        let e = Error::from(io).in_service("api", Phase::Start);
-        assert_eq!(e.to_string(), "api: start failed: port taken");
-        // The cause's message is in Display, so source() does not return the cause again.
-        assert!(e.source().is_none());
-        assert!(e.find::<std::io::Error>().is_some());
-    }
-
-    #[test]
-    fn a_timeout_with_its_last_error_is_a_timeout() {
-        let last = Error::msg("warming up").in_service("api", Phase::Ready);
-        let t = Error::timed_out_after("api", Phase::Start, Duration::from_secs(2), last);
-        assert_eq!(t.kind(), ErrorKind::TimedOut);
-        assert_eq!(
-            t.to_string(),
-            "api: start timed out after 2s, last error: ready failed: warming up"
-        );
-        assert!(
-            t.has_kind(ErrorKind::Failed),
-            "the attached error is searched too"
-        );
-    }
-
-    #[test]
-    fn join_flattens_and_keeps_order() {
-        assert!(Error::join([]).is_none());
-        let a = Error::msg("a");
-        assert_eq!(Error::join([a.clone()]).unwrap().to_string(), "a");
-        let ab = Error::join([Error::msg("a"), Error::msg("b")]).unwrap();
-        let abc = Error::join([ab, Error::msg("c")]).unwrap();
-        let parts: Vec<String> = abc.errors().map(ToString::to_string).collect();
-        assert_eq!(parts, ["a", "b", "c"]);
-        assert_eq!(format!("{abc:#}"), "a\nb\nc");
-        let named = abc.in_service("svc", Phase::Run);
-        assert!(named.errors().all(|e| e.service() == Some("svc")));
-    }
-
-    #[test]
-    fn registration_errors_name_the_component() {
-        let dup = Error::registration(ErrorKind::DuplicateName, "db");
-        assert_eq!(dup.to_string(), "db: already registered");
-        assert_eq!(dup.service(), Some("db"));
-        assert_eq!(dup.phase(), None);
-        let missing = Error::registration(ErrorKind::NotRegistered, "cache");
-        assert_eq!(missing.to_string(), "cache: not registered");
-    }
-
-    #[test]
-    fn names_are_checked() {
-        assert!(check_name("db.pool").is_ok());
-        let empty = check_name("").unwrap_err();
-        assert_eq!(empty.kind(), ErrorKind::InvalidInput);
-        assert_eq!(
-            empty.to_string(),
-            "invalid name \"\": a name must not be empty"
-        );
-        assert!(check_name("a\nb").is_err());
-    }
-
-    #[test]
-    fn panic_payloads_become_messages() {
-        let p = std::panic::catch_unwind(|| panic!("bad {}", 42)).unwrap_err();
-        let e = Error::panicked("w", Phase::Close, &*p);
-        assert_eq!(e.to_string(), "w: panicked in close: bad 42");
-        assert!(e.is_panic());
-    }
-}
+mod tests;
