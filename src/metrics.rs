@@ -98,6 +98,9 @@ use crate::error::{Error, ErrorKind, Result};
 pub use self::expose::Format;
 pub use self::producer::Samples;
 pub(crate) use self::scraper::{Job, Outcome, Scraper};
+// A scrape on the caller's thread, for the routes served from tiny_http.
+#[cfg(feature = "tiny_http")]
+pub(crate) use self::scraper::scrape;
 pub(crate) use self::services::ServiceTable;
 
 use self::builtin::Builtin;

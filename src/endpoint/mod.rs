@@ -1,6 +1,9 @@
 //! [`HealthEndpoint`]: the HTTP face of a [`HealthChecker`] for probes, load balancers and people.
 
 mod render;
+mod routes;
+#[cfg(feature = "tiny_http")]
+mod tiny;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -9,21 +12,22 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::checker::{HealthChecker, Probe, Snapshot};
+use crate::checker::HealthChecker;
 use crate::error::{Error, Phase, Result};
 #[cfg(feature = "metrics")]
 use crate::http::Reply;
-use crate::http::{Handler, Limits, Request, Response, Server};
+use crate::http::{Handler, Limits, Request, Server};
 #[cfg(feature = "metrics")]
 use crate::metrics::{Format, Job, Metrics, Outcome, Scraper};
 use crate::service::{HealthReporter, Service};
 use crate::state::StateMachine;
 use crate::stop::StartContext;
 
-use self::render::Overall;
+use self::routes::{Ask, Route, Routes};
+#[cfg(feature = "tiny_http")]
+pub use self::tiny::TinyHttpRoutes;
 
 const NAME: &str = "health endpoint";
-const HEALTH_JSON: &str = "application/health+json";
 
 /// Options of a [`HealthEndpoint`], with documented defaults.
 #[derive(Debug, Clone, Default)]
@@ -106,7 +110,14 @@ impl EndpointOptions {
 /// | `/readyz`, `/ready` | readiness: every check's `ready()` |
 /// | `/healthz`, `/health` | everything: every check's readiness and health |
 /// | `/readyz/NAME`, `/healthz/NAME` | one check (404 if there is none by that name) |
-/// | `/metrics` | Prometheus metrics, with [`EndpointOptions::metrics`] (feature `metrics`; else 404) |
+#[cfg_attr(
+    feature = "metrics",
+    doc = "| `/metrics` | Prometheus metrics, with [`EndpointOptions::metrics`] (feature `metrics`; else 404) |"
+)]
+#[cfg_attr(
+    not(feature = "metrics"),
+    doc = "| `/metrics` | Prometheus metrics, with `EndpointOptions::metrics` (feature `metrics`; else 404) |"
+)]
 ///
 /// Status `200` when passing (also when only informational checks fail: status `warn`), `503`
 /// when failing. The body is `application/health+json` in the shape of the IETF health-check
@@ -131,6 +142,10 @@ impl EndpointOptions {
 /// With metrics, one more thread (`health metrics`) runs the scrapes, so that a scrape waiting
 /// for producers never holds up an event loop; closing refuses queued scrapes and waits for the
 /// one in progress, at most the producers' longest bound and a few seconds.
+///
+/// A program that already serves tiny_http behind its own limits can answer the same routes
+/// on its own port instead (feature `tiny_http`: `health::TinyHttpRoutes`, which says when to
+/// choose which).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -194,69 +209,85 @@ impl HealthReporter for HealthEndpoint {
         NAME
     }
     fn ready(&self) -> Result<()> {
-        self.sm.ready().map_err(|e| e.in_service(NAME, Phase::Ready))
+        self.sm
+            .ready()
+            .map_err(|e| e.in_service(NAME, Phase::Ready))
     }
 }
 
 impl Service for HealthEndpoint {
     fn start(&self, _ctx: &StartContext) -> Result<()> {
-        self.sm.start_once(|| {
-            let checker = self.checker.clone();
-            let hide = self.options.hide_reasons;
-            let cache = Mutex::new(AnswerCache::default());
-            #[cfg(feature = "metrics")]
-            let scraper = match &self.options.metrics {
-                Some(metrics) => {
-                    metrics.watch_checker(checker.clone());
-                    let scraper = Arc::new(Scraper::spawn(metrics.clone())?);
-                    *self.scraper.lock() = Some(scraper.clone());
-                    Some(scraper)
-                }
-                None => None,
-            };
-            let handler: Handler = Arc::new(move |req: &Request<'_>| {
+        self.sm
+            .start_once(|| {
+                let routes =
+                    Routes::new(self.checker.clone()).hide_reasons(self.options.hide_reasons);
                 #[cfg(feature = "metrics")]
-                if let (Some(scraper), "/metrics") = (&scraper, req.path()) {
-                    return scrape(scraper, req);
-                }
-                answer(&checker, hide, &cache, req).into()
-            });
-            let server = Server::bind(
-                self.addr,
-                self.options.limits.clone(),
-                handler,
-                "health http",
-            )
-            .map_err(|e| {
+                let scraper = match &self.options.metrics {
+                    Some(metrics) => {
+                        metrics.watch_checker(self.checker.clone());
+                        let scraper = Arc::new(Scraper::spawn(metrics.clone())?);
+                        *self.scraper.lock() = Some(scraper.clone());
+                        Some(scraper)
+                    }
+                    None => None,
+                };
                 #[cfg(feature = "metrics")]
-                drop(self.scraper.lock().take());
-                Error::msg(format!("cannot listen on {}: {e}", self.addr))
-            })?;
-            let addr = server.local_addr();
-            log::info!("{NAME}: listening on http://{addr}");
-            *self.bound.lock() = Some(addr);
-            *self.server.lock() = Some(server);
-            Ok(())
-        })
-        .map_err(|e| e.in_service(NAME, Phase::Start))
+                let routes = routes.serve_metrics(scraper.is_some());
+                let handler: Handler = Arc::new(move |req: &Request<'_>| {
+                    let ask = Ask {
+                        method: req.method(),
+                        path: req.path(),
+                        query: req.query(),
+                        accept: req.accept(),
+                    };
+                    match routes.route(&ask) {
+                        Route::Answer(response) => response.into(),
+                        #[cfg(feature = "metrics")]
+                        Route::Scrape(format) => match &scraper {
+                            Some(scraper) => scrape(scraper, format),
+                            // Not routed without a scraper.
+                            None => routes::not_found(ask.method).into(),
+                        },
+                        Route::Elsewhere => routes::not_found(ask.method).into(),
+                    }
+                });
+                let server = Server::bind(
+                    self.addr,
+                    self.options.limits.clone(),
+                    handler,
+                    "health http",
+                )
+                .map_err(|e| {
+                    #[cfg(feature = "metrics")]
+                    drop(self.scraper.lock().take());
+                    Error::msg(format!("cannot listen on {}: {e}", self.addr))
+                })?;
+                let addr = server.local_addr();
+                log::info!("{NAME}: listening on http://{addr}");
+                *self.bound.lock() = Some(addr);
+                *self.server.lock() = Some(server);
+                Ok(())
+            })
+            .map_err(|e| e.in_service(NAME, Phase::Start))
     }
 
     fn close(&self) -> Result<()> {
-        self.sm.close_once(|| {
-            let server = self.server.lock().take();
-            let closed = match server {
-                Some(mut server) => server
-                    .shutdown()
-                    .map_err(|e| Error::from(e).in_service(NAME, Phase::Close)),
-                None => Ok(()),
-            };
-            // Then the scrape thread, whose answers no loop would take any more: it refuses
-            // what is queued and ends after the scrape in progress.
-            #[cfg(feature = "metrics")]
-            drop(self.scraper.lock().take());
-            Ok(closed?)
-        })
-        .map_err(|e| e.in_service(NAME, Phase::Close))
+        self.sm
+            .close_once(|| {
+                let server = self.server.lock().take();
+                let closed = match server {
+                    Some(mut server) => server
+                        .shutdown()
+                        .map_err(|e| Error::from(e).in_service(NAME, Phase::Close)),
+                    None => Ok(()),
+                };
+                // Then the scrape thread, whose answers no loop would take any more: it refuses
+                // what is queued and ends after the scrape in progress.
+                #[cfg(feature = "metrics")]
+                drop(self.scraper.lock().take());
+                Ok(closed?)
+            })
+            .map_err(|e| e.in_service(NAME, Phase::Close))
     }
 }
 
@@ -271,221 +302,17 @@ impl fmt::Debug for HealthEndpoint {
     }
 }
 
-/// What a request asks for, parsed from its path and query.
-struct Query {
-    verbose: bool,
-    excluded: Vec<String>,
-}
-
-fn parse_query(query: Option<&str>) -> Query {
-    let mut q = Query {
-        verbose: false,
-        excluded: Vec::new(),
-    };
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "verbose" => q.verbose = !matches!(value, "0" | "false"),
-            "exclude" => q.excluded.push(percent_decode(value)),
-            _ => {}
-        }
-    }
-    q
-}
-
-/// Decodes `%XX` escapes and `+` (a space in a query); invalid escapes are kept as they are.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'%' => {
-                match (
-                    bytes.get(i + 1).and_then(|&b| hex(b)),
-                    bytes.get(i + 2).and_then(|&b| hex(b)),
-                ) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The last plain `/readyz` and `/healthz` answers (no check named, no `verbose`, nothing
-/// excluded: what probes ask, over and over), each with the snapshot it was rendered from.
-///
-/// A probe's question gets the same answer until the checker publishes a change, so rendering
-/// it anew for every request is wasted work. A cached answer is reused only while a fresh
-/// snapshot [shows the same](Snapshot::shows_the_same_as) as the one it was rendered from: the
-/// same publication, the same checker state, and no check stale. Otherwise the answer is
-/// rendered from the fresh snapshot, as without the cache. The handler runs on the server's
-/// event-loop threads; the lock is held only to compare snapshots and clone an answer (an
-/// `Arc` body), never while rendering.
-#[derive(Default)]
-struct AnswerCache {
-    /// `[readyz, healthz]`.
-    slots: [Option<(Snapshot, Response)>; 2],
-}
-
-/// Routes one request. Runs on the server's event-loop threads: it only reads the checker's
-/// cached snapshot and renders it (or reuses its last rendering of the same snapshot).
-fn answer(
-    checker: &HealthChecker,
-    hide_reasons: bool,
-    cache: &Mutex<AnswerCache>,
-    req: &Request<'_>,
-) -> Response {
-    if req.method() != "GET" && req.method() != "HEAD" {
-        return Response::text(405, "method not allowed: use GET or HEAD\n")
-            .with_header("Allow", "GET, HEAD");
-    }
-    let path = req.path();
-    let (what, probes, only): (&str, &[Probe], Option<&str>) = match path {
-        "/livez" => return live(checker, req),
-        "/readyz" | "/ready" => ("readyz", &[Probe::Ready], None),
-        "/healthz" | "/health" => ("healthz", &[Probe::Ready, Probe::Health], None),
-        _ => match path
-            .strip_prefix("/readyz/")
-            .map(|n| ("readyz", &[Probe::Ready][..], n))
-            .or_else(|| {
-                path.strip_prefix("/healthz/")
-                    .map(|n| ("healthz", &[Probe::Ready, Probe::Health][..], n))
-            }) {
-            Some((what, probes, name)) if !name.is_empty() => (what, probes, Some(name)),
-            _ => return Response::text(404, "not found: try /livez, /readyz or /healthz\n"),
-        },
-    };
-    let query = parse_query(req.query());
-    let decoded;
-    let only = match only {
-        Some(n) => {
-            decoded = percent_decode(n);
-            Some(decoded.as_str())
-        }
-        None => None,
-    };
-    let snapshot = checker.snapshot();
-    let slot = (only.is_none() && !query.verbose && query.excluded.is_empty())
-        .then_some(usize::from(what == "healthz"));
-    if let Some(slot) = slot {
-        if let Some((rendered_from, response)) = &cache.lock().slots[slot] {
-            if rendered_from.shows_the_same_as(&snapshot) {
-                return response.clone();
-            }
-        }
-    }
-    let Some((overall, items)) = render::collect(&snapshot, probes, only, &query.excluded) else {
-        return Response::text(404, format!("no check named {:?}\n", only.unwrap_or("")));
-    };
-    if query.verbose {
-        let body = render::verbose(what, overall, &items, hide_reasons);
-        return Response::text(overall.http_status(), body);
-    }
-    let description = match only {
-        Some(n) => format!("check {n}"),
-        None if what == "readyz" => "readiness of every check".to_owned(),
-        None => "health and readiness of every check".to_owned(),
-    };
-    let body = render::json(&snapshot, &description, overall, &items, hide_reasons);
-    let response = Response::new(overall.http_status(), HEALTH_JSON, body.into_bytes());
-    if let Some(slot) = slot {
-        cache.lock().slots[slot] = Some((snapshot, response.clone()));
-    }
-    response
-}
-
 /// `/metrics`: handed to the scrape thread, whose answer comes back through the event loop.
 #[cfg(feature = "metrics")]
-fn scrape(scraper: &Arc<Scraper>, req: &Request<'_>) -> Reply {
-    if req.method() != "GET" && req.method() != "HEAD" {
-        return Response::text(405, "method not allowed: use GET or HEAD\n")
-            .with_header("Allow", "GET, HEAD")
-            .into();
-    }
-    let format = Format::from_accept(req.accept());
+fn scrape(scraper: &Arc<Scraper>, format: Format) -> Reply {
     let scraper = Arc::clone(scraper);
     Reply::Later(Box::new(move |responder| {
         let job = Job {
             format,
-            reply: Box::new(move |outcome| {
-                responder.send(match outcome {
-                    Outcome::Body(body) => {
-                        Response::new(200, format.content_type(), body.into_bytes())
-                    }
-                    Outcome::Busy => Response::text(503, "too many scrapes at once; try again\n")
-                        .with_header("Retry-After", "1"),
-                    Outcome::Failed => Response::text(500, "the scrape failed; see the log\n"),
-                });
-            }),
+            reply: Box::new(move |outcome| responder.send(routes::scraped(format, outcome))),
         };
         if let Err(refused) = scraper.submit(job) {
             (refused.reply)(Outcome::Busy);
         }
     }))
-}
-
-/// Liveness: the process answers and its health checker is polling. It does not depend on any
-/// check, so a failing dependency never gets the process restarted.
-fn live(checker: &HealthChecker, req: &Request<'_>) -> Response {
-    let snapshot = checker.snapshot();
-    let polling = snapshot.checker_state() == crate::State::Started;
-    let overall = if polling {
-        Overall::Pass
-    } else {
-        Overall::Fail
-    };
-    let query = parse_query(req.query());
-    if query.verbose {
-        let mut body = String::new();
-        if polling {
-            body.push_str("[+]ping ok\n[+]health checker ok\nlivez check passed\n");
-        } else {
-            body.push_str(&format!(
-                "[+]ping ok\n[-]health checker failed: not polling (state: {})\nlivez check failed\n",
-                snapshot.checker_state()
-            ));
-        }
-        return Response::text(overall.http_status(), body);
-    }
-    let mut body = String::from("{\"status\":\"");
-    body.push_str(if polling { "pass" } else { "fail" });
-    body.push_str("\",\"version\":");
-    render::push_json_str(&mut body, snapshot.version());
-    body.push_str(",\"releaseId\":");
-    render::push_json_str(&mut body, snapshot.sha());
-    body.push_str(",\"description\":\"liveness\"}");
-    Response::new(overall.http_status(), HEALTH_JSON, body.into_bytes())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_parsing() {
-        let q = parse_query(Some("verbose&exclude=db&exclude=a%20b&exclude=c+d&x=1"));
-        assert!(q.verbose);
-        assert_eq!(q.excluded, ["db", "a b", "c d"]);
-        assert!(!parse_query(Some("verbose=false")).verbose);
-        assert!(!parse_query(None).verbose);
-    }
-
-    #[test]
-    fn percent_decoding_keeps_invalid_escapes() {
-        assert_eq!(percent_decode("a%2Fb"), "a/b");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-        assert_eq!(percent_decode("%e2%9c%93"), "✓");
-    }
 }

@@ -116,6 +116,9 @@ pub(crate) use self::limits::Limits;
 pub(crate) use self::limits::MAX_EVENT_LOOPS;
 pub(crate) use self::reply::{Reply, Responder};
 pub(crate) use self::request::{Request, MAX_HEADERS};
+// The same split of a request target for the routes served from tiny_http.
+#[cfg(feature = "tiny_http")]
+pub(crate) use self::request::split_target;
 pub(crate) use self::response::Response;
 pub(crate) use self::server::{Handler, Server};
 pub(crate) use self::stats::ServerStats;

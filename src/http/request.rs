@@ -42,7 +42,6 @@ impl<'a> Request<'a> {
 
     /// The value of the first header called `name` (compared without case), if it is there and
     /// is UTF-8.
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) fn header(&self, name: &str) -> Option<&'a str> {
         self.headers
             .iter()
@@ -51,7 +50,6 @@ impl<'a> Request<'a> {
     }
 
     /// The `Accept` header, if any.
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) fn accept(&self) -> Option<&'a str> {
         self.header("accept")
     }
@@ -214,7 +212,7 @@ fn names_an_http_version(buf: &[u8]) -> bool {
 /// Splits a request target into its path and query. An absolute-form target
 /// (`http://host:port/path?query`, which servers must accept) loses its scheme and authority;
 /// without a path, the path is `/`.
-fn split_target(target: &str) -> (&str, Option<&str>) {
+pub(crate) fn split_target(target: &str) -> (&str, Option<&str>) {
     let scheme_len = ["http://", "https://"].iter().find_map(|scheme| {
         let head = target.get(..scheme.len())?;
         head.eq_ignore_ascii_case(scheme).then_some(scheme.len())

@@ -8,7 +8,7 @@ use std::sync::Arc;
 /// A complete response: status, content type, body and any extra headers.
 ///
 /// The body is an `Arc<[u8]>` so that a handler can hand out a cached rendering without copying
-/// it. The server adds `Content-Length`, `Cache-Control: no-store` and, when it closes the
+/// it. The server (and any other front: `TinyHttpRoutes`) adds `Content-Length`, `Cache-Control: no-store` and, when it closes the
 /// connection after the response, `Connection: close`; it drops extra headers that would
 /// contradict these (`Content-Length`, `Transfer-Encoding`, `Connection`, `Cache-Control`) and
 /// headers whose name or value could not be sent safely (a line break in a value, for example).
@@ -59,10 +59,45 @@ impl Response {
     }
 
     /// The body.
-    // Nothing in the crate reads the body back yet, not even the tests.
-    #[allow(dead_code)]
+    #[cfg_attr(not(feature = "tiny_http"), allow(dead_code))]
     pub(crate) fn body(&self) -> &[u8] {
         &self.body
+    }
+
+    /// The status to send: [`status`](Response::status), or `500` if it is not from 200 to 599.
+    pub(crate) fn sent_status(&self) -> u16 {
+        if (200..=599).contains(&self.status) {
+            self.status
+        } else {
+            log::warn!(
+                "health endpoint handler returned status {}; sending 500",
+                self.status
+            );
+            500
+        }
+    }
+
+    /// The `Content-Type` to send: the one given, or `application/octet-stream` if it could not
+    /// be sent safely.
+    pub(crate) fn sent_content_type(&self) -> &str {
+        if is_safe_value(&self.content_type) {
+            &self.content_type
+        } else {
+            "application/octet-stream"
+        }
+    }
+
+    /// The extra headers to send, in order: those that can be sent safely and that do not
+    /// contradict what every front adds itself (see the type's docs).
+    pub(crate) fn sent_headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.headers.iter().filter_map(|(name, value)| {
+            if is_token(name) && is_safe_value(value) && !is_reserved(name) {
+                Some((&**name, &**value))
+            } else {
+                log::debug!("health endpoint: dropping response header {name:?}");
+                None
+            }
+        })
     }
 
     /// Appends the response to `out`.
@@ -77,20 +112,8 @@ impl Response {
         close: bool,
         keep_alive_1_0: bool,
     ) {
-        let status = if (200..=599).contains(&self.status) {
-            self.status
-        } else {
-            log::warn!(
-                "health endpoint handler returned status {}; sending 500",
-                self.status
-            );
-            500
-        };
-        let content_type = if is_safe_value(&self.content_type) {
-            &*self.content_type
-        } else {
-            "application/octet-stream"
-        };
+        let status = self.sent_status();
+        let content_type = self.sent_content_type();
         // Writing to a Vec cannot fail.
         let _ = write!(
             out,
@@ -107,12 +130,8 @@ impl Response {
         } else if keep_alive_1_0 {
             out.extend_from_slice(b"Connection: keep-alive\r\n");
         }
-        for (name, value) in &self.headers {
-            if is_token(name) && is_safe_value(value) && !is_reserved(name) {
-                let _ = write!(out, "{name}: {value}\r\n");
-            } else {
-                log::debug!("health endpoint: dropping response header {name:?}");
-            }
+        for (name, value) in self.sent_headers() {
+            let _ = write!(out, "{name}: {value}\r\n");
         }
         out.extend_from_slice(b"\r\n");
         if !head_only && !bodyless {

@@ -58,14 +58,7 @@ impl Scraper {
                     (job.reply)(Outcome::Busy);
                     continue;
                 }
-                let encoded = catch_unwind(AssertUnwindSafe(|| scraped.encode(job.format)));
-                (job.reply)(match encoded {
-                    Ok(body) => Outcome::Body(body),
-                    Err(_) => {
-                        log::error!("metrics: a scrape panicked");
-                        Outcome::Failed
-                    }
-                });
+                (job.reply)(scrape(&scraped, job.format));
             }
         })?;
         Ok(Scraper {
@@ -83,6 +76,18 @@ impl Scraper {
                 TrySendError::Full(job) | TrySendError::Disconnected(job) => job,
             }),
             None => Err(job),
+        }
+    }
+}
+
+/// Runs one scrape on the calling thread: [`Metrics::encode`], with a panic (in a metric or
+/// collector of the program's) logged and turned into [`Outcome::Failed`].
+pub(crate) fn scrape(metrics: &Metrics, format: Format) -> Outcome {
+    match catch_unwind(AssertUnwindSafe(|| metrics.encode(format))) {
+        Ok(body) => Outcome::Body(body),
+        Err(_) => {
+            log::error!("metrics: a scrape panicked");
+            Outcome::Failed
         }
     }
 }

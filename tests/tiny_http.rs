@@ -1,0 +1,301 @@
+//! `health::TinyHttpRoutes` answers the health routes from a program's own tiny_http server
+//! exactly as the `HealthEndpoint` does, from the same checker, and gives every other request
+//! back to the program.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use lifecycle::health::{self, EndpointOptions, TinyHttpRoutes};
+use lifecycle::{HealthChecker, HealthEndpoint, Service, StartContext};
+
+/// The bound of every wait: a connection, a read, a write, a poll.
+const BOUND: Duration = Duration::from_secs(10);
+#[cfg(feature = "metrics")]
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0";
+
+/// The headers a front must send alike. The others legitimately differ: tiny_http adds `Date`
+/// and `Server`, and says `Connection` its own way.
+const COMPARED: &[&str] = &[
+    "content-type",
+    "content-length",
+    "cache-control",
+    "allow",
+    "retry-after",
+];
+
+/// A checker with a passing check (`db`) and a failing one (`cache`), polled once and then not
+/// again for an hour, so that every answer below comes from one snapshot; served by a
+/// `HealthEndpoint` and by the program's tiny_http server.
+struct Fixture {
+    checker: Arc<HealthChecker>,
+    endpoint: HealthEndpoint,
+    program: Program,
+}
+
+impl Fixture {
+    fn start() -> Fixture {
+        let checker = Arc::new(
+            HealthChecker::builder("1.2.3", "abc123")
+                .interval(Duration::from_secs(3600))
+                .build(),
+        );
+        checker.register(health::from_fn("db", || Ok(()))).unwrap();
+        checker
+            .register(health::from_fn("cache", || Err("cache unreachable".into())))
+            .unwrap();
+        let options = EndpointOptions::new();
+        let routes = TinyHttpRoutes::new(checker.clone());
+        #[cfg(feature = "metrics")]
+        let (options, routes) = {
+            let metrics = lifecycle::metrics::Metrics::new();
+            (options.metrics(metrics.clone()), routes.metrics(metrics))
+        };
+        let local = "127.0.0.1:0".parse().unwrap();
+        let endpoint = HealthEndpoint::with_options(local, checker.clone(), options);
+        checker.start(&StartContext::background()).unwrap();
+        endpoint.start(&StartContext::background()).unwrap();
+        let program = Program::serve(routes);
+        checker.wait_for_poll(BOUND).unwrap();
+        Fixture {
+            checker,
+            endpoint,
+            program,
+        }
+    }
+
+    /// Asks both ports the same; asserts the same status, compared headers and body, and
+    /// returns the endpoint's answer.
+    #[track_caller]
+    fn check(&self, method: &str, target: &str, accept: Option<&str>) -> Answer {
+        let endpoint = ask(self.endpoint.local_addr().unwrap(), method, target, accept);
+        let tiny = ask(self.program.addr, method, target, accept);
+        let what = format!("{method} {target} (Accept: {accept:?})");
+        assert_eq!(endpoint.status, tiny.status, "{what}: status");
+        for name in COMPARED {
+            assert_eq!(endpoint.header(name), tiny.header(name), "{what}: {name}");
+        }
+        assert_eq!(endpoint.header("cache-control"), Some("no-store"), "{what}");
+        assert_eq!(
+            String::from_utf8_lossy(&endpoint.body),
+            String::from_utf8_lossy(&tiny.body),
+            "{what}: body"
+        );
+        endpoint
+    }
+
+    fn close(self) -> Vec<String> {
+        let seen = self.program.close();
+        self.endpoint.close().unwrap();
+        self.checker.close().unwrap();
+        seen
+    }
+}
+
+/// The program's own tiny_http server: its loop hands every request to the routes and answers
+/// what they give back itself, `404` with a body of its own, noting the request target.
+struct Program {
+    addr: SocketAddr,
+    server: Arc<tiny_http::Server>,
+    thread: Option<JoinHandle<Vec<String>>>,
+}
+
+impl Program {
+    fn serve(routes: TinyHttpRoutes) -> Program {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+        let addr = server.server_addr().to_ip().unwrap();
+        let serving = Arc::clone(&server);
+        let thread = std::thread::Builder::new()
+            .name("program http".into())
+            .spawn(move || {
+                let mut seen = Vec::new();
+                // Ends at `unblock`.
+                for request in serving.incoming_requests() {
+                    let Some(request) = routes.respond(request) else {
+                        continue;
+                    };
+                    seen.push(request.url().to_owned());
+                    let answer = tiny_http::Response::from_string("the program's 404\n")
+                        .with_status_code(404);
+                    let _ = request.respond(answer);
+                }
+                seen
+            })
+            .unwrap();
+        Program {
+            addr,
+            server,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the loop and returns the targets of the requests it answered itself.
+    fn close(mut self) -> Vec<String> {
+        self.server.unblock();
+        let thread = self.thread.take().expect("not closed yet");
+        thread.join().expect("the program's loop panicked")
+    }
+}
+
+impl Drop for Program {
+    /// A failed assertion still ends and joins the loop.
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.server.unblock();
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One answer, read to the end of a `Connection: close` exchange.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[track_caller]
+fn ask(addr: SocketAddr, method: &str, target: &str, accept: Option<&str>) -> Answer {
+    let mut stream = TcpStream::connect_timeout(&addr, BOUND).unwrap();
+    stream.set_read_timeout(Some(BOUND)).unwrap();
+    stream.set_write_timeout(Some(BOUND)).unwrap();
+    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+    let length = if method == "POST" {
+        "Content-Length: 0\r\n"
+    } else {
+        ""
+    };
+    write!(
+        stream,
+        "{method} {target} HTTP/1.1\r\nHost: localhost\r\n{accept}{length}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete head");
+    let head = String::from_utf8(raw[..end].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.to_owned(), v.trim().to_owned()))
+        .collect();
+    Answer {
+        status,
+        headers,
+        body: raw[end + 4..].to_vec(),
+    }
+}
+
+/// The routes are shared by the threads of a program's server.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<TinyHttpRoutes>();
+};
+
+#[test]
+fn both_ports_answer_alike() {
+    let fixture = Fixture::start();
+    for (target, status) in [
+        ("/livez", 200),
+        ("/readyz", 503),
+        ("/ready", 503),
+        ("/healthz", 503),
+        ("/health", 503),
+        ("/readyz/db", 200),
+        ("/healthz/nope", 404),
+        ("/readyz?verbose", 503),
+        ("/healthz?exclude=cache", 200),
+        ("/livez?verbose", 200),
+    ] {
+        let answer = fixture.check("GET", target, None);
+        assert_eq!(answer.status, status, "GET {target}");
+        // The same answer from the answer cache, on both ports.
+        fixture.check("GET", target, None);
+    }
+    let verbose = fixture.check("GET", "/readyz?verbose", None);
+    let text = String::from_utf8_lossy(&verbose.body);
+    assert!(
+        text.contains("[-]cache failed: ") && text.contains("cache unreachable"),
+        "{text}"
+    );
+
+    let refused = fixture.check("POST", "/readyz", None);
+    assert_eq!(refused.status, 405);
+    assert_eq!(refused.header("allow"), Some("GET, HEAD"));
+
+    for target in ["/livez", "/readyz", "/healthz?verbose"] {
+        let got = fixture.check("GET", target, None);
+        let head = fixture.check("HEAD", target, None);
+        assert!(head.body.is_empty(), "HEAD {target} has a body");
+        assert_eq!(head.status, got.status, "HEAD {target}");
+        let length = got.body.len().to_string();
+        assert_eq!(
+            head.header("content-length"),
+            Some(&*length),
+            "HEAD {target}"
+        );
+    }
+
+    // Both ports scrape the same `Metrics`, whose every sample here is read from the checker's
+    // snapshot (states, failures, poll durations, build info) or fixed (the process's start
+    // time): with no producers, nothing changes from one scrape to the next, so the bodies are
+    // compared whole.
+    #[cfg(feature = "metrics")]
+    for accept in [None, Some(OPENMETRICS)] {
+        let scrape = fixture.check("GET", "/metrics", accept);
+        assert_eq!(scrape.status, 200);
+        let text = String::from_utf8_lossy(&scrape.body);
+        assert!(
+            text.contains("lifecycle_health_check_status{check=\"cache\""),
+            "{text}"
+        );
+        let head = fixture.check("HEAD", "/metrics", accept);
+        assert!(head.body.is_empty());
+    }
+
+    assert!(
+        fixture.close().is_empty(),
+        "a health route reached the program"
+    );
+}
+
+#[test]
+fn other_requests_reach_the_program() {
+    let fixture = Fixture::start();
+    let addr = fixture.program.addr;
+    let mut targets = vec!["/jobs", "/readyz/", "/livez/more"];
+    #[cfg(not(feature = "metrics"))]
+    targets.push("/metrics");
+    for target in &targets {
+        let answer = ask(addr, "GET", target, None);
+        assert_eq!(answer.status, 404, "{target}");
+        assert_eq!(answer.body, b"the program's 404\n", "{target}");
+    }
+    // Whatever the method: only the path makes a health route.
+    let posted = ask(addr, "POST", "/jobs", None);
+    assert_eq!(posted.body, b"the program's 404\n");
+    targets.push("/jobs");
+    assert_eq!(fixture.close(), targets);
+}
