@@ -1,6 +1,6 @@
 //! A realistic non-async daemon run by `lifecycle::Runner`: a connection pool, a worker loop that
 //! uses it, and a small HTTP API (on tiny_http) that uses it too, started in dependency order,
-//! stopped in reverse on SIGINT/SIGTERM.
+//! closed in reverse on SIGINT/SIGTERM.
 //!
 //! ```text
 //! RUST_LOG=info cargo run --example demo
@@ -10,7 +10,7 @@
 //! curl localhost:8001/metrics
 //! ```
 //!
-//! `/metrics` has the lifecycle's metrics (each service's state, start and stop durations, each
+//! `/metrics` has the lifecycle's metrics (each service's state, start and close durations, each
 //! check's status) and the demo's own: `demo_api_requests_total{path,status}` (the API),
 //! `demo_worker_jobs_total` and `demo_worker_job_failures_total` (the worker), and
 //! `pool_idle_connections` / `pool_size` (a producer, read at every scrape).
@@ -29,7 +29,7 @@
 //!
 //! - `--fail NAME`: NAME's start fails (rollback, exit code 1);
 //! - `--slow-start NAME`: NAME's start waits until it is cancelled (send SIGTERM meanwhile);
-//! - `--hang-close NAME`: NAME's close never returns (abandoned at its stop timeout).
+//! - `--hang-close NAME`: NAME's close never returns (abandoned at its close timeout).
 //!
 //! Exit codes: 0 after a graceful shutdown, 1 if anything failed, 130 on a second signal during
 //! the shutdown, 2 for bad arguments.
@@ -75,17 +75,16 @@ impl Pool {
 
     /// Runs `f` with a connection, waiting at most `timeout` for one.
     fn with_conn<T>(&self, timeout: Duration, f: impl FnOnce(u32) -> T) -> Result<T> {
-        let mut out = None;
-        let ran = self.sm.if_started(|| {
-            if let Ok(conn) = self.take.recv_timeout(timeout) {
-                out = Some(f(conn));
-                let _ = self.give.send(conn);
-            }
+        let out = self.sm.if_started(|| {
+            let conn = self.take.recv_timeout(timeout).ok()?;
+            let out = f(conn);
+            let _ = self.give.send(conn);
+            Some(out)
         });
-        match (ran, out) {
-            (false, _) => Err(Error::msg("pool is not running")),
-            (true, None) => Err(Error::msg("no connection free")),
-            (true, Some(v)) => Ok(v),
+        match out {
+            Err(_) => Err(Error::msg("pool is not running")),
+            Ok(None) => Err(Error::msg("no connection free")),
+            Ok(Some(v)) => Ok(v),
         }
     }
 }
@@ -113,7 +112,7 @@ impl HealthReporter for Pool {
 
 impl Service for Pool {
     fn start(&self, ctx: &StartContext) -> Result<()> {
-        self.sm.start_once("pool", || {
+        self.sm.start_once(|| {
             for conn in 0..self.size as u32 {
                 ctx.check("pool")?; // opening connections can be slow: honour a shutdown
                 self.give.send(conn)?;
@@ -124,7 +123,7 @@ impl Service for Pool {
     }
 
     fn close(&self) -> Result<()> {
-        self.sm.stop_once("pool", || {
+        self.sm.close_once(|| {
             let mut closed = 0;
             while self.take.try_recv().is_ok() {
                 closed += 1;
@@ -164,7 +163,7 @@ impl HealthReporter for Worker {
 
 impl Service for Worker {
     fn start(&self, _ctx: &StartContext) -> Result<()> {
-        self.sm.start_once("worker", || {
+        self.sm.start_once(|| {
             let (pool, stop) = (self.pool.clone(), self.stop.clone());
             let (jobs, failures) = (self.jobs.clone(), self.failures.clone());
             let handle = std::thread::Builder::new()
@@ -188,7 +187,7 @@ impl Service for Worker {
     }
 
     fn close(&self) -> Result<()> {
-        self.sm.stop_once("worker", || {
+        self.sm.close_once(|| {
             self.stop.stop();
             if let Some(handle) = self.thread.lock().take() {
                 handle.join().map_err(|_| "worker thread panicked")?;
@@ -224,7 +223,7 @@ impl HealthReporter for Api {
 
 impl Service for Api {
     fn start(&self, _ctx: &StartContext) -> Result<()> {
-        self.sm.start_once("api", || {
+        self.sm.start_once(|| {
             let server = Arc::new(tiny_http::Server::http(self.addr)?);
             match server.server_addr().to_ip() {
                 Some(addr) => log::info!("api: listening on http://{addr}"),
@@ -280,7 +279,7 @@ impl Service for Api {
     }
 
     fn close(&self) -> Result<()> {
-        self.sm.stop_once("api", || {
+        self.sm.close_once(|| {
             self.stop.stop();
             if let Some(server) = self.server.lock().take() {
                 server.unblock(); // wakes the thread out of recv_timeout at once
@@ -361,8 +360,9 @@ fn parse_args() -> std::result::Result<Args, String> {
         health_addr: "127.0.0.1:8001".parse().expect("valid default"),
         api_addr: "127.0.0.1:8080".parse().expect("valid default"),
         termination_delay: Duration::ZERO,
-        shutdown_timeout: lifecycle::DEFAULT_SHUTDOWN_TIMEOUT,
-        stop_timeout: lifecycle::DEFAULT_STOP_TIMEOUT,
+        // The runner's defaults.
+        shutdown_timeout: Duration::from_secs(25),
+        stop_timeout: Duration::from_secs(10),
         faults: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -478,7 +478,7 @@ fn main() -> ExitCode {
         .metrics(metrics)
         .termination_delay(args.termination_delay)
         .shutdown_timeout(args.shutdown_timeout)
-        .stop_timeout(args.stop_timeout);
+        .close_timeout(args.stop_timeout);
     let services: [Arc<dyn Service>; 3] = [pool, worker, api];
     for service in services {
         let fault = args.faults.iter().find(|(n, _)| n == service.name());

@@ -40,7 +40,7 @@ impl HealthReporter for Heartbeat {
 
 impl Service for Heartbeat {
     fn start(&self, _ctx: &StartContext) -> Result<()> {
-        self.sm.start_once(self.name, || {
+        self.sm.start_once(|| {
             if self.fail {
                 return Err("injected start failure (--fail)".into());
             }
@@ -62,7 +62,7 @@ impl Service for Heartbeat {
     }
 
     fn close(&self) -> Result<()> {
-        self.sm.stop_once(self.name, || {
+        self.sm.close_once(|| {
             self.stop.stop();
             if let Some(thread) = self.thread.lock().take() {
                 let beats = thread.join().map_err(|_| "heartbeat thread panicked")?;
@@ -98,7 +98,7 @@ fn main() -> ExitCode {
         })
         .collect();
 
-    let mut group = MultiStart::new();
+    let group = MultiStart::new();
     if let Err(e) = group.start(&StartContext::background(), services) {
         log::error!("start failed, rolled back: {e}");
         return ExitCode::FAILURE;

@@ -3,20 +3,23 @@
 //! No test depends on the machine being fast: waits are for events or conditions, each with a
 //! generous watchdog, and time is only ever asserted as a lower bound.
 
+mod common;
+
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{eventually, WATCHDOG};
 use crossbeam_channel::{Receiver, Sender};
+use lifecycle::health::{CheckOptions, HealthEvent, Probe, Status};
 use lifecycle::{
-    CheckOptions, Error, ErrorKind, HealthChecker, HealthEvent, HealthReport, HealthReporter,
-    Phase, Probe, Result, Service, StartContext, Status,
+    Error, ErrorKind, HealthChecker, HealthReport, HealthReporter, Phase, Result, Service,
+    StartContext,
 };
 use parking_lot::Mutex;
 
-const WATCHDOG: Duration = Duration::from_secs(10);
 /// An interval so long that only the first poll and `poll_now` ever poll.
 const NEVER: Duration = Duration::from_secs(3600);
 
@@ -150,15 +153,6 @@ fn is(check: &'static str, probe: Probe, new: Status) -> impl Fn(&HealthEvent) -
 }
 
 #[track_caller]
-fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WATCHDOG;
-    while !cond() {
-        assert!(Instant::now() < deadline, "not within {WATCHDOG:?}: {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-#[track_caller]
 fn recv_call(calls: &Receiver<usize>) -> usize {
     calls.recv_timeout(WATCHDOG).expect("reporter called")
 }
@@ -166,7 +160,6 @@ fn recv_call(calls: &Receiver<usize>) -> usize {
 #[test]
 fn version_and_sha_are_exposed() {
     let checker = HealthChecker::new("2.0.1", "deadbeef");
-    assert_eq!((checker.version(), checker.sha()), ("2.0.1", "deadbeef"));
     let snap = checker.snapshot();
     assert_eq!((snap.version(), snap.sha()), ("2.0.1", "deadbeef"));
     assert_eq!(checker.name(), "health checker");
@@ -217,23 +210,28 @@ fn unregister_removes_the_check() {
 #[test]
 fn checker_that_is_not_running_is_not_ready() {
     let checker = HealthChecker::new("v", "s");
-    let (ready, failing) = checker.is_ready();
-    assert!(!ready);
+    let ready = checker.snapshot().is_ready();
+    assert!(!ready.is_passing());
+    assert_eq!(ready.failures().len(), 1);
     assert_eq!(
-        failing["health checker"].to_string(),
+        ready.failure("health checker").unwrap().to_string(),
         "health checker: not started (state: Unstarted)"
     );
     assert!(checker.ready().is_err());
     checker.start(&StartContext::background()).unwrap();
     assert!(checker.ready().is_ok());
-    assert!(checker.is_healthy().0, "no checks, started: healthy");
+    assert!(
+        checker.snapshot().is_healthy().is_passing(),
+        "no checks, started: healthy"
+    );
     checker.close().unwrap();
-    let (ready, failing) = checker.is_ready();
-    assert!(!ready);
-    assert!(failing["health checker"].to_string().contains("Stopped"));
+    let ready = checker.snapshot().is_ready();
+    assert!(!ready.is_passing());
+    let why = ready.failure("health checker").unwrap().to_string();
+    assert!(why.contains("Closed"), "{why}");
     let (late, _) = Fake::new("late");
     let e = checker.register(late).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::AlreadyStopped);
+    assert_eq!(e.kind(), ErrorKind::AlreadyClosed);
 }
 
 #[test]
@@ -248,16 +246,23 @@ fn readiness_aggregates_and_names_what_fails() {
     wait_event(&events, is("db", Probe::Ready, Status::Passing));
     wait_event(&events, is("api", Probe::Ready, Status::Failing));
 
-    let (ready, failing) = checker.is_ready();
-    assert!(!ready);
-    assert_eq!(failing.len(), 1);
-    assert_eq!(failing["api"].to_string(), "api: ready failed: warming up");
-    assert_eq!(failing["api"].phase(), Some(Phase::Ready));
-    let (healthy, unhealthy) = checker.is_healthy();
-    assert!(!healthy);
-    assert_eq!(unhealthy.keys().collect::<Vec<_>>(), ["api"]);
-
     let snap = checker.snapshot();
+    let ready = snap.is_ready();
+    assert!(!ready.is_passing());
+    assert_eq!(ready.failures().len(), 1);
+    let api = ready.failure("api").unwrap();
+    assert_eq!(api.to_string(), "api: ready failed: warming up");
+    assert_eq!(api.phase(), Some(Phase::Ready));
+    let healthy = snap.is_healthy();
+    assert!(!healthy.is_passing());
+    assert_eq!(
+        healthy.failures().map(|(n, _)| n).collect::<Vec<_>>(),
+        ["api"]
+    );
+    // The verdict as one error, naming its check and probe.
+    let e = ready.into_result().unwrap_err();
+    assert_eq!(e.to_string(), "api: ready failed: warming up");
+
     let db = snap.check("db").unwrap();
     assert!(db.ready().is_passing() && db.health().is_passing());
     assert!(db.last_polled().is_some() && db.last_poll_duration().is_some());
@@ -284,7 +289,10 @@ fn health_report_sub_components_are_reported() {
         e.reason().unwrap().to_string(),
         "app.db.pool: health failed: no connections"
     );
-    assert!(checker.is_ready().0, "ready() itself passes");
+    assert!(
+        checker.snapshot().is_ready().is_passing(),
+        "ready() itself passes"
+    );
     let snap = checker.snapshot();
     let check = snap.check("app").unwrap();
     let names: Vec<_> = check.report().unwrap().iter().map(|(n, _)| n).collect();
@@ -297,7 +305,7 @@ fn hung_reporter_times_out_without_blocking_anything_else() {
     let timeout = Duration::from_millis(100);
     let checker = started(Duration::from_millis(20), timeout);
     let events = subscribe(&checker);
-    let (slow, _) = Fake::new("slow");
+    let (slow, slow_calls) = Fake::new("slow");
     let (fast, fast_calls) = Fake::new("fast");
     let gate = slow.block();
     let began = Instant::now();
@@ -311,12 +319,11 @@ fn hung_reporter_times_out_without_blocking_anything_else() {
     assert_eq!(reason.to_string(), "slow: ready timed out after 100ms");
 
     // Readers answer from the cache while the call hangs.
-    let (ready, failing) = checker.is_ready();
-    assert!(!ready);
-    assert!(failing["slow"].is_timeout());
-    assert!(!failing.contains_key("fast"));
-    assert_eq!(checker.stuck_calls(), 1);
     let snap = checker.snapshot();
+    let ready = snap.is_ready();
+    assert!(!ready.is_passing());
+    assert!(ready.failure("slow").unwrap().is_timeout());
+    assert!(ready.failure("fast").is_none());
     assert!(snap.check("slow").unwrap().is_stuck());
     assert_eq!(snap.stuck_calls(), 1);
 
@@ -337,9 +344,11 @@ fn hung_reporter_times_out_without_blocking_anything_else() {
     // Released, the late result is recorded and the check recovers.
     slow.unblock(gate);
     wait_event(&events, is("slow", Probe::Ready, Status::Passing));
-    assert_eq!(checker.stuck_calls(), 0);
+    assert_eq!(checker.snapshot().stuck_calls(), 0);
     assert!(!checker.snapshot().check("slow").unwrap().is_stuck());
-    eventually("slow polled again", || slow.calls() >= 2);
+    while slow.calls() < 2 {
+        recv_call(&slow_calls); // polled again
+    }
     checker.close().unwrap();
 }
 
@@ -378,7 +387,7 @@ fn panicking_reporter_fails_and_the_checker_keeps_working() {
     events.forget();
     checker.poll_now();
     wait_event(&events, is("bomb", Probe::Health, Status::Passing));
-    assert!(checker.is_healthy().0);
+    assert!(checker.snapshot().is_healthy().is_passing());
     checker.close().unwrap();
 }
 
@@ -395,24 +404,25 @@ fn stale_results_read_as_failing() {
     wait_event(&events, is("db", Probe::Ready, Status::Passing));
 
     checker.pause();
-    assert!(checker.is_paused() && checker.snapshot().is_paused());
-    eventually("stale", || !checker.is_ready().0);
-    let (_, failing) = checker.is_ready();
-    let msg = failing["db"].to_string();
+    assert!(checker.snapshot().is_paused());
+    // Nothing is published while paused: the check goes stale with time alone.
+    eventually("stale", || !checker.snapshot().is_ready().is_passing());
+    let snap = checker.snapshot();
+    let msg = snap.is_ready().failure("db").unwrap().to_string();
     assert!(
         msg.starts_with("db: ready failed: stale: last polled "),
         "{msg}"
     );
-    let (healthy, _) = checker.is_healthy();
-    assert!(!healthy);
-    let snap = checker.snapshot();
+    assert!(!snap.is_healthy().is_passing());
     let check = snap.check("db").unwrap();
     assert!(check.is_stale());
     assert!(check.age().unwrap() > Duration::from_millis(50));
     assert_eq!(check.ready().status(), Status::Failing);
 
     checker.resume();
-    eventually("fresh again", || checker.is_ready().0);
+    // Fresh again at the next poll; retried, since a machine that stalls longer than the 50 ms
+    // staleness bound between the poll and the read sees it stale again.
+    eventually("fresh again", || checker.snapshot().is_ready().is_passing());
     checker.close().unwrap();
 }
 
@@ -434,28 +444,26 @@ fn failure_threshold_delays_the_flip() {
         (ready.consecutive_failures(), ready.status())
     };
     for n in 1..=2 {
-        checker.poll_now();
-        recv_call(&db_calls);
-        eventually("failure recorded", || failures().0 == n);
+        let snap = checker.wait_for_poll(WATCHDOG).unwrap();
+        let ready = snap.check("db").unwrap().ready();
         assert_eq!(
-            failures().1,
-            Status::Passing,
+            (ready.consecutive_failures(), ready.status()),
+            (n, Status::Passing),
             "still passing after {n} failures"
         );
-        let snap = checker.snapshot();
-        let err = snap.check("db").unwrap().ready().error().cloned();
-        assert_eq!(err.unwrap().to_string(), "db: ready failed: blip");
-        assert!(checker.is_ready().0);
+        let err = ready.error().unwrap();
+        assert_eq!(err.to_string(), "db: ready failed: blip");
+        assert!(snap.is_ready().is_passing());
     }
-    checker.poll_now();
+    let snap = checker.wait_for_poll(WATCHDOG).unwrap();
+    assert!(!snap.is_ready().is_passing());
     let e = wait_event(&events, is("db", Probe::Ready, Status::Failing));
     assert_eq!(e.old_status(), Status::Passing);
     assert_eq!(failures(), (3, Status::Failing));
-    assert!(!checker.is_ready().0);
 
     // One success resets the count.
     db.set_ready(Ok(()));
-    checker.poll_now();
+    checker.wait_for_poll(WATCHDOG).unwrap();
     wait_event(&events, is("db", Probe::Ready, Status::Passing));
     assert_eq!(failures(), (0, Status::Passing));
     checker.close().unwrap();
@@ -475,9 +483,9 @@ fn informational_checks_do_not_count() {
     wait_event(&events, is("metrics", Probe::Health, Status::Failing));
     wait_event(&events, is("db", Probe::Health, Status::Passing));
 
-    assert!(checker.is_healthy().0);
-    assert!(checker.is_ready().0);
     let snap = checker.snapshot();
+    assert!(snap.is_healthy().is_passing());
+    assert!(snap.is_ready().is_passing());
     let metrics = snap.check("metrics").unwrap();
     assert!(metrics.is_informational());
     assert_eq!(metrics.health().status(), Status::Failing);
@@ -500,13 +508,14 @@ fn groups_are_judged_apart() {
     wait_event(&events, is("db", Probe::Ready, Status::Passing));
     wait_event(&events, is("cache", Probe::Ready, Status::Failing));
 
-    assert!(checker.is_ready_in("core").0);
-    assert!(checker.is_healthy_in("core").0);
-    let (ready, failing) = checker.is_ready_in("optional");
-    assert!(!ready);
-    assert_eq!(failing.keys().collect::<Vec<_>>(), ["cache"]);
-    assert!(!checker.is_ready().0, "overall counts every group");
     let snap = checker.snapshot();
+    assert!(snap.is_ready_in("core").is_passing());
+    assert!(snap.is_healthy_in("core").is_passing());
+    let optional = snap.is_ready_in("optional");
+    assert!(!optional.is_passing());
+    let failing: Vec<_> = optional.failures().map(|(n, _)| n).collect();
+    assert_eq!(failing, ["cache"]);
+    assert!(!snap.is_ready().is_passing(), "overall counts every group");
     assert_eq!(
         snap.groups().into_iter().collect::<Vec<_>>(),
         ["core", "optional"]
@@ -528,10 +537,17 @@ fn active_report_updates_at_once_and_emits_an_event() {
         .report(Probe::Health, Err(Error::msg("replica lag")))
         .unwrap();
     // Visible immediately: no poll happens (the interval is an hour).
-    let (healthy, failing) = checker.is_healthy();
-    assert!(!healthy);
-    assert_eq!(failing["db"].to_string(), "db: health failed: replica lag");
-    assert!(checker.is_ready().0, "only the health probe was reported");
+    let snap = checker.snapshot();
+    let healthy = snap.is_healthy();
+    assert!(!healthy.is_passing());
+    assert_eq!(
+        healthy.failure("db").unwrap().to_string(),
+        "db: health failed: replica lag"
+    );
+    assert!(
+        snap.is_ready().is_passing(),
+        "only the health probe was reported"
+    );
     let e = wait_event(&events, is("db", Probe::Health, Status::Failing));
     assert!(e.is_pushed());
     assert_eq!(e.probe(), Probe::Health);
@@ -544,21 +560,28 @@ fn active_report_updates_at_once_and_emits_an_event() {
         "db: health failed: replica lag"
     );
 
-    checker.report("db", Probe::Health, Ok(())).unwrap();
-    assert!(checker.is_healthy().0);
+    assert_eq!(
+        e.to_string(),
+        "db: health is failing: db: health failed: replica lag",
+        "events display on one line"
+    );
+
+    reporter.report(Probe::Health, Ok(())).unwrap();
+    assert!(checker.snapshot().is_healthy().is_passing());
     let e = wait_event(&events, |e| {
         e.is_pushed() && e.new_status() == Status::Passing
     });
     assert!(e.reason().is_none());
-    assert_eq!(
-        e.to_string(),
-        "db: health failing -> passing",
-        "events display on one line"
-    );
+    assert_eq!(e.to_string(), "db: health passes again");
 
-    let e = checker.report("nope", Probe::Ready, Ok(())).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::NotRegistered);
+    // Once the checker is closed, and once it is gone, reports have no check to go to.
     checker.close().unwrap();
+    let e = reporter.report(Probe::Ready, Ok(())).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotRegistered);
+    drop(checker);
+    let e = reporter.report(Probe::Ready, Ok(())).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotRegistered);
+    assert_eq!(e.to_string(), "db: not registered");
 }
 
 /// The seed's example: the ledger depends on postgres and reacts to its health at once.
@@ -568,7 +591,7 @@ fn a_service_reacts_to_another_ones_events() {
     let events = subscribe(&checker);
     let (postgres, _) = Fake::new("postgres");
     let (ledger, _) = Fake::new("ledger");
-    checker.register(postgres).unwrap();
+    let postgres_reporter = checker.register(postgres).unwrap();
     let ledger_reporter = checker.register(ledger.clone()).unwrap();
     wait_event(&events, is("postgres", Probe::Ready, Status::Passing));
     wait_event(&events, is("ledger", Probe::Ready, Status::Passing));
@@ -597,7 +620,7 @@ fn a_service_reacts_to_another_ones_events() {
         // Postgres reports its own trouble (no poll happens: the interval is an hour, so every
         // change below comes from a push and the order of events is fixed).
         let refused = Err(Error::msg("connection refused"));
-        checker.report("postgres", Probe::Ready, refused).unwrap();
+        postgres_reporter.report(Probe::Ready, refused).unwrap();
         let e = wait_event(&events, is("postgres", Probe::Ready, Status::Failing));
         assert_eq!(e.old_status(), Status::Passing);
         assert_eq!(
@@ -610,7 +633,7 @@ fn a_service_reacts_to_another_ones_events() {
             "ledger: ready failed: depends on postgres: postgres: ready failed: connection refused"
         );
 
-        checker.report("postgres", Probe::Ready, Ok(())).unwrap();
+        postgres_reporter.report(Probe::Ready, Ok(())).unwrap();
         wait_event(&events, pushed(Status::Passing));
         checker.close().unwrap();
     });
@@ -638,7 +661,10 @@ fn slow_or_gone_subscribers_never_block_the_checker() {
         reporter.report(Probe::Ready, status).unwrap();
     }
     assert!(checker.snapshot().dropped_events() > 0);
-    assert!(checker.is_ready().0, "the last report (ok) is in effect");
+    assert!(
+        checker.snapshot().is_ready().is_passing(),
+        "the last report (ok) is in effect"
+    );
     checker.close().unwrap();
     assert!(
         events.rx.iter().count() <= 1,
@@ -667,12 +693,15 @@ fn unknown_checks_are_not_ready() {
     checker.register(db).unwrap();
     checker.pause();
     checker.start(&StartContext::background()).unwrap();
-    let (ready, failing) = checker.is_ready();
-    assert!(!ready);
+    let ready = checker.snapshot().is_ready();
+    assert!(!ready.is_passing());
     assert_eq!(
-        failing["db"].to_string(),
+        ready.failure("db").unwrap().to_string(),
         "db: ready failed: not checked yet"
     );
+    // Paused: no poll would come, and waiting for one says so at once.
+    let e = checker.wait_for_poll(WATCHDOG).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidState, "{e}");
     checker.close().unwrap();
 }
 
@@ -709,13 +738,15 @@ fn unregistering_a_stuck_check_does_not_wait_for_it() {
     checker.unregister("stuck").unwrap();
     assert!(checker.snapshot().check("stuck").is_none());
     assert_eq!(
-        checker.stuck_calls(),
+        checker.snapshot().stuck_calls(),
         1,
         "still counted: its call has not returned"
     );
 
     stuck.unblock(gate);
-    eventually("orphan's call returned", || checker.stuck_calls() == 0);
+    eventually("orphan's call returned", || {
+        checker.snapshot().stuck_calls() == 0
+    });
     assert_eq!(recv_call(&stuck_calls), 1);
     assert!(stuck_calls.try_recv().is_err(), "never called again");
     checker.close().unwrap();
@@ -725,16 +756,11 @@ fn unregistering_a_stuck_check_does_not_wait_for_it() {
 fn a_poll_that_began_before_a_push_does_not_override_it() {
     let checker = started(NEVER, Duration::from_secs(60));
     let (fake, calls) = Fake::new("svc");
-    checker.register(fake.clone()).unwrap();
-    recv_call(&calls); // the first poll, at registration
-    eventually("first poll recorded", || {
-        checker
-            .snapshot()
-            .check("svc")
-            .unwrap()
-            .ready()
-            .is_passing()
-    });
+    let reporter = checker.register(fake.clone()).unwrap();
+    let first = checker.wait_for_poll(WATCHDOG).unwrap();
+    assert!(first.check("svc").unwrap().ready().is_passing());
+    // Every call so far has returned and been recorded; the next comes only when asked.
+    while calls.try_recv().is_ok() {}
     let polled = |c: &HealthChecker| c.snapshot().check("svc").unwrap().last_polled();
     let before = polled(&checker);
 
@@ -742,14 +768,11 @@ fn a_poll_that_began_before_a_push_does_not_override_it() {
     let gate = fake.block();
     checker.poll_now();
     recv_call(&calls);
-    checker
-        .report(
-            "svc",
-            Probe::Ready,
-            Err(lifecycle::Error::msg("pushed: shutting down")),
-        )
+    reporter
+        .report(Probe::Ready, Err(Error::msg("pushed: shutting down")))
         .unwrap();
     fake.unblock(gate);
+    // Not `wait_for_poll`: the poll it would ask for would begin after the push.
     eventually("the in-flight poll is recorded", || {
         polled(&checker) != before
     });
@@ -765,15 +788,7 @@ fn a_poll_that_began_before_a_push_does_not_override_it() {
         .contains("pushed: shutting down"));
 
     // A poll that begins after the push is applied as usual.
-    let before = polled(&checker);
-    checker.poll_now();
-    recv_call(&calls);
-    eventually("the next poll is recorded", || polled(&checker) != before);
-    assert!(checker
-        .snapshot()
-        .check("svc")
-        .unwrap()
-        .ready()
-        .is_passing());
+    let next = checker.wait_for_poll(WATCHDOG).unwrap();
+    assert!(next.check("svc").unwrap().ready().is_passing());
     checker.close().unwrap();
 }

@@ -4,37 +4,13 @@
 //! Alone in this file (one test, one binary) because the count is per process: other tests
 //! running concurrently would start threads of their own.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod common;
 
-use crossbeam_channel::Receiver;
-use lifecycle::{
-    HealthChecker, HealthEvent, HealthReporter, Probe, Result, Service, StartContext, Status,
-};
+use std::time::Duration;
 
-const WATCHDOG: Duration = Duration::from_secs(10);
-
-fn threads() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let line = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .expect("a Threads line");
-    line.trim().parse().expect("a number")
-}
-
-#[track_caller]
-fn back_to(baseline: usize, when: &str) {
-    let deadline = Instant::now() + WATCHDOG;
-    while threads() != baseline {
-        assert!(
-            Instant::now() < deadline,
-            "{when}: {} threads, expected {baseline}",
-            threads()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+use common::procfs::{thread_count, wait_thread_count};
+use common::WATCHDOG;
+use lifecycle::{HealthChecker, HealthReporter, Result, Service, StartContext};
 
 struct Fine(&'static str);
 
@@ -47,56 +23,47 @@ impl HealthReporter for Fine {
     }
 }
 
-#[track_caller]
-fn wait_passing(events: &Receiver<HealthEvent>, names: &[&str]) {
-    let mut left: Vec<&str> = names.to_vec();
-    let deadline = Instant::now() + WATCHDOG;
-    while !left.is_empty() {
-        let e = events.recv_deadline(deadline).expect("first polls");
-        if e.probe() == Probe::Ready && e.new_status() == Status::Passing {
-            left.retain(|n| *n != e.check());
-        }
-    }
-}
-
 #[test]
 fn every_thread_is_joined() {
-    let baseline = threads();
+    let baseline = thread_count();
 
     // Started, polled, closed: poller and workers all joined by close.
     let checker = HealthChecker::builder("v", "s")
         .interval(Duration::from_millis(10))
         .build();
-    let events = checker.subscribe();
     for name in ["a", "b", "c"] {
-        checker.register(Arc::new(Fine(name))).unwrap();
+        checker.register(Fine(name)).unwrap();
     }
-    assert_eq!(threads(), baseline + 3, "one worker per check");
+    assert_eq!(thread_count(), baseline + 3, "one worker per check");
     checker.start(&StartContext::background()).unwrap();
-    assert_eq!(threads(), baseline + 4, "and the poller");
-    wait_passing(&events, &["a", "b", "c"]);
+    assert_eq!(thread_count(), baseline + 4, "and the poller");
+    let polled = checker
+        .wait_for_poll(WATCHDOG)
+        .expect("a poll of every check");
+    assert!(polled.is_ready().is_passing(), "{polled:?}");
+    assert_eq!(polled.checks().len(), 3);
 
     // Unregister joins that check's worker.
     checker.unregister("b").unwrap();
-    assert_eq!(threads(), baseline + 3);
+    wait_thread_count(baseline + 3, "after unregister");
 
     checker.close().unwrap();
-    back_to(baseline, "after close");
+    wait_thread_count(baseline, "after close");
     drop(checker);
 
     // Never started, only dropped: the workers are joined too.
     let checker = HealthChecker::new("v", "s");
-    checker.register(Arc::new(Fine("x"))).unwrap();
-    assert_eq!(threads(), baseline + 1);
+    checker.register(Fine("x")).unwrap();
+    assert_eq!(thread_count(), baseline + 1);
     drop(checker);
-    back_to(baseline, "after drop");
+    wait_thread_count(baseline, "after drop");
 
     // Never started, closed: an error (it was not started), and the workers are joined anyway.
     let checker = HealthChecker::new("v", "s");
-    checker.register(Arc::new(Fine("y"))).unwrap();
-    assert_eq!(threads(), baseline + 1);
+    checker.register(Fine("y")).unwrap();
+    assert_eq!(thread_count(), baseline + 1);
     let e = checker.close().unwrap_err();
     assert_eq!(e.kind(), lifecycle::ErrorKind::NotStarted);
-    back_to(baseline, "after closing an unstarted checker");
+    wait_thread_count(baseline, "after closing an unstarted checker");
     drop(checker);
 }

@@ -1,21 +1,19 @@
 //! The health endpoint over real sockets on 127.0.0.1: routes, status codes, the JSON and verbose
 //! bodies, exclusion, hidden reasons, a hung reporter, and consistent answers while checks flap.
 
-#[path = "common/fixture.rs"]
-mod fixture;
-#[path = "common/http.rs"]
-mod http;
-
-use fixture::Switch;
+mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::fixture::{Fixture, Switch};
+use common::http;
+use common::{eventually, WATCHDOG};
 use crossbeam_channel::Receiver;
+use lifecycle::health::{CheckOptions, EndpointOptions, Probe};
 use lifecycle::{
-    CheckOptions, EndpointOptions, Error, HealthChecker, HealthEndpoint, HealthReporter, Probe,
-    Result, Service, StartContext,
+    Error, HealthChecker, HealthEndpoint, HealthReporter, Result, Service, StartContext,
 };
 
 /// A reporter whose `ready()` blocks until released, counting its calls.
@@ -35,72 +33,28 @@ impl HealthReporter for Hang {
     }
 }
 
-struct Fixture {
-    checker: Arc<HealthChecker>,
-    endpoint: HealthEndpoint,
-}
-
-impl Fixture {
-    fn new(options: EndpointOptions) -> Fixture {
-        let checker = Arc::new(
-            HealthChecker::builder("1.2.3", "deadbeef")
-                .interval(Duration::from_millis(20))
-                .timeout(Duration::from_millis(100))
-                .build(),
-        );
-        let endpoint =
-            HealthEndpoint::with_options("127.0.0.1:0".parse().unwrap(), checker.clone(), options);
-        checker.start(&StartContext::background()).unwrap();
-        endpoint.start(&StartContext::background()).unwrap();
-        Fixture { checker, endpoint }
-    }
-
-    fn addr(&self) -> std::net::SocketAddr {
-        self.endpoint.local_addr().unwrap()
-    }
-
-    /// Polls every check now and waits (bounded) until `/readyz` answers `want` and the answer
-    /// satisfies `also`.
-    #[track_caller]
-    fn wait_readyz(&self, want: u16, also: impl Fn(&http::Reply) -> bool) -> http::Reply {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            self.checker.poll_now();
-            let r = http::get(self.addr(), "/readyz");
-            if r.status == want && also(&r) {
-                return r;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "readyz never became {want}: {r:?}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Waits until `/readyz` answers `want` with no check left unpolled.
-    #[track_caller]
-    fn wait_ready_status(&self, want: u16) -> http::Reply {
-        self.wait_readyz(want, |r| !r.body.contains("not checked yet"))
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = self.endpoint.close();
-        let _ = self.checker.close();
-    }
+/// A started checker (polling every 20 ms, timing calls out at 100 ms) with no check yet, and
+/// an endpoint serving it.
+fn fixture(options: EndpointOptions) -> Fixture {
+    let checker = HealthChecker::builder("1.2.3", "deadbeef")
+        .interval(Duration::from_millis(20))
+        .timeout(Duration::from_millis(100))
+        // Far above the interval: a loaded machine must not turn an answer into "stale".
+        .stale_after(WATCHDOG)
+        .build();
+    Fixture::serving(checker, options)
 }
 
 #[test]
 fn readiness_follows_the_checks_and_names_the_failing_one() {
-    let f = Fixture::new(EndpointOptions::new());
+    let f = fixture(EndpointOptions::new());
     let db = Switch::new("db", false);
     let cache = Switch::new("cache", true);
     f.checker.register(db.clone()).unwrap();
     f.checker.register(cache).unwrap();
 
-    let r = f.wait_ready_status(503);
+    let r = f.readyz_after_poll();
+    assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(r.header("content-type"), Some("application/health+json"));
     assert_eq!(r.header("cache-control"), Some("no-store"));
     let j = r.json();
@@ -120,8 +74,10 @@ fn readiness_follows_the_checks_and_names_the_failing_one() {
     );
     assert_eq!(j["checks"]["cache:ready"][0]["status"], "pass");
 
-    db.ready.store(true, Ordering::SeqCst);
-    let j = f.wait_ready_status(200).json();
+    db.set(true);
+    let r = f.readyz_after_poll();
+    assert_eq!(r.status, 200, "{r:?}");
+    let j = r.json();
     assert_eq!(j["status"], "pass");
     assert!(j["checks"]["db:ready"][0]["time"]
         .as_str()
@@ -137,10 +93,10 @@ fn readiness_follows_the_checks_and_names_the_failing_one() {
 
 #[test]
 fn verbose_exclude_and_single_check() {
-    let f = Fixture::new(EndpointOptions::new());
+    let f = fixture(EndpointOptions::new());
     f.checker.register(Switch::new("db", false)).unwrap();
     f.checker.register(Switch::new("api", true)).unwrap();
-    f.wait_ready_status(503);
+    assert_eq!(f.readyz_after_poll().status, 503);
 
     let v = http::get(f.addr(), "/readyz?verbose");
     assert_eq!(v.status, 503);
@@ -170,9 +126,9 @@ fn verbose_exclude_and_single_check() {
 
 #[test]
 fn liveness_does_not_depend_on_checks() {
-    let f = Fixture::new(EndpointOptions::new());
+    let f = fixture(EndpointOptions::new());
     f.checker.register(Switch::new("db", false)).unwrap();
-    f.wait_ready_status(503);
+    assert_eq!(f.readyz_after_poll().status, 503);
     let l = http::get(f.addr(), "/livez");
     assert_eq!(l.status, 200);
     assert_eq!(l.json()["status"], "pass");
@@ -187,7 +143,7 @@ fn liveness_does_not_depend_on_checks() {
 
 #[test]
 fn methods_paths_and_head() {
-    let f = Fixture::new(EndpointOptions::new());
+    let f = fixture(EndpointOptions::new());
     assert_eq!(http::get(f.addr(), "/nope").status, 404);
     assert_eq!(http::get(f.addr(), "/readyz/").status, 404);
     let post = http::request(f.addr(), "POST", "/readyz");
@@ -206,9 +162,10 @@ fn methods_paths_and_head() {
 
 #[test]
 fn reasons_can_be_hidden() {
-    let f = Fixture::new(EndpointOptions::new().hide_reasons(true));
+    let f = fixture(EndpointOptions::new().hide_reasons(true));
     f.checker.register(Switch::new("db", false)).unwrap();
-    let r = f.wait_ready_status(503);
+    let r = f.readyz_after_poll();
+    assert_eq!(r.status, 503, "{r:?}");
     assert!(!r.body.contains("10.0.0.7"), "{}", r.body);
     assert_eq!(
         r.json()["checks"]["db:ready"][0]["output"],
@@ -221,7 +178,7 @@ fn reasons_can_be_hidden() {
 
 #[test]
 fn informational_checks_warn_but_pass() {
-    let f = Fixture::new(EndpointOptions::new());
+    let f = fixture(EndpointOptions::new());
     f.checker
         .register_with(
             Switch::new("flaky", false),
@@ -229,24 +186,16 @@ fn informational_checks_warn_but_pass() {
         )
         .unwrap();
     f.checker.register(Switch::new("core", true)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let j = loop {
-        f.checker.poll_now();
-        let r = http::get(f.addr(), "/readyz");
-        let j = r.json();
-        if j["status"] == "warn" {
-            assert_eq!(r.status, 200);
-            break j;
-        }
-        assert!(Instant::now() < deadline, "never warned: {j}");
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let r = f.readyz_after_poll();
+    assert_eq!(r.status, 200, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["status"], "warn", "{j}");
     assert_eq!(j["checks"]["flaky:ready"][0]["status"], "warn");
 }
 
 #[test]
 fn a_reporter_that_never_returns_is_reported_and_never_blocks_answers() {
-    let f = Fixture::new(EndpointOptions::new());
+    let f = fixture(EndpointOptions::new());
     let (release, rx) = crossbeam_channel::bounded::<()>(0);
     let hang = Arc::new(Hang {
         calls: AtomicUsize::new(0),
@@ -257,7 +206,8 @@ fn a_reporter_that_never_returns_is_reported_and_never_blocks_answers() {
 
     // Within one interval plus the timeout (bounded here by a watchdog), readiness fails naming
     // it, and every request meanwhile is answered.
-    let r = f.wait_readyz(503, |r| r.body.contains("timed out after"));
+    let r = f.readyz_after_poll();
+    assert_eq!(r.status, 503, "{r:?}");
     let out = r.json()["checks"]["hang:ready"][0]["output"]
         .as_str()
         .unwrap()
@@ -267,15 +217,16 @@ fn a_reporter_that_never_returns_is_reported_and_never_blocks_answers() {
         assert_eq!(http::get(f.addr(), "/livez").status, 200);
         assert_eq!(http::get(f.addr(), "/readyz/ok").status, 200);
     }
-    assert_eq!(f.checker.stuck_calls(), 1);
+    assert_eq!(f.checker.snapshot().stuck_calls(), 1);
     assert_eq!(hang.calls.load(Ordering::SeqCst), 1, "no pile-up of calls");
     drop(release);
-    f.wait_ready_status(200);
+    let r = f.readyz_after_poll();
+    assert_eq!(r.status, 200, "{r:?}");
 }
 
 #[test]
 fn answers_are_consistent_snapshots_while_checks_flap() {
-    let f = Fixture::new(EndpointOptions::new());
+    let f = fixture(EndpointOptions::new());
     let names: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
     let reporters: Vec<_> = names
         .iter()
@@ -321,7 +272,7 @@ fn answers_are_consistent_snapshots_while_checks_flap() {
 
 #[test]
 fn close_returns_with_idle_keep_alive_clients_connected() {
-    let f = Fixture::new(EndpointOptions::new());
+    let f = fixture(EndpointOptions::new());
     let mut clients: Vec<_> = (0..20).map(|_| http::connect(f.addr())).collect();
     // Make them real keep-alive clients: one answered request each, then idle.
     for c in &mut clients {
@@ -345,7 +296,7 @@ fn close_returns_with_idle_keep_alive_clients_connected() {
 fn repeated_answers_follow_changes_and_staleness() {
     // Plain `/readyz` and `/healthz` answers are reused while nothing changes; they must still
     // follow every change, including a check going stale with no new publication at all.
-    // Polls only when asked (`poll_now`, which also makes the poller publish anew): while
+    // Polls only when asked (`wait_for_poll`, which also makes the poller publish anew): while
     // paused and not asked, nothing is published.
     let checker = Arc::new(
         HealthChecker::builder("1.2.3", "deadbeef")
@@ -360,26 +311,21 @@ fn repeated_answers_follow_changes_and_staleness() {
     checker.start(&StartContext::background()).unwrap();
     endpoint.start(&StartContext::background()).unwrap();
     let addr = endpoint.local_addr().unwrap();
-    let polling = AtomicBool::new(true);
-    let wait = |path: &str, want: u16, also: &dyn Fn(&str) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if polling.load(Ordering::SeqCst) {
-                checker.poll_now();
-            }
+    // Polls, then asks; retried, since an answer more than the staleness bound (1 s) after its
+    // poll, on a machine held up meanwhile, reads stale.
+    let after_poll = |path: &str, want: u16, also: &dyn Fn(&str) -> bool| {
+        let mut last = None;
+        eventually(&format!("{path} answers {want} after a poll"), || {
+            checker.wait_for_poll(WATCHDOG).expect("a poll");
             let r = http::get(addr, path);
-            if r.status == want && also(&r.body) {
-                return r;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{path} never became {want}: {r:?}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+            let done = r.status == want && also(&r.body);
+            last = Some(r);
+            done
+        });
+        last.expect("an answer")
     };
     let polled = |b: &str| !b.contains("not checked yet");
-    wait("/readyz", 200, &polled);
+    after_poll("/readyz", 200, &polled);
     // Asked again and again, the same answer.
     let first = http::get(addr, "/healthz");
     assert_eq!(first.status, 200);
@@ -388,27 +334,26 @@ fn repeated_answers_follow_changes_and_staleness() {
     }
 
     // A change is published: the answer follows.
-    db.ready.store(false, Ordering::SeqCst);
-    wait("/readyz", 503, &|b| b.contains("refused"));
-    db.ready.store(true, Ordering::SeqCst);
-    wait("/readyz", 200, &polled);
+    db.set(false);
+    after_poll("/readyz", 503, &|b| b.contains("refused"));
+    db.set(true);
+    after_poll("/readyz", 200, &polled);
 
     // Paused, the checker publishes nothing more; the check goes stale with time alone.
     checker.pause();
-    polling.store(false, Ordering::SeqCst);
     // Answered (and kept) while the check is still fresh, unless this thread was held up.
     http::get(addr, "/readyz");
     http::get(addr, "/healthz");
-    let r = wait("/readyz", 503, &|b| b.contains("stale"));
+    let stale = |r: &http::Reply| r.status == 503 && r.body.contains("stale");
+    let r = http::wait_until(addr, "/readyz", "/readyz goes stale", stale);
     assert!(r.json()["checks"]["db:ready"][0]["output"]
         .as_str()
         .unwrap()
         .contains("stale: last polled"));
-    wait("/healthz", 503, &|b| b.contains("stale"));
-    wait("/ready", 503, &|b| b.contains("stale"));
+    http::wait_until(addr, "/healthz", "/healthz goes stale", stale);
+    http::wait_until(addr, "/ready", "/ready goes stale", stale);
     checker.resume();
-    polling.store(true, Ordering::SeqCst);
-    wait("/readyz", 200, &polled);
+    after_poll("/readyz", 200, &polled);
 
     endpoint.close().unwrap();
     checker.close().unwrap();
@@ -417,8 +362,8 @@ fn repeated_answers_follow_changes_and_staleness() {
 #[test]
 fn event_loops_from_one_to_many_serve_and_out_of_range_fails_to_start() {
     for loops in [1, 3] {
-        let f = Fixture::new(EndpointOptions::new().event_loops(loops));
-        f.wait_ready_status(200);
+        let f = fixture(EndpointOptions::new().event_loops(loops));
+        assert_eq!(f.readyz_after_poll().status, 200);
         // More keep-alive clients than loops, each asking twice: every loop serves some.
         let mut clients: Vec<_> = (0..2 * loops)
             .map(|_| http::Client::connect(f.addr()))

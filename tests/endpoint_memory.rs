@@ -4,18 +4,14 @@
 //! Alone in its file, so alone in its process: other tests allocating at the same time would
 //! move the peak too.
 
-#[path = "common/fixture.rs"]
-mod fixture;
-#[path = "common/http.rs"]
-mod http;
-#[path = "common/procfs.rs"]
-mod procfs;
+mod common;
 
 use std::io::Write;
 
-use fixture::{assert_health_json, Fixture};
-use http::Client;
-use lifecycle::EndpointOptions;
+use common::fixture::{assert_health_json, Fixture};
+use common::http::{self, Client};
+use common::procfs;
+use lifecycle::health::EndpointOptions;
 
 const FLOOD: usize = 256 * 1024 * 1024;
 

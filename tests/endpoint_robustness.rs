@@ -8,19 +8,17 @@
 //! Every wait is bounded by a watchdog (a socket timeout or a deadline): a broken endpoint fails
 //! a test instead of hanging it, and no test asks the machine to be fast.
 
-#[path = "common/fixture.rs"]
-mod fixture;
-#[path = "common/http.rs"]
-mod http;
+mod common;
 
 use std::io::Write;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use fixture::{assert_health_json, Fixture};
-use http::{Client, WATCHDOG};
-use lifecycle::EndpointOptions;
+use common::eventually;
+use common::fixture::{assert_health_json, Fixture};
+use common::http::{self, Client};
+use lifecycle::health::EndpointOptions;
 
 /// A request the endpoint must answer with a passing `/readyz`, on a fresh connection.
 #[track_caller]
@@ -251,6 +249,8 @@ fn thousands_of_pipelined_requests_are_all_answered_in_order() {
 
 #[test]
 fn a_client_that_never_reads_its_answers_does_not_wedge_the_endpoint() {
+    /// How long the writer must make no progress to count as stuck.
+    const STILL: Duration = Duration::from_millis(500);
     let f = Fixture::new(EndpointOptions::new());
     f.wait_ready();
     let hog = Client::connect(f.addr());
@@ -271,22 +271,21 @@ fn a_client_that_never_reads_its_answers_does_not_wedge_the_endpoint() {
             writer_done.store(true, Ordering::SeqCst);
             result
         });
-        // Wait until the writer is stuck: the server has stopped reading from it (backpressure)
-        // rather than buffering its answers without bound.
-        let deadline = Instant::now() + WATCHDOG;
+        // Wait until the writer is stuck, no byte written for half a second: the server has
+        // stopped reading from it (backpressure) rather than buffering its answers without
+        // bound.
         let mut last = 0;
-        let mut still = 0;
-        while still < 5 && !writer_done.load(Ordering::SeqCst) {
-            assert!(
-                Instant::now() < deadline,
-                "the server kept taking requests from a client that never reads \
-                 ({last} bytes of requests so far)"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-            let now = written.load(Ordering::SeqCst);
-            still = if now == last { still + 1 } else { 0 };
-            last = now;
-        }
+        let mut since = Instant::now();
+        eventually(
+            "the server stops taking requests from a client that never reads",
+            || {
+                let now = written.load(Ordering::SeqCst);
+                if now != last {
+                    (last, since) = (now, Instant::now());
+                }
+                writer_done.load(Ordering::SeqCst) || since.elapsed() >= STILL
+            },
+        );
         eprintln!(
             "a client that never reads: stalled after {last} bytes of requests \
              (writer ended: {})",
@@ -354,8 +353,8 @@ fn connections_over_the_cap_are_closed_at_once_and_probes_answered_once_others_g
     // Once one goes, a new probe gets its slot: retried until the server has seen the close
     // (there is no telling when it does), under the watchdog.
     drop(held.pop());
-    let deadline = Instant::now() + WATCHDOG;
-    let (mut newcomer, r) = loop {
+    let mut answered = None;
+    eventually("a slot becomes free", || {
         let mut c = Client::connect(f.addr());
         if let Err(e) = c
             .stream
@@ -364,12 +363,14 @@ fn connections_over_the_cap_are_closed_at_once_and_probes_answered_once_others_g
             assert!(http::is_reset(&e), "send: {e}");
         }
         match c.reply() {
-            Some(r) if r.body != "too many connections\n" => break (c, r),
-            _ => {}
+            Some(r) if r.body != "too many connections\n" => {
+                answered = Some((c, r));
+                true
+            }
+            _ => false,
         }
-        assert!(Instant::now() < deadline, "no slot became free");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    });
+    let (mut newcomer, r) = answered.expect("an answer");
     assert_eq!(r.status, 200, "{r:?}");
     assert_health_json(&r, "readiness of every check");
     // That took the freed slot: the cap holds again.

@@ -3,27 +3,24 @@
 //! producer that hangs never holding up probes or the scrape beyond its bound.
 #![cfg(feature = "metrics")]
 
-#[path = "common/http.rs"]
-mod http;
-#[path = "common/prom.rs"]
-mod prom;
+mod common;
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::fixture::Fixture;
+use common::http::{self, get, request, wait_status, Client};
+use common::prom::{self, value, Family};
+use common::WATCHDOG;
 use crossbeam_channel::{Receiver, Sender};
-use http::{get, request, wait_status, Client};
+use lifecycle::health::EndpointOptions;
 use lifecycle::metrics::prometheus_client::metrics::counter::Counter;
 use lifecycle::metrics::Metrics;
 use lifecycle::{
-    EndpointOptions, HealthChecker, HealthEndpoint, HealthReporter, Result, RunHandle, Runner,
-    Service, StartContext, StateMachine,
+    HealthChecker, HealthReporter, Result, RunHandle, Runner, Service, StartContext, StateMachine,
 };
-use prom::{value, Family};
-
-const WATCHDOG: Duration = Duration::from_secs(20);
 const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,\
 application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
@@ -46,10 +43,10 @@ impl HealthReporter for Gate {
 
 impl Service for Gate {
     fn start(&self, _: &StartContext) -> Result<()> {
-        self.sm.start_once(self.name, || Ok(()))
+        self.sm.start_once(|| Ok(()))
     }
     fn close(&self) -> Result<()> {
-        self.sm.stop_once(self.name, || {
+        self.sm.close_once(|| {
             let _ = self.closing.send(());
             let _ = self.release.recv_timeout(WATCHDOG);
             Ok(())
@@ -171,7 +168,7 @@ fn metrics_follow_a_run_over_http_in_both_formats() {
         handle.shutdown();
         closing.recv_timeout(WATCHDOG).expect("api's close begins");
         if let Some(families) = scrape(addr, None, "prometheus") {
-            assert_eq!(current_state(&families, "api").as_deref(), Some("stopping"));
+            assert_eq!(current_state(&families, "api").as_deref(), Some("closing"));
             assert_eq!(current_state(&families, "db").as_deref(), Some("started"));
             assert_eq!(
                 value(&families, "lifecycle_health_status", &[("probe", "ready")]),
@@ -190,11 +187,11 @@ fn metrics_follow_a_run_over_http_in_both_formats() {
         release.send(()).unwrap();
         closing.recv_timeout(WATCHDOG).expect("db's close begins");
         if let Some(families) = scrape(addr, None, "prometheus") {
-            assert_eq!(current_state(&families, "api").as_deref(), Some("stopped"));
-            assert_eq!(current_state(&families, "db").as_deref(), Some("stopping"));
+            assert_eq!(current_state(&families, "api").as_deref(), Some("closed"));
+            assert_eq!(current_state(&families, "db").as_deref(), Some("closing"));
             assert!(value(
                 &families,
-                "lifecycle_service_stop_duration_seconds",
+                "lifecycle_service_close_duration_seconds",
                 &[("service", "api")]
             )
             .is_some());
@@ -205,49 +202,9 @@ fn metrics_follow_a_run_over_http_in_both_formats() {
     });
 }
 
-/// A reporter that is always ready.
-struct Ready;
-
-impl HealthReporter for Ready {
-    fn name(&self) -> &str {
-        "ready"
-    }
-    fn ready(&self) -> Result<()> {
-        Ok(())
-    }
-}
-
-/// A started checker with one ready check, and an endpoint serving it and `metrics` (if any).
-struct Served {
-    checker: Arc<HealthChecker>,
-    endpoint: HealthEndpoint,
-    addr: SocketAddr,
-}
-
-impl Served {
-    fn new(metrics: Option<Metrics>) -> Served {
-        let checker = Arc::new(HealthChecker::new("1", "x"));
-        checker.register(Arc::new(Ready)).unwrap();
-        checker.start(&StartContext::background()).unwrap();
-        let options = match metrics {
-            Some(metrics) => EndpointOptions::new().metrics(metrics),
-            None => EndpointOptions::new(),
-        };
-        let endpoint =
-            HealthEndpoint::with_options("127.0.0.1:0".parse().unwrap(), checker.clone(), options);
-        endpoint.start(&StartContext::background()).unwrap();
-        let addr = endpoint.local_addr().unwrap();
-        Served {
-            checker,
-            endpoint,
-            addr,
-        }
-    }
-
-    fn close(self) {
-        self.endpoint.close().unwrap();
-        self.checker.close().unwrap();
-    }
+/// A started checker with one ready check, and an endpoint serving it and `metrics`.
+fn serving(metrics: Metrics) -> Fixture {
+    Fixture::new(EndpointOptions::new().metrics(metrics))
 }
 
 #[test]
@@ -266,10 +223,9 @@ fn a_hung_producer_holds_up_neither_probes_nor_the_scrape_beyond_its_bound() {
             Ok(())
         })
         .unwrap();
-    let served = Served::new(Some(metrics));
-    let addr = served.addr;
-    served.checker.poll_now();
-    wait_status(addr, "/readyz", 200);
+    let served = serving(metrics);
+    let addr = served.addr();
+    served.wait_ready();
 
     // A scrape waits for the producer...
     let mut scraper = Client::connect(addr);
@@ -304,8 +260,8 @@ fn a_hung_producer_holds_up_neither_probes_nor_the_scrape_beyond_its_bound() {
 
 #[test]
 fn without_metrics_the_path_is_not_found() {
-    let served = Served::new(None);
-    assert_eq!(get(served.addr, "/metrics").status, 404);
+    let served = Fixture::new(EndpointOptions::new());
+    assert_eq!(get(served.addr(), "/metrics").status, 404);
     served.close();
 }
 
@@ -330,9 +286,9 @@ fn a_panicking_collector_is_left_out_and_scrapes_go_on() {
     metrics
         .register("app_served", "Served", served.clone())
         .unwrap();
-    let served = Served::new(Some(metrics));
+    let served = serving(metrics);
     for _ in 0..3 {
-        if let Some(families) = scrape(served.addr, None, "prometheus") {
+        if let Some(families) = scrape(served.addr(), None, "prometheus") {
             // The registry (its collector and its counter) is left out; the rest is served.
             assert_eq!(value(&families, "app_served_total", &[]), None);
             assert!(value(&families, "lifecycle_health_stuck_calls", &[]).is_some());

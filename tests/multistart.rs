@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{dyn_services, Behavior, Events, Recorder};
+use common::recorder::{Behavior, Events, Recorder};
 use lifecycle::{close_all, ErrorKind, MultiStart, Phase, Service, StartContext, StopSignal};
 
 /// The seed's MultiStart example: a healthy, b fails to close, c won't start.
@@ -16,9 +16,9 @@ fn seed_example_multistart_rolls_back_in_reverse() {
     let b = Recorder::new("b", Behavior::CloseFailure, &events);
     let c = Recorder::new("c", Behavior::WontStart, &events);
 
-    let mut ms = MultiStart::new();
+    let ms = MultiStart::new();
     let err = ms
-        .start(&StartContext::background(), dyn_services(&[a, b, c]))
+        .start(&StartContext::background(), [a, b, c])
         .unwrap_err();
 
     assert_eq!(
@@ -41,40 +41,74 @@ fn seed_example_multistart_rolls_back_in_reverse() {
         err.to_string(),
         "c: start failed: start failure; b: close failed: close failure"
     );
-    assert!(ms.started().is_empty());
+    assert!(ms.names().is_empty());
 }
 
 /// The seed's MultiCloser example: two services that fail to close, closed concurrently.
 #[test]
 fn seed_example_close_all_reports_every_failure() {
     let events = Events::default();
-    let f1 = Recorder::new("f", Behavior::CloseFailure, &events);
-    let f2 = Recorder::new("f", Behavior::CloseFailure, &events);
+    let f1 = Recorder::new("f1", Behavior::CloseFailure, &events);
+    let f2 = Recorder::new("f2", Behavior::CloseFailure, &events);
 
-    let mut ms = MultiStart::new();
-    ms.start(
-        &StartContext::background(),
-        dyn_services(&[f1.clone(), f2.clone()]),
-    )
-    .unwrap();
+    let ms = MultiStart::new();
+    ms.start(&StartContext::background(), [f1.clone(), f2.clone()])
+        .unwrap();
     let err = close_all(ms.release()).unwrap_err();
 
-    assert_eq!(
-        events.take(),
-        [
-            "f started",
-            "f started",
-            "f close failure",
-            "f close failure"
-        ]
-    );
+    let mut log = events.take();
+    let mut closed = log.split_off(2);
+    assert_eq!(log, ["f1 started", "f2 started"]);
+    closed.sort(); // closed concurrently: in no particular order
+    assert_eq!(closed, ["f1 close failure", "f2 close failure"]);
+    // The errors come in the order of the services, whatever the order of the closes.
     assert_eq!(
         err.to_string(),
-        "f: close failed: close failure; f: close failed: close failure"
+        "f1: close failed: close failure; f2: close failed: close failure"
     );
     assert_eq!((f1.closes(), f2.closes()), (1, 1));
     drop(ms); // released: dropping closes nothing more
     assert_eq!((f1.closes(), f2.closes()), (1, 1));
+}
+
+#[test]
+fn names_are_checked_before_anything_starts() {
+    let events = Events::default();
+    let ms = MultiStart::new();
+    let a = Recorder::new("a", Behavior::Healthy, &events);
+    ms.start(&StartContext::background(), [a.clone()]).unwrap();
+    assert_eq!(events.take(), ["a started"]);
+
+    // Twice in one call, or already held from an earlier call: refused, nothing starts.
+    let twice = [
+        Recorder::new("b", Behavior::Healthy, &events),
+        Recorder::new("b", Behavior::Healthy, &events),
+    ];
+    let e = ms
+        .start(&StartContext::background(), twice.iter().cloned())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::DuplicateName);
+    assert_eq!(e.to_string(), "b: already registered");
+    let again = Recorder::new("a", Behavior::Healthy, &events);
+    let e = ms
+        .start(&StartContext::background(), [again.clone()])
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::DuplicateName);
+    for bad in ["", "line\nbreak"] {
+        let fine = Recorder::new("fine", Behavior::Healthy, &events);
+        let bad = Recorder::new(bad, Behavior::Healthy, &events);
+        let e = ms
+            .start(&StartContext::background(), [fine.clone(), bad])
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        assert_eq!(fine.starts(), 0, "refused before anything starts");
+    }
+    assert_eq!(twice[0].starts() + twice[1].starts() + again.starts(), 0);
+    assert!(events.take().is_empty());
+    // Services started earlier stay started.
+    assert_eq!(ms.names(), ["a"]);
+    ms.close().unwrap();
+    assert_eq!(events.take(), ["a closed"]);
 }
 
 #[track_caller]
@@ -87,9 +121,9 @@ fn check_rollback(n: usize, k: usize, failure: Behavior) {
         })
         .collect();
 
-    let mut ms = MultiStart::new();
+    let ms = MultiStart::new();
     let err = ms
-        .start(&StartContext::background(), dyn_services(&services))
+        .start(&StartContext::background(), services.iter().cloned())
         .unwrap_err();
 
     assert_eq!(err.service(), Some(format!("s{k}").as_str()));
@@ -133,11 +167,11 @@ fn panics_in_start_and_close_during_rollback_become_errors() {
     let d = Recorder::new("d", Behavior::PanicOnStart, &events);
     let e = Recorder::new("e", Behavior::Healthy, &events);
 
-    let mut ms = MultiStart::new();
+    let ms = MultiStart::new();
     let err = ms
         .start(
             &StartContext::background(),
-            dyn_services(&[a.clone(), b, c.clone(), d, e.clone()]),
+            [a.clone(), b, c.clone(), d, e.clone()],
         )
         .unwrap_err();
 
@@ -177,12 +211,12 @@ fn close_is_reverse_order_and_close_because_keeps_reason() {
         .iter()
         .map(|n| Recorder::new(n, Behavior::Healthy, &events))
         .collect();
-    let mut ms = MultiStart::new();
-    ms.start(&StartContext::background(), dyn_services(&s[..2]))
+    let ms = MultiStart::new();
+    ms.start(&StartContext::background(), s[..2].iter().cloned())
         .unwrap();
-    ms.start(&StartContext::background(), dyn_services(&s[2..]))
+    ms.start(&StartContext::background(), s[2..].iter().cloned())
         .unwrap();
-    assert_eq!(ms.started().len(), 3);
+    assert_eq!(ms.names().len(), 3);
     events.take();
 
     let reason = lifecycle::Error::msg("operator asked");
@@ -195,9 +229,8 @@ fn close_is_reverse_order_and_close_because_keeps_reason() {
 fn close_because_joins_close_failures_after_reason() {
     let events = Events::default();
     let bad = Recorder::new("bad", Behavior::CloseFailure, &events);
-    let mut ms = MultiStart::new();
-    ms.start(&StartContext::background(), dyn_services(&[bad]))
-        .unwrap();
+    let ms = MultiStart::new();
+    ms.start(&StartContext::background(), [bad]).unwrap();
     let err = ms.close_because(lifecycle::Error::msg("fatal"));
     assert_eq!(err.to_string(), "fatal; bad: close failed: close failure");
 }
@@ -208,8 +241,8 @@ fn drop_closes_started_services_in_reverse() {
     let a = Recorder::new("a", Behavior::Healthy, &events);
     let b = Recorder::new("b", Behavior::CloseFailure, &events);
     {
-        let mut ms = MultiStart::new();
-        ms.start(&StartContext::background(), dyn_services(&[a.clone(), b]))
+        let ms = MultiStart::new();
+        ms.start(&StartContext::background(), [a.clone(), b])
             .unwrap();
     } // dropped: closes b (which fails, logged) then a; never panics
     assert_eq!(
@@ -224,9 +257,9 @@ fn drop_during_a_panicking_test_closes_everything() {
     let events = Events::default();
     let a = Recorder::new("a", Behavior::Healthy, &events);
     let b = Recorder::new("b", Behavior::PanicOnClose, &events);
-    let services = dyn_services(&[a.clone(), b.clone()]);
+    let services = [a.clone(), b.clone()];
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-        let mut ms = MultiStart::new();
+        let ms = MultiStart::new();
         ms.start(&StartContext::background(), services).unwrap();
         panic!("the test body fails halfway");
     }));
@@ -272,7 +305,7 @@ fn a_cancelled_context_stops_starting_and_rolls_back() {
         Arc::new(Trigger(b.clone(), shutdown.clone())),
         c.clone(),
     ];
-    let mut ms = MultiStart::new();
+    let ms = MultiStart::new();
     let err = ms
         .start(&StartContext::new(shutdown, None), services)
         .unwrap_err();
@@ -291,7 +324,7 @@ fn start_all_is_a_guard_that_closes_everything_when_a_test_panics() {
     let events = Events::default();
     let a = Recorder::new("a", Behavior::Healthy, &events);
     let b = Recorder::new("b", Behavior::Healthy, &events);
-    let services = dyn_services(&[a.clone(), b.clone()]);
+    let services = [a.clone(), b.clone()];
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         let _guard = MultiStart::start_all(services).unwrap();
         panic!("the test fails with both services up");

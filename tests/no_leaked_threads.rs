@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use common::procfs::{thread_count, wait_thread_count};
 use lifecycle::{
     close_all, HealthReporter, MultiStart, Result, Service, StartContext, StateMachine, StopSignal,
 };
@@ -44,7 +45,7 @@ impl HealthReporter for Workers {
 
 impl Service for Workers {
     fn start(&self, _: &StartContext) -> Result<()> {
-        self.sm.start_once(&self.name, || {
+        self.sm.start_once(|| {
             for i in 0..self.workers {
                 let stop = self.stop.clone();
                 let handle = std::thread::Builder::new()
@@ -57,7 +58,7 @@ impl Service for Workers {
     }
 
     fn close(&self) -> Result<()> {
-        self.sm.stop_once(&self.name, || {
+        self.sm.close_once(|| {
             self.stop.stop();
             for handle in self.handles.lock().drain(..) {
                 handle.join().map_err(|_| "worker panicked")?;
@@ -69,37 +70,30 @@ impl Service for Workers {
 
 #[test]
 fn closing_leaves_no_thread_behind() {
-    let before = common::thread_count();
+    let before = thread_count();
 
     // Sequential close through MultiStart.
-    let mut ms = MultiStart::new();
-    let services: Vec<Arc<dyn Service>> = (0..8)
-        .map(|i| Workers::new(format!("w{i}"), 3) as Arc<dyn Service>)
-        .collect();
+    let ms = MultiStart::new();
+    let services = (0..8).map(|i| Workers::new(format!("w{i}"), 3));
     ms.start(&StartContext::background(), services).unwrap();
-    assert_eq!(common::thread_count(), before + 24);
+    assert_eq!(thread_count(), before + 24);
     ms.close().unwrap();
-    assert_eq!(common::thread_count(), before);
+    wait_thread_count(before, "after MultiStart::close");
 
     // Concurrent close: close_all's own threads are joined too.
-    let mut ms = MultiStart::new();
-    let services: Vec<Arc<dyn Service>> = (0..8)
-        .map(|i| Workers::new(format!("c{i}"), 2) as Arc<dyn Service>)
-        .collect();
+    let ms = MultiStart::new();
+    let services = (0..8).map(|i| Workers::new(format!("c{i}"), 2));
     ms.start(&StartContext::background(), services).unwrap();
-    assert_eq!(common::thread_count(), before + 16);
+    assert_eq!(thread_count(), before + 16);
     close_all(ms.release()).unwrap();
-    assert_eq!(common::thread_count(), before);
+    wait_thread_count(before, "after close_all");
 
     // Drop of a MultiStart closes and joins.
     {
-        let mut ms = MultiStart::new();
-        ms.start(
-            &StartContext::background(),
-            [Workers::new("d".into(), 4) as Arc<dyn Service>],
-        )
-        .unwrap();
-        assert_eq!(common::thread_count(), before + 4);
+        let ms = MultiStart::new();
+        ms.start(&StartContext::background(), [Workers::new("d".into(), 4)])
+            .unwrap();
+        assert_eq!(thread_count(), before + 4);
     }
-    assert_eq!(common::thread_count(), before);
+    wait_thread_count(before, "after dropping a MultiStart");
 }

@@ -1,17 +1,14 @@
-//! The demo as a real child process, with real signals: exit codes, stop order, rollback, and a
-//! second signal during a hung shutdown.
+//! The demo as a real child process, with real signals: exit codes, close order, rollback, and
+//! a second signal during a hung shutdown.
 
-#[path = "common/http.rs"]
-mod http;
-#[path = "common/process.rs"]
-mod process;
-#[path = "common/prom.rs"]
-mod prom;
+mod common;
 
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 
-use process::{example, services_in, Proc};
+use common::process::{example, services_in, Proc};
+use common::{http, prom};
+use lifecycle::Runner;
 
 fn demo(args: &[&str]) -> Proc {
     let mut all = vec!["--api-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0"];
@@ -20,21 +17,21 @@ fn demo(args: &[&str]) -> Proc {
 }
 
 #[test]
-fn sigterm_after_ready_exits_0_and_stops_in_reverse_order() {
+fn sigterm_after_ready_exits_0_and_closes_in_reverse_order() {
     let mut p = demo(&[]);
     p.wait_for("; running");
     p.signal(libc::SIGTERM);
     let (status, log) = p.wait_exit();
     assert_eq!(status.code(), Some(0), "log:\n{}", log.join("\n"));
     let started = services_in(&log, ": starting");
-    let stopped = services_in(&log, ": stopping");
+    let closing = services_in(&log, ": closing");
     assert_eq!(started, ["pool", "worker", "api"]);
     // The services in reverse, then the health endpoint and its checker, last.
     assert_eq!(
-        stopped,
+        closing,
         ["api", "worker", "pool", "health endpoint", "health checker"]
     );
-    assert!(log.iter().any(|l| l.contains("stopped cleanly (signal)")));
+    assert!(log.iter().any(|l| l.contains("shut down cleanly (signal)")));
 }
 
 #[test]
@@ -56,7 +53,7 @@ fn a_second_signal_during_a_hung_shutdown_exits_at_once_with_130() {
     let (status, log) = p.wait_exit();
     assert_eq!(
         status.code(),
-        Some(lifecycle::SECOND_SIGNAL_EXIT_CODE),
+        Some(Runner::SECOND_SIGNAL_EXIT_CODE),
         "signal: {:?}; log:\n{}",
         status.signal(),
         log.join("\n")
@@ -77,7 +74,7 @@ fn a_service_that_fails_to_start_gives_exit_1_and_is_named() {
     );
     // The pool, started before, was closed; the api never started.
     assert_eq!(
-        services_in(&log, ": stopping"),
+        services_in(&log, ": closing"),
         ["pool", "health endpoint", "health checker"]
     );
     assert!(services_in(&log, ": starting").iter().all(|s| s != "api"));
@@ -91,10 +88,10 @@ fn a_signal_during_startup_rolls_back_cleanly() {
     let (status, log) = p.wait_exit();
     assert_eq!(status.code(), Some(0), "log:\n{}", log.join("\n"));
     assert_eq!(
-        services_in(&log, ": stopping"),
+        services_in(&log, ": closing"),
         ["worker", "pool", "health endpoint", "health checker"]
     );
-    assert!(log.iter().any(|l| l.contains("stopped cleanly (signal)")));
+    assert!(log.iter().any(|l| l.contains("shut down cleanly (signal)")));
 }
 
 #[test]
@@ -107,7 +104,7 @@ fn a_hung_close_is_abandoned_at_its_timeout_and_the_rest_still_close() {
     assert!(log
         .iter()
         .any(|l| l.contains("worker: close timed out after 200ms")));
-    assert!(log.iter().any(|l| l.contains("pool: stopped in")));
+    assert!(log.iter().any(|l| l.contains("pool: closed in")));
 }
 
 /// The health endpoint's address, from the line it logs when it starts listening.
@@ -134,8 +131,8 @@ fn during_the_termination_delay_readiness_fails_and_liveness_passes() {
     // A second signal ends the wait at once.
     p.signal(libc::SIGTERM);
     let (status, log) = p.wait_exit();
-    assert_eq!(status.code(), Some(lifecycle::SECOND_SIGNAL_EXIT_CODE));
-    assert!(services_in(&log, ": stopping").is_empty(), "{log:?}");
+    assert_eq!(status.code(), Some(Runner::SECOND_SIGNAL_EXIT_CODE));
+    assert!(services_in(&log, ": closing").is_empty(), "{log:?}");
 }
 
 #[test]

@@ -8,15 +8,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{dyn_services, Behavior, Events, Recorder};
+use common::http;
+use common::recorder::{Behavior, Events, Recorder};
+use common::WATCHDOG;
 use crossbeam_channel::{Receiver, Sender};
 use lifecycle::{
     Error, ErrorKind, HealthReporter, Phase, Result, RunHandle, RunPhase, RunReport, Runner,
     Service, ServiceOptions, ShutdownCause, StartContext, StateMachine,
 };
-
-/// Generous bound for anything a test waits on: a watchdog, not a speed requirement.
-const WATCHDOG: Duration = Duration::from_secs(20);
 
 fn runner() -> Runner {
     Runner::new().handle_signals(false)
@@ -107,7 +106,7 @@ impl HealthReporter for Scripted {
 
 impl Service for Scripted {
     fn start(&self, ctx: &StartContext) -> Result<()> {
-        self.sm.start_once(&self.name, || {
+        self.sm.start_once(|| {
             if let Some(tx) = &self.start_waits {
                 self.events.push(format!("{} starting slowly", self.name));
                 tx.send(()).unwrap();
@@ -119,7 +118,7 @@ impl Service for Scripted {
         })
     }
     fn close(&self) -> Result<()> {
-        self.sm.stop_once(&self.name, || {
+        self.sm.close_once(|| {
             if let Some(rx) = &self.close_blocks {
                 self.events.push(format!("{} close hangs", self.name));
                 let _ = rx.recv();
@@ -131,12 +130,12 @@ impl Service for Scripted {
 }
 
 #[test]
-fn starts_in_order_stops_in_reverse_and_reports_success() {
+fn starts_in_order_closes_in_reverse_and_reports_success() {
     let events = Events::default();
     let services: Vec<_> = (0..4)
         .map(|i| Recorder::new(&format!("s{i}"), Behavior::Healthy, &events))
         .collect();
-    let report = run_with(runner().services(dyn_services(&services)), |h| {
+    let report = run_with(runner().services(services.iter().cloned()), |h| {
         assert!(h.is_some(), "the run phase began");
         assert_eq!(
             events.take(),
@@ -164,13 +163,9 @@ fn each_service_is_ready_before_the_next_starts() {
     let b = Scripted::new("b", &events);
     b.not_ready_polls.store(2, Ordering::SeqCst);
     let c = Scripted::new("c", &events);
-    let report = run_with(
-        runner()
-            .service(Arc::new(a))
-            .service(Arc::new(b))
-            .service(Arc::new(c)),
-        |h| assert!(h.is_some()),
-    );
+    let report = run_with(runner().service(a).service(b).service(c), |h| {
+        assert!(h.is_some())
+    });
     assert!(report.is_success(), "{:?}", report.error());
     assert_eq!(
         events.take(),
@@ -201,7 +196,7 @@ fn check_rollback(n: usize, k: usize, failure: Behavior) {
     let c = cleanups.clone();
     let report = run_with(
         runner()
-            .services(dyn_services(&services))
+            .services(services.iter().cloned())
             .cleanup("count", move || {
                 c.fetch_add(1, Ordering::SeqCst);
                 Ok(())
@@ -251,23 +246,26 @@ fn a_service_that_never_becomes_ready_times_out_and_is_closed() {
     b.never_ready = true;
     let report = run_with(
         runner().service(a).service_with(
-            Arc::new(b),
+            b,
             ServiceOptions::new().start_timeout(Duration::from_millis(50)),
         ),
         |h| assert!(h.is_none()),
     );
-    let errors: Vec<_> = report
-        .errors(RunPhase::Start)
-        .iter()
-        .flat_map(|e| e.errors())
-        .map(|e| (e.service().unwrap().to_owned(), e.phase(), e.kind()))
-        .collect();
+    // One error: the timeout, with b's last readiness error attached.
+    let errors = report.errors(RunPhase::Start);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let e = &errors[0];
     assert_eq!(
-        errors,
-        [
-            ("b".into(), Some(Phase::Start), ErrorKind::TimedOut),
-            ("b".into(), Some(Phase::Ready), ErrorKind::Failed)
-        ]
+        (e.service(), e.phase(), e.kind()),
+        (Some("b"), Some(Phase::Start), ErrorKind::TimedOut)
+    );
+    assert!(
+        e.has_kind(ErrorKind::Failed),
+        "the last readiness error is kept"
+    );
+    assert_eq!(
+        e.to_string(),
+        "b: start timed out after 50ms, last error: ready failed: warming up forever"
     );
     // b's start succeeded, so b is closed too, before a.
     assert_eq!(
@@ -277,12 +275,12 @@ fn a_service_that_never_becomes_ready_times_out_and_is_closed() {
 }
 
 #[test]
-fn a_fatal_error_from_a_running_service_stops_everything() {
+fn a_fatal_error_from_a_running_service_shuts_everything_down() {
     let events = Events::default();
     let services: Vec<_> = (0..3)
         .map(|i| Recorder::new(&format!("s{i}"), Behavior::Healthy, &events))
         .collect();
-    let runner = runner().services(dyn_services(&services));
+    let runner = runner().services(services.iter().cloned());
     let handle = runner.handle();
     let report = std::thread::scope(|s| {
         let _guard = ShutdownOnDrop(handle.clone());
@@ -313,8 +311,8 @@ fn a_hung_close_is_abandoned_after_its_timeout_and_named() {
         runner()
             .service(before.clone())
             .service_with(
-                Arc::new(hung),
-                ServiceOptions::new().stop_timeout(Duration::from_millis(100)),
+                hung,
+                ServiceOptions::new().close_timeout(Duration::from_millis(100)),
             )
             .service(after),
         |h| assert!(h.is_some()),
@@ -337,17 +335,17 @@ fn the_overall_shutdown_deadline_bounds_every_close() {
     let events = Events::default();
     let mut releases = Vec::new();
     let mut r = runner()
-        .stop_timeout(Duration::from_secs(600))
+        .close_timeout(Duration::from_secs(600))
         .shutdown_timeout(Duration::from_millis(200));
     for i in 0..3 {
         let (tx, rx) = crossbeam_channel::bounded::<()>(0);
         releases.push(tx);
         let mut s = Scripted::new(&format!("h{i}"), &events);
         s.close_blocks = Some(rx);
-        r = r.service(Arc::new(s));
+        r = r.service(s);
     }
     let report = run_with(r, |h| assert!(h.is_some()));
-    // Returned long before any stop timeout (600 s) could have passed.
+    // Returned long before any close timeout (600 s) could have passed.
     assert!(report.duration(RunPhase::Shutdown) < Duration::from_secs(600));
     let errors: Vec<_> = report
         .errors(RunPhase::Shutdown)
@@ -434,9 +432,7 @@ fn panics_in_close_are_reported_and_do_not_stop_the_shutdown() {
     let events = Events::default();
     let a = Recorder::new("a", Behavior::Healthy, &events);
     let b = Recorder::new("b", Behavior::PanicOnClose, &events);
-    let report = run_with(runner().services(dyn_services(&[a.clone(), b])), |h| {
-        assert!(h.is_some())
-    });
+    let report = run_with(runner().services([a.clone(), b]), |h| assert!(h.is_some()));
     assert_eq!(a.closes(), 1);
     let errors = report.errors(RunPhase::Shutdown);
     assert_eq!(errors.len(), 1);
@@ -454,7 +450,7 @@ fn a_shutdown_during_a_slow_start_cancels_it_and_rolls_back_cleanly() {
     let never = Recorder::new("never", Behavior::Healthy, &events);
     let runner = runner()
         .service(first.clone())
-        .service(Arc::new(slow))
+        .service(slow)
         .service(never.clone());
     let handle = runner.handle();
     let report = std::thread::scope(|s| {
@@ -501,9 +497,6 @@ fn only_one_runner_handles_signals_at_a_time() {
     assert!(run_with(third, |h| assert!(h.is_some())).is_success());
 }
 
-#[path = "common/http.rs"]
-mod http;
-
 #[test]
 fn health_endpoint_follows_the_phases_of_the_run() {
     let events = Events::default();
@@ -536,7 +529,7 @@ fn health_endpoint_follows_the_phases_of_the_run() {
         .health(checker.clone())
         .health_endpoint("127.0.0.1:0".parse().unwrap())
         .service(first)
-        .service(Arc::new(Announce(Arc::new(closing), entered_tx)));
+        .service(Announce(Arc::new(closing), entered_tx));
     let handle = runner.handle();
     let report = std::thread::scope(|s| {
         // Owned by this closure, so a failing assertion drops it and unblocks the close.
@@ -568,10 +561,7 @@ fn health_endpoint_follows_the_phases_of_the_run() {
         report
     });
     assert!(report.is_success(), "{:?}", report.error());
-    assert_eq!(
-        checker.snapshot().checker_state(),
-        lifecycle::State::Stopped
-    );
+    assert_eq!(checker.snapshot().checker_state(), lifecycle::State::Closed);
 }
 
 #[test]
@@ -597,9 +587,7 @@ fn two_services_of_one_name_are_refused_before_anything_starts() {
     let events = Events::default();
     let a = Recorder::new("same", Behavior::Healthy, &events);
     let b = Recorder::new("same", Behavior::Healthy, &events);
-    let report = runner()
-        .services(dyn_services(&[a.clone(), b.clone()]))
-        .run();
+    let report = runner().services([a.clone(), b.clone()]).run();
     assert_eq!(report.errors(RunPhase::Start).len(), 1);
     assert_eq!(
         report.errors(RunPhase::Start)[0].kind(),

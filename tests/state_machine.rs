@@ -12,9 +12,9 @@ const THREADS: usize = 6;
 #[derive(Default)]
 struct Counters {
     start_bodies: AtomicUsize,
-    stop_bodies: AtomicUsize,
+    close_bodies: AtomicUsize,
     guarded_runs: AtomicUsize,
-    // Set while a start or stop body runs; guarded work must never see it set.
+    // Set while a start or close body runs; guarded work must never see it set.
     transition: AtomicBool,
     overlaps: AtomicUsize,
 }
@@ -33,31 +33,28 @@ fn concurrent_start_close_and_guarded_work_stay_consistent() {
                     s.spawn(move || {
                         barrier.wait();
                         let result = match t % 3 {
-                            0 => sm.start_once("svc", || {
+                            0 => sm.start_once(|| {
                                 c.transition.store(true, Ordering::SeqCst);
                                 c.start_bodies.fetch_add(1, Ordering::SeqCst);
                                 std::hint::spin_loop();
                                 c.transition.store(false, Ordering::SeqCst);
                                 Ok(())
                             }),
-                            1 => sm.stop_once("svc", || {
+                            1 => sm.close_once(|| {
                                 c.transition.store(true, Ordering::SeqCst);
-                                c.stop_bodies.fetch_add(1, Ordering::SeqCst);
+                                c.close_bodies.fetch_add(1, Ordering::SeqCst);
                                 std::hint::spin_loop();
                                 c.transition.store(false, Ordering::SeqCst);
                                 Ok(())
                             }),
-                            _ => {
-                                sm.if_started(|| {
-                                    if c.transition.load(Ordering::SeqCst)
-                                        || c.stop_bodies.load(Ordering::SeqCst) != 0
-                                    {
-                                        c.overlaps.fetch_add(1, Ordering::SeqCst);
-                                    }
-                                    c.guarded_runs.fetch_add(1, Ordering::SeqCst);
-                                });
-                                Ok(())
-                            }
+                            _ => sm.if_started(|| {
+                                if c.transition.load(Ordering::SeqCst)
+                                    || c.close_bodies.load(Ordering::SeqCst) != 0
+                                {
+                                    c.overlaps.fetch_add(1, Ordering::SeqCst);
+                                }
+                                c.guarded_runs.fetch_add(1, Ordering::SeqCst);
+                            }),
                         };
                         (t % 3, result.map_err(|e| e.kind()))
                     })
@@ -67,33 +64,42 @@ fn concurrent_start_close_and_guarded_work_stay_consistent() {
         });
 
         let starts = c.start_bodies.load(Ordering::SeqCst);
-        let stops = c.stop_bodies.load(Ordering::SeqCst);
+        let closes = c.close_bodies.load(Ordering::SeqCst);
         assert_eq!(starts, 1, "round {round}: some thread always starts it");
-        assert!(stops <= 1, "round {round}: stop body ran {stops} times");
+        assert!(closes <= 1, "round {round}: close body ran {closes} times");
         assert_eq!(c.overlaps.load(Ordering::SeqCst), 0, "round {round}");
 
         let ok_starts = outcomes
             .iter()
             .filter(|(k, r)| *k == 0 && r.is_ok())
             .count();
-        let ok_stops = outcomes
+        let ok_closes = outcomes
             .iter()
             .filter(|(k, r)| *k == 1 && r.is_ok())
             .count();
         assert_eq!(ok_starts, 1, "round {round}");
-        assert_eq!(ok_stops, stops, "round {round}");
+        assert_eq!(ok_closes, closes, "round {round}");
+        let ok_guarded = outcomes
+            .iter()
+            .filter(|(k, r)| *k == 2 && r.is_ok())
+            .count();
+        assert_eq!(
+            ok_guarded,
+            c.guarded_runs.load(Ordering::SeqCst),
+            "round {round}: guarded work ran exactly when if_started said so"
+        );
         for (kind, r) in &outcomes {
             match (kind, r) {
                 (0, Err(e)) => assert_eq!(*e, ErrorKind::AlreadyStarted, "round {round}"),
-                (1, Err(e)) => assert!(
-                    matches!(e, ErrorKind::NotStarted | ErrorKind::AlreadyStopped),
+                (1 | 2, Err(e)) => assert!(
+                    matches!(e, ErrorKind::NotStarted | ErrorKind::AlreadyClosed),
                     "round {round}: {e:?}"
                 ),
                 _ => {}
             }
         }
-        let expected = if stops == 1 {
-            State::Stopped
+        let expected = if closes == 1 {
+            State::Closed
         } else {
             State::Started
         };
@@ -103,26 +109,26 @@ fn concurrent_start_close_and_guarded_work_stay_consistent() {
 
 #[test]
 fn close_waits_for_a_start_in_progress() {
-    // A close arriving while start runs must wait and then stop the started service, not fail
-    // with "cannot stop unstarted".
+    // A close arriving while start runs must wait and then close the started service, not fail
+    // with "cannot close a service that was never started".
     for _ in 0..200 {
         let sm = StateMachine::new();
         let (entered_tx, entered_rx) = crossbeam_channel::bounded(0);
         let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(0);
         std::thread::scope(|s| {
             let starter = s.spawn(|| {
-                sm.start_once("svc", || {
+                sm.start_once(|| {
                     entered_tx.send(()).unwrap();
                     go_rx.recv().unwrap();
                     Ok(())
                 })
             });
             entered_rx.recv().unwrap();
-            let closer = s.spawn(|| sm.stop_once("svc", || Ok(())));
+            let closer = s.spawn(|| sm.close_once(|| Ok(())));
             go_tx.send(()).unwrap();
             starter.join().unwrap().unwrap();
             closer.join().unwrap().unwrap();
         });
-        assert_eq!(sm.state(), State::Stopped);
+        assert_eq!(sm.state(), State::Closed);
     }
 }

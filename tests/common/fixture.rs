@@ -1,18 +1,18 @@
-//! A started [`HealthChecker`] + [`HealthEndpoint`] on 127.0.0.1:0, for tests that go through
-//! the public API over real sockets. Needs `mod http` (common/http.rs) at the crate root.
-#![allow(dead_code)]
+//! A started [`HealthChecker`] and [`HealthEndpoint`] on 127.0.0.1:0, for tests that go through
+//! the public API over real sockets.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use lifecycle::health::EndpointOptions;
 use lifecycle::{
-    EndpointOptions, Error, HealthChecker, HealthEndpoint, HealthReporter, Result, Service,
-    StartContext,
+    Error, HealthChecker, HealthEndpoint, HealthReporter, Result, Service, StartContext,
 };
 
-use crate::http::{self, Client, WATCHDOG};
+use super::http::{self, Client, Reply};
+use super::WATCHDOG;
 
 /// A reporter whose readiness a test sets.
 pub struct Switch {
@@ -26,6 +26,10 @@ impl Switch {
             name: name.into(),
             ready: AtomicBool::new(ready),
         })
+    }
+
+    pub fn set(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
     }
 }
 
@@ -50,14 +54,18 @@ pub struct Fixture {
 impl Fixture {
     /// A started checker with one passing check `db`, and a started endpoint serving it.
     pub fn new(options: EndpointOptions) -> Fixture {
-        let checker = Arc::new(
-            HealthChecker::builder("1.2.3", "deadbeef")
-                .interval(Duration::from_millis(50))
-                // Generous: a loaded machine must not turn the check into a timeout.
-                .timeout(Duration::from_secs(10))
-                .build(),
-        );
+        let checker = HealthChecker::builder("1.2.3", "deadbeef")
+            .interval(Duration::from_millis(50))
+            // Generous: a loaded machine must not turn the check into a timeout.
+            .timeout(Duration::from_secs(10))
+            .build();
         checker.register(Switch::new("db", true)).unwrap();
+        Fixture::serving(checker, options)
+    }
+
+    /// `checker` and an endpoint serving it, both started.
+    pub fn serving(checker: HealthChecker, options: EndpointOptions) -> Fixture {
+        let checker = Arc::new(checker);
         let endpoint =
             HealthEndpoint::with_options("127.0.0.1:0".parse().unwrap(), checker.clone(), options);
         checker.start(&StartContext::background()).unwrap();
@@ -69,30 +77,41 @@ impl Fixture {
         self.endpoint.local_addr().unwrap()
     }
 
-    /// Waits (under the watchdog) until `/readyz`, asked on `client`, passes with `db` polled.
+    /// Waits (under the watchdog) until every check has been polled since this call.
+    #[track_caller]
+    pub fn wait_for_poll(&self) {
+        if let Err(e) = self.checker.wait_for_poll(WATCHDOG) {
+            panic!("no poll of every check: {e}");
+        }
+    }
+
+    /// `/readyz` on a fresh connection, once every check has been polled since this call: the
+    /// answer shows that poll.
+    #[track_caller]
+    pub fn readyz_after_poll(&self) -> Reply {
+        self.wait_for_poll();
+        http::get(self.addr(), "/readyz")
+    }
+
+    /// Waits for a poll of every check, then asserts that `/readyz`, asked on `client`, passes.
     #[track_caller]
     pub fn wait_ready_on(&self, client: &mut Client) {
-        self.wait_ready_with(|| client.get("/readyz"));
+        self.wait_for_poll();
+        let r = client.get("/readyz");
+        assert_eq!(r.status, 200, "{r:?}");
     }
 
-    /// Like [`wait_ready_on`](Fixture::wait_ready_on), each time on a fresh connection.
+    /// Like [`wait_ready_on`](Fixture::wait_ready_on), on a fresh connection.
     #[track_caller]
     pub fn wait_ready(&self) {
-        self.wait_ready_with(|| http::get(self.addr(), "/readyz"));
+        let r = self.readyz_after_poll();
+        assert_eq!(r.status, 200, "{r:?}");
     }
 
-    #[track_caller]
-    fn wait_ready_with(&self, mut get: impl FnMut() -> http::Reply) {
-        let deadline = Instant::now() + WATCHDOG;
-        loop {
-            let r = get();
-            if r.status == 200 && !r.body.contains("not checked yet") {
-                return;
-            }
-            assert!(Instant::now() < deadline, "never ready: {r:?}");
-            self.checker.poll_now();
-            std::thread::sleep(Duration::from_millis(5));
-        }
+    /// Closes the endpoint, then the checker; both must close cleanly.
+    pub fn close(self) {
+        self.endpoint.close().unwrap();
+        self.checker.close().unwrap();
     }
 }
 
@@ -106,7 +125,7 @@ impl Drop for Fixture {
 /// Asserts that `r` is a well-formed `/readyz` (or `/livez`, per `description`) answer: 200 or
 /// 503 with a health+json body whose status agrees with the code.
 #[track_caller]
-pub fn assert_health_json(r: &http::Reply, description: &str) {
+pub fn assert_health_json(r: &Reply, description: &str) {
     assert!(r.status == 200 || r.status == 503, "{r:?}");
     assert_eq!(r.header("content-type"), Some("application/health+json"));
     let j = r.json();

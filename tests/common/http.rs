@@ -1,9 +1,12 @@
-//! A minimal HTTP/1.1 client over a raw socket, for tests against a local server.
-#![allow(dead_code)]
+//! A minimal HTTP/1.1 client over a raw socket, for tests against a local server: one-shot
+//! requests ([`get`], [`request`]), and a keep-alive [`Client`] that reads pipelined responses
+//! one at a time.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
+
+use super::{eventually, WATCHDOG};
 
 /// A parsed response.
 #[derive(Debug)]
@@ -27,11 +30,11 @@ impl Reply {
     }
 }
 
-/// Connects with generous read/write timeouts as a watchdog.
+/// Connects with [`WATCHDOG`] read/write timeouts.
 pub fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(WATCHDOG)).unwrap();
+    s.set_write_timeout(Some(WATCHDOG)).unwrap();
     s
 }
 
@@ -93,25 +96,28 @@ pub fn connect_fails(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_secs(5)).is_err()
 }
 
-/// GETs `path` until it answers `status` (bounded by a 20 s watchdog); returns that answer.
+/// GETs `path`, each time on a fresh connection, until it answers `status` (under the
+/// watchdog); returns that answer.
 #[track_caller]
 pub fn wait_status(addr: SocketAddr, path: &str, status: u16) -> Reply {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = get(addr, path);
-        if r.status == status {
-            return r;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{path} never answered {status}: {r:?}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_until(addr, path, &format!("{path} answers {status}"), |r| {
+        r.status == status
+    })
 }
 
-/// Bound for anything the robustness tests wait on: a watchdog, not a speed requirement.
-pub const WATCHDOG: Duration = Duration::from_secs(30);
+/// GETs `path`, each time on a fresh connection, until the answer satisfies `ok` (under the
+/// watchdog, failing with `what`); returns that answer.
+#[track_caller]
+pub fn wait_until(addr: SocketAddr, path: &str, what: &str, ok: impl Fn(&Reply) -> bool) -> Reply {
+    let mut last = None;
+    eventually(what, || {
+        let r = get(addr, path);
+        let done = ok(&r);
+        last = Some(r);
+        done
+    });
+    last.expect("an answer")
+}
 
 /// Whether a socket error means the peer closed the connection abruptly.
 pub fn is_reset(e: &std::io::Error) -> bool {
@@ -129,11 +135,8 @@ pub struct Client {
 impl Client {
     /// Connects with [`WATCHDOG`] read/write timeouts.
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(WATCHDOG)).unwrap();
-        stream.set_write_timeout(Some(WATCHDOG)).unwrap();
         Client {
-            stream,
+            stream: connect(addr),
             buf: Vec::new(),
         }
     }

@@ -1,134 +1,42 @@
-//! Test services shared by the behaviour tests.
+//! Helpers shared by the test binaries. Every test file does `mod common;` and uses what it
+//! needs; what one binary leaves unused is not a warning there.
+//!
+//! - [`eventually`] and [`WATCHDOG`]: waiting, bounded, for a condition nothing signals.
+//! - [`http`]: a minimal HTTP/1.1 client over raw sockets.
+//! - [`procfs`]: what `/proc/self` says: threads, memory, the fd limit.
+//! - [`fixture`]: a started checker and endpoint on 127.0.0.1:0.
+//! - [`prom`]: an exposition parsed by Python's `prometheus_client`.
+//! - [`process`]: an example run as a child process, under the watchdog.
+//! - [`recorder`]: services that record their lifecycle in order.
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+pub mod fixture;
+pub mod http;
+pub mod process;
+pub mod procfs;
+pub mod prom;
+pub mod recorder;
 
-use lifecycle::{HealthReporter, Result, Service, StartContext, StateMachine};
-use parking_lot::Mutex;
+use std::time::{Duration, Instant};
 
-/// An ordered log of lifecycle events, shared by the services of one test.
-#[derive(Clone, Default)]
-pub struct Events(pub Arc<Mutex<Vec<String>>>);
+/// Bound for anything a test waits on: a watchdog, not a speed requirement.
+pub const WATCHDOG: Duration = Duration::from_secs(30);
 
-impl Events {
-    pub fn push(&self, event: String) {
-        self.0.lock().push(event);
+/// Waits until `cond` holds, asking again after a short pause each time; panics naming `what`
+/// if it does not hold within [`WATCHDOG`].
+///
+/// For conditions that nothing signals (a thread count, a socket the server closes, a cached
+/// answer); where a channel or an event says when something happened, wait on that instead.
+#[track_caller]
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WATCHDOG;
+    let mut pause = Duration::from_millis(1);
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "not within the {WATCHDOG:?} watchdog: {what}"
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
     }
-    pub fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock())
-    }
-}
-
-/// How a [`Recorder`] behaves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Behavior {
-    Healthy,
-    CloseFailure,
-    WontStart,
-    PanicOnStart,
-    PanicOnClose,
-}
-
-/// A service that records "NAME started", "NAME closed", "NAME start failure", ... in the
-/// order they happen, like the seed's example services, and counts its start and close bodies.
-pub struct Recorder {
-    name: String,
-    behavior: Behavior,
-    events: Events,
-    sm: StateMachine,
-    pub starts: AtomicUsize,
-    pub closes: AtomicUsize,
-}
-
-impl Recorder {
-    pub fn new(name: &str, behavior: Behavior, events: &Events) -> Arc<Recorder> {
-        Arc::new(Recorder {
-            name: name.to_owned(),
-            behavior,
-            events: events.clone(),
-            sm: StateMachine::new(),
-            starts: AtomicUsize::new(0),
-            closes: AtomicUsize::new(0),
-        })
-    }
-
-    pub fn starts(&self) -> usize {
-        self.starts.load(Ordering::SeqCst)
-    }
-
-    pub fn closes(&self) -> usize {
-        self.closes.load(Ordering::SeqCst)
-    }
-}
-
-impl HealthReporter for Recorder {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn ready(&self) -> Result<()> {
-        self.sm.ready()
-    }
-}
-
-impl Service for Recorder {
-    fn start(&self, _ctx: &StartContext) -> Result<()> {
-        self.sm.start_once(&self.name, || {
-            self.starts.fetch_add(1, Ordering::SeqCst);
-            match self.behavior {
-                Behavior::WontStart => {
-                    self.events.push(format!("{} start failure", self.name));
-                    Err("start failure".into())
-                }
-                Behavior::PanicOnStart => {
-                    self.events.push(format!("{} start panic", self.name));
-                    panic!("{} panicked starting", self.name)
-                }
-                _ => {
-                    self.events.push(format!("{} started", self.name));
-                    Ok(())
-                }
-            }
-        })
-    }
-
-    fn close(&self) -> Result<()> {
-        self.sm.stop_once(&self.name, || {
-            self.closes.fetch_add(1, Ordering::SeqCst);
-            match self.behavior {
-                Behavior::CloseFailure => {
-                    self.events.push(format!("{} close failure", self.name));
-                    Err("close failure".into())
-                }
-                Behavior::PanicOnClose => {
-                    self.events.push(format!("{} close panic", self.name));
-                    panic!("{} panicked closing", self.name)
-                }
-                _ => {
-                    self.events.push(format!("{} closed", self.name));
-                    Ok(())
-                }
-            }
-        })
-    }
-}
-
-/// `Arc<Recorder>`s as the `Arc<dyn Service>`s MultiStart takes.
-pub fn dyn_services(services: &[Arc<Recorder>]) -> Vec<Arc<dyn Service>> {
-    services
-        .iter()
-        .map(|s| s.clone() as Arc<dyn Service>)
-        .collect()
-}
-
-/// The number of threads this process has now (Linux).
-pub fn thread_count() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .expect("Threads line")
-        .trim()
-        .parse()
-        .expect("thread count")
 }

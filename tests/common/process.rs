@@ -5,12 +5,11 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-/// Bound for anything the tests wait on: a watchdog, not a speed requirement.
-pub const WATCHDOG: Duration = Duration::from_secs(30);
+use super::{eventually, WATCHDOG};
 
 /// The path of a built example, built (once per test binary) so that it is never stale: `cargo
 /// test` builds examples, but `cargo test --test NAME` alone does not rebuild them.
@@ -119,27 +118,34 @@ impl Proc {
 
     /// Waits for the child to exit (killing it and failing at the watchdog); returns its status
     /// and its whole log.
+    ///
+    /// Reads its standard error to the end first: the child closes it as it exits.
     #[track_caller]
     pub fn wait_exit(mut self) -> (ExitStatus, Vec<String>) {
         let deadline = Instant::now() + WATCHDOG;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
+        loop {
+            match self.lines.recv_deadline(deadline) {
+                Ok(line) => self.log.push(line),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.kill();
+                    panic!(
+                        "watchdog: child did not exit; log:\n{}",
+                        self.log.join("\n")
+                    );
+                }
             }
-            if Instant::now() >= deadline {
-                self.kill();
-                panic!(
-                    "watchdog: child did not exit; log:\n{}",
-                    self.log.join("\n")
-                );
-            }
-            // Polls the child's exit; the bound is the watchdog above.
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        }
         if let Some(reader) = self.reader.take() {
             reader.join().expect("reader thread");
         }
-        self.log.extend(self.lines.try_iter());
+        // Its standard error is closed: the exit follows (the child is killed on drop if not).
+        let mut status = None;
+        eventually("the child exits once its standard error is closed", || {
+            status = self.child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        let status = status.expect("an exit status");
         (status, std::mem::take(&mut self.log))
     }
 

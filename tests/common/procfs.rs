@@ -1,5 +1,8 @@
 //! What `/proc/self` says about this test process (Linux): threads, memory, the fd limit.
-#![allow(dead_code)]
+//!
+//! A thread that was joined may still be counted for a moment (the kernel wakes the joiner
+//! before it releases the thread): wait for a count to go down with
+//! [`eventually`](super::eventually), never assert it right after a join.
 
 /// How many threads of this process are called `name` (as in `/proc/self/task/*/comm`).
 pub fn threads_named(name: &str) -> usize {
@@ -23,8 +26,9 @@ pub fn status_field(field: &str) -> u64 {
 }
 
 /// The number of threads of this process.
-pub fn thread_count() -> u64 {
-    status_field("Threads")
+pub fn thread_count() -> usize {
+    let threads = status_field("Threads");
+    usize::try_from(threads).expect("a thread count fits in usize")
 }
 
 /// Raises the soft limit on open files to at least `want` (up to the hard limit); returns the
@@ -43,4 +47,11 @@ pub fn raise_fd_limit(want: libc::rlim_t) -> libc::rlim_t {
     // SAFETY: `lim` is a valid rlimit, its soft limit no more than its hard limit.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
     lim.rlim_cur
+}
+
+/// Waits (under the watchdog) until this process has `n` threads, failing with `when`: for a
+/// count that goes down, since a joined thread may still be counted for a moment.
+#[track_caller]
+pub fn wait_thread_count(n: usize, when: &str) {
+    super::eventually(&format!("{when}: {n} threads"), || thread_count() == n);
 }
