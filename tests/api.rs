@@ -2,19 +2,20 @@
 //! a state machine that refuses re-entry instead of deadlocking, `MultiStart` through `&self`,
 //! checks from closures and waiting for a poll.
 
+mod common;
+
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::WATCHDOG;
 use crossbeam_channel::bounded;
 use lifecycle::health::{self, Probe};
 use lifecycle::{
     Error, ErrorKind, HealthChecker, HealthReporter, MultiStart, Phase, Result, RunPhase, Runner,
     Service, ServiceOptions, StartContext, StateMachine, Worker,
 };
-
-const WATCHDOG: Duration = Duration::from_secs(30);
 
 /// What an error chain printer (anyhow's `{:#}`, eyre) shows: each message in the chain once.
 fn chain(e: &dyn std::error::Error) -> String {

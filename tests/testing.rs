@@ -1,17 +1,18 @@
 //! The test harness (`lifecycle::testing`), through the public API.
 
+mod common;
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::WATCHDOG;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use lifecycle::testing::Harness;
 use lifecycle::{
     ErrorKind, HealthReporter, Phase, Result, Service, StartContext, StateMachine, Worker,
 };
-
-const WATCHDOG: Duration = Duration::from_secs(30);
 
 /// A worker that sends its name on `closed` once its closure has returned.
 fn worker(name: &'static str, closed: &Sender<&'static str>) -> Worker {
@@ -218,3 +219,4 @@ fn names_are_checked_before_anything_starts() {
     drop(closed_tx);
     assert!(closed.recv().is_err(), "nothing started, nothing closed");
 }
+

@@ -2,8 +2,9 @@
 //! exactly as the `HealthEndpoint` does, from the same checker, and gives every other request
 //! back to the program.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+mod common;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -11,8 +12,10 @@ use std::time::Duration;
 use lifecycle::health::{self, EndpointOptions, TinyHttpRoutes};
 use lifecycle::{HealthChecker, HealthEndpoint, Service, StartContext};
 
+use common::http::{request_with, Reply};
+use common::WATCHDOG;
+
 /// The bound of every wait: a connection, a read, a write, a poll.
-const BOUND: Duration = Duration::from_secs(10);
 #[cfg(feature = "metrics")]
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0";
 
@@ -58,7 +61,7 @@ impl Fixture {
         checker.start(&StartContext::background()).unwrap();
         endpoint.start(&StartContext::background()).unwrap();
         let program = Program::serve(routes);
-        checker.wait_for_poll(BOUND).unwrap();
+        checker.wait_for_poll(WATCHDOG).unwrap();
         Fixture {
             checker,
             endpoint,
@@ -69,7 +72,7 @@ impl Fixture {
     /// Asks both ports the same; asserts the same status, compared headers and body, and
     /// returns the endpoint's answer.
     #[track_caller]
-    fn check(&self, method: &str, target: &str, accept: Option<&str>) -> Answer {
+    fn check(&self, method: &str, target: &str, accept: Option<&str>) -> Reply {
         let endpoint = ask(self.endpoint.local_addr().unwrap(), method, target, accept);
         let tiny = ask(self.program.addr, method, target, accept);
         let what = format!("{method} {target} (Accept: {accept:?})");
@@ -78,11 +81,7 @@ impl Fixture {
             assert_eq!(endpoint.header(name), tiny.header(name), "{what}: {name}");
         }
         assert_eq!(endpoint.header("cache-control"), Some("no-store"), "{what}");
-        assert_eq!(
-            String::from_utf8_lossy(&endpoint.body),
-            String::from_utf8_lossy(&tiny.body),
-            "{what}: body"
-        );
+        assert_eq!(&endpoint.body, &tiny.body, "{what}: body");
         endpoint
     }
 
@@ -149,63 +148,18 @@ impl Drop for Program {
     }
 }
 
-/// One answer, read to the end of a `Connection: close` exchange.
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
+/// Asks `method target` on a fresh connection, with an `Accept` header if given (and an empty
+/// body for a POST).
 #[track_caller]
-fn ask(addr: SocketAddr, method: &str, target: &str, accept: Option<&str>) -> Answer {
-    let mut stream = TcpStream::connect_timeout(&addr, BOUND).unwrap();
-    stream.set_read_timeout(Some(BOUND)).unwrap();
-    stream.set_write_timeout(Some(BOUND)).unwrap();
-    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
-    let length = if method == "POST" {
-        "Content-Length: 0\r\n"
-    } else {
-        ""
-    };
-    write!(
-        stream,
-        "{method} {target} HTTP/1.1\r\nHost: localhost\r\n{accept}{length}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a complete head");
-    let head = String::from_utf8(raw[..end].to_vec()).unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.to_owned(), v.trim().to_owned()))
-        .collect();
-    Answer {
-        status,
-        headers,
-        body: raw[end + 4..].to_vec(),
+fn ask(addr: SocketAddr, method: &str, target: &str, accept: Option<&str>) -> Reply {
+    let mut headers = Vec::new();
+    if let Some(accept) = accept {
+        headers.push(("Accept", accept));
     }
+    if method == "POST" {
+        headers.push(("Content-Length", "0"));
+    }
+    request_with(addr, method, target, &headers)
 }
 
 /// The routes are shared by the threads of a program's server.
@@ -235,7 +189,7 @@ fn both_ports_answer_alike() {
         fixture.check("GET", target, None);
     }
     let verbose = fixture.check("GET", "/readyz?verbose", None);
-    let text = String::from_utf8_lossy(&verbose.body);
+    let text = verbose.body.clone();
     assert!(
         text.contains("[-]cache failed: ") && text.contains("cache unreachable"),
         "{text}"
@@ -266,7 +220,7 @@ fn both_ports_answer_alike() {
     for accept in [None, Some(OPENMETRICS)] {
         let scrape = fixture.check("GET", "/metrics", accept);
         assert_eq!(scrape.status, 200);
-        let text = String::from_utf8_lossy(&scrape.body);
+        let text = scrape.body.clone();
         assert!(
             text.contains("lifecycle_health_check_status{check=\"cache\""),
             "{text}"
@@ -291,11 +245,11 @@ fn other_requests_reach_the_program() {
     for target in &targets {
         let answer = ask(addr, "GET", target, None);
         assert_eq!(answer.status, 404, "{target}");
-        assert_eq!(answer.body, b"the program's 404\n", "{target}");
+        assert_eq!(answer.body, "the program's 404\n", "{target}");
     }
     // Whatever the method: only the path makes a health route.
     let posted = ask(addr, "POST", "/jobs", None);
-    assert_eq!(posted.body, b"the program's 404\n");
+    assert_eq!(posted.body, "the program's 404\n");
     targets.push("/jobs");
     assert_eq!(fixture.close(), targets);
 }

@@ -1,19 +1,19 @@
 //! `Worker`: services from closures, through the public API.
 
+mod common;
+
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::WATCHDOG;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use lifecycle::health::Status;
 use lifecycle::{
     ErrorKind, HealthChecker, HealthReporter, MultiStart, Phase, RunPhase, Runner, Service,
     ShutdownCause, StartContext, Worker,
 };
-
-/// Bound for anything these tests wait on: a watchdog, not a speed requirement.
-const WATCHDOG: Duration = Duration::from_secs(30);
 
 fn runner() -> Runner {
     Runner::new().handle_signals(false)

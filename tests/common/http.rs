@@ -40,12 +40,18 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
 
 /// Sends `method path` with `Connection: close` and reads the whole answer.
 pub fn request(addr: SocketAddr, method: &str, path: &str) -> Reply {
+    request_with(addr, method, path, &[])
+}
+
+/// Like [`request`], with more request headers.
+pub fn request_with(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
     let mut s = connect(addr);
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read answer");
     parse(&raw).unwrap_or_else(|| panic!("unparsable answer: {:?}", String::from_utf8_lossy(&raw)))
