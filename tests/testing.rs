@@ -219,4 +219,3 @@ fn names_are_checked_before_anything_starts() {
     drop(closed_tx);
     assert!(closed.recv().is_err(), "nothing started, nothing closed");
 }
-
