@@ -9,7 +9,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use crate::error::{check_name, Error, ErrorKind, Phase, Result};
-use crate::service::{close_guarded, start_guarded, Service};
+use crate::service::{close_guarded, shared, start_guarded, Service};
 use crate::stop::StartContext;
 
 /// Starts services in order and closes them in reverse; if one fails to start, closes the ones
@@ -90,10 +90,7 @@ impl MultiStart {
         I: IntoIterator<Item = S>,
         S: Service + 'static,
     {
-        let services: Vec<Arc<dyn Service>> = services
-            .into_iter()
-            .map(|s| Arc::new(s) as Arc<dyn Service>)
-            .collect();
+        let services = shared(services);
         {
             let started = self.started.lock();
             let held = started.iter().map(|s| s.name());

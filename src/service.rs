@@ -213,6 +213,16 @@ impl<T: Service + ?Sized> Service for Arc<T> {
     }
 }
 
+/// `services` as the shared trait objects the crate keeps.
+pub(crate) fn shared<S: Service + 'static>(
+    services: impl IntoIterator<Item = S>,
+) -> Vec<Arc<dyn Service>> {
+    services
+        .into_iter()
+        .map(|s| Arc::new(s) as Arc<dyn Service>)
+        .collect()
+}
+
 /// What a start that waits for readiness ([`start_until_ready`]) came to.
 #[derive(Debug)]
 pub(crate) struct StartOutcome {

@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 use crate::checker::{HealthChecker, HealthEvent, Snapshot, Status};
 use crate::error::{Error, Phase, Result};
 use crate::multi::check_names;
-use crate::service::{close_guarded, start_until_ready, Service, StartOutcome};
+use crate::service::{close_guarded, shared, start_until_ready, Service, StartOutcome};
 use crate::stop::{StartContext, StopSignal};
 use crate::thread::{later, Thread};
 
@@ -124,10 +124,7 @@ impl HarnessBuilder {
         I: IntoIterator<Item = S>,
         S: Service + 'static,
     {
-        let services: Vec<Arc<dyn Service>> = services
-            .into_iter()
-            .map(|s| Arc::new(s) as Arc<dyn Service>)
-            .collect();
+        let services = shared(services);
         check_names([], services.iter().map(|s| s.name()))?;
         let checker = Arc::new(
             HealthChecker::builder("test", "test")
