@@ -53,13 +53,6 @@ impl<'a> Request<'a> {
     pub(crate) fn accept(&self) -> Option<&'a str> {
         self.header("accept")
     }
-
-    /// Every header, in the order sent, as `(name, value)`.
-    // Nothing in the crate lists the headers yet, not even the tests.
-    #[allow(dead_code)]
-    pub(crate) fn headers(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
-        self.headers.iter().map(|h| (h.name, h.value))
-    }
 }
 
 impl fmt::Debug for Request<'_> {
