@@ -3,58 +3,64 @@
 //! closed in reverse on SIGINT/SIGTERM.
 //!
 //! ```text
-//! RUST_LOG=info cargo run --example demo
+//! cargo run --example demo
 //! curl localhost:8080/jobs
 //! curl 'localhost:8001/readyz?verbose'
 //! curl localhost:8001/healthz
 //! curl localhost:8001/metrics
+//! curl localhost:8080/readyz         # the API's own port answers the health routes too
+//! cargo run --example demo -- --help # the flags
 //! ```
 //!
+//! The three services show the three ways to write one:
+//!
+//! - the worker is a [`Worker::new`]: a loop until stopped, that counts its jobs in metrics;
+//! - the API is a [`Worker::with_setup`]: the setup binds (a bind error fails the start and
+//!   names the address), the run closure serves until stopped, and the `on_close` hook wakes
+//!   tiny_http's blocking `recv` with `unblock`. Its loop offers every request to a
+//!   [`TinyHttpRoutes`] first, with the runner's checker and metrics, so the API's port answers
+//!   `/livez`, `/readyz`, `/healthz` and `/metrics` exactly as the health endpoint does;
+//! - the connection pool is a hand-written [`Service`] with a [`StateMachine`], and a health
+//!   report with a sub-component (`pool.connections`).
+//!
 //! `/metrics` has the lifecycle's metrics (each service's state, start and close durations, each
-//! check's status) and the demo's own: `demo_api_requests_total{path,status}` (the API),
-//! `demo_worker_jobs_total` and `demo_worker_job_failures_total` (the worker), and
+//! check's status) and the demo's own: `demo_api_requests_total{path,status}` (the API's own
+//! routes), `demo_worker_jobs_total` and `demo_worker_job_failures_total` (the worker), and
 //! `pool_idle_connections` / `pool_size` (a producer, read at every scrape).
 //!
-//! Flags:
-//!
-//! - `--health-addr ADDR` (default `127.0.0.1:8001`): where probes get `/livez`, `/readyz` and
-//!   `/healthz` (add `?verbose` for the Kubernetes text form).
-//! - `--api-addr ADDR` (default `127.0.0.1:8080`): where the API listens.
-//! - `--termination-delay SECS` (default 0): how long to keep serving after SIGTERM, not ready,
-//!   before closing anything.
-//! - `--shutdown-timeout SECS` (default 25): the bound on the whole shutdown.
-//! - `--stop-timeout SECS` (default 10): the bound on each service's close.
-//!
-//! Fault injection, to see what the runner does (NAME is `pool`, `worker` or `api`):
-//!
-//! - `--fail NAME`: NAME's start fails (rollback, exit code 1);
-//! - `--slow-start NAME`: NAME's start waits until it is cancelled (send SIGTERM meanwhile);
-//! - `--hang-close NAME`: NAME's close never returns (abandoned at its close timeout).
+//! The flags (also in the README, and printed by `--help`) choose the addresses and the
+//! timeouts, and inject faults, to see what the runner does: `--fail NAME`, `--slow-start NAME`
+//! and `--hang-close NAME`, for NAME `pool`, `worker` or `api`.
 //!
 //! Exit codes: 0 after a graceful shutdown, 1 if anything failed, 130 on a second signal during
-//! the shutdown, 2 for bad arguments.
+//! the shutdown, 2 for a usage error.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
+use lifecycle::health::TinyHttpRoutes;
 use lifecycle::metrics::prometheus_client::metrics::counter::Counter;
 use lifecycle::metrics::prometheus_client::metrics::family::Family;
 use lifecycle::metrics::Metrics;
 use lifecycle::{
-    Error, HealthChecker, HealthReport, HealthReporter, Result, Runner, Service, ServiceOptions,
-    StartContext, StateMachine, StopSignal,
+    Error, HealthChecker, HealthReport, HealthReporter, Phase, Result, Runner, Service,
+    StartContext, StateMachine, StopSignal, Worker,
 };
 
-/// The API's requests, by path and status.
-type Requests = Family<Vec<(&'static str, String)>, Counter>;
-use parking_lot::Mutex;
+// The services' names, in start order: what `--fail` and the other fault flags accept.
+const POOL: &str = "pool";
+const WORKER: &str = "worker";
+const API: &str = "api";
+const SERVICES: [&str; 3] = [POOL, WORKER, API];
 
-/// A pool of connections, handed out as tokens over a channel.
+/// The API's requests to its own routes, by path and status.
+type Requests = Family<Vec<(&'static str, String)>, Counter>;
+
+/// A pool of connections, handed out as tokens over a channel: a hand-written [`Service`], whose
+/// [`StateMachine`] makes its start and close run once and guards its use.
 struct Pool {
     size: usize,
     sm: StateMachine,
@@ -63,45 +69,56 @@ struct Pool {
 }
 
 impl Pool {
-    fn new(size: usize) -> Arc<Pool> {
+    fn new(size: usize) -> Pool {
         let (give, take) = crossbeam_channel::bounded(size);
-        Arc::new(Pool {
+        Pool {
             size,
             sm: StateMachine::new(),
             give,
             take,
-        })
+        }
     }
 
     /// Runs `f` with a connection, waiting at most `timeout` for one.
+    ///
+    /// # Errors
+    ///
+    /// When the pool is not started (or closed already), or no connection is free in time.
     fn with_conn<T>(&self, timeout: Duration, f: impl FnOnce(u32) -> T) -> Result<T> {
-        let out = self.sm.if_started(|| {
-            let conn = self.take.recv_timeout(timeout).ok()?;
+        // The state machine's read lock is held meanwhile: the close waits for `f`.
+        let used = self.sm.if_started(|| {
+            let conn = self
+                .take
+                .recv_timeout(timeout)
+                .map_err(|_| Error::msg(format!("no connection free within {timeout:?}")))?;
             let out = f(conn);
             let _ = self.give.send(conn);
-            Some(out)
+            Ok(out)
         });
-        match out {
-            Err(_) => Err(Error::msg("pool is not running")),
-            Ok(None) => Err(Error::msg("no connection free")),
-            Ok(Some(v)) => Ok(v),
-        }
+        used.map_err(|e| e.in_service(POOL, Phase::Run))?
+    }
+
+    fn idle(&self) -> usize {
+        self.take.len()
     }
 }
 
 impl HealthReporter for Pool {
     fn name(&self) -> &str {
-        "pool"
+        POOL
     }
+
     fn ready(&self) -> Result<()> {
         self.sm.ready()
     }
+
+    /// The pool itself, and a sub-component: its connections, unhealthy while all are busy.
     fn health_report(&self) -> HealthReport {
-        let mut report = HealthReport::single("pool", self.sm.healthy());
-        let busy = self.sm.healthy().is_ok() && self.take.is_empty();
+        let mut report = HealthReport::single(POOL, self.sm.healthy());
+        let all_busy = self.sm.healthy().is_ok() && self.idle() == 0;
         report.insert(
             "pool.connections",
-            match busy {
+            match all_busy {
                 true => Err(Error::msg(format!("all {} connections busy", self.size))),
                 false => Ok(()),
             },
@@ -114,7 +131,7 @@ impl Service for Pool {
     fn start(&self, ctx: &StartContext) -> Result<()> {
         self.sm.start_once(|| {
             for conn in 0..self.size as u32 {
-                ctx.check("pool")?; // opening connections can be slow: honour a shutdown
+                ctx.check(POOL)?; // opening connections can be slow: honour a shutdown
                 self.give.send(conn)?;
             }
             log::info!("pool: {} connections open", self.size);
@@ -134,166 +151,132 @@ impl Service for Pool {
     }
 }
 
-/// A worker loop that does a job with a pool connection every 100 ms.
-struct Worker {
-    pool: Arc<Pool>,
-    sm: StateMachine,
-    stop: StopSignal,
-    thread: Mutex<Option<JoinHandle<()>>>,
-    jobs: Counter,
-    failures: Counter,
-}
-
-impl HealthReporter for Worker {
-    fn name(&self) -> &str {
-        "worker"
-    }
-    fn ready(&self) -> Result<()> {
-        self.sm.ready()
-    }
-    fn health_report(&self) -> HealthReport {
-        // Recent job failures make the worker unhealthy until the next report.
-        let status = self
-            .sm
-            .healthy()
-            .and_then(|()| self.sm.errors().flush().map_or(Ok(()), Err));
-        HealthReport::single("worker", status)
-    }
-}
-
-impl Service for Worker {
-    fn start(&self, _ctx: &StartContext) -> Result<()> {
-        self.sm.start_once(|| {
-            let (pool, stop) = (self.pool.clone(), self.stop.clone());
-            let (jobs, failures) = (self.jobs.clone(), self.failures.clone());
-            let handle = std::thread::Builder::new()
-                .name("worker".into())
-                .spawn(move || {
-                    while !stop.wait_timeout(Duration::from_millis(100)) {
-                        match pool.with_conn(Duration::from_millis(50), |_conn| ()) {
-                            Ok(()) => {
-                                jobs.inc();
-                            }
-                            Err(e) => {
-                                failures.inc();
-                                log::warn!("worker: job failed: {e}");
-                            }
-                        }
-                    }
-                })?;
-            *self.thread.lock() = Some(handle);
-            Ok(())
-        })
-    }
-
-    fn close(&self) -> Result<()> {
-        self.sm.close_once(|| {
-            self.stop.stop();
-            if let Some(handle) = self.thread.lock().take() {
-                handle.join().map_err(|_| "worker thread panicked")?;
+/// The worker: a loop that does a job with a pool connection every 100 ms until stopped,
+/// counting its jobs (in `jobs`, which the API reports too) and failures in `metrics`.
+fn worker(pool: Arc<Pool>, jobs: Counter, metrics: &Metrics) -> Result<Worker> {
+    let failures: Counter = Counter::default();
+    metrics.register("demo_worker_jobs", "Jobs the worker has done", jobs.clone())?;
+    metrics.register(
+        "demo_worker_job_failures",
+        "Jobs the worker could not do",
+        failures.clone(),
+    )?;
+    Ok(Worker::new(WORKER, move |stop: &StopSignal| {
+        while !stop.wait_timeout(Duration::from_millis(100)) {
+            match pool.with_conn(Duration::from_millis(50), |_conn| ()) {
+                Ok(()) => {
+                    jobs.inc();
+                }
+                Err(e) => {
+                    failures.inc();
+                    log::warn!("worker: job failed: {e}");
+                }
             }
-            log::info!("worker: {} jobs done", self.jobs.get());
-            Ok(())
-        })
-    }
+        }
+        log::info!("worker: {} jobs done", jobs.get());
+        Ok(())
+    }))
 }
 
-/// A small HTTP API on tiny_http: `GET /jobs` answers the worker's job count, using a pool
-/// connection per request.
+/// What the API's setup makes and its run closure serves with.
 struct Api {
-    addr: SocketAddr,
+    server: tiny_http::Server,
+    /// The health routes (and `/metrics`), answered on the API's port too.
+    routes: TinyHttpRoutes,
     pool: Arc<Pool>,
     jobs: Counter,
-    sm: StateMachine,
-    stop: StopSignal,
-    server: Mutex<Option<Arc<tiny_http::Server>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
-    served: Arc<AtomicU64>,
     requests: Requests,
 }
 
-impl HealthReporter for Api {
-    fn name(&self) -> &str {
-        "api"
+impl Api {
+    /// Serves until the close's `unblock` wakes `recv`.
+    fn serve(&self, stop: &StopSignal) {
+        let mut served = 0u64;
+        loop {
+            let request = match self.server.recv() {
+                Ok(request) => request,
+                // `unblock`: the close has fired the stop signal first.
+                Err(_) if stop.is_stopped() => break,
+                Err(e) => {
+                    log::warn!("api: {e}");
+                    continue;
+                }
+            };
+            served += 1;
+            if let Some(request) = self.routes.respond(request) {
+                self.answer(request);
+            }
+        }
+        log::info!("api: served {served} requests");
     }
-    fn ready(&self) -> Result<()> {
-        self.sm.ready()
+
+    /// The API's own routes: `GET /jobs` answers the worker's job count, using a pool
+    /// connection.
+    fn answer(&self, request: tiny_http::Request) {
+        let path = match request.url().split('?').next() {
+            Some("/jobs") => "/jobs",
+            _ => "other",
+        };
+        let response = match path {
+            "/jobs" => match self
+                .pool
+                .with_conn(Duration::from_millis(200), |_| self.jobs.get())
+            {
+                Ok(n) => tiny_http::Response::from_string(format!("{n}\n")),
+                Err(e) => tiny_http::Response::from_string(format!("{e}\n")).with_status_code(503),
+            },
+            _ => tiny_http::Response::from_string("try /jobs, or /readyz\n").with_status_code(404),
+        };
+        let status = response.status_code().0.to_string();
+        self.requests
+            .get_or_create(&vec![("path", path.to_owned()), ("status", status)])
+            .inc();
+        if let Err(e) = request.respond(response) {
+            log::debug!("api: answering: {e}");
+        }
     }
 }
 
-impl Service for Api {
-    fn start(&self, _ctx: &StartContext) -> Result<()> {
-        self.sm.start_once(|| {
-            let server = Arc::new(tiny_http::Server::http(self.addr)?);
+/// The API on `addr`: its setup binds (a failure there is a start failure, that names the
+/// address), its run closure serves until stopped, and its close hook wakes the blocking `recv`.
+/// It counts the requests to its own routes in `metrics`.
+fn api(
+    addr: SocketAddr,
+    routes: TinyHttpRoutes,
+    pool: Arc<Pool>,
+    jobs: Counter,
+    metrics: &Metrics,
+) -> Result<Worker<Api>> {
+    let requests = Requests::default();
+    metrics.register(
+        "demo_api_requests",
+        "Requests the API has answered on its own routes",
+        requests.clone(),
+    )?;
+    let api = Worker::with_setup(
+        API,
+        move |_ctx: &StartContext| {
+            let server = tiny_http::Server::http(addr)
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             match server.server_addr().to_ip() {
-                Some(addr) => log::info!("api: listening on http://{addr}"),
-                None => log::info!("api: listening on {}", self.addr),
+                Some(local) => log::info!("api: listening on http://{local}"),
+                None => log::info!("api: listening on {addr}"),
             }
-            *self.server.lock() = Some(server.clone());
-            let (pool, jobs, stop, served) = (
-                self.pool.clone(),
-                self.jobs.clone(),
-                self.stop.clone(),
-                self.served.clone(),
-            );
-            let requests = self.requests.clone();
-            let handle = std::thread::Builder::new()
-                .name("api".into())
-                .spawn(move || {
-                    // `close` wakes it with `unblock`; the timeout is only a backstop.
-                    while !stop.is_stopped() {
-                        let request = match server.recv_timeout(Duration::from_millis(100)) {
-                            Ok(Some(request)) => request,
-                            Ok(None) => continue,
-                            Err(e) => {
-                                log::warn!("api: {e}");
-                                continue;
-                            }
-                        };
-                        let path = match request.url() {
-                            "/jobs" => "/jobs",
-                            _ => "other",
-                        };
-                        let response = match path {
-                            "/jobs" => {
-                                match pool.with_conn(Duration::from_millis(200), |_| jobs.get()) {
-                                    Ok(n) => tiny_http::Response::from_string(format!("{n}\n")),
-                                    Err(e) => tiny_http::Response::from_string(format!("{e}\n"))
-                                        .with_status_code(503),
-                                }
-                            }
-                            _ => tiny_http::Response::from_string("try /jobs\n")
-                                .with_status_code(404),
-                        };
-                        served.fetch_add(1, Ordering::Relaxed);
-                        let status = response.status_code().0.to_string();
-                        requests
-                            .get_or_create(&vec![("path", path.to_owned()), ("status", status)])
-                            .inc();
-                        let _ = request.respond(response);
-                    }
-                })?;
-            *self.thread.lock() = Some(handle);
+            Ok(Api {
+                server,
+                routes,
+                pool,
+                jobs,
+                requests,
+            })
+        },
+        |api: &Api, stop: &StopSignal| {
+            api.serve(stop);
             Ok(())
-        })
-    }
-
-    fn close(&self) -> Result<()> {
-        self.sm.close_once(|| {
-            self.stop.stop();
-            if let Some(server) = self.server.lock().take() {
-                server.unblock(); // wakes the thread out of recv_timeout at once
-            }
-            if let Some(handle) = self.thread.lock().take() {
-                handle.join().map_err(|_| "api thread panicked")?;
-            }
-            log::info!(
-                "api: served {} requests",
-                self.served.load(Ordering::Relaxed)
-            );
-            Ok(())
-        })
-    }
+        },
+    )
+    .on_close(|api: &Api| api.server.unblock());
+    Ok(api)
 }
 
 /// Wraps a service to inject a fault, so that the demo can show rollbacks and timeouts.
@@ -302,7 +285,7 @@ struct Faulty {
     fault: Fault,
 }
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Debug)]
 enum Fault {
     FailStart,
     SlowStart,
@@ -346,150 +329,190 @@ impl Service for Faulty {
     }
 }
 
+const USAGE: &str =
+    "usage: demo [--health-addr ADDR] [--api-addr ADDR] [--termination-delay SECS] \
+                     [--shutdown-timeout SECS] [--close-timeout SECS] [--fail NAME] \
+                     [--slow-start NAME] [--hang-close NAME] [--help]";
+
+/// What `--help` prints after [`USAGE`]; README's table of flags says the same.
+const HELP: &str = "\
+Runs a connection pool, a worker and an HTTP API, in that order, until SIGINT or SIGTERM;
+then closes them in reverse. A second signal during the shutdown exits at once (code 130).
+
+  --health-addr ADDR        where probes get /livez, /readyz, /healthz, /metrics [default: 127.0.0.1:8001]
+  --api-addr ADDR           where the API listens (GET /jobs, and the health routes) [default: 127.0.0.1:8080]
+  --termination-delay SECS  how long to keep serving, not ready, after SIGTERM [default: 0]
+  --shutdown-timeout SECS   the bound on the whole shutdown [default: 25]
+  --close-timeout SECS      the bound on each service's close [default: 10]
+  --fail NAME               NAME's start fails: rollback, exit code 1
+  --slow-start NAME         NAME's start waits until it is cancelled (send SIGTERM meanwhile)
+  --hang-close NAME         NAME's close never returns: abandoned at its close timeout
+  -h, --help                prints this
+
+ADDR is HOST:PORT; a host name (localhost:8001) is resolved, its first address used.
+SECS is a number of seconds, fractions allowed (0.5). NAME is pool, worker or api.
+Exit codes: 0 after a graceful shutdown, 1 if anything failed, 130 on a second signal,
+2 for a usage error. RUST_LOG sets the log filter (default info).
+";
+
 struct Args {
     health_addr: SocketAddr,
     api_addr: SocketAddr,
     termination_delay: Duration,
     shutdown_timeout: Duration,
-    stop_timeout: Duration,
+    close_timeout: Duration,
     faults: Vec<(String, Fault)>,
 }
 
-fn parse_args() -> std::result::Result<Args, String> {
+/// What the command line asks for.
+enum Command {
+    Run(Args),
+    Help,
+}
+
+/// Parses the flags (`--flag VALUE` or `--flag=VALUE`).
+///
+/// # Errors
+///
+/// A message naming the flag and the value at fault.
+fn parse_args(mut it: impl Iterator<Item = String>) -> std::result::Result<Command, String> {
     let mut args = Args {
-        health_addr: "127.0.0.1:8001".parse().expect("valid default"),
-        api_addr: "127.0.0.1:8080".parse().expect("valid default"),
+        health_addr: resolve("--health-addr", "127.0.0.1:8001")?,
+        api_addr: resolve("--api-addr", "127.0.0.1:8080")?,
         termination_delay: Duration::ZERO,
         // The runner's defaults.
         shutdown_timeout: Duration::from_secs(25),
-        stop_timeout: Duration::from_secs(10),
+        close_timeout: Duration::from_secs(10),
         faults: Vec::new(),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        let secs = |v: String| {
-            v.parse::<f64>()
-                .ok()
-                .filter(|s| s.is_finite() && *s >= 0.0)
-                .map(Duration::from_secs_f64)
-                .ok_or(format!("{flag}: {v:?} is not a number of seconds"))
+    while let Some(arg) = it.next() {
+        let (flag, mut inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag.to_owned(), Some(value.into())),
+            _ => (arg, None),
+        };
+        let mut value = || -> std::result::Result<String, String> {
+            inline
+                .take()
+                .or_else(|| it.next())
+                .ok_or(format!("{flag} needs a value"))
         };
         match flag.as_str() {
-            "--health-addr" => {
-                let v = value()?;
-                args.health_addr = v.parse().map_err(|e| format!("--health-addr {v:?}: {e}"))?;
-            }
-            "--api-addr" => {
-                let v = value()?;
-                args.api_addr = v.parse().map_err(|e| format!("--api-addr {v:?}: {e}"))?;
-            }
-            "--termination-delay" => args.termination_delay = secs(value()?)?,
-            "--shutdown-timeout" => args.shutdown_timeout = secs(value()?)?,
-            "--stop-timeout" => args.stop_timeout = secs(value()?)?,
-            "--fail" => args.faults.push((value()?, Fault::FailStart)),
-            "--slow-start" => args.faults.push((value()?, Fault::SlowStart)),
-            "--hang-close" => args.faults.push((value()?, Fault::HangClose)),
+            "-h" | "--help" => return Ok(Command::Help),
+            "--health-addr" => args.health_addr = resolve(&flag, &value()?)?,
+            "--api-addr" => args.api_addr = resolve(&flag, &value()?)?,
+            "--termination-delay" => args.termination_delay = secs(&flag, &value()?)?,
+            "--shutdown-timeout" => args.shutdown_timeout = secs(&flag, &value()?)?,
+            "--close-timeout" => args.close_timeout = secs(&flag, &value()?)?,
+            "--fail" => args
+                .faults
+                .push((service(&flag, value()?)?, Fault::FailStart)),
+            "--slow-start" => args
+                .faults
+                .push((service(&flag, value()?)?, Fault::SlowStart)),
+            "--hang-close" => args
+                .faults
+                .push((service(&flag, value()?)?, Fault::HangClose)),
             _ => return Err(format!("unknown argument {flag:?}")),
         }
     }
-    Ok(args)
+    Ok(Command::Run(args))
+}
+
+/// `HOST:PORT`, resolved; the first address.
+fn resolve(flag: &str, v: &str) -> std::result::Result<SocketAddr, String> {
+    v.to_socket_addrs()
+        .map_err(|e| format!("{flag} {v:?}: {e}"))?
+        .next()
+        .ok_or(format!("{flag} {v:?}: resolves to no address"))
+}
+
+/// A number of seconds that a [`Duration`] can hold.
+fn secs(flag: &str, v: &str) -> std::result::Result<Duration, String> {
+    let n: f64 = v
+        .trim()
+        .parse()
+        .map_err(|_| format!("{flag} {v:?}: not a number of seconds"))?;
+    Duration::try_from_secs_f64(n).map_err(|e| format!("{flag} {v:?}: {e}"))
+}
+
+/// One of the services' names.
+fn service(flag: &str, name: String) -> std::result::Result<String, String> {
+    match SERVICES.contains(&name.as_str()) {
+        true => Ok(name),
+        false => Err(format!(
+            "{flag} {name:?}: no such service (the services are {})",
+            SERVICES.join(", ")
+        )),
+    }
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let args = match parse_args() {
-        Ok(args) => args,
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(Command::Run(args)) => args,
+        Ok(Command::Help) => {
+            print!("{USAGE}\n\n{HELP}");
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
-            eprintln!(
-                "demo: {e}\nusage: demo [--health-addr ADDR] [--api-addr ADDR] [--termination-delay SECS] \
-                 [--shutdown-timeout SECS] [--stop-timeout SECS] \
-                 [--fail NAME] [--slow-start NAME] [--hang-close NAME]"
-            );
+            eprintln!("demo: {e}\n{USAGE}\n(demo --help says more)");
             return ExitCode::from(2);
         }
     };
-
-    let metrics = Metrics::new();
-    let pool = Pool::new(4);
-    let jobs = Counter::default();
-    let failures = Counter::default();
-    let requests = Requests::default();
-    // Read at every scrape, within 100 ms.
-    let watched = pool.clone();
-    let registered = metrics
-        .register("demo_worker_jobs", "Jobs the worker has done", jobs.clone())
-        .and_then(|()| {
-            metrics.register(
-                "demo_worker_job_failures",
-                "Jobs the worker could not do",
-                failures.clone(),
-            )
-        })
-        .and_then(|()| {
-            metrics.register(
-                "demo_api_requests",
-                "Requests the API has answered",
-                requests.clone(),
-            )
-        })
-        .and_then(|()| {
-            metrics.add_producer("pool", Duration::from_millis(100), move |out| {
-                out.gauge("size", "Connections in the pool.", watched.size as f64)
-                    .gauge(
-                        "idle_connections",
-                        "Connections not in use.",
-                        watched.take.len() as f64,
-                    );
-                Ok(())
-            })
-        });
-    if let Err(e) = registered {
-        eprintln!("demo: {e}");
-        return ExitCode::from(2);
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
     }
-    let worker = Arc::new(Worker {
-        pool: pool.clone(),
-        sm: StateMachine::new(),
-        stop: StopSignal::new(),
-        thread: Mutex::new(None),
-        jobs: jobs.clone(),
-        failures,
-    });
-    let api = Arc::new(Api {
-        addr: args.api_addr,
-        pool: pool.clone(),
-        jobs,
-        sm: StateMachine::new(),
-        stop: StopSignal::new(),
-        server: Mutex::new(None),
-        thread: Mutex::new(None),
-        served: Arc::new(AtomicU64::new(0)),
-        requests,
-    });
+}
 
+/// Builds the services and runs them; returns the run's exit code.
+fn run(args: Args) -> Result<ExitCode> {
+    let metrics = Metrics::new();
+    let pool = Arc::new(Pool::new(4));
+    // The pool's gauges, read at every scrape, within 100 ms.
+    let watched = pool.clone();
+    metrics.add_producer("pool", Duration::from_millis(100), move |out| {
+        out.gauge("size", "Connections in the pool.", watched.size as f64)
+            .gauge(
+                "idle_connections",
+                "Connections not in use.",
+                watched.idle() as f64,
+            );
+        Ok(())
+    })?;
+
+    // One checker and one set of metrics, served by the runner's endpoint and on the API's port.
     let checker = Arc::new(HealthChecker::new(
         env!("CARGO_PKG_VERSION"),
         option_env!("GIT_SHA").unwrap_or("dev"),
     ));
+    let routes = TinyHttpRoutes::new(checker.clone()).metrics(metrics.clone());
+
+    let jobs: Counter = Counter::default();
+    let worker = worker(pool.clone(), jobs.clone(), &metrics)?;
+    let api = api(args.api_addr, routes, pool.clone(), jobs, &metrics)?;
+    let services: [Arc<dyn Service>; 3] = [pool, Arc::new(worker), Arc::new(api)];
+
     let mut runner = Runner::new()
         .health(checker)
         .health_endpoint(args.health_addr)
         .metrics(metrics)
         .termination_delay(args.termination_delay)
         .shutdown_timeout(args.shutdown_timeout)
-        .close_timeout(args.stop_timeout);
-    let services: [Arc<dyn Service>; 3] = [pool, worker, api];
-    for service in services {
-        let fault = args.faults.iter().find(|(n, _)| n == service.name());
-        let service: Arc<dyn Service> = match fault {
-            Some(&(_, fault)) => Arc::new(Faulty {
+        .close_timeout(args.close_timeout);
+    for (name, mut service) in SERVICES.into_iter().zip(services) {
+        for &(_, fault) in args.faults.iter().filter(|(n, _)| n == name) {
+            service = Arc::new(Faulty {
                 inner: service,
                 fault,
-            }),
-            None => service,
-        };
-        runner = runner.service_with(service, ServiceOptions::new());
+            });
+        }
+        runner = runner.service(service);
     }
 
     let report = runner.run();
@@ -501,5 +524,5 @@ fn main() -> ExitCode {
             s.closed_in()
         );
     }
-    std::process::Termination::report(report)
+    Ok(std::process::Termination::report(report))
 }

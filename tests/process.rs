@@ -1,15 +1,19 @@
-//! The demo as a real child process, with real signals: exit codes, close order, rollback, and
-//! a second signal during a hung shutdown.
+//! The demo as a real child process, with real signals: exit codes, close order, rollback, a
+//! second signal during a hung shutdown; its flags as the README lists them, its usage errors,
+//! a clean run's log, and its two ports answering the health routes alike.
 
 mod common;
 
-use std::net::SocketAddr;
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::process::ExitStatusExt;
+use std::time::{Duration, Instant};
 
-use common::process::{example, services_in, Proc};
-use common::{http, prom};
+use common::process::{example, run_to_end, services_in, Proc};
+use common::{http, prom, WATCHDOG};
 use lifecycle::Runner;
 
+/// The demo with both ports on `127.0.0.1:0`, then `args` (a flag given twice: the last wins).
 fn demo(args: &[&str]) -> Proc {
     let mut all = vec!["--api-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0"];
     all.extend_from_slice(args);
@@ -45,7 +49,7 @@ fn sigint_works_like_sigterm() {
 
 #[test]
 fn a_second_signal_during_a_hung_shutdown_exits_at_once_with_130() {
-    let mut p = demo(&["--hang-close", "worker", "--stop-timeout", "600"]);
+    let mut p = demo(&["--hang-close", "worker", "--close-timeout", "600"]);
     p.wait_for("; running");
     p.signal(libc::SIGINT);
     p.wait_for("worker: close hangs");
@@ -96,7 +100,7 @@ fn a_signal_during_startup_rolls_back_cleanly() {
 
 #[test]
 fn a_hung_close_is_abandoned_at_its_timeout_and_the_rest_still_close() {
-    let mut p = demo(&["--hang-close", "worker", "--stop-timeout", "0.2"]);
+    let mut p = demo(&["--hang-close", "worker", "--close-timeout", "0.2"]);
     p.wait_for("; running");
     p.signal(libc::SIGTERM);
     let (status, log) = p.wait_exit();
@@ -113,11 +117,19 @@ fn health_addr(p: &mut Proc) -> SocketAddr {
     line.rsplit("http://").next().unwrap().parse().unwrap()
 }
 
+/// The API's address, from the line it logs when it starts listening (after the health
+/// endpoint's: read that one first).
+fn api_addr(p: &mut Proc) -> SocketAddr {
+    let line = p.wait_for("api: listening on http://");
+    line.rsplit("http://").next().unwrap().parse().unwrap()
+}
+
 #[test]
 fn during_the_termination_delay_readiness_fails_and_liveness_passes() {
     // The delay is only a window to look through; the test waits for events, not for time.
     let mut p = demo(&["--termination-delay", "30", "--shutdown-timeout", "60"]);
     let addr = health_addr(&mut p);
+    let api = api_addr(&mut p);
     p.wait_for("; running");
     http::wait_status(addr, "/readyz", 200);
     p.signal(libc::SIGTERM);
@@ -126,6 +138,9 @@ fn during_the_termination_delay_readiness_fails_and_liveness_passes() {
     assert_eq!(ready.status, 503, "{}", ready.body);
     assert!(ready.body.contains("[-]runner failed"), "{}", ready.body);
     assert_eq!(http::get(addr, "/livez").status, 200);
+    // The API still runs, and its port says the same.
+    assert_eq!(http::get(api, "/readyz").status, 503);
+    assert_eq!(http::get(api, "/livez").status, 200);
     // Nothing has been closed yet: the API's readiness still passes on its own.
     assert_eq!(http::get(addr, "/readyz/api").status, 200);
     // A second signal ends the wait at once.
@@ -154,8 +169,7 @@ fn probes_answer_from_the_start_and_pass_once_everything_is_ready() {
 fn the_demo_exposes_its_own_metrics_and_the_lifecycle_s() {
     let mut p = demo(&[]);
     let addr = health_addr(&mut p);
-    let line = p.wait_for("api: listening on http://");
-    let api: SocketAddr = line.rsplit("http://").next().unwrap().parse().unwrap();
+    let api = api_addr(&mut p);
     p.wait_for("; running");
     http::wait_status(addr, "/readyz", 200);
     assert_eq!(http::get(api, "/jobs").status, 200);
@@ -197,4 +211,285 @@ fn the_demo_exposes_its_own_metrics_and_the_lifecycle_s() {
     p.signal(libc::SIGTERM);
     let (status, _) = p.wait_exit();
     assert_eq!(status.code(), Some(0));
+}
+
+/// The rows of the README's table of the demo's flags: each row's flags (`--fail` of
+/// `` `--fail NAME` ``; `-h` and `--help` of `` `-h`, `--help` ``) and its default (empty if none).
+fn readme_flags() -> Vec<(Vec<String>, String)> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let section = readme
+        .split("\n## The demo\n")
+        .nth(1)
+        .expect("README.md has a section \"## The demo\"");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let rows: Vec<(Vec<String>, String)> = section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|row| {
+            let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+            assert_eq!(cells.len(), 3, "a row of flag, default, what: {row}");
+            let flags = cells[0]
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(|f| f.split(' ').next().unwrap_or(f).to_owned())
+                .collect();
+            (flags, cells[1].trim_matches('`').to_owned())
+        })
+        .collect();
+    assert!(rows.len() >= 9, "the README's table of flags: {rows:?}");
+    rows
+}
+
+/// The words of a line of `--help`, flags among them (`-h, --help` is two).
+fn words(line: &str) -> Vec<&str> {
+    line.split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+#[test]
+fn help_prints_every_flag_of_the_readme_with_its_default() {
+    let out = run_to_end(&example("demo"), &["--help"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(out.stderr, "", "--help writes to standard output only");
+    assert!(out.stdout.starts_with("usage: demo "), "{}", out.stdout);
+    let flags = readme_flags();
+    for (row, default) in &flags {
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| row.iter().all(|f| words(l).contains(&f.as_str())))
+            .unwrap_or_else(|| panic!("--help has no line for {row:?}:\n{}", out.stdout));
+        if !default.is_empty() {
+            assert!(
+                line.ends_with(&format!("[default: {default}]")),
+                "--help says another default than the README's {default:?} for {row:?}: {line}"
+            );
+        }
+    }
+    // And the other way: every flag that --help describes is in the README.
+    let documented: Vec<&String> = flags.iter().flat_map(|(row, _)| row).collect();
+    for line in out
+        .stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with('-'))
+    {
+        let flag = words(line)[0];
+        assert!(
+            documented.iter().any(|f| *f == flag),
+            "--help describes {flag}, the README's table does not: {line}"
+        );
+    }
+    assert_eq!(run_to_end(&example("demo"), &["-h"]).stdout, out.stdout);
+}
+
+/// Runs the demo with `args`, which must be a usage error: exit code 2, no panic, the usage line,
+/// and a message with every one of `named`; returns its standard error.
+#[track_caller]
+fn usage_error(args: &[&str], named: &[&str]) -> String {
+    let out = run_to_end(&example("demo"), args);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+    assert!(!out.stderr.contains("panicked"), "{args:?}: {}", out.stderr);
+    assert!(
+        out.stderr.contains("\nusage: demo "),
+        "{args:?}: {}",
+        out.stderr
+    );
+    assert_eq!(out.stdout, "", "{args:?}");
+    let message = out.stderr.lines().next().unwrap_or_default();
+    for name in named {
+        assert!(
+            message.contains(name),
+            "{args:?}: no {name:?} in {message:?}"
+        );
+    }
+    out.stderr
+}
+
+#[test]
+fn an_unknown_service_or_a_bad_duration_is_a_usage_error() {
+    usage_error(
+        &["--fail", "nosuch"],
+        &["--fail", "nosuch", "pool", "worker", "api"],
+    );
+    usage_error(
+        &["--hang-close", "Pool"],
+        &["--hang-close", "Pool", "pool", "worker", "api"],
+    );
+    // Too large for a `Duration`, negative, not a number, NaN.
+    for bad in ["1e30", "-1", "abc", "NaN"] {
+        usage_error(&["--close-timeout", bad], &["--close-timeout", bad]);
+    }
+    usage_error(&["--shutdown-timeout=inf"], &["--shutdown-timeout", "inf"]);
+    usage_error(&["--close-timeout"], &["--close-timeout"]);
+    usage_error(&["--stop-timeout", "1"], &["--stop-timeout"]);
+    usage_error(&["--api-addr", "localhost"], &["--api-addr", "localhost"]);
+}
+
+#[test]
+fn a_host_name_works_as_the_health_address() {
+    if ("localhost", 0)
+        .to_socket_addrs()
+        .map_or(true, |mut a| a.next().is_none())
+    {
+        eprintln!("skipped: `localhost` does not resolve on this machine");
+        return;
+    }
+    let mut p = demo(&["--health-addr", "localhost:0"]);
+    let addr = health_addr(&mut p);
+    assert!(addr.ip().is_loopback(), "{addr}");
+    p.wait_for("; running");
+    http::wait_status(addr, "/readyz", 200);
+    p.signal(libc::SIGTERM);
+    let (status, log) = p.wait_exit();
+    assert_eq!(status.code(), Some(0), "log:\n{}", log.join("\n"));
+}
+
+#[test]
+fn the_api_s_bind_error_names_the_address() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().unwrap().to_string();
+    let (status, log) = demo(&["--api-addr", &addr]).wait_exit();
+    assert_eq!(status.code(), Some(1), "log:\n{}", log.join("\n"));
+    assert!(
+        log.iter().any(|l| l.contains("api: start failed")
+            && l.contains(&format!("cannot listen on {addr}: "))),
+        "log:\n{}",
+        log.join("\n")
+    );
+    // The pool and the worker, started before, were closed.
+    assert_eq!(
+        services_in(&log, ": closing"),
+        ["worker", "pool", "health endpoint", "health checker"]
+    );
+    drop(taken);
+}
+
+/// Whether `line` begins with env_logger's timestamp to the millisecond, as in
+/// `[2026-12-01T22:13:05.958Z INFO  demo] ...`.
+fn has_millisecond_timestamp(line: &str) -> bool {
+    let pattern = "[dddd-dd-ddTdd:dd:dd.dddZ ";
+    line.len() > pattern.len()
+        && line.chars().zip(pattern.chars()).all(|(c, p)| match p {
+            'd' => c.is_ascii_digit(),
+            p => c == p,
+        })
+}
+
+#[test]
+fn a_clean_run_logs_no_failure_and_stamps_lines_to_the_millisecond() {
+    let mut p = demo(&[]);
+    let health = health_addr(&mut p);
+    let api = api_addr(&mut p);
+    p.wait_for("; running");
+    http::wait_status(health, "/readyz", 200);
+    assert_eq!(http::get(api, "/readyz").status, 200);
+    assert_eq!(http::get(api, "/jobs").status, 200);
+    p.signal(libc::SIGTERM);
+    let (status, log) = p.wait_exit();
+    let all = log.join("\n");
+    assert_eq!(status.code(), Some(0), "log:\n{all}");
+    assert!(
+        log.iter().any(|l| l.contains("shut down cleanly (signal)")),
+        "{all}"
+    );
+    for line in &log {
+        assert!(
+            has_millisecond_timestamp(line),
+            "not a millisecond timestamp: {line}"
+        );
+    }
+    // Nothing failed: no service is said to fail before it has started, the shutdown's
+    // readiness change is not a failure ("runner: ready failed"), and nothing warns.
+    let alarming: Vec<&String> = log
+        .iter()
+        .filter(|l| {
+            ["failing", "failed", "runner: ready", " WARN ", " ERROR "]
+                .iter()
+                .any(|w| l.contains(w))
+        })
+        .collect();
+    assert!(alarming.is_empty(), "{alarming:#?}\nlog:\n{all}");
+}
+
+/// Asks `path` of both ports; returns the health endpoint's answer once both answer the same
+/// status, content type and body.
+///
+/// Both render the checker's cached snapshot, which every poll (each second) replaces, with
+/// new times in the bodies: a pair asked across a poll can differ. So a pair that differs is
+/// asked again, until one matches within the watchdog; at the watchdog the last pair's
+/// difference fails the test.
+#[track_caller]
+fn alike(health: SocketAddr, api: SocketAddr, path: &str) -> http::Reply {
+    let deadline = Instant::now() + WATCHDOG;
+    loop {
+        let (h, a) = (http::get(health, path), http::get(api, path));
+        let same = h.status == a.status
+            && h.header("content-type") == a.header("content-type")
+            && h.body == a.body;
+        if same {
+            return h;
+        }
+        if Instant::now() >= deadline {
+            assert_eq!(
+                (h.status, h.header("content-type"), &h.body),
+                (a.status, a.header("content-type"), &a.body),
+                "{path}: the health port (left) and the API's (right) differ"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The names of the families of a `/metrics` answer (Python's parser; the `# TYPE` lines where
+/// it is skipped on purpose).
+fn family_names(body: &str) -> BTreeSet<String> {
+    match prom::parse("prometheus", body) {
+        Some(families) => families.into_iter().map(|f| f.name).collect(),
+        None => body
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|t| t.split(' ').next())
+            .map(str::to_owned)
+            .collect(),
+    }
+}
+
+#[test]
+fn the_health_port_and_the_api_s_answer_the_health_routes_alike() {
+    let mut p = demo(&[]);
+    let health = health_addr(&mut p);
+    let api = api_addr(&mut p);
+    p.wait_for("; running");
+    http::wait_status(health, "/readyz", 200);
+    for path in [
+        "/readyz",
+        "/livez",
+        "/healthz",
+        "/readyz?verbose",
+        "/readyz/pool",
+    ] {
+        let answer = alike(health, api, path);
+        assert_eq!(answer.status, 200, "{path}: {}", answer.body);
+    }
+    assert_eq!(http::get(api, "/readyz/nosuch").status, 404);
+    assert_eq!(http::get(api, "/jobs").status, 200);
+
+    let (h, a) = (http::get(health, "/metrics"), http::get(api, "/metrics"));
+    assert_eq!((h.status, a.status), (200, 200));
+    assert_eq!(h.header("content-type"), a.header("content-type"));
+    let names = family_names(&h.body);
+    assert!(names.contains("lifecycle_service_state"), "{names:?}");
+    assert!(names.contains("demo_worker_jobs"), "{names:?}");
+    assert_eq!(
+        names,
+        family_names(&a.body),
+        "/metrics: health port, API port"
+    );
+
+    p.signal(libc::SIGTERM);
+    let (status, log) = p.wait_exit();
+    assert_eq!(status.code(), Some(0), "log:\n{}", log.join("\n"));
 }

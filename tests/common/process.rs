@@ -3,7 +3,7 @@
 //! freezing CI.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Instant;
 
@@ -32,6 +32,53 @@ pub fn example(name: &str) -> PathBuf {
         built.push(name.to_owned());
     }
     dir.join(name)
+}
+
+/// What a child that ran to its end printed, and how it ended.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `path` with `args` (and `RUST_LOG=info`) to its end, under the watchdog: a child still
+/// running then is killed and the test fails. For a child that exits by itself (`--help`, a
+/// usage error).
+#[track_caller]
+pub fn run_to_end(path: &Path, args: &[&str]) -> Finished {
+    let child = Command::new(path)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn child");
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    // Reads both pipes to their end and reaps the child; the pid stays the child's until then.
+    let waiter = std::thread::Builder::new()
+        .name("child output".into())
+        .spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        })
+        .expect("spawn waiter");
+    let output = match rx.recv_timeout(WATCHDOG) {
+        Ok(output) => output.expect("wait for the child"),
+        Err(_) => {
+            // SAFETY: kill(2) with the pid of a child not reaped yet (the waiter reaps it).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            waiter.join().expect("waiter thread");
+            panic!("watchdog: {} {args:?} did not exit", path.display());
+        }
+    };
+    waiter.join().expect("waiter thread");
+    Finished {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
 }
 
 /// A running child whose standard error is read line by line on a thread.
