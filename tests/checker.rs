@@ -562,7 +562,7 @@ fn active_report_updates_at_once_and_emits_an_event() {
 
     assert_eq!(
         e.to_string(),
-        "db: health is failing: db: health failed: replica lag",
+        "db: health failed: replica lag",
         "events display on one line"
     );
 

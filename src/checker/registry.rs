@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Sender, TrySendError};
 
-use crate::error::{Error, Phase, Result};
+use crate::error::{Error, ErrorKind::NotStarted, Phase, Result};
 use crate::service::HealthReport;
 use crate::thread::later;
 
@@ -94,6 +94,9 @@ fn apply(
     let check = Arc::clone(&data.name);
     let state = data.probe_mut(probe);
     let old = state.status;
+    let not_started = |e: &Option<Error>| e.as_ref().is_some_and(|e| e.has_kind(NotStarted));
+    // What the probe said before: a first result, or a service not started, is no news.
+    let was_expected = old == Status::Unknown || not_started(&state.error);
     match outcome {
         Ok(()) => {
             state.status = Status::Passing;
@@ -112,30 +115,32 @@ fn apply(
         return None;
     }
     state.last_change = Some(now);
+    let reason = state
+        .error
+        .clone()
+        .filter(|_| state.status == Status::Failing);
+    let expected = match state.status {
+        Status::Passing => was_expected,
+        _ => not_started(&reason),
+    };
     Some(HealthEvent {
         check,
         probe,
         old,
         new: state.status,
-        reason: state
-            .error
-            .clone()
-            .filter(|_| state.status == Status::Failing),
+        reason,
         at: now,
         pushed,
+        expected,
     })
 }
 
-/// The level an event is logged at: a failure at warn, a recovery at info, and at debug what is
-/// expected: a service that is not started (yet, or any more) not being ready, and the events
-/// of a quiet check.
+/// The level an event is logged at: a failure at warn, the recovery from one at info, and at
+/// debug what is expected: a check's first result, a service that is not started (yet, or any
+/// more) not being ready or healthy, its passing once started, and a quiet check's changes.
 fn event_level(event: &HealthEvent, quiet: bool) -> log::Level {
-    let expected = event
-        .reason
-        .as_ref()
-        .is_some_and(|e| e.has_kind(crate::error::ErrorKind::NotStarted));
     match event.new {
-        _ if quiet || expected => log::Level::Debug,
+        _ if quiet || event.expected => log::Level::Debug,
         Status::Failing => log::Level::Warn,
         _ => log::Level::Info,
     }
@@ -399,6 +404,42 @@ mod tests {
         apply(&mut d, Probe::Health, Ok(()), 3, false, now);
         assert_eq!(d.health.consecutive_failures, 0);
         assert!(d.health.error.is_none());
+    }
+
+    #[test]
+    fn what_is_no_news_is_logged_at_debug() {
+        let now = SystemTime::now();
+        let not_started = || {
+            let e = Error::state(NotStarted, "db", Phase::Ready, crate::State::Unstarted);
+            Err(e)
+        };
+        let level = |e: Option<HealthEvent>| event_level(&e.expect("a change"), false);
+        let mut d = data();
+        assert_eq!(
+            level(apply(&mut d, Probe::Ready, not_started(), 1, false, now)),
+            log::Level::Debug
+        );
+        assert_eq!(
+            level(apply(&mut d, Probe::Ready, Ok(()), 1, false, now)),
+            log::Level::Debug
+        );
+        assert_eq!(
+            level(apply(&mut d, Probe::Ready, fail(), 1, false, now)),
+            log::Level::Warn
+        );
+        let recovered = apply(&mut d, Probe::Ready, Ok(()), 1, false, now).unwrap();
+        assert_eq!(recovered.to_string(), "db: ready passes again");
+        assert_eq!(event_level(&recovered, false), log::Level::Info);
+        assert_eq!(
+            event_level(&recovered, true),
+            log::Level::Debug,
+            "a quiet check"
+        );
+        let mut d = data();
+        assert_eq!(
+            level(apply(&mut d, Probe::Ready, fail(), 1, false, now)),
+            log::Level::Warn
+        );
     }
 
     #[test]

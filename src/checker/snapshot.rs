@@ -523,6 +523,8 @@ pub struct HealthEvent {
     pub(super) reason: Option<Error>,
     pub(super) at: SystemTime,
     pub(super) pushed: bool,
+    /// Whether the change is no news (logged at debug level): see `registry::event_level`.
+    pub(super) expected: bool,
 }
 
 impl HealthEvent {
@@ -564,13 +566,15 @@ impl HealthEvent {
 }
 
 impl fmt::Display for HealthEvent {
-    /// `"db: ready is failing: db: ready failed: connection refused"`, `"db: ready passes"`,
-    /// `"db: ready passes again"` (after failing).
+    /// The reason, when it names the check (`"db: ready failed: connection refused"`), else
+    /// `"app: health is failing: app.db: health failed: gone"`; `"db: ready passes"` (a first
+    /// result), `"db: ready passes again"` (after failing).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (check, probe) = (&self.check, self.probe);
         match (self.new, self.old, &self.reason) {
             (Status::Passing, Status::Failing, _) => write!(f, "{check}: {probe} passes again"),
             (Status::Passing, _, _) => write!(f, "{check}: {probe} passes"),
+            (_, _, Some(reason)) if reason.service() == Some(check) => write!(f, "{reason}"),
             (new, _, Some(reason)) => write!(f, "{check}: {probe} is {new}: {reason}"),
             (new, _, None) => write!(f, "{check}: {probe} is {new}"),
         }
