@@ -1,10 +1,11 @@
-//! `HealthChecker::is_ready()` cost against the number of registered checks.
+//! `checker.snapshot().is_ready()` cost against the number of registered checks.
 //!
 //! For N = 10, 100 and 1000 checks, each an always-ready reporter, on a started checker whose
-//! cache holds one complete poll (`poll_now()`, then a bounded wait until `is_ready().0`):
+//! cache holds one complete poll (`wait_for_poll`, which polls every check and waits, bounded,
+//! until each has a result):
 //!
-//! - `is_ready/N`: `checker.is_ready()`: take a snapshot, then walk every check for the verdict
-//!   (which builds a `BTreeMap` of the failing ones: empty here).
+//! - `is_ready/N`: `checker.snapshot().is_ready()`: take a snapshot, then walk every check for
+//!   the `Verdict` (which builds a `BTreeMap` of the failing ones: empty here).
 //! - `snapshot/N` (the ceiling): `checker.snapshot()` alone: a read lock, an `Arc` clone and the
 //!   two clock reads that date the snapshot. `is_ready` is that plus the verdict, so the
 //!   difference is the verdict's walk over N checks.
@@ -13,11 +14,10 @@
 //! closed once its group is done. The checks' default staleness bound is 40 s, so a cache
 //! stays fresh through a group of a few seconds.
 //!
-//! Run with `cargo bench --bench checker` (criterion options after `--`).
+//! Run with `cargo bench -p lifecycle-benchmarks --bench checker` (criterion options after `--`).
 
 use std::hint::black_box;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lifecycle::{HealthChecker, HealthReporter, Result, Service, StartContext};
@@ -42,21 +42,16 @@ fn ready_checker(n: usize) -> HealthChecker {
     let checker = HealthChecker::new("1.0.0", "bench");
     for i in 0..n {
         checker
-            .register(Arc::new(AlwaysReady(format!("check-{i:04}"))))
+            .register(AlwaysReady(format!("check-{i:04}")))
             .expect("register");
     }
     checker
         .start(&StartContext::background())
         .expect("checker starts");
-    checker.poll_now();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !checker.is_ready().0 {
-        assert!(
-            Instant::now() < deadline,
-            "{n} checks not ready within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let polled = checker
+        .wait_for_poll(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{n} checks not polled within 30 s: {e}"));
+    assert!(polled.is_ready().is_passing(), "{n} checks not ready");
     checker
 }
 
@@ -67,8 +62,8 @@ fn is_ready(c: &mut Criterion) {
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::new("is_ready", n), &n, |b, _| {
             b.iter(|| {
-                let verdict = black_box(&checker).is_ready();
-                assert!(verdict.0);
+                let verdict = black_box(&checker).snapshot().is_ready();
+                assert!(verdict.is_passing());
                 verdict
             });
         });

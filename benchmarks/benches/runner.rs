@@ -43,7 +43,7 @@
 //! a whole cycle, start and stop, and returns only its phase's time (`iter_custom`). Building the
 //! services and the runner is not timed; dropping them is not timed either.
 //!
-//! Run with `cargo bench --bench runner` (criterion options after `--`).
+//! Run with `cargo bench -p lifecycle-benchmarks --bench runner` (criterion options after `--`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -104,7 +104,7 @@ impl HealthReporter for Trivial {
 
 impl Service for Trivial {
     fn start(&self, _ctx: &StartContext) -> Result<()> {
-        self.sm.start_once(&self.name, || {
+        self.sm.start_once(|| {
             let handle = spawn_worker(self.name.clone(), self.stop.clone())?;
             *self.worker.lock() = Some(handle);
             Ok(())
@@ -112,7 +112,7 @@ impl Service for Trivial {
     }
 
     fn close(&self) -> Result<()> {
-        self.sm.stop_once(&self.name, || {
+        self.sm.close_once(|| {
             self.stop.stop();
             if let Some(handle) = self.worker.lock().take() {
                 handle.join().map_err(|_| "worker panicked")?;
@@ -155,10 +155,9 @@ impl Phase {
 
 /// One cycle through a [`Runner`].
 fn runner_cycle(n: usize) -> Cycle {
-    let services: Vec<Arc<dyn Service>> = (0..n)
-        .map(|i| Arc::new(Trivial::new(i)) as Arc<dyn Service>)
-        .collect();
-    let runner = Runner::new().handle_signals(false).services(services);
+    let runner = Runner::new()
+        .handle_signals(false)
+        .services((0..n).map(Trivial::new));
     let handle = runner.handle();
 
     let began = Instant::now();

@@ -22,7 +22,7 @@
 //! The series per scrape: 8 per service (7 states and a start duration), 6 per check (status
 //! and consecutive failures for 2 probes, poll duration, stuck), and 5 more.
 //!
-//! Run with `cargo bench --bench metrics` (criterion options after `--`).
+//! Run with `cargo bench -p lifecycle-benchmarks --bench metrics` (criterion options after `--`).
 
 use std::hint::black_box;
 use std::io::{Read, Write};
@@ -88,7 +88,7 @@ impl Running {
             .health_endpoint("127.0.0.1:0".parse().unwrap())
             .metrics(metrics.clone());
         for i in 0..n {
-            runner = runner.service(Arc::new(Idle(format!("service-{i:04}"))));
+            runner = runner.service(Idle(format!("service-{i:04}")));
         }
         let handle = runner.handle();
         let thread = std::thread::spawn(move || {
@@ -97,7 +97,7 @@ impl Running {
         });
         assert!(handle.wait_running(Duration::from_secs(60)), "running");
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !checker.is_ready().0 {
+        while !checker.snapshot().is_ready().is_passing() {
             assert!(
                 Instant::now() < deadline,
                 "{n} checks not ready within 60 s"
@@ -153,9 +153,9 @@ fn baseline(n: usize) -> Registry {
         "starting",
         "started",
         "start_failed",
-        "stopping",
-        "stopped",
-        "stop_failed",
+        "closing",
+        "closed",
+        "close_failed",
     ];
     family(
         &mut registry,

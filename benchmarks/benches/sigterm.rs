@@ -3,7 +3,7 @@
 //!
 //! - **demo**: `target/release/examples/demo --health-addr 127.0.0.1:0 --api-addr 127.0.0.1:0
 //!   --termination-delay 0` with `RUST_LOG=info`. The bench builds it first
-//!   (`cargo build --release --example demo`, a no-op when it is up to date).
+//!   (`cargo build --release -p lifecycle --example demo`, a no-op when it is up to date).
 //! - **baseline**: this same bench binary, started with `SIGTERM_BENCH_CHILD=1`: it installs a
 //!   `ctrlc` handler (with the `termination` feature, so SIGTERM too, as the runner does),
 //!   prints `running` on stderr, waits for the handler to fire, and returns from `main`.
@@ -11,14 +11,14 @@
 //! For each run the bench starts the child with stderr piped, waits for its "running" line (the
 //! demo's is the runner's `all N services ready in …; running`), sends SIGTERM, and measures until
 //! `wait()` returns, that is until the process has exited and been reaped. A reader thread
-//! timestamps every later stderr line, which gives, for the demo, the moment its `stopped cleanly`
-//! line arrived: the runner's shutdown, without the process's own exit.
+//! timestamps every later stderr line, which gives, for the demo, the moment its `shut down
+//! cleanly` line arrived: the runner's shutdown, without the process's own exit.
 //!
 //! The two children alternate (demo, baseline, demo, …) so that drift in the machine's load hits
 //! both. `SIGTERM_BENCH_RUNS` sets the number of measured runs of each (default 20); two more of
 //! each come first as a warm-up and are not counted.
 //!
-//! Run with `cargo bench --bench sigterm`.
+//! Run with `cargo bench -p lifecycle-benchmarks --bench sigterm`.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -51,7 +51,7 @@ struct Sample {
     exit: Duration,
     /// SIGTERM sent until the line containing `done_marker` arrived, if one did.
     done_line: Option<Duration>,
-    /// The runner's `NAME: stopped in DURATION` lines (the demo's only), in order.
+    /// The runner's `NAME: closed in DURATION` lines (the demo's only), in order.
     closes: Vec<(String, Duration)>,
 }
 
@@ -69,9 +69,9 @@ fn parse_debug_duration(text: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(seconds))
 }
 
-/// `("api", 101.2 ms)` from a log line ending in `api: stopped in 101.2ms`.
+/// `("api", 101.2 ms)` from a log line ending in `api: closed in 101.2ms`.
 fn parse_close(line: &str) -> Option<(String, Duration)> {
-    let (head, took) = line.rsplit_once(": stopped in ")?;
+    let (head, took) = line.rsplit_once(": closed in ")?;
     let name = head.rsplit(' ').next()?.to_owned();
     Some((name, parse_debug_duration(took.trim())?))
 }
@@ -183,12 +183,12 @@ fn demo_path() -> PathBuf {
 fn build_demo() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--release", "--example", "demo"])
+        .args(["build", "--release", "-p", "lifecycle", "--example", "demo"])
         .status()
         .expect("run cargo build");
     assert!(
         status.success(),
-        "cargo build --release --example demo failed"
+        "cargo build --release -p lifecycle --example demo failed"
     );
 }
 
@@ -243,7 +243,7 @@ fn main() -> ExitCode {
             } else {
                 Duration::ZERO
             };
-            let d = measure(demo_cmd(), "; running", "stopped cleanly", delay);
+            let d = measure(demo_cmd(), "; running", "shut down cleanly", delay);
             let b = measure(
                 baseline_cmd(),
                 "baseline: running",
@@ -252,7 +252,7 @@ fn main() -> ExitCode {
             );
             if i >= WARM_UP_RUNS {
                 demo_exit.push(d.exit);
-                demo_done.push(d.done_line.expect("the demo logs `stopped cleanly`"));
+                demo_done.push(d.done_line.expect("the demo logs `shut down cleanly`"));
                 if let Some((_, api)) = d.closes.iter().find(|(n, _)| n == "api") {
                     demo_rest.push(d.exit.saturating_sub(*api));
                 }
@@ -274,7 +274,7 @@ fn main() -> ExitCode {
         }
         println!("{runs} runs of each, alternating, after {WARM_UP_RUNS} warm-up runs of each");
         let demo_median = summarize("demo: exit", &mut demo_exit);
-        summarize("demo: `stopped cleanly` line", &mut demo_done);
+        summarize("demo: `shut down cleanly` line", &mut demo_done);
         for (name, took) in &mut closes {
             summarize(&format!("demo: close of {name}"), took);
         }

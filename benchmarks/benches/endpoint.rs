@@ -48,9 +48,10 @@
 //! were served. With `ENDPOINT_BENCH_PIN=1`, this process (every server) is pinned to CPU 0 and
 //! wrk to CPU 1 (`taskset`), so that each server gets one core and never shares it with wrk.
 //!
-//! Run with `cargo bench --bench endpoint`; `wrk` must be on the `PATH`. Environment:
-//! `ENDPOINT_BENCH_ROUNDS` (default 3), `ENDPOINT_BENCH_SECONDS` (per wrk run, default 10),
-//! `ENDPOINT_BENCH_SCENARIOS` (comma-separated, default `plain,slowloris,slowloris-default`).
+//! Run with `cargo bench -p lifecycle-benchmarks --bench endpoint`; `wrk` must be on the `PATH`.
+//! Environment: `ENDPOINT_BENCH_ROUNDS` (default 3), `ENDPOINT_BENCH_SECONDS` (per wrk run,
+//! default 10), `ENDPOINT_BENCH_SCENARIOS` (comma-separated, default
+//! `plain,slowloris,slowloris-default`).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -60,9 +61,8 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use lifecycle::{
-    EndpointOptions, HealthChecker, HealthEndpoint, HealthReporter, Result, Service, StartContext,
-};
+use lifecycle::health::EndpointOptions;
+use lifecycle::{HealthChecker, HealthEndpoint, HealthReporter, Result, Service, StartContext};
 
 /// Our endpoint's event loops by default, and so the ceiling's handler threads.
 const OURS_LOOPS: usize = 2;
@@ -568,15 +568,14 @@ fn main() {
     let checker = Arc::new(HealthChecker::new("1.0.0", "bench"));
     for i in 0..CHECKS {
         checker
-            .register(Arc::new(AlwaysReady(format!("check-{i:02}"))))
+            .register(AlwaysReady(format!("check-{i:02}")))
             .expect("register");
     }
     checker.start(&ctx).expect("checker starts");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !checker.is_ready().0 {
-        assert!(Instant::now() < deadline, "checks not ready within 10 s");
-        thread::sleep(Duration::from_millis(5));
-    }
+    let polled = checker
+        .wait_for_poll(Duration::from_secs(10))
+        .expect("checks polled within 10 s");
+    assert!(polled.is_ready().is_passing(), "checks not ready");
     let local = "127.0.0.1:0".parse().unwrap();
     let wide = EndpointOptions::new()
         .max_connections(1024)
