@@ -178,7 +178,9 @@ pub(crate) fn check_names<'a>(
     held: impl IntoIterator<Item = &'a str>,
     batch: impl IntoIterator<Item = &'a str>,
 ) -> Result<()> {
-    let mut seen: HashSet<&str> = held.into_iter().collect();
+    let batch = batch.into_iter();
+    let mut seen: HashSet<&str> = HashSet::with_capacity(batch.size_hint().0);
+    seen.extend(held);
     for name in batch {
         check_name(name)?;
         if !seen.insert(name) {

@@ -1,5 +1,6 @@
 //! The [`Service`] and [`HealthReporter`] traits, and the [`HealthReport`] they produce.
 
+use std::any::Any;
 use std::collections::btree_map::{self, BTreeMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -213,14 +214,24 @@ impl<T: Service + ?Sized> Service for Arc<T> {
     }
 }
 
-/// `services` as the shared trait objects the crate keeps.
+/// `service` as the shared trait object the crate keeps: an `Arc<dyn Service>` as it is (not
+/// wrapped in a second `Arc`), anything else in a new `Arc`.
+pub(crate) fn share<S: Service + 'static>(service: S) -> Arc<dyn Service> {
+    let mut slot = Some(service);
+    // A comparison of type ids, decided at compile time for each `S`.
+    if let Some(shared) = (&mut slot as &mut dyn Any).downcast_mut::<Option<Arc<dyn Service>>>() {
+        if let Some(shared) = shared.take() {
+            return shared;
+        }
+    }
+    Arc::new(slot.expect("not taken: `S` is not `Arc<dyn Service>`"))
+}
+
+/// `services` as the shared trait objects the crate keeps (see [`share`]).
 pub(crate) fn shared<S: Service + 'static>(
     services: impl IntoIterator<Item = S>,
 ) -> Vec<Arc<dyn Service>> {
-    services
-        .into_iter()
-        .map(|s| Arc::new(s) as Arc<dyn Service>)
-        .collect()
+    services.into_iter().map(share).collect()
 }
 
 /// What a start that waits for readiness ([`start_until_ready`]) came to.
@@ -289,6 +300,33 @@ pub(crate) fn ready_guarded(service: &dyn HealthReporter) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Nothing;
+    impl HealthReporter for Nothing {
+        fn name(&self) -> &str {
+            "nothing"
+        }
+        fn ready(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+    impl Service for Nothing {
+        fn start(&self, _: &StartContext) -> Result<()> {
+            Ok(())
+        }
+        fn close(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_shared_service_is_not_wrapped_again() {
+        let shared: Arc<dyn Service> = Arc::new(Nothing);
+        let kept = share(shared.clone());
+        assert!(Arc::ptr_eq(&shared, &kept));
+        let owned = share(Nothing);
+        assert_eq!(owned.name(), "nothing");
+    }
 
     #[test]
     fn duplicate_names_join_errors() {

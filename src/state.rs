@@ -1,6 +1,6 @@
 //! [`StateMachine`]: start once, close once, and run work only while started.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -92,7 +92,8 @@ impl fmt::Display for State {
 /// machine and the same thread, never deadlocks: a start or close is refused at once with an
 /// error of kind [`ErrorKind::InvalidState`], and guarded work inside a start or close is
 /// refused the same way, while guarded work inside guarded work simply runs (the read lock is
-/// already held). [`state`](StateMachine::state), [`ready`](StateMachine::ready) and
+/// already held). (A thread's record holds 16 nested calls; re-entry deeper than that, across
+/// as many machines, is not caught.) [`state`](StateMachine::state), [`ready`](StateMachine::ready) and
 /// [`healthy`](StateMachine::healthy) never block.
 ///
 /// A panic inside the start or close function is caught: the machine moves to
@@ -131,25 +132,72 @@ enum Hold {
     Write,
 }
 
+// The low bit of a machine's address is free to tag a write hold.
+const _: () = assert!(std::mem::align_of::<StateMachine>() > 1);
+
+/// How many gates one thread's record holds; deeper nesting (guarded work inside guarded work
+/// inside ..., on as many machines) is not recorded, so re-entry past it is not caught.
+const RECORDED: usize = 16;
+
+/// The gates this thread holds, innermost last: each machine's address, with its low bit set
+/// for a write hold (a `StateMachine` is aligned to more than one byte). Plain cells, so that
+/// recording a hold on the hot path of guarded work costs two stores.
+struct Holds {
+    depth: Cell<usize>,
+    gates: [Cell<usize>; RECORDED],
+}
+
 thread_local! {
-    /// The machines whose gate this thread holds, by address, innermost last.
-    static HELD: RefCell<Vec<(usize, Hold)>> = const { RefCell::new(Vec::new()) };
+    static HOLDS: Holds = const {
+        Holds {
+            depth: Cell::new(0),
+            gates: [const { Cell::new(0) }; RECORDED],
+        }
+    };
 }
 
-/// Records that this thread holds a gate, until dropped (also when the body panics).
-struct Held;
+impl Holds {
+    /// How this thread holds the gate of the machine `id`, if it does (as far as recorded).
+    fn find(&self, id: usize) -> Option<Hold> {
+        let depth = self.depth.get().min(RECORDED);
+        self.gates[..depth].iter().rev().find_map(|gate| {
+            let tag = gate.get();
+            (tag & !1 == id).then_some(if tag & 1 == 1 {
+                Hold::Write
+            } else {
+                Hold::Read
+            })
+        })
+    }
 
-impl Held {
-    fn enter(machine: &StateMachine, hold: Hold) -> Held {
-        HELD.with(|h| h.borrow_mut().push((machine.id(), hold)));
-        Held
+    /// Records that this thread holds the gate of machine `id`, until the guard is dropped
+    /// (also when the body panics).
+    fn enter(&self, id: usize, hold: Hold) -> Entered<'_> {
+        let depth = self.depth.get();
+        if let Some(gate) = self.gates.get(depth) {
+            gate.set(id | usize::from(hold == Hold::Write));
+        }
+        self.depth.set(depth + 1);
+        Entered(self)
     }
 }
 
-impl Drop for Held {
+/// A hold recorded in this thread's [`Holds`], until dropped.
+struct Entered<'a>(&'a Holds);
+
+impl Drop for Entered<'_> {
     fn drop(&mut self) {
-        HELD.with(|h| h.borrow_mut().pop());
+        self.0.depth.set(self.0.depth.get() - 1);
     }
+}
+
+/// The error of a call from inside the machine's own start, close or guarded work.
+fn reentry(phase: Phase) -> Error {
+    Error::invalid_state(
+        phase,
+        "called from inside this service's own start, close or guarded work, \
+         which would wait for itself",
+    )
 }
 
 impl StateMachine {
@@ -176,29 +224,6 @@ impl StateMachine {
         self as *const StateMachine as usize
     }
 
-    /// How this thread holds this machine's gate, if it does.
-    fn held(&self) -> Option<Hold> {
-        let id = self.id();
-        HELD.with(|h| {
-            h.borrow()
-                .iter()
-                .rev()
-                .find(|(m, _)| *m == id)
-                .map(|(_, hold)| *hold)
-        })
-    }
-
-    fn refuse_reentry(&self, phase: Phase) -> Result<()> {
-        match self.held() {
-            None => Ok(()),
-            Some(_) => Err(Error::invalid_state(
-                phase,
-                "called from inside this service's own start, close or guarded work, \
-                 which would wait for itself",
-            )),
-        }
-    }
-
     /// Runs `start` if the machine is [`State::Unstarted`], moving it to `Started` or, if `start`
     /// fails or panics, to `StartFailed`.
     ///
@@ -215,26 +240,27 @@ impl StateMachine {
     where
         F: FnOnce() -> std::result::Result<(), BoxError>,
     {
-        self.refuse_reentry(Phase::Start)?;
-        let _gate = self.gate.write();
-        let state = self.state();
-        if state != State::Unstarted {
-            return Err(Error::unnamed_state(
-                ErrorKind::AlreadyStarted,
-                Phase::Start,
-                state,
-            ));
-        }
-        self.set(State::Starting);
-        let _held = Held::enter(self, Hold::Write);
-        let outcome = catch_unwind(AssertUnwindSafe(|| start().map_err(Error::other)));
-        let result = unnamed(Phase::Start, outcome);
-        self.set(if result.is_ok() {
-            State::Started
-        } else {
-            State::StartFailed
-        });
-        result
+        HOLDS.with(|holds| {
+            if holds.find(self.id()).is_some() {
+                return Err(reentry(Phase::Start));
+            }
+            let _gate = self.gate.write();
+            let state = self.state();
+            if state != State::Unstarted {
+                let kind = ErrorKind::AlreadyStarted;
+                return Err(Error::unnamed_state(kind, Phase::Start, state));
+            }
+            self.set(State::Starting);
+            let _held = holds.enter(self.id(), Hold::Write);
+            let outcome = catch_unwind(AssertUnwindSafe(|| start().map_err(Error::other)));
+            let result = unnamed(Phase::Start, outcome);
+            self.set(if result.is_ok() {
+                State::Started
+            } else {
+                State::StartFailed
+            });
+            result
+        })
     }
 
     /// Runs `close` if the machine is [`State::Started`], moving it to `Closed` or, if `close`
@@ -255,28 +281,32 @@ impl StateMachine {
     where
         F: FnOnce() -> std::result::Result<(), BoxError>,
     {
-        self.refuse_reentry(Phase::Close)?;
-        let _gate = self.gate.write();
-        let state = self.state();
-        let refuse = |kind| Err(Error::unnamed_state(kind, Phase::Close, state));
-        match state {
-            State::Started => {}
-            State::Unstarted => return refuse(ErrorKind::NotStarted),
-            State::Closing | State::Closed | State::CloseFailed => {
-                return refuse(ErrorKind::AlreadyClosed)
+        HOLDS.with(|holds| {
+            if holds.find(self.id()).is_some() {
+                return Err(reentry(Phase::Close));
             }
-            State::Starting | State::StartFailed => return refuse(ErrorKind::InvalidState),
-        }
-        self.set(State::Closing);
-        let _held = Held::enter(self, Hold::Write);
-        let outcome = catch_unwind(AssertUnwindSafe(|| close().map_err(Error::other)));
-        let result = unnamed(Phase::Close, outcome);
-        self.set(if result.is_ok() {
-            State::Closed
-        } else {
-            State::CloseFailed
-        });
-        result
+            let _gate = self.gate.write();
+            let state = self.state();
+            let refuse = |kind| Err(Error::unnamed_state(kind, Phase::Close, state));
+            match state {
+                State::Started => {}
+                State::Unstarted => return refuse(ErrorKind::NotStarted),
+                State::Closing | State::Closed | State::CloseFailed => {
+                    return refuse(ErrorKind::AlreadyClosed)
+                }
+                State::Starting | State::StartFailed => return refuse(ErrorKind::InvalidState),
+            }
+            self.set(State::Closing);
+            let _held = holds.enter(self.id(), Hold::Write);
+            let outcome = catch_unwind(AssertUnwindSafe(|| close().map_err(Error::other)));
+            let result = unnamed(Phase::Close, outcome);
+            self.set(if result.is_ok() {
+                State::Closed
+            } else {
+                State::CloseFailed
+            });
+            result
+        })
     }
 
     /// Runs `f` only if the machine is started, holding the read lock meanwhile so that the
@@ -317,29 +347,31 @@ impl StateMachine {
             };
             Err(Error::unnamed_state(kind, Phase::Run, state))
         };
-        match self.held() {
-            // Guarded work inside guarded work: the read lock is held already.
-            Some(Hold::Read) => {
-                let state = self.state();
-                return if allowed(state) {
-                    Ok(f())
-                } else {
-                    refused(state)
-                };
+        HOLDS.with(|holds| {
+            match holds.find(self.id()) {
+                // Guarded work inside guarded work: the read lock is held already.
+                Some(Hold::Read) => {
+                    let state = self.state();
+                    return if allowed(state) {
+                        Ok(f())
+                    } else {
+                        refused(state)
+                    };
+                }
+                Some(Hold::Write) => return Err(reentry(Phase::Run)),
+                None => {}
             }
-            Some(Hold::Write) => return self.refuse_reentry(Phase::Run).map(|()| unreachable!()),
-            None => {}
-        }
-        if !allowed(self.state()) {
-            return refused(self.state());
-        }
-        let _gate = self.gate.read();
-        let state = self.state();
-        if !allowed(state) {
-            return refused(state);
-        }
-        let _held = Held::enter(self, Hold::Read);
-        Ok(f())
+            if !allowed(self.state()) {
+                return refused(self.state());
+            }
+            let _gate = self.gate.read();
+            let state = self.state();
+            if !allowed(state) {
+                return refused(state);
+            }
+            let _held = holds.enter(self.id(), Hold::Read);
+            Ok(f())
+        })
     }
 
     /// `Ok` if started, otherwise an error of kind [`ErrorKind::NotStarted`] naming the state.

@@ -78,10 +78,7 @@ impl<T> Thread<T> {
             }
             // The sender is gone: the thread is past its function, so the join does not wait
             // for user code.
-            Err(RecvTimeoutError::Disconnected) => {
-                self.join();
-                Ok(None)
-            }
+            Err(RecvTimeoutError::Disconnected) => Ok(self.join()),
             Err(RecvTimeoutError::Timeout) => Err(self),
         }
     }
@@ -92,12 +89,18 @@ impl<T> Thread<T> {
         !self.result.is_empty() || self.handle.is_finished()
     }
 
-    /// Joins the thread. Call it once the value was received or the thread has ended: it waits
-    /// for the thread otherwise. A panic that escaped the thread's function is logged.
-    pub(crate) fn join(self) {
+    /// Joins the thread, waiting for it without a bound of its own, and returns its value if it
+    /// gave one that was not received yet. A panic that escaped the thread's function is
+    /// logged.
+    ///
+    /// Joining first and taking the value after costs one wait, where receiving it and then
+    /// joining costs two (BENCHMARKS.md, the closure worker's close).
+    pub(crate) fn join(self) -> Option<T> {
         if self.handle.join().is_err() {
             log::warn!("thread {:?} panicked", self.name);
         }
+        // Sent before the thread's function returned, so it is there now if it ever was.
+        self.result.try_recv().ok()
     }
 
     /// Gives up waiting: the thread is still running user code that did not return in time.

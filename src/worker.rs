@@ -281,11 +281,10 @@ impl<T: Send + Sync + 'static> Service for Worker<T> {
                     hook(&value);
                 }
                 // The close's own bound is its caller's (the runner's close timeout).
-                let ended = thread.receiver().recv();
-                thread.join();
+                let ended = thread.join();
                 drop(value);
                 match ended {
-                    Ok(Ended {
+                    Some(Ended {
                         result: Err(e),
                         reported: false,
                     }) => Err(e.into()),

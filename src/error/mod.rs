@@ -514,7 +514,9 @@ pub(crate) fn flatten_call<T>(
 pub(crate) fn check_name(name: &str) -> Result<()> {
     let why = if name.is_empty() {
         "a name must not be empty"
-    } else if name.chars().any(char::is_control) {
+    } else if name.bytes().any(|b| b < 0x20 || b == 0x7f)
+        || (!name.is_ascii() && name.chars().any(char::is_control))
+    {
         "a name must not hold control characters"
     } else {
         return Ok(());

@@ -27,7 +27,7 @@ use crate::endpoint::EndpointOptions;
 use crate::error::Result;
 #[cfg(feature = "metrics")]
 use crate::metrics::Metrics;
-use crate::service::Service;
+use crate::service::{share, Service};
 use crate::stop::StopSignal;
 
 use self::handle::Request;
@@ -175,7 +175,7 @@ impl Runner {
         options: ServiceOptions,
     ) -> Runner {
         self.entries.push(Entry {
-            service: Arc::new(service),
+            service: share(service),
             options,
         });
         self
