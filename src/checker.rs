@@ -220,7 +220,8 @@ impl HealthChecker {
     ///
     /// # Errors
     ///
-    /// - [`ErrorKind::InvalidInput`] if the name is empty or holds control characters.
+    /// - [`ErrorKind::InvalidInput`] if the name, or the group of `options`, is empty or holds
+    ///   control characters.
     /// - [`ErrorKind::DuplicateName`] if a check of that name is registered.
     /// - [`ErrorKind::AlreadyClosed`] if the checker was closed.
     /// - The I/O error if the worker thread cannot be spawned.
@@ -231,6 +232,9 @@ impl HealthChecker {
     ) -> Result<Reporter> {
         let reporter: Arc<dyn HealthReporter> = Arc::new(reporter);
         check_name(reporter.name())?;
+        if let Some(group) = &options.group {
+            check_name(group)?;
+        }
         let name: Arc<str> = reporter.name().into();
         let config = &self.shared.config;
         let timeout = options.timeout.unwrap_or(config.timeout);
@@ -407,13 +411,15 @@ impl HealthChecker {
     /// the snapshot that shows them all. A check registered meanwhile is waited for too.
     ///
     /// For tests, and for code that must see a change it just made: the snapshot is no older
-    /// than the call.
+    /// than the call, and the [events](HealthChecker::subscribe) of the changes it shows have
+    /// been sent when it returns.
     ///
     /// # Errors
     ///
-    /// - [`ErrorKind::TimedOut`], naming the checks not polled yet, when `timeout` passes first
-    ///   (each check's own poll timeout bounds its poll, so a timeout above it always suffices
-    ///   for a running checker).
+    /// - [`ErrorKind::TimedOut`], naming the checks not polled yet, when `timeout` passes first.
+    ///   A check's call already running when the wait begins must return (or time out) first,
+    ///   and then a new poll: twice the check's poll timeout, and the interval of a paused
+    ///   wake-up at most, always suffice for a running checker.
     /// - [`ErrorKind::NotStarted`] if the checker is not running, and [`ErrorKind::InvalidState`]
     ///   if it is paused: no poll would come.
     pub fn wait_for_poll(&self, timeout: Duration) -> Result<Snapshot> {
@@ -443,6 +449,9 @@ impl HealthChecker {
                 .map(|c| c.name())
                 .collect();
             if waiting.is_empty() {
+                // A publication and the sending of its events happen under the registry's
+                // lock: once it is free, the events of what this snapshot shows are sent.
+                drop(self.shared.registry.lock());
                 return Ok(snapshot);
             }
             match published.recv_deadline(deadline) {

@@ -29,7 +29,8 @@ pub use crate::endpoint::TinyHttpRoutes;
 /// disk), registered with [`HealthChecker::register`](crate::HealthChecker::register).
 ///
 /// The checker calls `check` on a thread of the check's own, within the check's timeout: it
-/// may block briefly (a ping), never for long.
+/// may block briefly (a ping), never for long. It is called twice per poll, once for readiness
+/// and once for health (whose default report asks readiness again).
 ///
 /// ```
 /// use std::time::Duration;

@@ -20,11 +20,13 @@
 //! });
 //! let runner = Runner::new().handle_signals(false).service(heartbeat);
 //! let handle = runner.handle();
-//! std::thread::spawn(move || {
-//!     handle.wait_running(Duration::from_secs(10));
-//!     handle.shutdown(); // a signal does this in a real program
+//! let report = std::thread::scope(|s| {
+//!     s.spawn(|| {
+//!         handle.wait_running(Duration::from_secs(10));
+//!         handle.shutdown(); // a signal does this in a real program
+//!     });
+//!     runner.run() // starts, waits, closes; `main` can return it as its exit code
 //! });
-//! let report = runner.run(); // starts, waits, closes; `main` can return it as its exit code
 //! assert!(report.is_success(), "{report:?}");
 //! ```
 //!

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,6 +12,7 @@ use parking_lot::Mutex;
 use crate::error::{check_name, Error, ErrorKind, Phase, Result};
 use crate::service::{close_guarded, shared, start_guarded, Service};
 use crate::stop::StartContext;
+use crate::thread::thread_name;
 
 /// Starts services in order and closes them in reverse; if one fails to start, closes the ones
 /// already started and reports every error.
@@ -39,6 +41,10 @@ use crate::stop::StartContext;
 pub struct MultiStart {
     /// Held only to push or pop, never across a start or a close.
     started: Mutex<Vec<Arc<dyn Service>>>,
+    /// The services of the batches being started, by batch, whose names are taken meanwhile:
+    /// two calls at once cannot start two services of one name.
+    starting: Mutex<Vec<(u64, Arc<dyn Service>)>>,
+    batches: AtomicU64,
 }
 
 impl MultiStart {
@@ -91,15 +97,26 @@ impl MultiStart {
         S: Service + 'static,
     {
         let services = shared(services);
+        let batch = self.batches.fetch_add(1, Ordering::Relaxed);
         {
-            let started = self.started.lock();
-            let held = started.iter().map(|s| s.name());
+            let (started, mut starting) = (self.started.lock(), self.starting.lock());
+            let reserved = starting.iter().map(|(_, s)| s);
+            let held = started.iter().chain(reserved).map(|s| s.name());
             check_names(held, services.iter().map(|s| s.name()))?;
+            starting.extend(services.iter().map(|s| (batch, Arc::clone(s))));
         }
+        let result = self.start_reserved(ctx, &services);
+        self.starting.lock().retain(|(b, _)| *b != batch);
+        result
+    }
+
+    /// Starts a batch whose names are reserved in `starting`.
+    fn start_reserved(&self, ctx: &StartContext, services: &[Arc<dyn Service>]) -> Result<()> {
         // The clock is read only when the debug log would show the duration: it costs about as
         // much as starting a trivial service (see BENCHMARKS.md).
         let timed = log::log_enabled!(log::Level::Debug);
         for service in services {
+            let service = Arc::clone(service);
             let name = service.name();
             let began = timed.then(Instant::now);
             let outcome = ctx.check(name).and_then(|()| start_guarded(&*service, ctx));
@@ -243,7 +260,7 @@ where
             .map(|s| {
                 let service: &dyn Service = s.as_ref();
                 std::thread::Builder::new()
-                    .name(format!("close {}", service.name()))
+                    .name(thread_name(format!("close {}", service.name())))
                     .spawn_scoped(scope, move || close_guarded(service))
                     .map_err(|_| service)
             })

@@ -64,13 +64,13 @@ pub trait Service: HealthReporter {
     /// Why the service could not start.
     fn start(&self, ctx: &StartContext) -> Result<()>;
 
-    /// Stops the service, waiting until its threads have ended and its resources are released.
+    /// Closes the service, waiting until its threads have ended and its resources are released.
     ///
     /// After `close` the service is not started again: build a new one.
     ///
     /// # Errors
     ///
-    /// Why the service could not close cleanly. It is still considered stopped.
+    /// Why the service could not close cleanly. It is still considered closed.
     fn close(&self) -> Result<()>;
 }
 

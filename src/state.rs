@@ -4,6 +4,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
 
 use parking_lot::RwLock;
 
@@ -135,6 +136,9 @@ enum Hold {
 // The low bit of a machine's address is free to tag a write hold.
 const _: () = assert!(std::mem::align_of::<StateMachine>() > 1);
 
+/// How long guarded work waits for the gate between two looks at the state.
+const GATE_SLICE: Duration = Duration::from_millis(1);
+
 /// How many gates one thread's record holds; deeper nesting (guarded work inside guarded work
 /// inside ..., on as many machines) is not recorded, so re-entry past it is not caught.
 const RECORDED: usize = 16;
@@ -240,27 +244,9 @@ impl StateMachine {
     where
         F: FnOnce() -> std::result::Result<(), BoxError>,
     {
-        HOLDS.with(|holds| {
-            if holds.find(self.id()).is_some() {
-                return Err(reentry(Phase::Start));
-            }
-            let _gate = self.gate.write();
-            let state = self.state();
-            if state != State::Unstarted {
-                let kind = ErrorKind::AlreadyStarted;
-                return Err(Error::unnamed_state(kind, Phase::Start, state));
-            }
-            self.set(State::Starting);
-            let _held = holds.enter(self.id(), Hold::Write);
-            let outcome = catch_unwind(AssertUnwindSafe(|| start().map_err(Error::other)));
-            let result = unnamed(Phase::Start, outcome);
-            self.set(if result.is_ok() {
-                State::Started
-            } else {
-                State::StartFailed
-            });
-            result
-        })
+        let refuse = |state| (state != State::Unstarted).then_some(ErrorKind::AlreadyStarted);
+        let states = [State::Starting, State::Started, State::StartFailed];
+        self.transition(Phase::Start, refuse, states, start)
     }
 
     /// Runs `close` if the machine is [`State::Started`], moving it to `Closed` or, if `close`
@@ -281,30 +267,42 @@ impl StateMachine {
     where
         F: FnOnce() -> std::result::Result<(), BoxError>,
     {
+        let refuse = |state| match state {
+            State::Started => None,
+            State::Unstarted => Some(ErrorKind::NotStarted),
+            State::Closing | State::Closed | State::CloseFailed => Some(ErrorKind::AlreadyClosed),
+            State::Starting | State::StartFailed => Some(ErrorKind::InvalidState),
+        };
+        let states = [State::Closing, State::Closed, State::CloseFailed];
+        self.transition(Phase::Close, refuse, states, close)
+    }
+
+    /// Runs `f` under the write lock unless `refuse` names a reason in the current state, in
+    /// `[during, after success, after failure]` states.
+    fn transition<F>(
+        &self,
+        phase: Phase,
+        refuse: impl FnOnce(State) -> Option<ErrorKind>,
+        [during, succeeded, failed]: [State; 3],
+        f: F,
+    ) -> Result<()>
+    where
+        F: FnOnce() -> std::result::Result<(), BoxError>,
+    {
         HOLDS.with(|holds| {
             if holds.find(self.id()).is_some() {
-                return Err(reentry(Phase::Close));
+                return Err(reentry(phase));
             }
             let _gate = self.gate.write();
             let state = self.state();
-            let refuse = |kind| Err(Error::unnamed_state(kind, Phase::Close, state));
-            match state {
-                State::Started => {}
-                State::Unstarted => return refuse(ErrorKind::NotStarted),
-                State::Closing | State::Closed | State::CloseFailed => {
-                    return refuse(ErrorKind::AlreadyClosed)
-                }
-                State::Starting | State::StartFailed => return refuse(ErrorKind::InvalidState),
+            if let Some(kind) = refuse(state) {
+                return Err(Error::unnamed_state(kind, phase, state));
             }
-            self.set(State::Closing);
+            self.set(during);
             let _held = holds.enter(self.id(), Hold::Write);
-            let outcome = catch_unwind(AssertUnwindSafe(|| close().map_err(Error::other)));
-            let result = unnamed(Phase::Close, outcome);
-            self.set(if result.is_ok() {
-                State::Closed
-            } else {
-                State::CloseFailed
-            });
+            let outcome = catch_unwind(AssertUnwindSafe(|| f().map_err(Error::other)));
+            let result = unnamed(phase, outcome);
+            self.set(if result.is_ok() { succeeded } else { failed });
             result
         })
     }
@@ -312,35 +310,38 @@ impl StateMachine {
     /// Runs `f` only if the machine is started, holding the read lock meanwhile so that the
     /// service cannot close under it, and returns what `f` returns.
     ///
-    /// Waits while a start or close function is running. A panic in `f` propagates to the caller
-    /// and leaves the machine as it was.
+    /// A close that has begun makes it return its error at once, even when it was waiting for
+    /// the lock: a close that waits for this thread (joins it) is never waited on in return. A
+    /// panic in `f` propagates to the caller and leaves the machine as it was.
     ///
     /// # Errors
     ///
-    /// Of [`Phase::Run`]: [`ErrorKind::NotStarted`] (with the state) when the machine is not
-    /// started, and [`ErrorKind::InvalidState`] when called from inside this machine's own start
-    /// or close; `f` does not run.
+    /// Of [`Phase::Run`], with the state, and `f` does not run: [`ErrorKind::NotStarted`] when
+    /// the machine is not started (yet), [`ErrorKind::AlreadyClosed`] when it is closing or
+    /// closed, and [`ErrorKind::InvalidState`] when called from inside this machine's own start
+    /// or close.
     pub fn if_started<R>(&self, f: impl FnOnce() -> R) -> Result<R> {
         self.guarded(|s| s == State::Started, f)
     }
 
-    /// Runs `f` unless the machine is closed (successfully or not), holding the read lock
-    /// meanwhile, and returns what `f` returns.
+    /// Runs `f` unless the machine is closing or closed (successfully or not), holding the read
+    /// lock meanwhile, and returns what `f` returns.
     ///
-    /// Waits while a start or close function is running.
+    /// Waits while a start function is running (on another thread); a close that begins makes
+    /// it return its error at once, as [`if_started`](StateMachine::if_started).
     ///
     /// # Errors
     ///
-    /// Of [`Phase::Run`]: [`ErrorKind::AlreadyClosed`] when the machine is closed, and
-    /// [`ErrorKind::InvalidState`] when called from inside this machine's own start or close;
-    /// `f` does not run.
+    /// Of [`Phase::Run`], with the state, and `f` does not run: [`ErrorKind::AlreadyClosed`]
+    /// when the machine is closing or closed, and [`ErrorKind::InvalidState`] when called from
+    /// inside this machine's own start or close.
     pub fn if_not_closed<R>(&self, f: impl FnOnce() -> R) -> Result<R> {
-        self.guarded(|s| !s.is_closed(), f)
+        self.guarded(|s| !s.is_closed() && s != State::Closing, f)
     }
 
     fn guarded<R>(&self, allowed: impl Fn(State) -> bool, f: impl FnOnce() -> R) -> Result<R> {
         let refused = |state: State| {
-            let kind = if state.is_closed() {
+            let kind = if state.is_closed() || state == State::Closing {
                 ErrorKind::AlreadyClosed
             } else {
                 ErrorKind::NotStarted
@@ -364,7 +365,19 @@ impl StateMachine {
             if !allowed(self.state()) {
                 return refused(self.state());
             }
-            let _gate = self.gate.read();
+            // A start or close may hold the gate, and wait for this very thread (a close that
+            // joins it): the wait is sliced, and given up once the state refuses the work.
+            let _gate = match self.gate.try_read() {
+                Some(gate) => gate,
+                None => loop {
+                    if let Some(gate) = self.gate.try_read_for(GATE_SLICE) {
+                        break gate;
+                    }
+                    if !allowed(self.state()) {
+                        return refused(self.state());
+                    }
+                },
+            };
             let state = self.state();
             if !allowed(state) {
                 return refused(state);

@@ -20,6 +20,7 @@
 //! ```
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +32,7 @@ use crate::error::{Error, Phase, Result};
 use crate::multi::check_names;
 use crate::service::{close_guarded, shared, start_until_ready, Service, StartOutcome};
 use crate::stop::{StartContext, StopSignal};
-use crate::thread::{later, Thread};
+use crate::thread::{call_within, later, Called, Thread};
 
 /// Services started for a test: ready and healthy when [`start`](Harness::start) returns,
 /// watched while the test runs, closed in reverse by [`close`](Harness::close) or on drop.
@@ -62,6 +63,8 @@ pub struct Harness {
     options: HarnessBuilder,
     /// What has failed so far, in order, and whether the close has run.
     failures: Mutex<(Vec<Error>, bool)>,
+    /// Set once every service is healthy: a change from then on is a failure.
+    watching: AtomicBool,
 }
 
 /// Settings of a [`Harness`]; every one has a default.
@@ -117,8 +120,9 @@ impl HarnessBuilder {
     ///
     /// # Errors
     ///
-    /// The first failure (naming its service), joined with any error closing the services
-    /// started before it; see [`Harness`].
+    /// The first failure, joined with any error closing the services started before it; see
+    /// [`Harness`]. A service that does not start, is not ready in time, or is not healthy
+    /// once all are ready is named in it.
     pub fn start<I, S>(self, services: I) -> Result<Harness>
     where
         I: IntoIterator<Item = S>,
@@ -139,6 +143,7 @@ impl HarnessBuilder {
             services: Vec::with_capacity(services.len()),
             options: self,
             failures: Mutex::new((Vec::new(), false)),
+            watching: AtomicBool::new(false),
         };
         for service in services {
             harness.start_one(service)?;
@@ -182,7 +187,7 @@ impl Harness {
     ///
     /// Every failure so far (see [`Harness`]), joined; or the poll's own error.
     pub fn check(&self) -> Result<()> {
-        self.checker.wait_for_poll(self.options.ready_timeout)?;
+        self.checker.wait_for_poll(self.poll_bound())?;
         self.record_events();
         Error::join(self.failures.lock().0.iter().cloned()).map_or(Ok(()), Err)
     }
@@ -245,18 +250,15 @@ impl Harness {
             Ok(Some(outcome)) => outcome,
             Ok(None) => StartOutcome {
                 started: false,
-                result: Err(Error::msg("its start thread ended without a result")),
+                result: Err(Error::msg("its thread ended without a result")),
             },
             Err(thread) => {
                 let after = deadline.saturating_duration_since(began);
-                let e = Error::msg(format!(
-                    "start did not return within {after:?}; thread {:?} is left running",
-                    thread.name()
-                ));
+                let note = format!("thread {:?} is left running", thread.name());
                 drop(thread.abandon());
                 StartOutcome {
                     started: false,
-                    result: Err(e.in_service(&name, Phase::Start)),
+                    result: Err(Error::timed_out_noting(&name, Phase::Start, after, note)),
                 }
             }
         };
@@ -297,15 +299,32 @@ impl Harness {
         }
     }
 
+    /// How long the next completed poll of every service may take: a call in progress when the
+    /// wait begins, then a whole new poll, each within the checker's timeout.
+    fn poll_bound(&self) -> Duration {
+        let timeout = self.options.ready_timeout;
+        timeout
+            .saturating_mul(2)
+            .saturating_add(self.options.poll_interval)
+    }
+
+    /// Waits until every service is ready and healthy, at most the ready timeout; then a change
+    /// is a failure. A service still unready or unhealthy then is the error.
     fn wait_healthy(&self) -> Result<()> {
         let deadline = later(Instant::now(), self.options.ready_timeout);
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let snapshot = self.checker.wait_for_poll(remaining)?;
+            let snapshot = match self.checker.wait_for_poll(remaining) {
+                Ok(snapshot) => snapshot,
+                // What the services said last is the answer, not the wait's timeout.
+                Err(e) if e.is_timeout() => self.checker.snapshot(),
+                Err(e) => return Err(e),
+            };
             let verdict = healthy(&snapshot);
             if verdict.is_ok() {
                 // From here on, a change is a failure: drop what was seen on the way.
                 while self.events.try_recv().is_ok() {}
+                self.watching.store(true, Ordering::SeqCst);
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -314,9 +333,10 @@ impl Harness {
         }
     }
 
-    /// Records every failing change of status seen since the last call.
+    /// Records every failing change of status seen since the last call, once watching.
     fn record_events(&self) {
-        for event in self.events.try_iter() {
+        let watching = self.watching.load(Ordering::SeqCst);
+        for event in self.events.try_iter().filter(|_| watching) {
             if event.new_status() == Status::Failing {
                 let e = Error::msg(format!("turned unhealthy while the test ran: {event}"));
                 self.fail(e.in_service(event.check(), event.probe().phase()));
@@ -327,23 +347,14 @@ impl Harness {
     fn close_one(&self, service: Arc<dyn Service>) {
         let name = service.name().to_owned();
         let began = Instant::now();
-        let closing = Thread::spawn(format!("close {name}"), move || close_guarded(&*service));
-        let thread = match closing {
-            Ok(thread) => thread,
-            Err(e) => return self.fail(Error::from(e).in_service(&name, Phase::Close)),
-        };
         let bound = self.options.close_timeout;
-        match thread.join_until(later(began, bound)) {
-            Ok(Some(Ok(()))) => self.slow(&name, Phase::Close, began.elapsed()),
-            Ok(Some(Err(e))) => self.fail(e),
-            Ok(None) => self.fail(Error::msg("its close thread ended without a result")),
-            Err(thread) => {
-                let e = Error::msg(format!(
-                    "close did not return within {bound:?}; thread {:?} is left running",
-                    thread.name()
-                ));
-                drop(thread.abandon());
-                self.fail(e.in_service(&name, Phase::Close));
+        match call_within(&name, Phase::Close, bound, move || close_guarded(&*service)) {
+            Called::Returned(Ok(())) => self.slow(&name, Phase::Close, began.elapsed()),
+            Called::Returned(Err(e)) | Called::Failed(e) => self.fail(e),
+            // The thread ends by itself when the close returns; the test is failed meanwhile.
+            Called::Stuck(thread, e) => {
+                drop(thread);
+                self.fail(e);
             }
         }
     }

@@ -15,12 +15,63 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use crate::error::{Error, Phase};
+
 /// `now + d`, saturating about a century ahead instead of overflowing: a deadline from any
 /// `Duration` a user gives, `Duration::MAX` included.
 pub(crate) fn later(now: Instant, d: Duration) -> Instant {
     now.checked_add(d)
         .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
         .unwrap_or(now)
+}
+
+/// What became of a call run by [`call_within`].
+pub(crate) enum Called<T> {
+    /// It returned this in time.
+    Returned(T),
+    /// It could not run, or its thread ended without a value (a panic escaped the function).
+    Failed(Error),
+    /// It did not return in time: the error says so and names the thread, which is left running
+    /// and handed back, to be joined if it ends later.
+    Stuck(Abandoned, Error),
+}
+
+/// Runs `f`, the `phase` of `service` (a close, a cleanup), on a thread called
+/// `"{phase} {service}"`, and waits for it at most `bound`. Every error names the service and
+/// the phase; a call that did not return in time is of kind
+/// [`TimedOut`](crate::ErrorKind::TimedOut).
+pub(crate) fn call_within<T: Send + 'static>(
+    service: &str,
+    phase: Phase,
+    bound: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Called<T> {
+    let deadline = later(Instant::now(), bound);
+    let thread = match Thread::spawn(format!("{phase} {service}"), f) {
+        Ok(thread) => thread,
+        Err(e) => return Called::Failed(Error::from(e).in_service(service, phase)),
+    };
+    match thread.join_until(deadline) {
+        Ok(Some(value)) => Called::Returned(value),
+        Ok(None) => {
+            let e = Error::msg("its thread ended without a result");
+            Called::Failed(e.in_service(service, phase))
+        }
+        Err(thread) => {
+            let note = format!("thread {:?} is left running", thread.name());
+            let e = Error::timed_out_noting(service, phase, bound, note);
+            Called::Stuck(thread.abandon(), e)
+        }
+    }
+}
+
+/// A thread name from `name`: a NUL byte, which `std` refuses in a name, becomes `?`.
+pub(crate) fn thread_name(name: String) -> String {
+    if name.contains('\0') {
+        name.replace('\0', "?")
+    } else {
+        name
+    }
 }
 
 /// A named thread running one function, owned: it is joined once it has ended, or handed over
@@ -41,6 +92,7 @@ impl<T: Send + 'static> Thread<T> {
     ///
     /// When the thread cannot be spawned.
     pub(crate) fn spawn(name: String, f: impl FnOnce() -> T + Send + 'static) -> io::Result<Self> {
+        let name = thread_name(name);
         let (tx, result) = crossbeam_channel::bounded(1);
         let handle = std::thread::Builder::new()
             .name(name.clone())

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use parking_lot::Mutex;
 
@@ -12,7 +13,7 @@ use crate::runner::RunHandle;
 use crate::service::{HealthReporter, Service};
 use crate::state::StateMachine;
 use crate::stop::{StartContext, StopSignal};
-use crate::thread::Thread;
+use crate::thread::{later, Thread};
 
 type Setup<T> = Box<dyn FnOnce(&StartContext) -> std::result::Result<T, BoxError> + Send>;
 type Run<T> = Box<dyn FnOnce(&T, &StopSignal) -> std::result::Result<(), BoxError> + Send>;
@@ -149,8 +150,10 @@ impl<T: Send + Sync + 'static> Worker<T> {
     /// A readiness hook: the worker is ready only once its thread runs and `ready` returns
     /// `Ok`, for a worker that sets up in its thread (connects, warms a cache) before it can take
     /// work. It is called with the setup's value (`&()` for [`Worker::new`]) by the runner
-    /// while it waits for the worker to be ready, and by the health checker at every poll:
-    /// keep it cheap (read a flag).
+    /// while it waits for the worker to be ready, and by the health checker at every poll
+    /// (twice: for readiness and for health): keep it cheap (read a flag). A call in progress
+    /// holds the value, so a close that meets one leaves the value to be dropped when it
+    /// returns.
     #[must_use]
     pub fn ready_when(mut self, ready: impl Fn(&T) -> Result<()> + Send + Sync + 'static) -> Self {
         self.ready_when = Some(Box::new(ready));
@@ -292,6 +295,38 @@ impl<T: Send + Sync + 'static> Service for Worker<T> {
                 }
             })
             .map_err(|e| e.in_service(&self.name, Phase::Close))
+    }
+}
+
+impl<T> Drop for Worker<T> {
+    /// A worker dropped while started (never closed) is stopped as a close would: its stop
+    /// signal fires, its close hook runs, and its thread is joined if it ends within 10 s (the
+    /// runner's default close timeout); one that does not is left running, with a warning
+    /// naming it. A closed worker has nothing left to do here.
+    fn drop(&mut self) {
+        let Some((value, thread)) = self.running.get_mut().take() else {
+            return;
+        };
+        self.stop.stop();
+        if let Some(hook) = self.on_close.get_mut().take() {
+            // A drop never panics: a panicking hook is only logged.
+            if catch_unwind(AssertUnwindSafe(|| hook(&value))).is_err() {
+                log::warn!(
+                    "{}: its close hook panicked while it was dropped",
+                    self.name
+                );
+            }
+        }
+        let bound = crate::runner::DEFAULT_CLOSE_TIMEOUT;
+        if let Err(thread) = thread.join_until(later(Instant::now(), bound)) {
+            log::warn!(
+                "{}: dropped while started, and its thread {:?} did not end within {bound:?}; \
+                 leaving it",
+                self.name,
+                thread.name()
+            );
+            drop(thread.abandon());
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::WATCHDOG;
 use crossbeam_channel::bounded;
-use lifecycle::health::{self, Probe};
+use lifecycle::health::{self, CheckOptions, Probe};
 use lifecycle::{
     Error, ErrorKind, HealthChecker, HealthReporter, MultiStart, Phase, Result, RunPhase, Runner,
     Service, ServiceOptions, StartContext, StateMachine, Worker,
@@ -180,14 +180,101 @@ fn names_are_checked_alike_by_the_runner_multistart_and_the_checker() {
         (e.kind(), e.service()),
         (ErrorKind::DuplicateName, Some("db"))
     );
+    let grouped = CheckOptions::new().group("");
+    let e = checker
+        .register_with(health::from_fn("cache", || Ok(())), grouped)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+}
+
+#[test]
+fn cleanup_names_follow_the_same_rule_and_never_panic() {
+    for bad in ["", "nul\0byte"] {
+        let report = Runner::new()
+            .handle_signals(false)
+            .cleanup(bad, || Ok(()))
+            .run();
+        let e = &report.errors(RunPhase::Start)[0];
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{bad:?}: {e}");
+    }
+}
+
+#[test]
+fn the_names_of_the_runner_s_own_checks_are_taken_when_health_is_on() {
+    let report = Runner::new()
+        .handle_signals(false)
+        .health_endpoint("127.0.0.1:0".parse().unwrap())
+        .service(named("runner"))
+        .run();
+    let e = &report.errors(RunPhase::Start)[0];
+    assert_eq!(
+        (e.kind(), e.service()),
+        (ErrorKind::DuplicateName, Some("runner"))
+    );
+}
+
+#[test]
+fn two_starts_at_once_cannot_start_two_services_of_one_name() {
+    let (entered_tx, entered) = bounded::<()>(0);
+    let (release_tx, release) = bounded::<()>(0);
+    let slow_db = Worker::with_setup(
+        "db",
+        move |_ctx| {
+            entered_tx.send(())?;
+            release.recv()?;
+            Ok(())
+        },
+        |_, stop| {
+            stop.wait();
+            Ok(())
+        },
+    );
+    let services = MultiStart::new();
+    std::thread::scope(|s| {
+        let first = s.spawn(|| services.start(&StartContext::background(), [slow_db]));
+        entered.recv_timeout(WATCHDOG).unwrap();
+        // The first "db" is starting: its name is taken.
+        let e = services
+            .start(&StartContext::background(), [named("db")])
+            .unwrap_err();
+        assert_eq!(
+            (e.kind(), e.service()),
+            (ErrorKind::DuplicateName, Some("db"))
+        );
+        release_tx.send(()).unwrap();
+        first.join().unwrap().unwrap();
+    });
+    assert_eq!(services.names(), ["db"]);
+    services.close().unwrap();
+}
+
+#[test]
+fn an_endpoint_that_cannot_bind_keeps_the_io_error_kind() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let endpoint = lifecycle::HealthEndpoint::new(addr, Arc::new(HealthChecker::new("t", "t")));
+    let e = endpoint.start(&StartContext::background()).unwrap_err();
+    assert_eq!(
+        (e.service(), e.phase()),
+        (Some("health endpoint"), Some(Phase::Start))
+    );
+    assert!(
+        e.to_string().contains(&format!("cannot listen on {addr}")),
+        "{e}"
+    );
+    let io = e.find::<std::io::Error>().expect("the I/O error is kept");
+    assert_eq!(io.kind(), std::io::ErrorKind::AddrInUse);
 }
 
 /// Runs `f` on a thread of its own and fails, instead of hanging, if it does not return.
 fn within_watchdog<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = bounded(1);
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
+    std::thread::Builder::new()
+        .name("under watchdog".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .unwrap();
     rx.recv_timeout(WATCHDOG).expect("deadlocked")
 }
 

@@ -321,7 +321,10 @@ fn a_hung_close_is_abandoned_after_its_timeout_and_named() {
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].service(), Some("hung"));
     assert_eq!(errors[0].kind(), ErrorKind::TimedOut);
-    assert_eq!(errors[0].to_string(), "hung: close timed out after 100ms");
+    assert_eq!(
+        errors[0].to_string(),
+        "hung: close timed out after 100ms, thread \"close hung\" is left running"
+    );
     assert_eq!(report.abandoned_threads(), ["close hung"]);
     // The services closed after the hung one were still closed.
     assert_eq!(before.closes(), 1);

@@ -132,3 +132,36 @@ fn close_waits_for_a_start_in_progress() {
         assert_eq!(sm.state(), State::Closed);
     }
 }
+
+#[test]
+fn a_close_that_joins_a_thread_doing_guarded_work_never_waits_for_it_in_return() {
+    // The thread may have seen the machine started just before the close took the lock; the
+    // close then joins it while it waits for that lock. The guarded call must give up once the
+    // close has begun, or both wait forever. Bounded by the watchdog: a deadlock fails.
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("rounds".into())
+        .spawn(move || {
+            for _ in 0..20000 {
+                let sm = std::sync::Arc::new(StateMachine::new());
+                sm.start_once(|| Ok(())).unwrap();
+                let stop = std::sync::Arc::new(AtomicBool::new(false));
+                let (guarded, flag) = (sm.clone(), stop.clone());
+                let worker = std::thread::spawn(move || {
+                    while !flag.load(Ordering::SeqCst) {
+                        let _ = guarded.if_started(std::hint::spin_loop);
+                    }
+                });
+                sm.close_once(|| {
+                    stop.store(true, Ordering::SeqCst);
+                    worker.join().map_err(|_| "worker panicked")?;
+                    Ok(())
+                })
+                .unwrap();
+            }
+            let _ = done_tx.send(());
+        })
+        .unwrap();
+    done.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("a close and the guarded work it joins waited for each other");
+}

@@ -203,6 +203,7 @@ fn a_close_that_hangs_is_abandoned_and_named() {
         .unwrap();
     let e = harness.close().unwrap_err();
     assert_eq!(e.service(), Some("stuck"));
+    assert!(e.is_timeout(), "{e}");
     assert!(
         e.to_string()
             .contains("thread \"close stuck\" is left running"),
@@ -218,4 +219,59 @@ fn names_are_checked_before_anything_starts() {
     assert_eq!(e.kind(), ErrorKind::DuplicateName);
     drop(closed_tx);
     assert!(closed.recv().is_err(), "nothing started, nothing closed");
+}
+
+#[test]
+fn a_close_slower_than_the_bound_is_reported() {
+    let slow = Worker::new("slow", |stop| {
+        stop.wait();
+        // Slower than the bound below however fast the machine is.
+        std::thread::sleep(Duration::from_millis(20));
+        Ok(())
+    });
+    let harness = Harness::builder()
+        .slow_after(Duration::from_millis(10))
+        .start([slow])
+        .unwrap();
+    let e = harness.close().unwrap_err();
+    assert_eq!((e.service(), e.phase()), (Some("slow"), Some(Phase::Close)));
+    assert!(e.to_string().contains("more than the bound of 10ms"), "{e}");
+}
+
+/// Ready, but its health report fails from the start.
+struct Unhealthy(StateMachine);
+
+impl HealthReporter for Unhealthy {
+    fn name(&self) -> &str {
+        "cache"
+    }
+    fn ready(&self) -> Result<()> {
+        self.0.ready()
+    }
+    fn health_report(&self) -> lifecycle::HealthReport {
+        lifecycle::HealthReport::single("cache", Err("evicting everything".into()))
+    }
+}
+
+impl Service for Unhealthy {
+    fn start(&self, _: &StartContext) -> Result<()> {
+        self.0.start_once(|| Ok(()))
+    }
+    fn close(&self) -> Result<()> {
+        self.0.close_once(|| Ok(()))
+    }
+}
+
+#[test]
+fn a_service_unhealthy_once_ready_is_named_by_the_start() {
+    let e = Harness::builder()
+        .ready_timeout(Duration::from_millis(50))
+        .start([Unhealthy(StateMachine::new())])
+        .unwrap_err();
+    assert_eq!(e.errors().next().unwrap().service(), Some("cache"), "{e}");
+    assert!(e.to_string().contains("evicting everything"), "{e}");
+    assert!(
+        !e.to_string().contains("while the test ran"),
+        "it never was healthy: {e}"
+    );
 }

@@ -15,7 +15,7 @@ use lifecycle::{HealthChecker, HealthEndpoint, Service, StartContext};
 use common::http::{request_with, Reply};
 use common::WATCHDOG;
 
-/// The bound of every wait: a connection, a read, a write, a poll.
+/// What a Prometheus server's scrape asks for.
 #[cfg(feature = "metrics")]
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0";
 

@@ -271,3 +271,57 @@ fn worker_names_are_checked_before_anything_starts() {
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     assert!(ran.try_recv().is_err(), "nothing started");
 }
+
+#[test]
+fn a_failure_while_the_program_shuts_down_is_kept_in_the_report() {
+    let (fail_tx, fail) = bounded::<()>(1);
+    // Started first, closed last: it fails while the service after it closes.
+    let ingest = Arc::new(Worker::new("ingest", move |stop| {
+        crossbeam_channel::select! {
+            recv(fail) -> _ => Err("lost the queue while draining".into()),
+            recv(stop.receiver()) -> _ => Ok(()),
+        }
+    }));
+    let failing = ingest.clone();
+    let api = Worker::new("api", move |stop| {
+        stop.wait();
+        fail_tx.send(())?;
+        // The close of the api returns once ingest has failed, before ingest is closed (its
+        // failure's report is sent before its thread ends, which its close joins).
+        let deadline = std::time::Instant::now() + WATCHDOG;
+        while failing.ready().is_ok() && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        Ok(())
+    });
+    let runner = runner().service(ingest).service(api);
+    let handle = runner.handle();
+    std::thread::scope(|s| {
+        let run = s.spawn(|| runner.run());
+        assert!(handle.wait_running(WATCHDOG));
+        handle.shutdown();
+        let report = run.join().unwrap();
+        assert_eq!(report.cause(), &ShutdownCause::Requested);
+        assert!(!report.is_success(), "{report:?}");
+        let errors = report.errors(RunPhase::Run);
+        assert_eq!(errors.len(), 1, "{report:?}");
+        assert_eq!(
+            errors[0].to_string(),
+            "ingest: run failed: lost the queue while draining"
+        );
+    });
+}
+
+#[test]
+fn a_started_worker_dropped_without_a_close_is_stopped_and_joined() {
+    let (ended_tx, ended) = bounded::<()>(1);
+    let worker = Worker::new("forgotten", move |stop| {
+        stop.wait();
+        ended_tx.send(())?;
+        Ok(())
+    });
+    worker.start(&StartContext::background()).unwrap();
+    drop(worker);
+    // The drop joined the thread: it has ended already, not merely been told to.
+    assert!(ended.try_recv().is_ok());
+}

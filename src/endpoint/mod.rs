@@ -259,8 +259,13 @@ impl Service for HealthEndpoint {
                 )
                 .map_err(|e| {
                     #[cfg(feature = "metrics")]
-                    drop(self.scraper.lock().take());
-                    Error::msg(format!("cannot listen on {}: {e}", self.addr))
+                    {
+                        // Taken out first: its drop waits for a scrape, never under the lock.
+                        let scraper = self.scraper.lock().take();
+                        drop(scraper);
+                    }
+                    let message = format!("cannot listen on {}: {e}", self.addr);
+                    Error::other(std::io::Error::new(e.kind(), message))
                 })?;
                 let addr = server.local_addr();
                 log::info!("{NAME}: listening on http://{addr}");
@@ -284,7 +289,11 @@ impl Service for HealthEndpoint {
                 // Then the scrape thread, whose answers no loop would take any more: it refuses
                 // what is queued and ends after the scrape in progress.
                 #[cfg(feature = "metrics")]
-                drop(self.scraper.lock().take());
+                {
+                    // Taken out first: its drop waits for a scrape, never under the lock.
+                    let scraper = self.scraper.lock().take();
+                    drop(scraper);
+                }
                 Ok(closed?)
             })
             .map_err(|e| e.in_service(NAME, Phase::Close))

@@ -81,6 +81,8 @@ enum Detail {
     Source(Arc<dyn StdError + Send + Sync + 'static>),
     /// A deadline, and the last error seen before it passed (a start's last readiness error).
     Timeout(Duration, Option<Error>),
+    /// A deadline, and what became of the call (its thread left running, say).
+    TimeoutNote(Duration, Cow<'static, str>),
     State(State),
     Joined(Vec<Error>),
 }
@@ -147,6 +149,17 @@ impl Error {
         last: Error,
     ) -> Error {
         Error::new(ErrorKind::TimedOut, Detail::Timeout(after, Some(last)))
+            .in_service(service, phase)
+    }
+
+    /// Like [`timed_out`](Error::timed_out), with a note on what became of the call.
+    pub(crate) fn timed_out_noting(
+        service: &str,
+        phase: Phase,
+        after: Duration,
+        note: impl Into<Cow<'static, str>>,
+    ) -> Error {
+        Error::new(ErrorKind::TimedOut, Detail::TimeoutNote(after, note.into()))
             .in_service(service, phase)
     }
 
@@ -367,6 +380,9 @@ impl Error {
                     Some(last) => write!(f, ", last error: {last}"),
                     None => Ok(()),
                 }
+            }
+            (ErrorKind::TimedOut, Detail::TimeoutNote(d, note)) => {
+                write!(f, "{phase}{sep}timed out after {d:?}, {note}")
             }
             (ErrorKind::Cancelled, _) => write!(f, "{phase}{sep}cancelled"),
             (ErrorKind::AlreadyStarted, Detail::State(s)) => {

@@ -162,8 +162,9 @@ impl Runner {
     /// [`Worker`](crate::Worker), your own [`Service`], or a shared one (`Arc<MyService>`, kept
     /// to be used by other services; `Arc<dyn Service>`).
     ///
-    /// Names are checked when the run begins: an empty name, one with control characters, or
-    /// two services of one name, and nothing starts (see [`run`](Runner::run)).
+    /// Names are checked when the run begins: an empty name, one with control characters, two
+    /// services of one name, or, with health on, a service called `runner` or `health checker`
+    /// (the names of the runner's own checks), and nothing starts (see [`run`](Runner::run)).
     pub fn service(self, service: impl Service + 'static) -> Runner {
         self.service_with(service, ServiceOptions::new())
     }
@@ -193,8 +194,9 @@ impl Runner {
     }
 
     /// Adds a cleanup function, run once after every service has closed (the last added runs
-    /// first), within the shutdown timeout. It runs whether the run succeeded or not, as long as
-    /// the start phase was reached.
+    /// first), within the shutdown timeout, on a thread `cleanup NAME`. It runs whether the run
+    /// succeeded or not, as long as the start phase was reached. Its name follows the rule of
+    /// service names (not empty, no control characters), checked when the run begins.
     pub fn cleanup(
         mut self,
         name: impl Into<String>,
@@ -308,10 +310,11 @@ impl Runner {
     /// Runs the program: starts every service, waits for the end, shuts down. Blocks until done.
     ///
     /// Never panics because of a service: panics in services become errors in the report.
-    /// Service names are checked before anything starts (and before signals are claimed): an
-    /// empty name or one with control characters is refused with an error of kind
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput), two services of one name
-    /// with [`ErrorKind::DuplicateName`](crate::ErrorKind::DuplicateName), in the report's start
+    /// Names are checked before anything starts (and before signals are claimed): an empty name
+    /// or one with control characters, a service's or a cleanup's, is refused with an error of
+    /// kind [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput), two services of one
+    /// name (or one named after the runner's own checks, see [`service`](Runner::service)) with
+    /// [`ErrorKind::DuplicateName`](crate::ErrorKind::DuplicateName), in the report's start
     /// phase.
     pub fn run(self) -> RunReport {
         run::Run::new(self).execute()

@@ -7,16 +7,17 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver};
 
-use crate::error::{flatten_call, Error, Phase, Result};
+use crate::checker::CHECKER_NAME;
+use crate::error::{check_name, flatten_call, Error, ErrorKind, Phase, Result};
 #[cfg(feature = "metrics")]
 use crate::metrics::ServiceTable;
 use crate::multi::check_names;
 use crate::service::{close_guarded, start_until_ready, Service, StartOutcome};
 use crate::state::State;
 use crate::stop::{StartContext, StopSignal};
-use crate::thread::{later, Abandoned, Thread};
+use crate::thread::{call_within, later, Abandoned, Called, Thread};
 
-use super::health::RunnerHealth;
+use super::health::{RunnerHealth, RUNNER_CHECK};
 use super::signals::SignalRoute;
 use super::{CleanupFn, Request, RunReport, Runner, ServiceReport, ShutdownCause};
 
@@ -38,12 +39,32 @@ pub(super) struct Run {
     table: Option<Arc<ServiceTable>>,
 }
 
+/// The names a runner refuses before anything starts: an invalid name, two services of one
+/// name, a service that takes the name of one of the runner's own checks (`runner` and `health
+/// checker`, with health on), and an invalid cleanup name.
+fn check_runner_names(runner: &Runner) -> Result<()> {
+    let services = runner.entries.iter().map(|e| e.service.name());
+    let own: &[&str] = if runner.checker.is_some() || runner.endpoint.is_some() {
+        &[RUNNER_CHECK, CHECKER_NAME]
+    } else {
+        &[]
+    };
+    if let Some(taken) = services.clone().find(|name| own.contains(name)) {
+        return Err(Error::registration(ErrorKind::DuplicateName, taken));
+    }
+    check_names([], services)?;
+    runner
+        .cleanups
+        .iter()
+        .try_for_each(|(name, _)| check_name(name))
+}
+
 impl Run {
     pub(super) fn new(runner: Runner) -> Run {
         // An invalid name, or two services of one name, would make the report, the health
         // checks and the metrics ambiguous: refuse to run them, before any signal route is
         // claimed.
-        let names = check_names([], runner.entries.iter().map(|e| e.service.name())).err();
+        let names = check_runner_names(&runner).err();
         let (route, setup_error) = match names {
             Some(e) => (None, Some(e)),
             None if runner.handle_signals => match SignalRoute::claim() {
@@ -276,7 +297,7 @@ impl Run {
                     self.started.push(index);
                 }
                 // A start cut short by a shutdown is no failure: a service that did not start
-                // counts as stopped, one that did is closed like the others.
+                // counts as closed, one that did is closed like the others.
                 let state = match (interrupted.is_some(), started) {
                     (true, false) => State::Closed,
                     (true, true) => State::Started,
@@ -410,11 +431,8 @@ impl Run {
         let bound = timeout.min(remaining);
         log::info!("{name}: closing");
         let began = Instant::now();
-        let outcome = Thread::spawn(format!("close {name}"), move || close_guarded(&*service))
-            .map_err(|e| Error::from(e).in_service(&name, Phase::Close))
-            .map(|pending| pending.join_until(later(began, bound)));
-        match outcome {
-            Ok(Ok(Some(result))) => {
+        match call_within(&name, Phase::Close, bound, move || close_guarded(&*service)) {
+            Called::Returned(result) => {
                 let took = began.elapsed();
                 match result {
                     Ok(()) => log::info!("{name}: closed in {took:?}"),
@@ -425,22 +443,14 @@ impl Run {
                 }
                 Some(took)
             }
-            Ok(Ok(None)) => {
-                let e = Error::msg("its thread ended without a result");
-                let e = e.in_service(&name, Phase::Close);
+            Called::Failed(e) => {
                 log::error!("{e}");
-                self.shutdown_errors.push(e);
-                Some(began.elapsed())
-            }
-            Ok(Err(pending)) => {
-                let e = Error::timed_out(&name, Phase::Close, bound);
-                log::error!("{e}; abandoning its close, which did not return");
-                self.abandoned.push(pending.abandon());
                 self.shutdown_errors.push(e);
                 None
             }
-            Err(e) => {
-                log::error!("{e}");
+            Called::Stuck(thread, e) => {
+                log::error!("{e}: abandoning its close");
+                self.abandoned.push(thread);
                 self.shutdown_errors.push(e);
                 None
             }
@@ -458,26 +468,20 @@ impl Run {
             ));
             return;
         }
-        let thread_name = format!("cleanup {name}");
         let label = name.clone();
-        let outcome = Thread::spawn(thread_name, move || {
+        let called = call_within(&name, Phase::Cleanup, remaining, move || {
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(cleanup));
             flatten_call(&label, Phase::Cleanup, outcome)
-        })
-        .map_err(|e| Error::from(e).in_service(&name, Phase::Cleanup))
-        .map(|pending| pending.join_until(later(Instant::now(), remaining)));
-        let error = match outcome {
-            Ok(Ok(Some(Ok(())))) => {
+        });
+        let error = match called {
+            Called::Returned(Ok(())) => {
                 log::info!("cleanup {name}: done");
                 None
             }
-            Ok(Ok(Some(Err(e)))) | Err(e) => Some(e),
-            Ok(Ok(None)) => Some(
-                Error::msg("its thread ended without a result").in_service(&name, Phase::Cleanup),
-            ),
-            Ok(Err(pending)) => {
-                self.abandoned.push(pending.abandon());
-                Some(Error::timed_out(&name, Phase::Cleanup, remaining))
+            Called::Returned(Err(e)) | Called::Failed(e) => Some(e),
+            Called::Stuck(thread, e) => {
+                self.abandoned.push(thread);
+                Some(e)
             }
         };
         if let Some(e) = error {
@@ -487,6 +491,14 @@ impl Run {
     }
 
     fn finish(mut self, cause: ShutdownCause, durations: [Duration; 3]) -> RunReport {
+        // Fatal errors reported after the run phase ended (a worker failing during the drain or
+        // while the others close): nothing waits for requests any more, but none is lost.
+        while let Ok(request) = self.runner.requests.try_recv() {
+            if let Request::Fatal(e) = request {
+                log::error!("fatal: {e}");
+                self.run_errors.push(e);
+            }
+        }
         // Threads abandoned earlier may have ended since: join those.
         let mut still_running = Vec::new();
         for a in std::mem::take(&mut self.abandoned) {
