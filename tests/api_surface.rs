@@ -80,6 +80,14 @@ fn the_root_is_small_and_every_item_is_in_the_anatomy() {
     );
 }
 
+/// The name at the start of `rest`: `Name<T> {` gives `Name`.
+fn type_name(rest: &str) -> String {
+    rest.split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -106,9 +114,11 @@ fn public_names() -> Vec<(String, String, String)> {
         let text = text.split("#[cfg(test)]\nmod ").next().unwrap();
         let mut owner = String::new();
         let mut in_enum = false;
+        let mut in_trait = false;
         for line in text.lines() {
             if !line.is_empty() && !line.starts_with(' ') {
                 in_enum = false;
+                in_trait = false;
                 owner.clear();
                 if let Some(rest) = line.strip_prefix("impl") {
                     // `impl<T> Type<T> {`, `impl Trait for Type {`: the type is last.
@@ -118,13 +128,20 @@ fn public_names() -> Vec<(String, String, String)> {
                     let word = head.split_whitespace().last().unwrap_or("");
                     owner = word.split('<').next().unwrap().to_owned();
                 } else if let Some(rest) = line.strip_prefix("pub enum ") {
-                    owner = rest
-                        .split(|c: char| !c.is_alphanumeric())
-                        .next()
-                        .unwrap()
-                        .into();
+                    owner = type_name(rest);
                     in_enum = true;
+                } else if let Some(rest) = line.strip_prefix("pub trait ") {
+                    owner = type_name(rest);
+                    in_trait = true;
                 }
+            }
+            // A public trait's methods are public, without `pub`.
+            if let (true, Some(rest)) = (in_trait, line.strip_prefix("    fn ")) {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                names.push((file.display().to_string(), owner.clone(), name));
             }
             let trimmed = line.trim();
             for kind in [
@@ -169,6 +186,10 @@ fn one_vocabulary_close_for_services_shutdown_for_the_program() {
             .iter()
             .any(|(_, o, n)| o == "StateMachine" && n == "close_once"),
         "the scan must see methods and their types"
+    );
+    assert!(
+        names.iter().any(|(_, o, n)| o == "Service" && n == "close"),
+        "the scan must see the methods of public traits"
     );
     // "stop" belongs to the worker's stop signal only.
     let stop: Vec<_> = names
