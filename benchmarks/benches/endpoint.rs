@@ -61,8 +61,8 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use lifecycle::health::EndpointOptions;
-use lifecycle::{HealthChecker, HealthEndpoint, HealthReporter, Result, Service, StartContext};
+use lifecycle::health::{self, EndpointOptions};
+use lifecycle::{HealthChecker, HealthEndpoint, Service, StartContext};
 
 /// Our endpoint's event loops by default, and so the ceiling's handler threads.
 const OURS_LOOPS: usize = 2;
@@ -75,18 +75,6 @@ const WRK_THREADS: usize = 2;
 const SLOWLORIS: usize = 500;
 /// What each slowloris connection sends: the start of a head, never its end.
 const PARTIAL_HEAD: &[u8] = b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
-
-/// A check that is always ready.
-struct AlwaysReady(String);
-
-impl HealthReporter for AlwaysReady {
-    fn name(&self) -> &str {
-        &self.0
-    }
-    fn ready(&self) -> Result<()> {
-        Ok(())
-    }
-}
 
 /// A bare tiny_http server answering `200 ok` to everything from `handlers` threads.
 struct Tiny {
@@ -568,7 +556,7 @@ fn main() {
     let checker = Arc::new(HealthChecker::new("1.0.0", "bench"));
     for i in 0..CHECKS {
         checker
-            .register(AlwaysReady(format!("check-{i:02}")))
+            .register(health::from_fn(format!("check-{i:02}"), || Ok(())))
             .expect("register");
     }
     checker.start(&ctx).expect("checker starts");
