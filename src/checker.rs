@@ -59,7 +59,7 @@ fn not_registered(name: &str) -> Error {
 
 fn write_log(lines: Vec<LogLine>) {
     for (level, line) in lines {
-        log::log!(level, "{line}");
+        crate::relay::log_at!(level, "{line}");
     }
 }
 
@@ -276,7 +276,7 @@ impl HealthChecker {
             self.shared.commit(&mut reg)
         };
         write_log(lines);
-        log::debug!("{name}: registered for health checks");
+        crate::relay::debug!("{name}: registered for health checks");
         self.shared.wake();
         Ok(Reporter {
             shared: Arc::downgrade(&self.shared),
@@ -312,7 +312,7 @@ impl HealthChecker {
                 let lines = self.shared.commit(&mut reg);
                 drop(reg);
                 write_log(lines);
-                log::warn!(
+                crate::relay::warn!(
                     "{name}: unregistered while stuck; its worker ends when the call returns"
                 );
                 return Ok(());
@@ -325,7 +325,7 @@ impl HealthChecker {
             .worker
             .join_until(later(Instant::now(), entry.timeout))
         {
-            log::warn!(
+            crate::relay::warn!(
                 "{name}: unregistered during a slow call; its worker ends when the call returns"
             );
             let mut reg = self.shared.registry.lock();
@@ -340,7 +340,7 @@ impl HealthChecker {
             drop(reg);
             write_log(lines);
         }
-        log::debug!("{name}: unregistered from health checks");
+        crate::relay::debug!("{name}: unregistered from health checks");
         Ok(())
     }
 
@@ -505,7 +505,7 @@ impl HealthChecker {
         for (name, mut worker) in workers {
             if !worker.join_until(deadline) {
                 let phase = worker.phase();
-                log::warn!(
+                crate::relay::warn!(
                     "{name}: {phase}() still running at close; thread \"health {name}\" is left to end when it returns"
                 );
                 let e = Error::msg(format!(
@@ -568,7 +568,7 @@ impl Service for HealthChecker {
             .map_err(|e| e.in_service(CHECKER_NAME, Phase::Close));
         if self.sm.state() == State::Unstarted {
             if let Err(e) = self.shutdown() {
-                log::warn!("{CHECKER_NAME}: closing before a start: {e}");
+                crate::relay::warn!("{CHECKER_NAME}: closing before a start: {e}");
             }
         }
         closed
@@ -579,7 +579,7 @@ impl Drop for HealthChecker {
     /// Closes the checker if it was not closed, logging any error (bounded like `close`).
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
-            log::warn!("{CHECKER_NAME}: closing on drop: {e}");
+            crate::relay::warn!("{CHECKER_NAME}: closing on drop: {e}");
         }
     }
 }

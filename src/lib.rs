@@ -102,6 +102,7 @@ mod http;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 mod multi;
+mod relay;
 mod runner;
 mod service;
 mod state;

@@ -315,11 +315,11 @@ impl Metrics {
         match encoded {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                log::warn!("metrics: encoding the registry failed: {e}; it is left out");
+                crate::relay::warn!("metrics: encoding the registry failed: {e}; it is left out");
                 user.clear();
             }
             Err(_) => {
-                log::error!("metrics: a metric or collector of the registry panicked; the registry is left out of this scrape");
+                crate::relay::error!("metrics: a metric or collector of the registry panicked; the registry is left out of this scrape");
                 user.clear();
             }
         }
@@ -339,7 +339,7 @@ impl Metrics {
                 let dropped = samples.retain_unique(&mut taken);
                 if !dropped.is_empty() {
                     producer.fail(producer::Failure::Invalid);
-                    log::warn!(
+                    crate::relay::warn!(
                         "metrics producer {:?}: families left out, their names are taken: {dropped:?}",
                         producer.name
                     );
@@ -361,11 +361,11 @@ impl Metrics {
         // The lifecycle's families, then the registry's, then the producers'.
         let mut out = String::with_capacity(user.len() + 4096);
         if let Err(e) = encode_registry(&mut out, &own) {
-            log::warn!("metrics: encoding the lifecycle's metrics failed: {e}");
+            crate::relay::warn!("metrics: encoding the lifecycle's metrics failed: {e}");
         }
         out.push_str(&user);
         if let Err(e) = encode_registry(&mut out, &theirs) {
-            log::warn!("metrics: encoding the producers' samples failed: {e}");
+            crate::relay::warn!("metrics: encoding the producers' samples failed: {e}");
         }
         let _ = encode_eof(&mut out);
         match format {
@@ -416,7 +416,9 @@ impl Drop for Inner {
         let retired = std::mem::take(self.retired.get_mut());
         for p in self.producers.get_mut().iter().chain(&retired) {
             if let Some(name) = p.reap() {
-                log::warn!("metrics producer {name:?} is still running as its registry goes");
+                crate::relay::warn!(
+                    "metrics producer {name:?} is still running as its registry goes"
+                );
             }
         }
     }

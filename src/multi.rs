@@ -114,7 +114,7 @@ impl MultiStart {
     fn start_reserved(&self, ctx: &StartContext, services: &[Arc<dyn Service>]) -> Result<()> {
         // The clock is read only when the debug log would show the duration: it costs about as
         // much as starting a trivial service (see BENCHMARKS.md).
-        let timed = log::log_enabled!(log::Level::Debug);
+        let timed = crate::relay::enabled(log::Level::Debug);
         for service in services {
             let service = Arc::clone(service);
             let name = service.name();
@@ -123,12 +123,12 @@ impl MultiStart {
             match outcome {
                 Ok(()) => {
                     if let Some(began) = began {
-                        log::debug!("{name}: started in {:?}", began.elapsed());
+                        crate::relay::debug!("{name}: started in {:?}", began.elapsed());
                     }
                     self.started.lock().push(service);
                 }
                 Err(failure) => {
-                    log::debug!("{name}: failed to start: {failure}; rolling back");
+                    crate::relay::debug!("{name}: failed to start: {failure}; rolling back");
                     return Err(self.close_because(failure));
                 }
             }
@@ -144,7 +144,7 @@ impl MultiStart {
     /// Every close error, joined, in the order of closing.
     pub fn close(&self) -> Result<()> {
         let mut errors = Vec::new();
-        let timed = log::log_enabled!(log::Level::Debug);
+        let timed = crate::relay::enabled(log::Level::Debug);
         loop {
             // Popped one at a time: the lock is never held across a close.
             let Some(service) = self.started.lock().pop() else {
@@ -154,7 +154,7 @@ impl MultiStart {
             match close_guarded(&*service) {
                 Ok(()) => {
                     if let Some(began) = began {
-                        log::debug!("{}: closed in {:?}", service.name(), began.elapsed());
+                        crate::relay::debug!("{}: closed in {:?}", service.name(), began.elapsed());
                     }
                 }
                 Err(e) => errors.push(e),
@@ -215,7 +215,7 @@ impl Drop for MultiStart {
             return;
         }
         if let Err(e) = self.close() {
-            log::warn!("closing services on drop: {e}");
+            crate::relay::warn!("closing services on drop: {e}");
         }
     }
 }

@@ -219,7 +219,7 @@ impl Harness {
     }
 
     fn fail(&self, e: Error) {
-        log::error!("test harness: {e}");
+        crate::relay::error!("test harness: {e}");
         self.failures.lock().0.push(e);
     }
 
@@ -374,7 +374,7 @@ impl Drop for Harness {
     fn drop(&mut self) {
         if let Err(e) = self.close_all() {
             if std::thread::panicking() {
-                log::error!("test harness, while the test panicked: {e}");
+                crate::relay::error!("test harness, while the test panicked: {e}");
             } else {
                 panic!("test harness: {e:#}");
             }

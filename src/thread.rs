@@ -149,7 +149,7 @@ impl<T> Thread<T> {
     /// joining costs two (BENCHMARKS.md, the closure worker's close).
     pub(crate) fn join(self) -> Option<T> {
         if self.handle.join().is_err() {
-            log::warn!("thread {:?} panicked", self.name);
+            crate::relay::warn!("thread {:?} panicked", self.name);
         }
         // Sent before the thread's function returned, so it is there now if it ever was.
         self.result.try_recv().ok()

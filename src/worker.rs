@@ -210,9 +210,9 @@ fn run_closure<T>(
     };
     let result = flatten_call(name, phase, outcome);
     match (&result, phase) {
-        (Ok(()), Phase::Run) => log::info!("{name}: finished"),
+        (Ok(()), Phase::Run) => crate::relay::info!("{name}: finished"),
         (Err(e), Phase::Run) => {
-            log::error!("{e}");
+            crate::relay::error!("{e}");
             let _ = failed.set(e.clone());
             if let Some(handle) = handle {
                 handle.fatal(e.clone());
@@ -311,7 +311,7 @@ impl<T> Drop for Worker<T> {
         if let Some(hook) = self.on_close.get_mut().take() {
             // A drop never panics: a panicking hook is only logged.
             if catch_unwind(AssertUnwindSafe(|| hook(&value))).is_err() {
-                log::warn!(
+                crate::relay::warn!(
                     "{}: its close hook panicked while it was dropped",
                     self.name
                 );
@@ -319,7 +319,7 @@ impl<T> Drop for Worker<T> {
         }
         let bound = crate::runner::DEFAULT_CLOSE_TIMEOUT;
         if let Err(thread) = thread.join_until(later(Instant::now(), bound)) {
-            log::warn!(
+            crate::relay::warn!(
                 "{}: dropped while started, and its thread {:?} did not end within {bound:?}; \
                  leaving it",
                 self.name,

@@ -35,7 +35,7 @@ pub(super) fn poll(
         for mut orphan in ended {
             // It has ended: this join does not wait for user code.
             orphan.worker.join_until(Instant::now());
-            log::info!(
+            crate::relay::info!(
                 "{}: the stuck worker of this unregistered check has ended",
                 orphan.name
             );

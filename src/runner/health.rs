@@ -118,7 +118,7 @@ impl RunnerHealth {
         self.phase.running.store(running, Ordering::SeqCst);
         if let Some(reporter) = &self.reporter {
             if let Err(e) = reporter.report(Probe::Ready, self.phase.ready()) {
-                log::warn!("cannot report the runner's phase: {e}");
+                crate::relay::warn!("cannot report the runner's phase: {e}");
             }
         }
         if running {

@@ -8,6 +8,7 @@
 //! - `report.rs`: [`RunReport`].
 //! - `signals.rs`: the process-wide signal handler, routed to the runner that runs now.
 
+mod budget;
 mod handle;
 mod health;
 mod report;
@@ -41,6 +42,10 @@ pub(crate) const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the whole shutdown (drain, closes, cleanups) may take, unless set otherwise: under
 /// Kubernetes' default 30 s grace period, so the runner finishes before the kubelet's SIGKILL.
 pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// How long after its start timeout a start that has not returned is abandoned: the time a
+/// start that honours its [`StartContext`](crate::StartContext) deadline has to return.
+pub(crate) const START_GRACE: Duration = Duration::from_secs(1);
 
 /// Per-service timeouts, for [`Runner::service_with`].
 #[derive(Debug, Clone, Copy, Default)]

@@ -1,10 +1,16 @@
 //! What a run did: [`RunReport`], per phase and per service.
 
 use std::fmt;
+use std::io::Write;
 use std::process::{ExitCode, Termination};
 use std::time::Duration;
 
-use crate::error::Error;
+use crate::error::{Error, Phase};
+use crate::state::State;
+use crate::thread::call_within;
+
+/// How long [`RunReport`]'s [`Termination`] waits for its errors to be written.
+const STDERR_WRITE: Duration = Duration::from_secs(1);
 
 /// Why a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +54,7 @@ pub enum RunPhase {
 #[derive(Debug, Clone)]
 pub struct ServiceReport {
     pub(crate) name: String,
+    pub(crate) state: State,
     pub(crate) ready_in: Option<Duration>,
     pub(crate) closed_in: Option<Duration>,
     pub(crate) started: bool,
@@ -58,6 +65,13 @@ impl ServiceReport {
     /// The service's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Its state when the run ended: [`State::Closed`] after a clean close,
+    /// [`State::CloseFailed`] when its close failed or did not return in time,
+    /// [`State::StartFailed`], or [`State::Unstarted`] for a service the run never started.
+    pub fn state(&self) -> State {
+        self.state
     }
 
     /// Whether its start returned successfully (it may still have failed to become ready).
@@ -175,17 +189,62 @@ impl RunReport {
     }
 }
 
+impl RunReport {
+    /// The summary the runner logs at the end of a run: a first line for the run, then one line
+    /// per service in start order, with its final state, how long its close took, and its
+    /// errors.
+    pub(crate) fn summary(&self) -> Vec<String> {
+        let errors: Vec<&Error> = (self.start_errors.iter())
+            .chain(&self.run_errors)
+            .chain(&self.shutdown_errors)
+            .flat_map(Error::errors)
+            .collect();
+        let mut lines = Vec::with_capacity(self.services.len() + 1);
+        lines.push(format!(
+            "summary: {} service(s), {} error(s), {} abandoned thread(s); shut down in {:?} \
+             ({})",
+            self.services.len(),
+            errors.len(),
+            self.abandoned.len(),
+            self.shutdown_duration,
+            self.cause,
+        ));
+        for service in &self.services {
+            let mut line = format!("summary: {}: {}", service.name, service.state);
+            if let Some(took) = service.closed_in {
+                line.push_str(&format!(" in {took:?}"));
+            }
+            let own = errors.iter().filter(|e| e.service() == Some(&service.name));
+            for (i, e) in own.enumerate() {
+                line.push_str(if i == 0 { ": " } else { "; " });
+                line.push_str(&e.to_string());
+            }
+            lines.push(line);
+        }
+        lines
+    }
+}
+
 impl Termination for RunReport {
+    /// Writes the errors, if any, to standard error, and returns
+    /// [`exit_code`](RunReport::exit_code). The text is written on a thread of its own, waited
+    /// for at most [`STDERR_WRITE`]: a standard error stuck on a full pipe (a log shipper that
+    /// stopped reading) never keeps the process from exiting.
     fn report(self) -> ExitCode {
         if let Some(e) = self.error() {
-            eprintln!(
-                "error: {} failure(s), cause: {}",
+            let mut text = format!(
+                "error: {} failure(s), cause: {}\n",
                 e.errors().len(),
                 self.cause
             );
             for part in e.errors() {
-                eprintln!("  {part}");
+                text.push_str(&format!("  {part}\n"));
             }
+            let write = move || {
+                let _ = std::io::stderr().lock().write_all(text.as_bytes());
+            };
+            // Stuck: the thread is left to end with the process.
+            let _ = call_within("standard error", Phase::Shutdown, STDERR_WRITE, write);
         }
         self.exit_code()
     }

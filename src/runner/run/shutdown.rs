@@ -1,0 +1,235 @@
+//! The shutdown of a run: the drain, the closes and cleanups within one shared deadline (see
+//! [`budget`](super::super::budget)), the health parts last, and the report with its summary.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{flatten_call, Error, Phase};
+use crate::relay;
+use crate::service::{close_guarded, Service};
+use crate::state::State;
+use crate::thread::{call_within, later, Called};
+
+use super::super::budget::Budget;
+use super::super::{CleanupFn, Request, RunReport, ShutdownCause};
+use super::Run;
+
+/// The most the end of a run waits for its log lines to be written (see [`relay::flush`]),
+/// within what is left of the shutdown timeout.
+const FINAL_FLUSH: Duration = Duration::from_secs(1);
+/// What that wait is given even when the shutdown timeout has run out.
+const MIN_FLUSH: Duration = Duration::from_millis(10);
+
+impl Run {
+    pub(super) fn shutdown(&mut self, cause: &ShutdownCause, drain: bool) {
+        let now = Instant::now();
+        let deadline = later(now, self.runner.shutdown_timeout);
+        self.deadline = Some(deadline);
+        self.runner.handle.shutting_down.stop();
+        if let Some(h) = &self.health {
+            // Readiness fails at once so load balancers stop sending traffic; liveness stays.
+            h.set_running(false);
+        }
+        relay::info!(
+            "shutting down ({cause}): closing {} services",
+            self.started.len()
+        );
+
+        if drain && !self.runner.termination_delay.is_zero() {
+            // At most half the shutdown timeout (a longer delay is refused before the run):
+            // the closes keep the rest.
+            let delay = (self.runner.termination_delay).min(self.runner.shutdown_timeout / 2);
+            relay::info!("draining for {delay:?} before closing");
+            let _ = crossbeam_channel::after(delay).recv();
+        }
+
+        // Every step of the shutdown, in order, with its own timeout: they share the deadline
+        // by the budget's rule.
+        let services: Vec<usize> = self.started.iter().rev().copied().collect();
+        let cleanups = std::mem::take(&mut self.runner.cleanups);
+        let health = self.health.take().map(|h| h.into_services_to_close());
+        let health = health.unwrap_or_default();
+        let timeouts: Vec<Duration> = (services.iter().map(|i| self.close_timeout(*i)))
+            .chain(cleanups.iter().map(|_| Duration::MAX))
+            .chain(health.iter().map(|_| self.runner.close_timeout))
+            .collect();
+        let mut budget = Budget::new(Instant::now(), deadline, &timeouts);
+
+        for index in services {
+            self.close_one(index, &mut budget);
+        }
+        self.started.clear();
+        for (name, cleanup) in cleanups.into_iter().rev() {
+            self.cleanup_one(name, cleanup, &mut budget);
+        }
+        // Last, the health endpoint (so probes are answered until the end), then its checker.
+        for service in health {
+            let timeout = self.runner.close_timeout;
+            self.close_bounded(service, timeout, &mut budget);
+        }
+    }
+
+    /// Service `index`'s close timeout.
+    fn close_timeout(&self, index: usize) -> Duration {
+        let options = &self.runner.entries[index].options;
+        options.close_timeout.unwrap_or(self.runner.close_timeout)
+    }
+
+    fn close_one(&mut self, index: usize, budget: &mut Budget) {
+        let service = self.runner.entries[index].service.clone();
+        let timeout = self.close_timeout(index);
+        self.mark(index, State::Closing, None);
+        let errors_before = self.shutdown_errors.len();
+        let took = self.close_bounded(service, timeout, budget);
+        if let Some(took) = took {
+            self.reports[index].closed = true;
+            self.reports[index].closed_in = Some(took);
+        }
+        let state = if took.is_some() && self.shutdown_errors.len() == errors_before {
+            State::Closed
+        } else {
+            State::CloseFailed
+        };
+        self.mark(index, state, took);
+    }
+
+    /// Closes `service` on a thread of its own, waiting at most `timeout` and never into the
+    /// time the budget keeps for later steps; records any error. Returns how long the close
+    /// took if it returned in time.
+    fn close_bounded(
+        &mut self,
+        service: Arc<dyn Service>,
+        timeout: Duration,
+        budget: &mut Budget,
+    ) -> Option<Duration> {
+        let name = service.name().to_owned();
+        let bound = budget.next(Instant::now(), timeout);
+        if bound.is_zero() {
+            let e = Error::timed_out(&name, Phase::Shutdown, self.runner.shutdown_timeout);
+            relay::error!("{name}: not closed: the shutdown deadline has passed");
+            self.shutdown_errors.push(e);
+            return None;
+        }
+        relay::info!("{name}: closing");
+        let began = Instant::now();
+        match call_within(&name, Phase::Close, bound, move || close_guarded(&*service)) {
+            Called::Returned(result) => {
+                let took = began.elapsed();
+                match result {
+                    Ok(()) => relay::info!("{name}: closed in {took:?}"),
+                    Err(e) => {
+                        relay::error!("{e}");
+                        self.shutdown_errors.push(e);
+                    }
+                }
+                Some(took)
+            }
+            Called::Failed(e) => {
+                relay::error!("{e}");
+                self.shutdown_errors.push(e);
+                None
+            }
+            Called::Stuck(thread, e) => {
+                let e = if bound < timeout {
+                    // Cut short to leave the later steps their time: say so.
+                    Error::timed_out_noting(
+                        &name,
+                        Phase::Close,
+                        bound,
+                        format!(
+                            "cut short of its close timeout of {timeout:?} to leave the rest of \
+                             the shutdown its time"
+                        ),
+                    )
+                } else {
+                    e
+                };
+                relay::error!("{e}: abandoning its close");
+                self.abandoned.push(thread);
+                self.shutdown_errors.push(e);
+                None
+            }
+        }
+    }
+
+    fn cleanup_one(&mut self, name: String, cleanup: CleanupFn, budget: &mut Budget) {
+        let bound = budget.next(Instant::now(), Duration::MAX);
+        if bound.is_zero() {
+            relay::error!("cleanup {name}: not run: the shutdown deadline has passed");
+            self.shutdown_errors.push(Error::timed_out(
+                &name,
+                Phase::Cleanup,
+                self.runner.shutdown_timeout,
+            ));
+            return;
+        }
+        let label = name.clone();
+        let called = call_within(&name, Phase::Cleanup, bound, move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(cleanup));
+            flatten_call(&label, Phase::Cleanup, outcome)
+        });
+        let error = match called {
+            Called::Returned(Ok(())) => {
+                relay::info!("cleanup {name}: done");
+                None
+            }
+            Called::Returned(Err(e)) | Called::Failed(e) => Some(e),
+            Called::Stuck(thread, e) => {
+                self.abandoned.push(thread);
+                Some(e)
+            }
+        };
+        if let Some(e) = error {
+            relay::error!("{e}");
+            self.shutdown_errors.push(e);
+        }
+    }
+
+    pub(super) fn finish(mut self, cause: ShutdownCause, durations: [Duration; 3]) -> RunReport {
+        // Fatal errors reported after the run phase ended (a worker failing during the drain or
+        // while the others close): nothing waits for requests any more, but none is lost.
+        while let Ok(request) = self.runner.requests.try_recv() {
+            if let Request::Fatal(e) = request {
+                relay::error!("fatal: {e}");
+                self.run_errors.push(e);
+            }
+        }
+        // Threads abandoned earlier may have ended since: join those.
+        let mut still_running = Vec::new();
+        for a in std::mem::take(&mut self.abandoned) {
+            if let Err(a) = a.try_join() {
+                relay::warn!("thread {:?} is still running user code; leaving it", a.name);
+                still_running.push(a.name);
+            }
+        }
+        let report = RunReport {
+            cause,
+            services: self.reports,
+            start_errors: self.start_errors,
+            run_errors: self.run_errors,
+            shutdown_errors: self.shutdown_errors,
+            abandoned: still_running,
+            start_duration: durations[0],
+            run_duration: durations[1],
+            shutdown_duration: durations[2],
+        };
+        let failed = report.error();
+        for line in report.summary() {
+            if failed.is_some() {
+                relay::warn!("{line}");
+            } else {
+                relay::info!("{line}");
+            }
+        }
+        match failed {
+            None => relay::info!("shut down cleanly ({})", report.cause),
+            Some(e) => relay::error!("shut down with {} error(s): {e}", e.errors().len()),
+        }
+        // The run's last lines are written before `run` returns (and `main` with it), unless
+        // the log sink is stuck: then no longer than what is left of the shutdown timeout.
+        let now = Instant::now();
+        let left = (self.deadline).map_or(FINAL_FLUSH, |d| d.saturating_duration_since(now));
+        relay::flush(later(now, left.clamp(MIN_FLUSH, FINAL_FLUSH)));
+        report
+    }
+}
