@@ -515,14 +515,7 @@ fn run(args: Args) -> Result<ExitCode> {
         runner = runner.service(service);
     }
 
-    let report = runner.run();
-    for s in report.services() {
-        log::debug!(
-            "{}: ready in {:?}, closed in {:?}",
-            s.name(),
-            s.ready_in(),
-            s.closed_in()
-        );
-    }
-    Ok(std::process::Termination::report(report))
+    // The runner has logged a summary line per service; the report's errors go to standard
+    // error (within a bound: a stuck standard error never keeps the process from exiting).
+    Ok(std::process::Termination::report(runner.run()))
 }

@@ -268,7 +268,7 @@ impl Service for HealthEndpoint {
                     Error::other(std::io::Error::new(e.kind(), message))
                 })?;
                 let addr = server.local_addr();
-                log::info!("{NAME}: listening on http://{addr}");
+                crate::relay::info!("{NAME}: listening on http://{addr}");
                 *self.bound.lock() = Some(addr);
                 *self.server.lock() = Some(server);
                 Ok(())

@@ -194,7 +194,7 @@ fn send(request: tiny_http::Request, response: &Response) {
     let mut header = |name: &str, value: &str| match tiny_http::Header::from_bytes(name, value) {
         Ok(h) => headers.push(h),
         // Unreachable: what `Response` sends is visible ASCII.
-        Err(()) => log::debug!("health routes: dropping response header {name:?}"),
+        Err(()) => crate::relay::debug!("health routes: dropping response header {name:?}"),
     };
     header("Content-Type", response.sent_content_type());
     header("Cache-Control", "no-store");
@@ -206,6 +206,6 @@ fn send(request: tiny_http::Request, response: &Response) {
     let answer = tiny_http::Response::new(status, headers, body, Some(body.len()), None)
         .with_chunked_threshold(usize::MAX);
     if let Err(e) = request.respond(answer) {
-        log::debug!("health routes: writing a {} answer: {e}", status.0);
+        crate::relay::debug!("health routes: writing a {} answer: {e}", status.0);
     }
 }

@@ -294,7 +294,7 @@ impl Connection {
         let reply = match catch_unwind(AssertUnwindSafe(|| (cx.handler)(&request))) {
             Ok(reply) => reply,
             Err(_) => {
-                log::error!(
+                crate::relay::error!(
                     "health endpoint: the handler panicked on {} {}",
                     request.method(),
                     request.path()
@@ -324,7 +324,7 @@ impl Connection {
                 );
                 // If it panics, the responder it was given is dropped, which sends a 500.
                 if catch_unwind(AssertUnwindSafe(|| start(responder))).is_err() {
-                    log::error!(
+                    crate::relay::error!(
                         "health endpoint: the handler's deferred answer panicked on {} {}",
                         request.method(),
                         request.path()
@@ -361,7 +361,7 @@ impl Connection {
     /// and closes after.
     fn refuse(&mut self, reject: Reject, cx: &mut Cx<'_>) -> Step {
         bump(&cx.counters.bad_requests, 1);
-        log::debug!("health endpoint: refusing a request: {}", reject.reason());
+        crate::relay::debug!("health endpoint: refusing a request: {}", reject.reason());
         if let Some(status) = reject.status() {
             let body = format!("{}\n", reject.reason());
             self.queue(&Response::text(status, body), false, true, false, cx.now);

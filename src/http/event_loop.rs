@@ -54,9 +54,9 @@ impl Warnings {
             return;
         }
         if self.held_back > 0 {
-            log::warn!("{message} ({} more like it not logged)", self.held_back);
+            crate::relay::warn!("{message} ({} more like it not logged)", self.held_back);
         } else {
-            log::warn!("{message}");
+            crate::relay::warn!("{message}");
         }
         self.last = Some(now);
         self.held_back = 0;
@@ -302,7 +302,7 @@ impl EventLoop {
                         ),
                     );
                     if let Err(e) = self.poll.registry().deregister(&mut acceptor.listener) {
-                        log::debug!("health endpoint: deregistering the listener: {e}");
+                        crate::relay::debug!("health endpoint: deregistering the listener: {e}");
                     }
                     acceptor.paused_until = Some(now + ACCEPT_BACKOFF);
                     return;
@@ -326,7 +326,7 @@ impl EventLoop {
             Ok(()) => {
                 if let Err(e) = peer.waker.wake() {
                     // It still looks at its inbox within MAX_POLL_WAIT.
-                    log::debug!("health endpoint: waking event loop {target}: {e}");
+                    crate::relay::debug!("health endpoint: waking event loop {target}: {e}");
                 }
             }
             Err(SendError(stream)) => {
@@ -399,7 +399,7 @@ impl EventLoop {
             Interest::READABLE | Interest::WRITABLE,
         );
         if let Err(e) = registered {
-            log::debug!("health endpoint: registering a connection failed: {e}");
+            crate::relay::debug!("health endpoint: registering a connection failed: {e}");
             if index < self.connections.len() {
                 self.free.push(index);
             }
@@ -488,7 +488,7 @@ impl EventLoop {
             if now >= deadline {
                 if is_timeout {
                     bump(&self.shared.counters.timed_out, 1);
-                    log::debug!("health endpoint: closing a connection: {}", c.phase());
+                    crate::relay::debug!("health endpoint: closing a connection: {}", c.phase());
                 }
                 self.remove(index);
             } else {

@@ -83,7 +83,7 @@ impl Responder {
         if self.answers.send(answer).is_ok() {
             if let Err(e) = self.waker.wake() {
                 // The loop still looks at its answers within its longest poll wait.
-                log::debug!("health endpoint: waking an event loop for an answer: {e}");
+                crate::relay::debug!("health endpoint: waking an event loop for an answer: {e}");
             }
         }
     }

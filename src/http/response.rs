@@ -69,7 +69,7 @@ impl Response {
         if (200..=599).contains(&self.status) {
             self.status
         } else {
-            log::warn!(
+            crate::relay::warn!(
                 "health endpoint handler returned status {}; sending 500",
                 self.status
             );
@@ -94,7 +94,7 @@ impl Response {
             if is_token(name) && is_safe_value(value) && !is_reserved(name) {
                 Some((&**name, &**value))
             } else {
-                log::debug!("health endpoint: dropping response header {name:?}");
+                crate::relay::debug!("health endpoint: dropping response header {name:?}");
                 None
             }
         })

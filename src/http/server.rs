@@ -131,7 +131,7 @@ impl Server {
                 .name(server.loops[id].name.clone())
                 .spawn(move || {
                     if let Err(payload) = catch_unwind(AssertUnwindSafe(|| event_loop.run())) {
-                        log::error!(
+                        crate::relay::error!(
                             "health endpoint event loop {id} panicked; it no longer serves"
                         );
                         resume_unwind(payload);
@@ -192,7 +192,7 @@ impl Server {
         for l in self.loops.iter().filter(|l| l.thread.is_some()) {
             if let Err(e) = l.waker.wake() {
                 // Cannot really happen; the loop's poll returns within MAX_POLL_WAIT anyway.
-                log::warn!("health endpoint: waking thread {:?} failed: {e}", l.name);
+                crate::relay::warn!("health endpoint: waking thread {:?} failed: {e}", l.name);
             }
         }
         let mut panicked = Vec::new();
@@ -220,7 +220,7 @@ impl Drop for Server {
     /// panics.
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
-            log::warn!("health endpoint: {e}");
+            crate::relay::warn!("health endpoint: {e}");
         }
     }
 }

@@ -128,7 +128,7 @@ impl Producer {
             if !previous.has_ended() {
                 *slot = Some(previous);
                 self.fail(Failure::Stuck);
-                log::warn!(
+                crate::relay::warn!(
                     "metrics producer {:?}: its previous call has not returned; not called again",
                     self.name
                 );
@@ -158,7 +158,7 @@ impl Producer {
             }
             Err(e) => {
                 self.fail(Failure::Spawn);
-                log::warn!(
+                crate::relay::warn!(
                     "metrics producer {:?}: cannot spawn its thread: {e}",
                     self.name
                 );
@@ -204,12 +204,12 @@ impl Call {
                 );
                 if let Err(e) = result {
                     p.fail(Failure::Error);
-                    log::warn!("metrics producer {:?} failed: {e}", p.name);
+                    crate::relay::warn!("metrics producer {:?} failed: {e}", p.name);
                     return None;
                 }
                 if let Some(first) = &samples.invalid {
                     p.fail(Failure::Invalid);
-                    log::warn!(
+                    crate::relay::warn!(
                         "metrics producer {:?}: samples left out ({}): first: {first}",
                         p.name,
                         samples.invalid_count
@@ -220,12 +220,12 @@ impl Call {
             Ok(Err(payload)) => {
                 p.fail(Failure::Panic);
                 let e = Error::panicked(&p.name, crate::error::Phase::Run, &*payload);
-                log::warn!("metrics producer: {e}");
+                crate::relay::warn!("metrics producer: {e}");
                 None
             }
             Err(RecvTimeoutError::Timeout) => {
                 p.fail(Failure::Timeout);
-                log::warn!(
+                crate::relay::warn!(
                     "metrics producer {:?} did not return within {:?}; its samples are left out",
                     p.name,
                     p.timeout

@@ -86,7 +86,7 @@ pub(crate) fn scrape(metrics: &Metrics, format: Format) -> Outcome {
     match catch_unwind(AssertUnwindSafe(|| metrics.encode(format))) {
         Ok(body) => Outcome::Body(body),
         Err(_) => {
-            log::error!("metrics: a scrape panicked");
+            crate::relay::error!("metrics: a scrape panicked");
             Outcome::Failed
         }
     }
@@ -101,7 +101,7 @@ impl Drop for Scraper {
             return;
         };
         if let Err(thread) = thread.join_until(later(Instant::now(), bound)) {
-            log::warn!(
+            crate::relay::warn!(
                 "thread {:?} is still in a scrape after {bound:?}; abandoning it",
                 thread.name()
             );

@@ -210,7 +210,7 @@ impl RunReport {
             self.cause,
         ));
         for service in &self.services {
-            let mut line = format!("summary: {}: {}", service.name, service.state);
+            let mut line = format!("summary: {}: {}", service.name, in_words(service.state));
             if let Some(took) = service.closed_in {
                 line.push_str(&format!(" in {took:?}"));
             }
@@ -222,6 +222,19 @@ impl RunReport {
             lines.push(line);
         }
         lines
+    }
+}
+
+/// A final state as the summary says it.
+fn in_words(state: State) -> &'static str {
+    match state {
+        State::Unstarted => "not started",
+        State::Starting => "starting",
+        State::Started => "started",
+        State::StartFailed => "start failed",
+        State::Closing => "closing",
+        State::Closed => "closed",
+        State::CloseFailed => "close failed",
     }
 }
 

@@ -91,14 +91,21 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(path: &PathBuf, args: &[&str]) -> Proc {
-        let mut child = Command::new(path)
+        Proc::spawn_with(path, args, |_| {})
+    }
+
+    /// Like [`spawn`](Proc::spawn), after `configure` has set more of the command (its
+    /// environment, a `pre_exec`).
+    pub fn spawn_with(path: &PathBuf, args: &[&str], configure: impl FnOnce(&mut Command)) -> Proc {
+        let mut command = Command::new(path);
+        command
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn child");
+            .stderr(Stdio::piped());
+        configure(&mut command);
+        let mut child = command.spawn().expect("spawn child");
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, rx) = crossbeam_channel::unbounded();
         let reader = std::thread::Builder::new()
