@@ -258,8 +258,7 @@ impl HealthChecker {
             let results = self.shared.results.clone();
             let worker = Worker::spawn(id, Arc::clone(&name), reporter, results)
                 .map_err(|e| Error::from(e).in_service(&name, Phase::Start))?;
-            let group = options.group.map(Arc::from);
-            let data = CheckData::new(Arc::clone(&name), options.informational, group, stale_after);
+            let data = CheckData::new(Arc::clone(&name), &options, stale_after);
             let quiet = options.quiet;
             let entry = Entry {
                 id,

@@ -12,6 +12,42 @@
     feature = "tiny_http",
     doc = "- Serving the health routes from the program's own tiny_http server: [`TinyHttpRoutes`]."
 )]
+//!
+//! # Probes
+//!
+//! What each route of the [`HealthEndpoint`](crate::HealthEndpoint) counts, what it is for,
+//! which Kubernetes probe to point at it, and what it answers under a
+//! [`Runner`](crate::Runner) in each phase of a run: *start* (the services start in order, each
+//! ready before the next), *run*, *drain* (a shutdown has begun and its
+//! [termination delay](crate::Runner::termination_delay) passes: nothing is closed yet), and
+//! *close* (the services close in reverse order; the endpoint closes after all of them, and only
+//! then are connections refused). The program's own tiny_http port, with `TinyHttpRoutes`
+//! (feature `tiny_http`), answers the same while its server runs.
+//!
+//! | route | counts | for | Kubernetes probe | start | run | drain | close |
+//! | --- | --- | --- | --- | --- | --- | --- | --- |
+//! | `/livez` | no check: the process answers and its checker polls | restarting what a restart would fix | `livenessProbe` (and a `startupProbe`, if any) | 200 | 200 | 200 | 200 |
+//! | `/readyz` | every check's readiness, [traffic gates](CheckOptions::traffic_gate) included: the runner's own `runner` check is one, ready in the run phase only | sending traffic: load balancers, a Service's endpoints | `readinessProbe` | 503 | 200 while every check is ready | 503 | 503 |
+//! | `/healthz` | every check's readiness and health, but not the traffic gates | "is anything wrong?": people, dashboards, monitoring | none (see below) | 503 | 200 while every check is ready and healthy | 200, as in the run | 503 from the first close |
+//! | `/readyz/NAME` | NAME's readiness | one part, for people and tools | none | 503 until NAME is ready (`runner`: until every service is) | NAME's | NAME's (`runner`: 503) | 503 from NAME's close |
+//! | `/healthz/NAME` | NAME's readiness and health; `404` for a traffic gate | one part, for people and tools | none | 503 until NAME is ready | NAME's | NAME's | 503 from NAME's close |
+//!
+//! - `/livez` depends on no check, so a failing dependency (a database down) never gets the
+//!   process restarted, where a restart would not bring the database back.
+//! - No `startupProbe` is needed: `/livez` passes from the moment the endpoint listens, before
+//!   any service starts, however long the starts take, so a liveness probe never kills a slow
+//!   start; the runner bounds each start itself ([`ServiceOptions::start_timeout`](crate::ServiceOptions::start_timeout)).
+//!   Where a platform asks for one, point it at `/livez`.
+//! - `/readyz` fails from the first moment of a shutdown, through the drain, so that traffic
+//!   goes elsewhere while the program still serves what reaches it.
+//! - `/healthz` answers as kube-apiserver's does: it passes during the drain, since only
+//!   `/readyz` counts traffic gates, so a liveness probe pointed at it (a common setup) does not
+//!   kill a program that is draining. It still makes a poor liveness probe, since it fails with
+//!   any dependency; and it fails once the services close (a closed service is not ready).
+//! - Status `200` means passing, `503` failing; an [informational](CheckOptions::informational)
+//!   check never changes the status code (a failing one makes the JSON's `status` `warn`).
+//!   `?verbose` gives the Kubernetes text form and `?exclude=NAME` leaves a check out of one
+//!   answer (see [`HealthEndpoint`](crate::HealthEndpoint#routes-get-and-head)).
 
 use crate::error::Result;
 use crate::service::HealthReporter;

@@ -1,5 +1,6 @@
 //! The health endpoint over real sockets on 127.0.0.1: routes, status codes, the JSON and verbose
-//! bodies, exclusion, hidden reasons, a hung reporter, and consistent answers while checks flap.
+//! bodies, exclusion, hidden reasons, informational checks and traffic gates, a hung reporter,
+//! and consistent answers while checks flap.
 
 mod common;
 
@@ -191,6 +192,59 @@ fn informational_checks_warn_but_pass() {
     let j = r.json();
     assert_eq!(j["status"], "warn", "{j}");
     assert_eq!(j["checks"]["flaky:ready"][0]["status"], "warn");
+}
+
+#[test]
+fn a_traffic_gate_counts_toward_readyz_only() {
+    let f = fixture(EndpointOptions::new());
+    // A switch's health asks its readiness again: a closed gate fails both of its probes.
+    let gate = Switch::new("gate", false);
+    f.checker
+        .register_with(gate.clone(), CheckOptions::new().traffic_gate(true))
+        .unwrap();
+    f.checker.register(Switch::new("db", true)).unwrap();
+
+    let r = f.readyz_after_poll();
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.json()["checks"]["gate:ready"][0]["status"], "fail");
+    let v = http::get(f.addr(), "/readyz?verbose");
+    assert!(v.body.contains("[-]gate failed: "), "{}", v.body);
+    assert_eq!(http::get(f.addr(), "/readyz/gate").status, 503);
+
+    // /healthz leaves the gate out, its readiness and its health.
+    let h = http::get(f.addr(), "/healthz");
+    assert_eq!(h.status, 200, "{}", h.body);
+    let j = h.json();
+    assert_eq!(j["status"], "pass", "{j}");
+    assert_eq!(j["checks"]["db:health"][0]["status"], "pass", "{j}");
+    let names: Vec<&String> = j["checks"].as_object().unwrap().keys().collect();
+    assert!(names.iter().all(|n| !n.starts_with("gate:")), "{names:?}");
+    let hv = http::get(f.addr(), "/healthz?verbose");
+    assert_eq!(hv.status, 200, "{}", hv.body);
+    assert!(!hv.body.contains("gate"), "{}", hv.body);
+    assert!(hv.body.ends_with("healthz check passed\n"), "{}", hv.body);
+    let one = http::get(f.addr(), "/healthz/gate");
+    assert_eq!(one.status, 404, "{}", one.body);
+    assert!(one.body.contains("traffic gate"), "{}", one.body);
+
+    // The snapshot counts it the same way.
+    let snap = f.checker.snapshot();
+    assert!(snap.check("gate").unwrap().is_traffic_gate());
+    assert!(!snap.check("db").unwrap().is_traffic_gate());
+    assert!(!snap.check("gate").unwrap().health().is_passing());
+    assert!(snap.is_ready().failure("gate").is_some());
+    assert!(snap.is_healthy().is_passing(), "{:?}", snap.is_healthy());
+
+    // A check that is not a gate still fails /healthz.
+    let disk = Switch::new("disk", false);
+    f.checker.register(disk.clone()).unwrap();
+    f.wait_for_poll();
+    assert_eq!(http::get(f.addr(), "/healthz").status, 503);
+    disk.set(true);
+    gate.set(true);
+    let r = f.readyz_after_poll();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(http::get(f.addr(), "/healthz").status, 200);
 }
 
 #[test]

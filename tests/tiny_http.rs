@@ -29,9 +29,9 @@ const COMPARED: &[&str] = &[
     "retry-after",
 ];
 
-/// A checker with a passing check (`db`) and a failing one (`cache`), polled once and then not
-/// again for an hour, so that every answer below comes from one snapshot; served by a
-/// `HealthEndpoint` and by the program's tiny_http server.
+/// A checker with a passing check (`db`), a failing one (`cache`) and a closed traffic gate
+/// (`gate`), polled once and then not again for an hour, so that every answer below comes from
+/// one snapshot; served by a `HealthEndpoint` and by the program's tiny_http server.
 struct Fixture {
     checker: Arc<HealthChecker>,
     endpoint: HealthEndpoint,
@@ -48,6 +48,12 @@ impl Fixture {
         checker.register(health::from_fn("db", || Ok(()))).unwrap();
         checker
             .register(health::from_fn("cache", || Err("cache unreachable".into())))
+            .unwrap();
+        checker
+            .register_with(
+                health::from_fn("gate", || Err("closed for maintenance".into())),
+                health::CheckOptions::new().traffic_gate(true),
+            )
             .unwrap();
         let options = EndpointOptions::new();
         let routes = TinyHttpRoutes::new(checker.clone());
@@ -178,9 +184,14 @@ fn both_ports_answer_alike() {
         ("/healthz", 503),
         ("/health", 503),
         ("/readyz/db", 200),
+        ("/readyz/gate", 503),
+        ("/healthz/gate", 404),
         ("/healthz/nope", 404),
         ("/readyz?verbose", 503),
+        ("/readyz?exclude=cache", 503),
+        // The gate counts toward readiness only.
         ("/healthz?exclude=cache", 200),
+        ("/healthz?verbose&exclude=cache", 200),
         ("/livez?verbose", 200),
     ] {
         let answer = fixture.check("GET", target, None);

@@ -125,12 +125,14 @@ impl HealthCheckerBuilder {
 ///     .failure_threshold(3)
 ///     .timeout(Duration::from_millis(200));
 /// let metrics = CheckOptions::new().informational(true);
-/// # let _ = (flaky_cache, metrics);
+/// let maintenance = CheckOptions::new().traffic_gate(true);
+/// # let _ = (flaky_cache, metrics, maintenance);
 /// ```
 #[derive(Debug, Clone, Default)]
 #[must_use]
 pub struct CheckOptions {
     pub(super) informational: bool,
+    pub(super) traffic_gate: bool,
     pub(super) group: Option<String>,
     pub(super) failure_threshold: u32,
     pub(super) timeout: Option<Duration>,
@@ -138,8 +140,8 @@ pub struct CheckOptions {
 }
 
 impl CheckOptions {
-    /// The defaults: counted, in no group, failing on the first failure, with the checker's
-    /// timeout.
+    /// The defaults: counted by every aggregate (not informational, not a traffic gate), in no
+    /// group, failing on the first failure, with the checker's timeout.
     pub fn new() -> CheckOptions {
         CheckOptions::default()
     }
@@ -149,6 +151,22 @@ impl CheckOptions {
     /// [`Snapshot::is_healthy`](super::Snapshot::is_healthy) or their per-group forms. Default `false`.
     pub fn informational(mut self, informational: bool) -> Self {
         self.informational = informational;
+        self
+    }
+
+    /// A traffic gate's readiness says only whether the program should take traffic now, not
+    /// whether anything is wrong: the [`Runner`](crate::Runner)'s own `runner` check is one
+    /// (not ready before every service is, nor once the shutdown begins), as kube-apiserver's
+    /// `shutdown` check is; a maintenance switch is another. Default `false`.
+    ///
+    /// A traffic gate counts toward readiness only: [`Snapshot::is_ready`](super::Snapshot::is_ready)
+    /// and `/readyz` count it, [`Snapshot::is_healthy`](super::Snapshot::is_healthy) and
+    /// `/healthz` leave it out (its health too). So `/healthz` keeps passing while a gate
+    /// closes `/readyz`: during a shutdown's termination delay, a liveness probe pointed at
+    /// `/healthz` does not kill a program that is draining. See the table in the
+    /// [`health`](crate::health#probes) module.
+    pub fn traffic_gate(mut self, gate: bool) -> Self {
+        self.traffic_gate = gate;
         self
     }
 

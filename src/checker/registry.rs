@@ -369,7 +369,11 @@ mod tests {
     use super::*;
 
     fn data() -> CheckData {
-        CheckData::new("db".into(), false, None, Duration::from_secs(1))
+        CheckData::new(
+            "db".into(),
+            &crate::checker::CheckOptions::new(),
+            Duration::from_secs(1),
+        )
     }
 
     fn fail() -> Result<()> {

@@ -13,7 +13,7 @@ use crate::error::{Error, ErrorKind, Phase};
 use crate::service::HealthReport;
 use crate::state::State;
 
-use super::CHECKER_NAME;
+use super::{CheckOptions, CHECKER_NAME};
 
 /// One of the two questions a check answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -100,6 +100,7 @@ impl ProbeState {
 pub(super) struct CheckData {
     pub(super) name: Arc<str>,
     pub(super) informational: bool,
+    pub(super) traffic_gate: bool,
     pub(super) group: Option<Arc<str>>,
     pub(super) stale_after: Duration,
     pub(super) ready: ProbeState,
@@ -114,18 +115,15 @@ pub(super) struct CheckData {
 }
 
 impl CheckData {
-    pub(super) fn new(
-        name: Arc<str>,
-        informational: bool,
-        group: Option<Arc<str>>,
-        stale_after: Duration,
-    ) -> CheckData {
+    /// A check called `name`, not polled yet, counted and grouped as `options` say.
+    pub(super) fn new(name: Arc<str>, options: &CheckOptions, stale_after: Duration) -> CheckData {
         CheckData {
             ready: ProbeState::unknown(&name, Probe::Ready),
             health: ProbeState::unknown(&name, Probe::Health),
             name,
-            informational,
-            group,
+            informational: options.informational,
+            traffic_gate: options.traffic_gate,
+            group: options.group.as_deref().map(Arc::from),
             stale_after,
             report: None,
             last_polled: None,
@@ -170,9 +168,10 @@ pub(super) struct Published {
 /// [`Status::Failing`] with an error like `"db: ready failed: stale: last polled 12.5s ago"`.
 ///
 /// The aggregates ([`is_ready`](Snapshot::is_ready), [`is_healthy`](Snapshot::is_healthy) and
-/// their per-group forms) count every check that is not informational, and fail while the checker
-/// itself is not started (under the name `"health checker"`): a checker that does not poll cannot
-/// vouch for anything.
+/// their per-group forms) count every check that is not informational, except that the health
+/// aggregates leave [traffic gates](CheckOptions::traffic_gate) out, and they fail while the
+/// checker itself is not started (under the name `"health checker"`): a checker that does not
+/// poll cannot vouch for anything.
 #[derive(Clone)]
 pub struct Snapshot {
     published: Arc<Published>,
@@ -306,6 +305,8 @@ impl Snapshot {
     }
 
     /// Whether every check that counts is healthy, and why each one that is not is not.
+    /// [Traffic gates](CheckOptions::traffic_gate) do not count here: they count toward
+    /// readiness only.
     pub fn is_healthy(&self) -> Verdict {
         self.verdict(Probe::Health, None)
     }
@@ -333,7 +334,7 @@ impl Snapshot {
         }
         let counted = self
             .checks()
-            .filter(|c| !c.is_informational() && (group.is_none() || c.group() == group));
+            .filter(|c| c.counts_toward(probe) && (group.is_none() || c.group() == group));
         for check in counted {
             let status = check.probe(probe);
             if status.status != Status::Passing {
@@ -376,6 +377,19 @@ impl<'a> Check<'a> {
     /// Whether the check is informational: reported, but not counted toward the aggregates.
     pub fn is_informational(&self) -> bool {
         self.data.informational
+    }
+
+    /// Whether the check is a [traffic gate](CheckOptions::traffic_gate): counted toward
+    /// readiness only (`/readyz`), left out of health (`/healthz`).
+    pub fn is_traffic_gate(&self) -> bool {
+        self.data.traffic_gate
+    }
+
+    /// Whether the aggregates of `probe` count the check: not informational, and, for
+    /// [`Probe::Health`], not a traffic gate.
+    pub(crate) fn counts_toward(&self, probe: Probe) -> bool {
+        let gated = probe == Probe::Health && self.is_traffic_gate();
+        !self.is_informational() && !gated
     }
 
     /// The group the check belongs to, if any.
@@ -467,6 +481,7 @@ impl fmt::Debug for Check<'_> {
         f.debug_struct("Check")
             .field("name", &self.name())
             .field("informational", &self.is_informational())
+            .field("traffic_gate", &self.is_traffic_gate())
             .field("group", &self.group())
             .field("ready", &self.ready())
             .field("health", &self.health())

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::checker::{Probe, Snapshot, Status};
+use crate::checker::{Check, Probe, Snapshot, Status};
 use crate::error::Error;
 
 /// Bodies stay under this many bytes: the kubelet reads at most 10 KiB of a probe's body.
@@ -40,6 +40,59 @@ impl Overall {
     }
 }
 
+/// What an answer is about: `/readyz` or `/healthz`, or one check of either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Question {
+    /// `/readyz`: every check's readiness, traffic gates included.
+    Ready,
+    /// `/healthz`: every check's readiness and health, except the traffic gates, which count
+    /// toward readiness only.
+    Health,
+}
+
+impl Question {
+    /// The route's name, as the verbose form's last line says it: `readyz` or `healthz`.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Question::Ready => "readyz",
+            Question::Health => "healthz",
+        }
+    }
+
+    fn probes(self) -> &'static [Probe] {
+        match self {
+            Question::Ready => &[Probe::Ready],
+            Question::Health => &[Probe::Ready, Probe::Health],
+        }
+    }
+
+    /// Whether the answer is about `check` at all: `/healthz` leaves traffic gates out.
+    fn asks_about(self, check: &Check<'_>) -> bool {
+        self == Question::Ready || !check.is_traffic_gate()
+    }
+}
+
+/// Why an answer about one check cannot be given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unanswered {
+    /// There is no check by that name.
+    NoSuchCheck,
+    /// The check is a traffic gate, which `/healthz` leaves out.
+    TrafficGate,
+}
+
+impl Unanswered {
+    /// The body of the `404` that says so about the check `name`.
+    pub(super) fn explain(self, name: &str) -> String {
+        match self {
+            Unanswered::NoSuchCheck => format!("no check named {name:?}\n"),
+            Unanswered::TrafficGate => format!(
+                "check {name:?} is a traffic gate, counted by /readyz only: ask /readyz/{name}\n"
+            ),
+        }
+    }
+}
+
 /// One line of an answer: a probe of a check, or the checker itself.
 pub(super) struct Item {
     pub(super) component: String,
@@ -52,13 +105,14 @@ pub(super) struct Item {
     pub(super) consecutive_failures: u32,
 }
 
-/// The items of an answer about `probes` of every check (or only `only`), and its overall status.
+/// The items of the answer to `question` about every check it asks about (or only `only`),
+/// and its overall status.
 pub(super) fn collect(
     snapshot: &Snapshot,
-    probes: &[Probe],
+    question: Question,
     only: Option<&str>,
     excluded: &[String],
-) -> Option<(Overall, Vec<Item>)> {
+) -> Result<(Overall, Vec<Item>), Unanswered> {
     let mut items = Vec::new();
     if only.is_none() {
         // The checker itself: an answer from a checker that does not poll vouches for nothing.
@@ -84,15 +138,21 @@ pub(super) fn collect(
         if only.is_some_and(|n| n != check.name()) {
             continue;
         }
+        if !question.asks_about(&check) {
+            if only.is_some() {
+                return Err(Unanswered::TrafficGate);
+            }
+            continue;
+        }
         found = true;
         let is_excluded = excluded.iter().any(|e| e == check.name());
-        for &probe in probes {
+        for &probe in question.probes() {
             let p = check.probe(probe);
             items.push(Item {
                 component: check.name().to_owned(),
                 probe: probe.as_str(),
                 status: p.status(),
-                counts: only.is_some() || !check.is_informational(),
+                counts: only.is_some() || check.counts_toward(probe),
                 excluded: is_excluded,
                 error: p.error().cloned(),
                 time: p.last_change(),
@@ -101,7 +161,7 @@ pub(super) fn collect(
         }
     }
     if only.is_some() && !found {
-        return None;
+        return Err(Unanswered::NoSuchCheck);
     }
     let fails = |counting: bool| {
         items
@@ -116,7 +176,7 @@ pub(super) fn collect(
     } else {
         Overall::Pass
     };
-    Some((overall, items))
+    Ok((overall, items))
 }
 
 /// The `application/health+json` body (draft-inadarei-api-health-check): status, version,
@@ -235,7 +295,12 @@ fn reason(item: &Item, hide_reasons: bool) -> String {
 
 /// The Kubernetes verbose form: a line per check, `[+]name ok`, `[-]name failed: reason`, or
 /// `[+]name excluded: ok`, then `<what> check passed` or `<what> check failed`.
-pub(super) fn verbose(what: &str, overall: Overall, items: &[Item], hide_reasons: bool) -> String {
+pub(super) fn verbose(
+    question: Question,
+    overall: Overall,
+    items: &[Item],
+    hide_reasons: bool,
+) -> String {
     let mut out = String::with_capacity(256);
     let mut left_out = 0;
     for item in items {
@@ -267,7 +332,8 @@ pub(super) fn verbose(what: &str, overall: Overall, items: &[Item], hide_reasons
     }
     let _ = writeln!(
         out,
-        "{what} check {}",
+        "{} check {}",
+        question.name(),
         if overall == Overall::Fail {
             "failed"
         } else {

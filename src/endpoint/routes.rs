@@ -12,12 +12,12 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::checker::{HealthChecker, Probe, Snapshot};
+use crate::checker::{HealthChecker, Snapshot};
 use crate::http::Response;
 #[cfg(feature = "metrics")]
 use crate::metrics::{Format, Outcome};
 
-use super::render::{self, Overall};
+use super::render::{self, Overall, Question};
 
 const HEALTH_JSON: &str = "application/health+json";
 
@@ -63,18 +63,14 @@ pub(crate) struct Routes {
 /// Which of the health routes a path names.
 enum Target<'a> {
     Live,
-    /// `what` is `readyz` or `healthz`; `only` a check's name, not decoded.
+    /// `/readyz` or `/healthz`; `only` a check's name, not decoded.
     Probes {
-        what: &'static str,
-        probes: &'static [Probe],
+        question: Question,
         only: Option<&'a str>,
     },
     #[cfg(feature = "metrics")]
     Metrics,
 }
-
-const READY: &[Probe] = &[Probe::Ready];
-const EVERYTHING: &[Probe] = &[Probe::Ready, Probe::Health];
 
 impl Routes {
     /// The routes of `checker`: reasons shown, no `/metrics`.
@@ -122,8 +118,8 @@ impl Routes {
         }
         match target {
             Target::Live => Route::Answer(live(&self.checker, ask.query)),
-            Target::Probes { what, probes, only } => {
-                Route::Answer(self.probes(what, probes, only, ask.query))
+            Target::Probes { question, only } => {
+                Route::Answer(self.probes(question, only, ask.query))
             }
             #[cfg(feature = "metrics")]
             Target::Metrics => Route::Scrape(Format::from_accept(ask.accept)),
@@ -131,42 +127,34 @@ impl Routes {
     }
 
     fn target<'a>(&self, path: &'a str) -> Option<Target<'a>> {
-        let probes = |what, probes| Target::Probes {
-            what,
-            probes,
+        let every = |question| Target::Probes {
+            question,
             only: None,
         };
         match path {
             "/livez" => return Some(Target::Live),
-            "/readyz" | "/ready" => return Some(probes("readyz", READY)),
-            "/healthz" | "/health" => return Some(probes("healthz", EVERYTHING)),
+            "/readyz" | "/ready" => return Some(every(Question::Ready)),
+            "/healthz" | "/health" => return Some(every(Question::Health)),
             #[cfg(feature = "metrics")]
             "/metrics" if self.metrics => return Some(Target::Metrics),
             _ => {}
         }
-        let (what, probes, name) = match (
+        let (question, name) = match (
             path.strip_prefix("/readyz/"),
             path.strip_prefix("/healthz/"),
         ) {
-            (Some(name), _) => ("readyz", READY, name),
-            (None, Some(name)) => ("healthz", EVERYTHING, name),
+            (Some(name), _) => (Question::Ready, name),
+            (None, Some(name)) => (Question::Health, name),
             (None, None) => return None,
         };
         (!name.is_empty()).then_some(Target::Probes {
-            what,
-            probes,
+            question,
             only: Some(name),
         })
     }
 
     /// `/readyz`, `/healthz` and their per-check forms.
-    fn probes(
-        &self,
-        what: &'static str,
-        probes: &[Probe],
-        only: Option<&str>,
-        query: Option<&str>,
-    ) -> Response {
+    fn probes(&self, question: Question, only: Option<&str>, query: Option<&str>) -> Response {
         let query = parse_query(query);
         let decoded;
         let only = match only {
@@ -178,7 +166,7 @@ impl Routes {
         };
         let snapshot = self.checker.snapshot();
         let slot = (only.is_none() && !query.verbose && query.excluded.is_empty())
-            .then_some(usize::from(what == "healthz"));
+            .then_some(usize::from(question == Question::Health));
         if let Some(slot) = slot {
             if let Some((rendered_from, response)) = &self.cache.lock().slots[slot] {
                 if rendered_from.shows_the_same_as(&snapshot) {
@@ -186,18 +174,22 @@ impl Routes {
                 }
             }
         }
-        let Some((overall, items)) = render::collect(&snapshot, probes, only, &query.excluded)
-        else {
-            return Response::text(404, format!("no check named {:?}\n", only.unwrap_or("")));
+        let (overall, items) = match render::collect(&snapshot, question, only, &query.excluded) {
+            Ok(answer) => answer,
+            Err(unanswered) => {
+                return Response::text(404, unanswered.explain(only.unwrap_or("")));
+            }
         };
         if query.verbose {
-            let body = render::verbose(what, overall, &items, self.hide_reasons);
+            let body = render::verbose(question, overall, &items, self.hide_reasons);
             return Response::text(overall.http_status(), body);
         }
-        let description = match only {
-            Some(n) => format!("check {n}"),
-            None if what == "readyz" => "readiness of every check".to_owned(),
-            None => "health and readiness of every check".to_owned(),
+        let description = match (only, question) {
+            (Some(n), _) => format!("check {n}"),
+            (None, Question::Ready) => "readiness of every check".to_owned(),
+            (None, Question::Health) => {
+                "health and readiness of every check but the traffic gates".to_owned()
+            }
         };
         let body = render::json(&snapshot, &description, overall, &items, self.hide_reasons);
         let response = Response::new(overall.http_status(), HEALTH_JSON, body.into_bytes());

@@ -93,7 +93,7 @@ impl RunnerHealth {
         start_guarded(&*self.checker, &ctx)?;
         self.started.push(self.checker.clone());
         // The runner logs its own phases; the check's changes are logged at debug level.
-        let options = CheckOptions::new().quiet();
+        let options = CheckOptions::new().quiet().traffic_gate(true);
         self.reporter = Some(self.checker.register_with(self.phase.clone(), options)?);
         for service in services {
             let name = service.name().to_owned();
