@@ -16,8 +16,9 @@
 //!
 //! - the worker is a [`Worker::new`]: a loop until stopped, that counts its jobs in metrics;
 //! - the API is a [`Worker::with_setup`]: the setup binds (a bind error fails the start and
-//!   names the address), the run closure serves until stopped, and the `on_close` hook wakes
-//!   tiny_http's blocking `recv` with `unblock`. Its loop offers every request to a
+//!   names the address) and hands the socket to tiny_http, the run closure serves until
+//!   stopped, `ready_when` makes it ready only while tiny_http accepts connections, and the
+//!   `on_close` hook wakes tiny_http's `recv` with `unblock`. Its loop offers every request to a
 //!   [`TinyHttpRoutes`] first, with the runner's checker and metrics, so the API's port answers
 //!   `/livez`, `/readyz`, `/healthz` and `/metrics` exactly as the health endpoint does;
 //! - the connection pool is a hand-written [`Service`] with a [`StateMachine`], and a health
@@ -34,8 +35,19 @@
 //!
 //! Exit codes: 0 after a graceful shutdown, 1 if anything failed, 130 on a second signal during
 //! the shutdown, 2 for a usage error.
+//!
+//! # When the API can no longer accept
+//!
+//! tiny_http 0.12's accept loop ends for good at its first accept error (`EMFILE`, out of file
+//! descriptors), or panics when it cannot clone the connection it accepted, and closes its
+//! listening socket either way. The API watches that socket (with `fstat(2)`: the demo is for
+//! Unix). From then on it is not ready, and it reports a fatal error ([`RunHandle::fatal`]):
+//! the program drains (the API still answering the connections already open), closes, and
+//! exits with code 1, for its supervisor to restart it. Alive but never ready again, it would
+//! never be restarted; and tiny_http cannot restart its accept loop.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,9 +58,10 @@ use lifecycle::metrics::prometheus_client::metrics::counter::Counter;
 use lifecycle::metrics::prometheus_client::metrics::family::Family;
 use lifecycle::metrics::Metrics;
 use lifecycle::{
-    Error, HealthChecker, HealthReport, HealthReporter, Phase, Result, Runner, Service,
-    StartContext, StateMachine, StopSignal, Worker,
+    BoxError, Error, HealthChecker, HealthReport, HealthReporter, Phase, Result, RunHandle, Runner,
+    Service, StartContext, StateMachine, StopSignal, Worker,
 };
+use parking_lot::Mutex;
 
 // The services' names, in start order: what `--fail` and the other fault flags accept.
 const POOL: &str = "pool";
@@ -178,9 +191,16 @@ fn worker(pool: Arc<Pool>, jobs: Counter, metrics: &Metrics) -> Result<Worker> {
     }))
 }
 
+/// How long the API waits for a request before it looks again whether tiny_http accepts.
+const WATCH: Duration = Duration::from_secs(1);
+
 /// What the API's setup makes and its run closure serves with.
 struct Api {
     server: tiny_http::Server,
+    /// tiny_http's listening socket, watched.
+    listening: Listening,
+    /// The runner's handle, to shut the program down once tiny_http no longer accepts.
+    runner: Option<RunHandle>,
     /// The health routes (and `/metrics`), answered on the API's port too.
     routes: TinyHttpRoutes,
     pool: Arc<Pool>,
@@ -189,25 +209,39 @@ struct Api {
 }
 
 impl Api {
-    /// Serves until the close's `unblock` wakes `recv`.
-    fn serve(&self, stop: &StopSignal) {
+    /// Serves until the close's `unblock` wakes `recv`. Once tiny_http no longer accepts, it
+    /// reports a fatal error and goes on answering the connections already open.
+    ///
+    /// # Errors
+    ///
+    /// Once tiny_http's accept loop has ended, if there is no runner to tell.
+    fn serve(&self, stop: &StopSignal) -> std::result::Result<(), BoxError> {
         let mut served = 0u64;
+        let mut reported = false;
         loop {
-            let request = match self.server.recv() {
-                Ok(request) => request,
-                // `unblock`: the close has fired the stop signal first.
-                Err(_) if stop.is_stopped() => break,
-                Err(e) => {
-                    log::warn!("api: {e}");
-                    continue;
+            match self.server.recv_timeout(WATCH) {
+                Ok(Some(request)) => {
+                    served += 1;
+                    if let Some(request) = self.routes.respond(request) {
+                        self.answer(request);
+                    }
                 }
-            };
-            served += 1;
-            if let Some(request) = self.routes.respond(request) {
-                self.answer(request);
+                // `unblock`: the close has fired the stop signal first.
+                Ok(None) if stop.is_stopped() => break,
+                Ok(None) => {}
+                // The one error tiny_http hands over: the one that ended its accept loop.
+                Err(e) => *self.listening.ended.lock() = Some(e.to_string()),
+            }
+            if let (false, Err(e)) = (reported, self.listening.accepting()) {
+                let Some(runner) = &self.runner else {
+                    return Err(e.into());
+                };
+                runner.fatal(e.in_service(API, Phase::Run));
+                reported = true;
             }
         }
         log::info!("api: served {served} requests");
+        Ok(())
     }
 
     /// The API's own routes: `GET /jobs` answers the worker's job count, using a pool
@@ -237,9 +271,59 @@ impl Api {
     }
 }
 
+/// tiny_http's listening socket, which it closes when its accept loop ends.
+struct Listening {
+    fd: RawFd,
+    /// The socket's device and inode: once it is closed, its number may name another file.
+    id: (libc::dev_t, libc::ino_t),
+    /// The error that ended the accept loop, once `recv` has handed it over.
+    ended: Mutex<Option<String>>,
+}
+
+impl Listening {
+    /// Watches `listener`, about to be handed to tiny_http.
+    fn watch(listener: &TcpListener) -> std::io::Result<Listening> {
+        let fd = listener.as_raw_fd();
+        Ok(Listening {
+            fd,
+            id: file_id(fd)?,
+            ended: Mutex::new(None),
+        })
+    }
+
+    /// `Ok` while tiny_http accepts connections.
+    ///
+    /// # Errors
+    ///
+    /// Once its accept loop has ended: why, if tiny_http said.
+    fn accepting(&self) -> Result<()> {
+        let why = match &*self.ended.lock() {
+            Some(e) => e.clone(),
+            None if file_id(self.fd).ok() == Some(self.id) => return Ok(()),
+            None => "its listening socket is closed".to_owned(),
+        };
+        Err(Error::msg(format!(
+            "not accepting connections: tiny_http's accept loop ended ({why})"
+        )))
+    }
+}
+
+/// The device and inode of the file that `fd` names.
+fn file_id(fd: RawFd) -> std::io::Result<(libc::dev_t, libc::ino_t)> {
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat(2) writes only into `stat`; a number that names no open file is an error.
+    if unsafe { libc::fstat(fd, stat.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fstat succeeded, so it filled `stat`.
+    let stat = unsafe { stat.assume_init() };
+    Ok((stat.st_dev, stat.st_ino))
+}
+
 /// The API on `addr`: its setup binds (a failure there is a start failure, that names the
-/// address), its run closure serves until stopped, and its close hook wakes the blocking `recv`.
-/// It counts the requests to its own routes in `metrics`.
+/// address) and hands the socket to tiny_http; its run closure serves until stopped; it is
+/// ready only while tiny_http accepts; its close hook wakes the waiting `recv`. It counts the
+/// requests to its own routes in `metrics`.
 fn api(
     addr: SocketAddr,
     routes: TinyHttpRoutes,
@@ -255,26 +339,24 @@ fn api(
     )?;
     let api = Worker::with_setup(
         API,
-        move |_ctx: &StartContext| {
-            let server = tiny_http::Server::http(addr)
-                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            match server.server_addr().to_ip() {
-                Some(local) => log::info!("api: listening on http://{local}"),
-                None => log::info!("api: listening on {addr}"),
-            }
+        move |ctx: &StartContext| {
+            let listener =
+                TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let listening = Listening::watch(&listener)?;
+            log::info!("api: listening on http://{}", listener.local_addr()?);
             Ok(Api {
-                server,
+                server: tiny_http::Server::from_listener(listener, None)?,
+                listening,
+                runner: ctx.run_handle().cloned(),
                 routes,
                 pool,
                 jobs,
                 requests,
             })
         },
-        |api: &Api, stop: &StopSignal| {
-            api.serve(stop);
-            Ok(())
-        },
+        |api: &Api, stop: &StopSignal| api.serve(stop),
     )
+    .ready_when(|api: &Api| api.listening.accepting())
     .on_close(|api: &Api| api.server.unblock());
     Ok(api)
 }
