@@ -87,20 +87,70 @@ type CleanupFn = Box<dyn FnOnce() -> Result<()> + Send + 'static>;
 /// Add services in dependency order, configure timeouts, then call [`run`](Runner::run), which
 /// blocks until the program has shut down:
 ///
-/// 1. installs signal handling for SIGINT and SIGTERM (unless [turned off](Runner::handle_signals));
-/// 2. starts the services in order, each until its `ready()` is `Ok` (within its start timeout)
+/// 1. handles SIGINT and SIGTERM (unless [turned off](Runner::handle_signals); see
+///    [Signals](#signals));
+/// 2. starts the services in order, each until its `ready()` is `Ok` (within its start timeout;
+///    a start that has not returned [`START_GRACE`](#hung-starts) after it is abandoned)
 ///    before the next one starts; if one fails, times out or panics, or a shutdown is asked for
 ///    meanwhile, the started ones are closed in reverse and the run fails (a shutdown request
 ///    during start is not a failure: it rolls back cleanly);
 /// 3. waits for a signal, a [`RunHandle::shutdown`], or a [`RunHandle::fatal`] error;
 /// 4. waits the [termination delay](Runner::termination_delay), then closes the services in
 ///    reverse order, each within its close timeout, and runs the cleanups (last added, first run),
-///    all within the overall [shutdown timeout](Runner::shutdown_timeout). A start or close that
-///    hangs is abandoned and named in the report, never waited on forever.
+///    all within the overall [shutdown timeout](Runner::shutdown_timeout), shared as
+///    [below](#how-the-shutdown-timeout-is-shared). A start or close that hangs is abandoned
+///    and named in the report, never waited on forever.
+/// 5. logs a summary: a line for the run, then one per service with its final state, how long
+///    its close took, and its errors.
 ///
-/// A second signal during the shutdown exits the process at once with
-/// [`SECOND_SIGNAL_EXIT_CODE`](Runner::SECOND_SIGNAL_EXIT_CODE).
+/// Any `Duration` is accepted by every timeout and delay (`Duration::MAX` waits about a
+/// century); the one combination that cannot work, a [termination
+/// delay](Runner::termination_delay) of more than half the shutdown timeout, is refused when
+/// the run begins, before anything starts.
 ///
+/// # How the shutdown timeout is shared
+///
+/// The shutdown timeout runs from the moment a shutdown is asked for until `run` returns. The
+/// termination delay comes first (at most half of it). Then the steps run one after the other:
+/// the services' closes in reverse, the cleanups (last added first), the health endpoint, then
+/// the checker. When they begin, each step is *guaranteed* the smaller of its own timeout (a
+/// service's close timeout; the runner's close timeout for the endpoint and the checker; none
+/// for a cleanup) and an equal share of the time left. A step may run until its own timeout,
+/// but never into the time guaranteed to the steps after it: when every close is quick none is
+/// cut short, and when one hangs it is abandoned (its error says it was cut short) in time for
+/// every later one to have at least its guaranteed time, so the endpoint and the checker always
+/// close.
+///
+/// # Hung starts
+///
+/// A start runs with a [`StartContext`](crate::StartContext) whose deadline is its start
+/// timeout; a start that ignores it and has not returned one second (`START_GRACE`) after the
+/// timeout is abandoned (its thread is left running, named in the report), and its error says
+/// both: `db: start timed out after 60s, abandoned 1s later: its start did not return`.
+///
+/// # Signals
+///
+/// | signal | what the runner does |
+/// | --- | --- |
+/// | SIGINT, SIGTERM | a graceful shutdown; a second one during it exits at once with [`SECOND_SIGNAL_EXIT_CODE`](Runner::SECOND_SIGNAL_EXIT_CODE) |
+/// | SIGINT or SIGTERM the process inherited as ignored | stays ignored (a background job of a non-interactive shell starts with SIGINT ignored) |
+/// | SIGHUP | not handled: it keeps its inherited disposition (by default it ends the process at once, without a shutdown; under `nohup` it is ignored). A later release makes it the trigger of a zero-downtime upgrade. |
+/// | SIGQUIT and the others | not handled: their defaults (SIGQUIT dumps core, as an operator asks it to) |
+///
+/// The handlers are installed (with `signal-hook`) the first time a runner handles signals and
+/// stay for the life of the process; with no runner running, SIGINT and SIGTERM do what they
+/// would do without a handler. One runner handles signals at a time. The second-signal exit
+/// never waits on a lock or the log sink: its log line is given 100 ms, then the process ends
+/// with `_exit`.
+///
+/// # Logging
+///
+/// The runner, and the whole library, log through the `log` crate without ever waiting on the
+/// program's logger: lines are queued (1024 at most; more are dropped and counted, and the
+/// count is logged once the sink takes lines again) and written by a thread of the library's,
+/// `lifecycle log`, which runs only while there are lines. So a log sink stuck on a full pipe
+/// blocks no probe, no start, no shutdown and no signal. `run` waits for its last lines to be
+/// written before it returns, at most 1 s and within the shutdown timeout.
 /// ```
 /// use std::time::Duration;
 /// use lifecycle::{Runner, Worker};
@@ -211,7 +261,8 @@ impl Runner {
         self
     }
 
-    /// How long each service may take to start and become ready (default 60 s).
+    /// How long each service may take to start and become ready (default 60 s). A start that
+    /// has not returned one second after it is abandoned (see [Hung starts](#hung-starts)).
     pub fn start_timeout(mut self, timeout: Duration) -> Runner {
         self.start_timeout = timeout;
         self
@@ -232,7 +283,10 @@ impl Runner {
     }
 
     /// How long to keep serving after a shutdown is asked for, with readiness already failing,
-    /// before closing anything (default zero).
+    /// before closing anything (default zero). At most half the [shutdown
+    /// timeout](Runner::shutdown_timeout), so that the closes have the rest: a longer delay is
+    /// refused when the run begins, with an error of kind
+    /// [`InvalidInput`](crate::ErrorKind::InvalidInput) naming both, and nothing starts.
     ///
     /// Under Kubernetes the pod is removed from the service's endpoints at the same time as it is
     /// sent SIGTERM, and load balancers take a few seconds to notice; a delay of about 5 s keeps
@@ -242,8 +296,9 @@ impl Runner {
         self
     }
 
-    /// Whether `run` handles SIGINT and SIGTERM (default `true`). Turn it off in tests, and where
-    /// the program handles signals itself (then call [`RunHandle::shutdown`] from its handler).
+    /// Whether `run` handles SIGINT and SIGTERM (default `true`; see [Signals](#signals)). Turn
+    /// it off in tests, and where the program handles signals itself (then call
+    /// [`RunHandle::shutdown`] from its handler).
     pub fn handle_signals(mut self, on: bool) -> Runner {
         self.handle_signals = on;
         self
@@ -307,9 +362,9 @@ impl Runner {
     }
 
     /// The exit code of a process that receives a second SIGINT or SIGTERM while a runner
-    /// shuts down (or any such signal while no runner is running): 130, the shell's code for
-    /// "terminated by SIGINT" (128 + 2). SIGINT and SIGTERM are not told apart, so the code is
-    /// the same for both.
+    /// runs (the first began the shutdown): 130, the shell's code for "terminated by SIGINT"
+    /// (128 + 2). SIGINT and SIGTERM are not told apart, so the code is the same for both.
+    /// With no runner running, the signals do what they would without a handler.
     pub const SECOND_SIGNAL_EXIT_CODE: i32 = 130;
 
     /// Runs the program: starts every service, waits for the end, shuts down. Blocks until done.

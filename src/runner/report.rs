@@ -241,7 +241,7 @@ fn in_words(state: State) -> &'static str {
 impl Termination for RunReport {
     /// Writes the errors, if any, to standard error, and returns
     /// [`exit_code`](RunReport::exit_code). The text is written on a thread of its own, waited
-    /// for at most [`STDERR_WRITE`]: a standard error stuck on a full pipe (a log shipper that
+    /// for at most a second: a standard error stuck on a full pipe (a log shipper that
     /// stopped reading) never keeps the process from exiting.
     fn report(self) -> ExitCode {
         if let Some(e) = self.error() {
