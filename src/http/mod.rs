@@ -75,12 +75,21 @@
 //! - `HEAD` gets the headers the `GET` would get, with its `Content-Length` and no body.
 //! - The endpoint serves `GET` and `HEAD` only: a request with a body (`Content-Length` > 0 or
 //!   `Transfer-Encoding`) is answered, then the connection is closed; the body is never read
-//!   as a request. Method routing (`404`, `405`) is the handler's job.
+//!   as a request. Method routing (`404`, `405`) is the handler's job, not this layer's, so
+//!   that both fronts of the endpoint (this one and tiny_http's) answer every method alike: the
+//!   endpoint answers `405` with `Allow: GET, HEAD` to any other method, one it does not
+//!   recognise included (RFC 9110 §9.1 suggests `501` for those; the routes would be the place
+//!   to answer it).
 //! - Rejected without calling the handler, then closed: a malformed head (`400`); conflicting
 //!   `Content-Length`/`Transfer-Encoding` or differing `Content-Length`s (`400`); an HTTP/1.1
-//!   request without exactly one `Host` (`400`); a head larger than `max_head_bytes` or with more
-//!   than [`MAX_HEADERS`] headers (`431`); an HTTP version other than 1.x (`505`). The HTTP/2
-//!   connection preface is closed without an answer.
+//!   request without `Host`, or any request with more than one `Host` or with a `Host` that is
+//!   not `uri-host [ ":" port ]` (`400`, RFC 9112 §3.2; `host.rs` has the grammar; an empty
+//!   `Host` is accepted, since RFC 9112 tells a client to send one when the target URI has no
+//!   authority); a request target with a fragment, `#...` (`400`: a fragment is not part of a
+//!   request target, and the server does not guess what the client meant by stripping it); a
+//!   head larger than `max_head_bytes` or with more than [`MAX_HEADERS`] headers (`431`); an
+//!   HTTP version other than 1.x (`505`). The HTTP/2 connection preface is closed without an
+//!   answer.
 //!
 //! # Limits and their defaults
 //!
@@ -100,6 +109,7 @@
 
 mod connection;
 mod event_loop;
+mod host;
 mod limits;
 mod reply;
 mod request;
