@@ -215,7 +215,11 @@ fn invalid_host_values_and_fragments_get_400_and_a_close_valid_hosts_are_served(
         let request = format!("GET /readyz HTTP/1.1\r\nHost: {host}\r\n\r\n");
         let r = send_on_fresh_connection(&f, request.as_bytes())
             .unwrap_or_else(|| panic!("Host: {host}: closed without an answer"));
-        assert_eq!((r.status, r.body.as_str()), (400, "invalid Host\n"), "Host: {host}");
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (400, "invalid Host\n"),
+            "Host: {host}"
+        );
         assert_eq!(r.header("connection"), Some("close"), "Host: {host}");
     }
     // A fragment is not part of a request target: refused, not guessed at.
@@ -232,7 +236,9 @@ fn invalid_host_values_and_fragments_get_400_and_a_close_valid_hosts_are_served(
     ] {
         let mut c = Client::connect(f.addr());
         c.send(format!("GET /readyz HTTP/1.1\r\nHost: {host}\r\n\r\n"));
-        let r = c.reply().unwrap_or_else(|| panic!("Host: {host}: no answer"));
+        let r = c
+            .reply()
+            .unwrap_or_else(|| panic!("Host: {host}: no answer"));
         assert_eq!(r.status, 200, "Host: {host}: {r:?}");
         assert_health_json(&r, "readiness of every check");
         // Kept alive: the next request on the connection is served too.
