@@ -207,6 +207,47 @@ fn conflicting_framing_headers_get_400_and_a_close() {
 }
 
 #[test]
+fn invalid_host_values_and_fragments_get_400_and_a_close_valid_hosts_are_served() {
+    let f = Fixture::new(EndpointOptions::new());
+    f.wait_ready();
+    // RFC 9112 §3.2: a Host that is not `uri-host [ ":" port ]` is answered 400.
+    for host in ["a b", "a/b", "[::1", "a@b", "::1", "[::1]:http"] {
+        let request = format!("GET /readyz HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let r = send_on_fresh_connection(&f, request.as_bytes())
+            .unwrap_or_else(|| panic!("Host: {host}: closed without an answer"));
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (400, "invalid Host\n"),
+            "Host: {host}"
+        );
+        assert_eq!(r.header("connection"), Some("close"), "Host: {host}");
+    }
+    // A fragment is not part of a request target: refused, not guessed at.
+    let r = send_on_fresh_connection(&f, b"GET /readyz#top HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("an answer to a target with a fragment");
+    assert_eq!(r.status, 400, "{r:?}");
+    for host in [
+        "localhost",
+        "127.0.0.1:8080",
+        "[::1]:80",
+        "example.com",
+        "[2001:db8::1]",
+        "",
+    ] {
+        let mut c = Client::connect(f.addr());
+        c.send(format!("GET /readyz HTTP/1.1\r\nHost: {host}\r\n\r\n"));
+        let r = c
+            .reply()
+            .unwrap_or_else(|| panic!("Host: {host}: no answer"));
+        assert_eq!(r.status, 200, "Host: {host}: {r:?}");
+        assert_health_json(&r, "readiness of every check");
+        // Kept alive: the next request on the connection is served too.
+        assert_health_json(&c.get("/livez"), "liveness");
+    }
+    assert_still_serving(&f);
+}
+
+#[test]
 fn thousands_of_pipelined_requests_are_all_answered_in_order() {
     const REQUESTS: usize = 5000;
     let f = Fixture::new(EndpointOptions::new());

@@ -296,3 +296,61 @@ fn a_panicking_collector_is_left_out_and_scrapes_go_on() {
     }
     served.close();
 }
+
+/// The value of the sample of `body` (Prometheus text) whose name and labels are `series`, as
+/// written (`name{label="value",...}`).
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn an_instant_producer_is_never_reported_stuck_over_a_thousand_back_to_back_scrapes() {
+    /// Scrapers at once: each keeps one scrape asked, so that the scrape thread finds the next
+    /// one queued as soon as it has answered one (and no more are queued than it takes).
+    const SCRAPERS: usize = 4;
+    const SCRAPES: usize = 1000;
+    let metrics = Metrics::new();
+    metrics
+        .add_producer("pool", Duration::from_secs(10), |out| {
+            out.gauge("size", "Connections in the pool.", 4.0);
+            Ok(())
+        })
+        .unwrap();
+    let served = serving(metrics);
+    let addr = served.addr();
+    // Per scraper, the scrapes that lacked the producer's samples.
+    let missing: Vec<Vec<usize>> = std::thread::scope(|s| {
+        let scrapers: Vec<_> = (0..SCRAPERS)
+            .map(|k| {
+                s.spawn(move || {
+                    let mut c = Client::connect(addr);
+                    let mut missing = Vec::new();
+                    for i in (k..SCRAPES).step_by(SCRAPERS) {
+                        let r = c.get("/metrics");
+                        assert_eq!(r.status, 200, "scrape {i}: {r:?}");
+                        if sample(&r.body, "pool_size") != Some(4.0) {
+                            missing.push(i);
+                        }
+                    }
+                    missing
+                })
+            })
+            .collect();
+        scrapers.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let missing: Vec<usize> = missing.into_iter().flatten().collect();
+    let last = Client::connect(addr).get("/metrics").body;
+    let stuck = "lifecycle_metrics_producer_failures_total{producer=\"pool\",reason=\"stuck\"}";
+    assert_eq!(
+        (missing.len(), sample(&last, stuck)),
+        (0, Some(0.0)),
+        "of {SCRAPES} scrapes, the producer's samples were missing from {} (first: {:?}), \
+         and it was counted stuck {:?} times",
+        missing.len(),
+        missing.iter().min(),
+        sample(&last, stuck),
+    );
+    served.close();
+}

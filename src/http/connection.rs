@@ -1,5 +1,11 @@
 //! [`Connection`]: one client connection's state machine, from its first request head to its
 //! lingering close, driven by its event loop.
+//!
+//! What one connection can keep queued is bounded twice over: in the process, its output buffer
+//! passes [`OUT_HIGH_WATER`] by at most one response, for once it has, nothing more is parsed
+//! until all of it has been written to the socket; in the kernel, its socket's buffers are
+//! capped ([`socket::cap_buffers`]). A connection given up on with answers still queued is reset
+//! when it is dropped, so that none of it outlives the connection in the kernel (see `Drop`).
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -13,10 +19,12 @@ use mio::Waker;
 
 use super::reply::Answer;
 use super::request::{self, Parsed, Reject};
+use super::socket;
 use super::stats::{bump, Counters};
 use super::{Handler, Limits, Reply, Responder, Response, MAX_HEADERS};
 
-/// Above this many unsent bytes, no further request is parsed from the connection.
+/// Once this many bytes are unsent, no further request is parsed from the connection until its
+/// output buffer has been written out completely.
 const OUT_HIGH_WATER: usize = 64 * 1024;
 /// After the last response of a connection, how long the server goes on reading (and
 /// discarding) what the client still sends, so that closing does not reset the connection
@@ -83,6 +91,11 @@ pub(super) struct Connection {
     /// Responses to send: `output[sent..]` is unsent.
     output: Vec<u8>,
     sent: usize,
+    /// The unsent output reached [`OUT_HIGH_WATER`]: nothing is parsed until it is all sent.
+    draining: bool,
+    /// The connection came to its end on its own (the client closed, or the socket failed), so
+    /// it closes the ordinary way; one dropped without this was given up on (see `Drop`).
+    finished: bool,
     answered: u64,
     /// When the connection last became idle: accepted, or its last response sent with nothing
     /// of the next request received.
@@ -110,7 +123,10 @@ enum Step {
 }
 
 impl Connection {
+    /// A connection over `stream`, just accepted, whose socket buffers are capped here (best
+    /// effort: it is served without the caps if the system refuses them).
     pub(super) fn new(stream: TcpStream, head_bytes: usize, now: Instant) -> Connection {
+        let _ = socket::cap_buffers(&stream);
         Connection {
             stream,
             state: State::Open,
@@ -120,6 +136,8 @@ impl Connection {
             read_closed: false,
             output: Vec::new(),
             sent: 0,
+            draining: false,
+            finished: false,
             answered: 0,
             idle_since: now,
             // The first head must arrive within the head-read timeout of the accept.
@@ -191,6 +209,15 @@ impl Connection {
     /// Does all it can without blocking: answers buffered requests, writes, reads, and again,
     /// until the socket would block, the connection is to close, or its turn is used up.
     pub(super) fn drive(&mut self, cx: &mut Cx<'_>) -> Next {
+        let next = self.turn(cx);
+        if next == Next::Close {
+            self.finished = true;
+        }
+        next
+    }
+
+    /// One turn of [`drive`](Connection::drive).
+    fn turn(&mut self, cx: &mut Cx<'_>) -> Next {
         let mut requests = 0;
         let mut reads = 0;
         loop {
@@ -198,10 +225,7 @@ impl Connection {
                 return self.linger(cx);
             }
             let mut turn_used = false;
-            while self.state == State::Open
-                && self.awaited.is_none()
-                && self.unsent() < OUT_HIGH_WATER
-            {
+            while self.state == State::Open && self.awaited.is_none() && !self.draining {
                 if requests == REQUESTS_PER_TURN {
                     turn_used = true;
                     break;
@@ -211,6 +235,10 @@ impl Connection {
                     Step::NeedMore | Step::Closing | Step::Awaiting => break,
                 }
             }
+            // Requests may be waiting in the input buffer behind the answers that filled the
+            // output: once those are all written, they are parsed before anything more is read
+            // (no event would come for them, if the socket took everything at once).
+            let held_back = self.draining && self.state == State::Open && self.awaited.is_none();
             match self.flush(cx.now) {
                 Ok(()) => {}
                 // Edge-triggered: a WRITABLE event comes once the socket drains.
@@ -227,6 +255,9 @@ impl Connection {
             }
             if turn_used {
                 return Next::Again;
+            }
+            if held_back {
+                continue;
             }
             if self.read_closed {
                 if self.awaited.is_some() {
@@ -389,6 +420,9 @@ impl Connection {
             self.write_since = Some(now);
         }
         response.write_to(&mut self.output, head_only, close, keep_alive_1_0);
+        if self.unsent() >= OUT_HIGH_WATER {
+            self.draining = true;
+        }
     }
 
     /// Writes until the output is empty (`Ok`) or the socket would block (`WouldBlock`).
@@ -406,6 +440,7 @@ impl Connection {
         }
         self.output.clear();
         self.sent = 0;
+        self.draining = false;
         if self.output.capacity() > 2 * OUT_HIGH_WATER {
             self.output.shrink_to(4 * 1024);
         }
@@ -436,6 +471,27 @@ impl Connection {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Next::Close,
             }
+        }
+    }
+}
+
+impl Drop for Connection {
+    /// A connection that did not come to its end on its own was given up on: its loop dropped
+    /// it at a deadline (the write deadline, with answers the client is not reading; an idle or
+    /// lingering one), or because the server is stopping. If answers are still queued then,
+    /// in its output buffer or in the kernel unacknowledged by the client, it is closed with a
+    /// reset ([`socket::reset_on_close`]): an ordinary close would leave the kernel retrying to
+    /// deliver them to a client that does not read, on an orphaned socket that no limit of the
+    /// endpoint counts. A connection that ended on its own closes the ordinary way, so that a
+    /// client that half-closed still reads its last answer.
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let queued = self.unsent() > 0
+            || socket::unacknowledged(&self.stream).is_some_and(|bytes| bytes > 0);
+        if queued {
+            let _ = socket::reset_on_close(&self.stream);
         }
     }
 }

@@ -2,14 +2,16 @@
 
 use std::fmt;
 
+use super::host;
+
 /// The most headers a request head may have; one more is answered `431`.
 pub(crate) const MAX_HEADERS: usize = 32;
 
 /// The head of one HTTP request, borrowed from the connection's input buffer.
 ///
 /// The server hands it to the [`Handler`](super::Handler) only once it has been checked: the
-/// request line and headers are well formed, the version is HTTP/1.0 or 1.1, and the framing
-/// headers agree.
+/// request line and headers are well formed, the target has no fragment, the version is
+/// HTTP/1.0 or 1.1, the `Host` is valid, and the framing headers agree.
 #[derive(Clone, Copy)]
 pub(crate) struct Request<'a> {
     method: &'a str,
@@ -168,6 +170,11 @@ pub(super) fn parse<'a>(
         return Parsed::Rejected(Reject::BadRequest("incomplete request line"));
     };
     let headers: &'a [httparse::Header<'a>] = headers;
+    if target.contains('#') {
+        // A fragment is never part of a request target (RFC 9112 §3.2): the target is invalid,
+        // and what the client meant by it is not guessed at.
+        return Parsed::Rejected(Reject::BadRequest("fragment in the request target"));
+    }
     let (path, query) = split_target(target);
     match check_headers(minor_version, headers) {
         Ok(framing) => Parsed::Complete(Head {
@@ -254,6 +261,9 @@ fn check_headers(minor_version: u8, headers: &[httparse::Header<'_>]) -> Result<
             transfer_encoding = true;
         } else if name.eq_ignore_ascii_case("host") {
             hosts += 1;
+            if !host::is_valid(trim(h.value)) {
+                return Err(Reject::BadRequest("invalid Host"));
+            }
         } else if name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|&b| b == b',').map(trim) {
                 if token.eq_ignore_ascii_case(b"close") {
@@ -269,10 +279,12 @@ fn check_headers(minor_version: u8, headers: &[httparse::Header<'_>]) -> Result<
             "both Content-Length and Transfer-Encoding",
         ));
     }
-    if minor_version == 1 && hosts != 1 {
-        return Err(Reject::BadRequest(
-            "HTTP/1.1 request without exactly one Host",
-        ));
+    // RFC 9112 §3.2: more than one Host is refused whatever the version; none only in 1.1.
+    if hosts > 1 {
+        return Err(Reject::BadRequest("more than one Host"));
+    }
+    if minor_version == 1 && hosts == 0 {
+        return Err(Reject::BadRequest("HTTP/1.1 request without Host"));
     }
     Ok(Framing {
         close: close || (minor_version == 0 && !keep_alive),
@@ -364,6 +376,12 @@ mod tests {
             "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
             "OPTIONS * None 1.1 whole=true close=false body=false",
         );
+        for host in ["localhost", "127.0.0.1:8080", "[::1]:80", "example.com", ""] {
+            check(
+                &format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+                "GET / None 1.1 whole=true close=false body=false",
+            );
+        }
         check("GET / HTTP/1.1\r\nHost: x\r\n", "partial");
         check("GET / HTT", "partial");
         check("PRI * HTTP", "partial");
@@ -378,11 +396,33 @@ mod tests {
         );
         check(
             "GET / HTTP/1.1\r\n\r\n",
-            "Some(400) HTTP/1.1 request without exactly one Host",
+            "Some(400) HTTP/1.1 request without Host",
         );
         check(
             "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-            "Some(400) HTTP/1.1 request without exactly one Host",
+            "Some(400) more than one Host",
+        );
+        check(
+            "GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n",
+            "Some(400) more than one Host",
+        );
+        for host in ["a b", "a/b", "[::1", "a@b", "caf\u{e9}"] {
+            check(
+                &format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+                "Some(400) invalid Host",
+            );
+            check(
+                &format!("GET / HTTP/1.0\r\nHost: {host}\r\n\r\n"),
+                "Some(400) invalid Host",
+            );
+        }
+        check(
+            "GET /readyz#frag HTTP/1.1\r\nHost: x\r\n\r\n",
+            "Some(400) fragment in the request target",
+        );
+        check(
+            "GET /readyz?a#b HTTP/1.1\r\nHost: x\r\n\r\n",
+            "Some(400) fragment in the request target",
         );
         check(
             "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -67,8 +67,8 @@ pub(super) struct Producer {
     pub(super) name: Arc<str>,
     pub(super) timeout: Duration,
     produce: Arc<ProduceFn>,
-    /// The thread of the latest call, until it has been joined.
-    call: Mutex<Option<Thread<Produced>>>,
+    /// The latest call, until its thread has been joined.
+    call: Mutex<Option<Running>>,
     failures: [AtomicU64; Failure::ALL.len()],
     /// The duration of the latest call that returned, in nanoseconds (`u64::MAX`: none yet).
     last_duration_nanos: AtomicU64,
@@ -85,6 +85,24 @@ impl fmt::Debug for Producer {
 
 /// What one call of a producer's function came to: its result and its samples, or its panic.
 type Produced = thread::Result<(Result<()>, Samples)>;
+
+/// The latest call of a producer: its thread, and whether the function it runs has returned.
+///
+/// Whether a call is stuck is read from `returned`, never from the thread: a call whose result
+/// has been received has returned, though its thread may take a moment longer to exit.
+struct Running {
+    thread: Thread<Produced>,
+    /// Set by the thread as soon as the producer's function has returned (or panicked).
+    returned: Arc<AtomicBool>,
+}
+
+impl Running {
+    /// Whether the producer's function has returned: then joining the thread waits for no
+    /// user code, only for the thread to exit.
+    fn has_returned(&self) -> bool {
+        self.returned.load(Ordering::Acquire)
+    }
+}
 
 /// One call in progress, started by [`Producer::call`].
 pub(super) struct Call {
@@ -120,12 +138,12 @@ impl Producer {
         self.failures[failure as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Starts a call on a thread `metrics <name>`, unless the previous call is still running
+    /// Starts a call on a thread `metrics <name>`, unless the previous call has not returned
     /// (then it counts as stuck and `None` is returned).
     pub(super) fn call(self: &Arc<Producer>) -> Option<Call> {
         let mut slot = self.call.lock();
         if let Some(previous) = slot.take() {
-            if !previous.has_ended() {
+            if !previous.has_returned() {
                 *slot = Some(previous);
                 self.fail(Failure::Stuck);
                 crate::relay::warn!(
@@ -134,22 +152,27 @@ impl Producer {
                 );
                 return None;
             }
-            previous.join();
+            previous.thread.join();
         }
         let produce = Arc::clone(&self.produce);
         let prefix = Arc::clone(&self.name);
+        let returned = Arc::new(AtomicBool::new(false));
+        let returning = Arc::clone(&returned);
         let began = Instant::now();
         let spawned = Thread::spawn(format!("metrics {}", self.name), move || {
-            catch_unwind(AssertUnwindSafe(|| {
+            let produced = catch_unwind(AssertUnwindSafe(|| {
                 let mut samples = Samples::new(&prefix);
                 let result = produce(&mut samples);
                 (result, samples)
-            }))
+            }));
+            // Before the result is sent: whoever receives it finds the call returned.
+            returning.store(true, Ordering::Release);
+            produced
         });
         match spawned {
             Ok(thread) => {
                 let result = thread.receiver().clone();
-                *slot = Some(thread);
+                *slot = Some(Running { thread, returned });
                 Some(Call {
                     producer: Arc::clone(self),
                     began,
@@ -167,17 +190,17 @@ impl Producer {
         }
     }
 
-    /// Joins the latest call's thread if it has ended; returns the name of the producer if its
-    /// call is still running (it is then left to end on its own).
+    /// Joins the latest call's thread if its call has returned; returns the name of the
+    /// producer if its call has not (it is then left to end on its own).
     pub(super) fn reap(&self) -> Option<Arc<str>> {
         let mut slot = self.call.lock();
         match slot.take() {
-            Some(thread) if thread.has_ended() => {
-                thread.join();
+            Some(running) if running.has_returned() => {
+                running.thread.join();
                 None
             }
-            Some(thread) => {
-                *slot = Some(thread);
+            Some(running) => {
+                *slot = Some(running);
                 Some(Arc::clone(&self.name))
             }
             None => None,
@@ -499,6 +522,27 @@ mod tests {
         let family = &s.families["p_g"];
         assert_eq!(family.samples.len(), 1);
         assert_eq!(family.samples.values().next(), Some(&5.0));
+    }
+
+    #[test]
+    fn an_instant_producer_called_back_to_back_is_never_stuck() {
+        let produce: Arc<ProduceFn> = Arc::new(|out: &mut Samples| {
+            out.gauge("size", "Connections.", 4.0);
+            Ok(())
+        });
+        let p = Arc::new(Producer::new("instant", Duration::from_secs(30), produce));
+        for i in 0..1000 {
+            // Right after its result is received, its thread may not have exited yet: the call
+            // has returned all the same, so the next one is made.
+            let call = p.call().unwrap_or_else(|| panic!("call {i} was not made"));
+            let samples = call.finish().expect("its samples");
+            assert_eq!(
+                samples.families.keys().collect::<Vec<_>>(),
+                ["instant_size"]
+            );
+        }
+        assert_eq!(p.failures(Failure::Stuck), 0);
+        assert_eq!(p.reap(), None);
     }
 
     #[test]

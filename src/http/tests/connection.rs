@@ -115,6 +115,10 @@ fn malformed_requests_are_refused_without_calling_the_handler() {
         (b"GET /\x01 HTTP/1.1\r\nHost: t\r\n\r\n", Some(400)),
         (b"GET / HTTP/1.1\r\n\r\n", Some(400)),
         (b"GET / HTTP/1.1\r\nHost: t\r\nX: a\rb\r\n\r\n", Some(400)),
+        (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", Some(400)),
+        (b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", Some(400)),
+        (b"GET / HTTP/1.0\r\nHost: t\r\nHost: t\r\n\r\n", Some(400)),
+        (b"GET /#fragment HTTP/1.1\r\nHost: t\r\n\r\n", Some(400)),
         (b"GET / HTTP/2.0\r\nHost: t\r\n\r\n", Some(505)),
         (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", None),
         (

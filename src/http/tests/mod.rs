@@ -4,7 +4,8 @@
 //! instead of freezing it; nothing asserts that anything is fast.
 //!
 //! The shared client and fixtures are here; the tests are grouped as the code is: one
-//! connection's protocol ([`connection`]), answers that come later ([`later`]), the limits
+//! connection's protocol ([`connection`]), what it keeps queued and how it ends when its client
+//! does not read ([`backpressure`]), answers that come later ([`later`]), the limits
 //! ([`limits`]) and the event loops ([`event_loops`]).
 
 use std::io::{self, Read, Write};
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
+mod backpressure;
 mod connection;
 mod event_loops;
 mod later;
@@ -41,8 +43,8 @@ impl Fixture {
     }
 }
 
-/// A server whose handler answers `200` with `"<method> <target>\n"`, panics on `/panic`, and
-/// answers `/big` with 16 MiB.
+/// A server whose handler answers `200` with `"<method> <target>\n"`, panics on `/panic`,
+/// answers `/big` with 16 MiB, and `/bytes/N` with N bytes.
 fn serve(limits: Limits, thread_name: &str) -> Fixture {
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&calls);
@@ -53,6 +55,10 @@ fn serve(limits: Limits, thread_name: &str) -> Fixture {
         }
         if req.path() == "/big" {
             return Response::new(200, "application/octet-stream", vec![b'x'; 16 << 20]).into();
+        }
+        if let Some(n) = req.path().strip_prefix("/bytes/") {
+            let n = n.parse().expect("/bytes/N");
+            return Response::new(200, "application/octet-stream", vec![b'x'; n]).into();
         }
         let query = req.query().map(|q| format!("?{q}")).unwrap_or_default();
         Response::text(200, format!("{} {}{query}\n", req.method(), req.path())).into()
