@@ -64,6 +64,8 @@ fn sighup_under_nohup_is_ignored_and_the_program_keeps_serving() {
         .and_then(|a| a.trim().parse().ok())
         .unwrap_or_else(|| panic!("no address in {line:?}"));
     p.wait_for("; running");
+    // Readiness passes a moment after that line: wait for it.
+    wait_status(addr, "/readyz", 200);
     p.signal(libc::SIGHUP);
     // An ignored signal is discarded when it is sent: the program still serves, ready.
     assert_eq!(http::get(addr, "/readyz").status, 200);
