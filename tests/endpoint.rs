@@ -151,6 +151,10 @@ fn methods_paths_and_head() {
     assert_eq!(post.status, 405);
     assert_eq!(post.header("allow"), Some("GET, HEAD"));
     assert_eq!(http::request(f.addr(), "DELETE", "/livez").status, 405);
+    // A method it does not recognise is not implemented (RFC 9110 §9.1).
+    let brew = http::request(f.addr(), "BREW", "/livez");
+    assert_eq!(brew.status, 501);
+    assert_eq!(http::request(f.addr(), "BREW", "/nope").status, 501);
     let get = http::get(f.addr(), "/livez");
     let head = http::request(f.addr(), "HEAD", "/livez");
     assert_eq!(head.status, 200);

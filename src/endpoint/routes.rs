@@ -114,7 +114,7 @@ impl Routes {
             return Route::Elsewhere;
         };
         if ask.method != "GET" && ask.method != "HEAD" {
-            return Route::Answer(method_not_allowed());
+            return Route::Answer(method_not_allowed(ask.method));
         }
         match target {
             Target::Live => Route::Answer(live(&self.checker, ask.query)),
@@ -210,16 +210,27 @@ impl fmt::Debug for Routes {
     }
 }
 
-/// The endpoint's answer to a request for no health route: `405` to a method other than `GET`
-/// and `HEAD`, else `404`.
+/// The endpoint's answer to a request for no health route: `405` or `501` to a method other
+/// than `GET` and `HEAD` (see [`method_not_allowed`]), else `404`.
 pub(crate) fn not_found(method: &str) -> Response {
     if method != "GET" && method != "HEAD" {
-        return method_not_allowed();
+        return method_not_allowed(method);
     }
     Response::text(404, "not found: try /livez, /readyz or /healthz\n")
 }
 
-fn method_not_allowed() -> Response {
+/// The methods of RFC 9110 (§9) and PATCH (RFC 5789), which the endpoint recognises and
+/// refuses with `405`; any other is not implemented.
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// The answer to a method other than `GET` and `HEAD`: `405` with `Allow: GET, HEAD` to a
+/// method the endpoint recognises, `501` to one it does not (RFC 9110 §9.1, §15.6.2).
+fn method_not_allowed(method: &str) -> Response {
+    if !KNOWN_METHODS.contains(&method) {
+        return Response::text(501, "not implemented: use GET or HEAD\n");
+    }
     Response::text(405, "method not allowed: use GET or HEAD\n").with_header("Allow", "GET, HEAD")
 }
 
@@ -381,6 +392,7 @@ mod tests {
         check(&routes, "HEAD", "/readyz?verbose", Some(503));
         check(&routes, "GET", "/healthz/nope", Some(404));
         check(&routes, "POST", "/readyz", Some(405));
+        check(&routes, "PROPFIND", "/livez", Some(501));
         check(&routes, "POST", "/jobs", None);
         check(&routes, "GET", "/readyz/", None);
         check(&routes, "GET", "/metrics", None);
@@ -391,6 +403,7 @@ mod tests {
             check(&routes, "DELETE", "/metrics", Some(405));
         }
         assert_eq!(not_found("POST").status(), 405);
+        assert_eq!(not_found("BREW").status(), 501);
         assert_eq!(not_found("GET").status(), 404);
     }
 }

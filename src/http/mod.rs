@@ -101,9 +101,8 @@
 //!   `Transfer-Encoding`) is answered, then the connection is closed; the body is never read
 //!   as a request. Method routing (`404`, `405`) is the handler's job, not this layer's, so
 //!   that both fronts of the endpoint (this one and tiny_http's) answer every method alike: the
-//!   endpoint answers `405` with `Allow: GET, HEAD` to any other method, one it does not
-//!   recognise included (RFC 9110 §9.1 suggests `501` for those; the routes would be the place
-//!   to answer it).
+//!   endpoint answers `405` with `Allow: GET, HEAD` to the other methods of RFC 9110 (and
+//!   PATCH), and `501` to a method it does not recognise (RFC 9110 §9.1).
 //! - Rejected without calling the handler, then closed: a malformed head (`400`); conflicting
 //!   `Content-Length`/`Transfer-Encoding` or differing `Content-Length`s (`400`); an HTTP/1.1
 //!   request without `Host`, or any request with more than one `Host` or with a `Host` that is
