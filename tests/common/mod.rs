@@ -4,12 +4,14 @@
 //! - [`eventually`] and [`WATCHDOG`]: waiting, bounded, for a condition nothing signals.
 //! - [`http`]: a minimal HTTP/1.1 client over raw sockets.
 //! - [`procfs`]: what `/proc/self` says: threads, memory, the fd limit.
+//! - [`fake`]: a health reporter the test controls, and waits for the checker's events.
 //! - [`fixture`]: a started checker and endpoint on 127.0.0.1:0.
 //! - [`prom`]: an exposition parsed by Python's `prometheus_client`.
 //! - [`process`]: an example run as a child process, under the watchdog.
 //! - [`recorder`]: services that record their lifecycle in order.
 #![allow(dead_code)]
 
+pub mod fake;
 pub mod fixture;
 pub mod http;
 pub mod process;
