@@ -204,7 +204,15 @@ fn write(relay: &Relay, message: Message) {
     }
 }
 
+/// Hands one line to the program's logger. A logger that panics loses that line, never the
+/// relay thread.
 fn emit(level: log::Level, target: &str, file: &str, line: u32, args: fmt::Arguments<'_>) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        log_record(level, target, file, line, args)
+    }));
+}
+
+fn log_record(level: log::Level, target: &str, file: &str, line: u32, args: fmt::Arguments<'_>) {
     log::logger().log(
         &log::Record::builder()
             .level(level)
