@@ -13,7 +13,39 @@ mod handle;
 mod health;
 mod report;
 mod run;
+#[cfg(unix)]
 mod signals;
+
+/// Without Unix signals: a runner that handles signals is refused, with an error that says
+/// what to do instead.
+#[cfg(not(unix))]
+mod signals {
+    use crossbeam_channel::Receiver;
+
+    use crate::error::Error;
+
+    pub(crate) fn signal_name(_: i32) -> &'static str {
+        "a signal"
+    }
+
+    #[derive(Debug)]
+    pub(crate) struct SignalRoute {
+        events: Receiver<i32>,
+    }
+
+    impl SignalRoute {
+        pub(crate) fn claim() -> Result<SignalRoute, Error> {
+            Err(Error::msg(
+                "signal handling needs a Unix platform: turn it off with \
+                 Runner::handle_signals(false) and call RunHandle::shutdown from your own handler",
+            ))
+        }
+
+        pub(crate) fn events(&self) -> &Receiver<i32> {
+            &self.events
+        }
+    }
+}
 
 use std::fmt;
 use std::net::SocketAddr;

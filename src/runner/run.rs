@@ -28,7 +28,7 @@ use super::{Request, RunReport, Runner, ServiceReport, ShutdownCause, START_GRAC
 /// The state of one call to [`Runner::run`].
 pub(super) struct Run {
     runner: Runner,
-    signals: Receiver<libc::c_int>,
+    signals: Receiver<i32>,
     _route: Option<SignalRoute>,
     setup_error: Option<Error>,
     health: Option<RunnerHealth>,
@@ -204,7 +204,7 @@ impl Run {
         self.runner.requests.try_recv().ok().map(|r| self.take(r))
     }
 
-    fn on_signal(&self, signal: libc::c_int) -> ShutdownCause {
+    fn on_signal(&self, signal: i32) -> ShutdownCause {
         relay::info!("{}: shutting down gracefully", signal_name(signal));
         ShutdownCause::Signal
     }
