@@ -25,10 +25,22 @@
 //!   | `process_start_time_seconds` | | when the process started |
 //!   | `lifecycle_metrics_producer_failures_total` | `producer`, `reason` | see below |
 //!   | `lifecycle_metrics_producer_duration_seconds` | `producer` | its latest completed call |
+//!   | `lifecycle_health_endpoint_connections_open` | | connections the endpoint holds open |
+//!   | `lifecycle_health_endpoint_connections_accepted_total` | | connections it accepted |
+//!   | `lifecycle_health_endpoint_connections_abandoned_total` | | closed by their client before they were accepted: no slot taken |
+//!   | `lifecycle_health_endpoint_connections_evicted_total` | `reason` | closed to make room for a newcomer |
+//!   | `lifecycle_health_endpoint_connections_rejected_total` | | answered `503`: nothing could make room |
+//!   | `lifecycle_health_endpoint_connections_timed_out_total` | | closed at a head, idle or write deadline |
+//!   | `lifecycle_health_endpoint_accept_errors_total` | | failed accepts (`EMFILE`, ...) |
+//!   | `lifecycle_health_endpoint_requests_total` | | requests answered |
+//!   | `lifecycle_health_endpoint_bad_requests_total` | | requests refused unread (`400`, `431`, `505`) |
 //!
 //!   State label values are `unstarted`, `starting`, `started`, `start_failed`, `closing`,
-//!   `closed` and `close_failed`. These names and labels are a contract: they change only with
-//!   a note in the changelog.
+//!   `closed` and `close_failed`; eviction reasons are `head_less` (no complete request head
+//!   yet), `idle` (kept alive, asking nothing) and `stalled` (its client does not read). The
+//!   endpoint's families are those of the endpoint that serves these metrics (see
+//!   [`EndpointOptions::max_connections`](crate::health::EndpointOptions::max_connections)).
+//!   These names and labels are a contract: they change only with a note in the changelog.
 //! - **the program's metrics**, registered in the same `prometheus-client`
 //!   [`Registry`] with [`register`](Metrics::register) or
 //!   [`with_registry`](Metrics::with_registry): counters, gauges, histograms, families, collectors.
@@ -94,6 +106,7 @@ use prometheus_client::registry::{Metric, Registry, Unit};
 
 use crate::checker::HealthChecker;
 use crate::error::{Error, ErrorKind, Result};
+use crate::http::StatsSource;
 
 pub use self::expose::Format;
 pub use self::producer::Samples;
@@ -118,6 +131,8 @@ struct Inner {
     producers: RwLock<Vec<Arc<Producer>>>,
     checker: RwLock<Option<Arc<HealthChecker>>>,
     services: RwLock<Option<Arc<ServiceTable>>>,
+    /// The endpoint's connection counters, once an endpoint serves these metrics.
+    endpoint: RwLock<Option<StatsSource>>,
     process_start: Option<SystemTime>,
     /// Held by the scrape in progress: producers are never called by two scrapes at once.
     scrape: Mutex<()>,
@@ -143,6 +158,7 @@ impl Metrics {
                 producers: RwLock::new(Vec::new()),
                 checker: RwLock::new(None),
                 services: RwLock::new(None),
+                endpoint: RwLock::new(None),
                 process_start: process_start_time(),
                 scrape: Mutex::new(()),
                 registered: Mutex::new(HashSet::new()),
@@ -307,6 +323,7 @@ impl Metrics {
         let calls: Vec<_> = producers.iter().filter_map(Producer::call).collect();
         let snapshot = self.inner.checker.read().as_ref().map(|c| c.snapshot());
         let services = self.inner.services.read().clone();
+        let endpoint = self.inner.endpoint.read().as_ref().map(StatsSource::read);
 
         let mut user = String::new();
         let encoded = catch_unwind(AssertUnwindSafe(|| {
@@ -353,6 +370,7 @@ impl Metrics {
             process_start: self.inner.process_start,
             snapshot,
             services,
+            endpoint,
             producers,
         })));
         let mut theirs = Registry::default();
@@ -377,6 +395,11 @@ impl Metrics {
     /// Reads health metrics and build information from `checker` (the endpoint's).
     pub(crate) fn watch_checker(&self, checker: Arc<HealthChecker>) {
         *self.inner.checker.write() = Some(checker);
+    }
+
+    /// Reads the connection counters of the endpoint that serves these metrics from `source`.
+    pub(crate) fn watch_endpoint(&self, source: StatsSource) {
+        *self.inner.endpoint.write() = Some(source);
     }
 
     /// Reads the services' states and durations from `table` (a runner's).

@@ -39,8 +39,9 @@ pub struct EndpointOptions {
 }
 
 impl EndpointOptions {
-    /// The defaults: reasons shown, 256 connections, 8 KiB request heads, 5 s to send a head,
-    /// 30 s idle keep-alive, 10 s to take a response, 2 event-loop threads.
+    /// The defaults: reasons shown, 256 connections (half of them for one peer at most), 8 KiB
+    /// request heads, 5 s to send a head, 30 s idle keep-alive, 10 s to take a response, a
+    /// listen backlog of 1024, 2 event-loop threads.
     pub fn new() -> EndpointOptions {
         EndpointOptions::default()
     }
@@ -56,14 +57,47 @@ impl EndpointOptions {
         self
     }
 
-    /// How many connections may be open at once (default 256); more are closed at once.
+    /// How many connections may be open at once (default 256; at least 1, else
+    /// [`start`](Service::start) fails).
+    ///
+    /// A newcomer is never refused for a slot that a connection holds without being served.
+    /// When every slot is taken, the newcomer takes the place of the least recently active
+    /// *evictable* connection: one that has not sent a complete request head, an idle
+    /// keep-alive connection, or one whose client does not read its answer. Only when every
+    /// connection is busy answering a request is the newcomer answered `503` and closed. So
+    /// slowloris clients or idle keep-alive clients, however many, cannot lock probes out.
+    ///
+    /// One peer (IP address) may hold half the slots (rounded up): a newcomer from a peer that
+    /// holds them takes the place of that peer's own least recently active evictable
+    /// connection, and is refused only if all of them are busy. Each event-loop thread keeps its
+    /// part of both limits for the connections it serves, so with several threads they hold
+    /// about evenly rather than exactly.
+    ///
+    /// Evictions and refusals are logged at warn level (at most once a second per kind and
+    /// thread) and counted in `/metrics` (`lifecycle_health_endpoint_connections_evicted_total`
+    /// by reason, `..._rejected_total`), when it is served.
     pub fn max_connections(mut self, n: usize) -> EndpointOptions {
         self.limits = self.limits.max_connections(n);
         self
     }
 
+    /// How many connections the kernel may queue, handshake done, before the endpoint accepts
+    /// them (the listen backlog; default 1024, and 0 is taken as 1). A burst of connections
+    /// beyond it has its excess SYNs dropped, and those clients retry only after a second: a
+    /// probe with a 1 s timeout fails. The kernel holds no more than its own limit
+    /// (`net.core.somaxconn` on Linux: 4096 by default since 5.4, 128 before); on Linux the
+    /// endpoint asks for no more than that, and says so in its log (at info level) when it
+    /// lowers the value. Connections that their client closed before they were accepted are
+    /// dropped at once and never take a slot. On platforms other than Unix the backlog stays
+    /// 128.
+    pub fn listen_backlog(mut self, n: usize) -> EndpointOptions {
+        self.limits = self.limits.listen_backlog(n);
+        self
+    }
+
     /// How long a client may take to send a whole request head (default 5 s); a slower one is
-    /// disconnected.
+    /// disconnected. Zero makes [`start`](Service::start) fail; more than a day is taken as a
+    /// day.
     pub fn head_read_timeout(mut self, timeout: Duration) -> EndpointOptions {
         self.limits = self.limits.head_read_timeout(timeout);
         self
@@ -79,7 +113,9 @@ impl EndpointOptions {
         self
     }
 
-    /// How long an idle keep-alive connection is kept open (default 30 s).
+    /// How long an idle keep-alive connection is kept open (default 30 s); sooner if a
+    /// newcomer needs its slot (see [`max_connections`](EndpointOptions::max_connections)).
+    /// Zero makes [`start`](Service::start) fail; more than a day is taken as a day.
     pub fn idle_timeout(mut self, timeout: Duration) -> EndpointOptions {
         self.limits = self.limits.keep_alive_idle_timeout(timeout);
         self
@@ -134,9 +170,10 @@ impl EndpointOptions {
 /// # Connections
 ///
 /// A fixed number of event-loop threads serves every connection, whatever their number
-/// ([`EndpointOptions::event_loops`]); request heads are
-/// limited in size and time, idle connections are dropped, and the connection count is capped
-/// (see [`EndpointOptions`]). Bind it where probes can reach it and people cannot, or turn on
+/// ([`EndpointOptions::event_loops`]); request heads are limited in size and time, idle
+/// connections are dropped, and the connection count is capped, a newcomer taking the place of
+/// a connection that holds a slot without being served (see
+/// [`EndpointOptions::max_connections`]), so that probes get through whatever other clients do. Bind it where probes can reach it and people cannot, or turn on
 /// [`EndpointOptions::hide_reasons`].
 ///
 /// With metrics, one more thread (`health metrics`) runs the scrapes, so that a scrape waiting
@@ -269,6 +306,10 @@ impl Service for HealthEndpoint {
                 })?;
                 let addr = server.local_addr();
                 crate::relay::info!("{NAME}: listening on http://{addr}");
+                #[cfg(feature = "metrics")]
+                if let Some(metrics) = &self.options.metrics {
+                    metrics.watch_endpoint(server.stats_source());
+                }
                 *self.bound.lock() = Some(addr);
                 *self.server.lock() = Some(server);
                 Ok(())

@@ -495,3 +495,24 @@ impl Drop for Connection {
         }
     }
 }
+
+impl Connection {
+    /// Whether the connection may be closed to make room for a newcomer, why, and since when
+    /// it has made no progress (see [`admission`](super::admission)); `None` while a request of
+    /// it is being answered (its answer comes later, or complete requests wait for their turn).
+    /// Meant to be asked between two drives.
+    pub(super) fn evictable(&self) -> Option<super::admission::Evictable> {
+        use super::admission::{Evictable, EvictionReason};
+        let (reason, since) = match self.state {
+            State::Lingering { since, .. } => (EvictionReason::Idle, since),
+            _ if self.queued || self.awaited.is_some() => return None,
+            // Between two drives, output left unsent means the socket would take no more.
+            _ => match (self.write_since, self.head_since) {
+                (Some(since), _) => (EvictionReason::Stalled, since),
+                (None, Some(since)) => (EvictionReason::HeadLess, since),
+                (None, None) => (EvictionReason::Idle, self.idle_since),
+            },
+        };
+        Some(Evictable { reason, since })
+    }
+}

@@ -1,21 +1,31 @@
 //! [`EventLoop`]: one event-loop thread of a [`Server`](super::Server), which polls its
-//! connections, and on loop 0 also accepts them and hands each to the least loaded loop.
+//! connections. Loop 0 also accepts them and hands each to a loop (`accept.rs`); every loop
+//! admits the connections handed to it, evicting one of its own to make room when it must
+//! (`admit.rs`).
+
+mod accept;
+mod admit;
 
 use std::fmt;
-use std::io::{self, Write};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::io;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, SendError, Sender};
-use mio::net::{TcpListener, TcpStream};
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::admission::{self, PeerCounts};
 use super::connection::{Connection, Cx, Next};
 use super::reply::Answer;
 use super::server::{Shared, GONE};
 use super::stats::bump;
 use super::{Handler, Limits};
+
+use self::accept::Acceptor;
+pub(super) use self::accept::{Handoff, Peer};
 
 const LISTENER: Token = Token(0);
 pub(super) const WAKER: Token = Token(1);
@@ -32,10 +42,6 @@ pub(super) const MAX_POLL_WAIT: Duration = Duration::from_secs(1);
 const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(5);
 /// The most often the loop logs the same kind of warning.
 const WARN_INTERVAL: Duration = Duration::from_secs(1);
-
-/// What a best-effort answer to a connection over the limit says.
-const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
-Cache-Control: no-store\r\nContent-Length: 21\r\nConnection: close\r\n\r\ntoo many connections\n";
 
 /// Logs one kind of warning at most once per [`WARN_INTERVAL`], counting the ones it holds back.
 #[derive(Default)]
@@ -63,41 +69,14 @@ impl Warnings {
     }
 }
 
-/// Another event loop, as the accepting loop hands connections to it.
-pub(super) struct Peer {
-    pub(super) inbox: Sender<TcpStream>,
-    pub(super) waker: Arc<Waker>,
-}
-
-/// What the accepting loop (loop 0) owns besides what every loop owns.
-struct Acceptor {
-    listener: TcpListener,
-    /// While accepting is paused after an error, the listener is deregistered until then.
-    paused_until: Option<Instant>,
-    warnings: Warnings,
-    /// Loops 1, 2, ...
-    peers: Vec<Peer>,
-    /// Where the search for the least loaded loop starts next, so that ties go round.
-    next: usize,
-}
-
-impl Acceptor {
-    /// The loop to hand the next connection to: the least loaded, ties going round.
-    fn pick(&mut self, loads: &[AtomicUsize]) -> usize {
-        let n = loads.len();
-        let start = self.next;
-        self.next = (start + 1) % n;
-        let mut best = start;
-        let mut least = loads[start].load(Ordering::Relaxed);
-        for k in 1..n {
-            let i = (start + k) % n;
-            let load = loads[i].load(Ordering::Relaxed);
-            if load < least {
-                (best, least) = (i, load);
-            }
-        }
-        best
-    }
+/// A connection of the loop, with what admission needs to know of it.
+struct Slot {
+    connection: Connection,
+    /// The client's address (an IPv4-mapped IPv6 address as IPv4).
+    peer: IpAddr,
+    /// Whether it was evictable when last looked at: so counted in the loop's
+    /// [`Shared::evictable`].
+    evictable: bool,
 }
 
 /// Everything one event-loop thread owns.
@@ -108,14 +87,14 @@ pub(super) struct EventLoop {
     /// On loop 0 only.
     acceptor: Option<Acceptor>,
     /// Connections handed over by the accepting loop, on loops 1, 2, ...
-    inbox: Option<Receiver<TcpStream>>,
+    inbox: Option<Receiver<Handoff>>,
     /// Where lingering connections' input is read to be discarded.
     scratch: Box<[u8]>,
     limits: Limits,
     handler: Handler,
     shared: Arc<Shared>,
     /// Connection `i` has token `FIRST_CONNECTION + i`.
-    connections: Vec<Option<Connection>>,
+    slots: Vec<Option<Slot>>,
     free: Vec<usize>,
     /// Connections that used up their turn with work left: driven again without waiting.
     again: Vec<usize>,
@@ -128,6 +107,11 @@ pub(super) struct EventLoop {
     waker: Arc<Waker>,
     /// Identifies connections across the reuse of their slots, for late answers.
     next_id: u64,
+    /// How many connections each peer holds on this loop, and may hold.
+    peers: PeerCounts,
+    /// Evictions and refusals are logged, each at most once per [`WARN_INTERVAL`].
+    evictions: Warnings,
+    refusals: Warnings,
 }
 
 impl EventLoop {
@@ -138,12 +122,13 @@ impl EventLoop {
         id: usize,
         poll: Poll,
         waker: Arc<Waker>,
-        inbox: Option<Receiver<TcpStream>>,
+        inbox: Option<Receiver<Handoff>>,
         limits: Limits,
         handler: Handler,
         shared: Arc<Shared>,
     ) -> EventLoop {
         let (answer_sender, answers) = crossbeam_channel::unbounded();
+        let share = admission::peer_share(limits.peer_limit(), shared.loads.len());
         EventLoop {
             id,
             poll,
@@ -153,7 +138,7 @@ impl EventLoop {
             limits,
             handler,
             shared,
-            connections: Vec::new(),
+            slots: Vec::new(),
             free: Vec::new(),
             again: Vec::new(),
             next_sweep: None,
@@ -161,27 +146,10 @@ impl EventLoop {
             answer_sender,
             waker,
             next_id: 0,
+            peers: PeerCounts::new(share),
+            evictions: Warnings::default(),
+            refusals: Warnings::default(),
         }
-    }
-
-    /// Makes this loop (loop 0) the accepting one: it polls `listener`, and hands the
-    /// connections to itself and to `peers`, loops 1, 2, ...
-    pub(super) fn accept_from(
-        &mut self,
-        mut listener: TcpListener,
-        peers: Vec<Peer>,
-    ) -> io::Result<()> {
-        self.poll
-            .registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
-        self.acceptor = Some(Acceptor {
-            listener,
-            paused_until: None,
-            warnings: Warnings::default(),
-            peers,
-            next: 0,
-        });
-        Ok(())
     }
 
     /// Serves until the server stops; dropping the loop then closes its connections.
@@ -205,7 +173,7 @@ impl EventLoop {
             let again = std::mem::take(&mut self.again);
             for event in &events {
                 match event.token() {
-                    LISTENER => self.accept_all(now),
+                    LISTENER => self.note_pending_accepts(),
                     WAKER => {}
                     Token(t) => self.drive(t - FIRST_CONNECTION, now),
                 }
@@ -214,20 +182,16 @@ impl EventLoop {
             self.take_handed_over(now);
             self.take_answers(now);
             for index in again {
-                if let Some(c) = self.connections[index].as_mut() {
-                    c.queued = false;
+                if let Some(slot) = self.slots[index].as_mut() {
+                    slot.connection.queued = false;
                     self.drive(index, now);
                 }
             }
-            if self
-                .acceptor
-                .as_ref()
-                .is_some_and(|a| a.paused_until.is_some_and(|t| now >= t))
-            {
-                self.resume_accepting(now);
-            }
+            // After the connections' own events, so that a flood of newcomers does not delay
+            // those already in; at most a fixed number per turn.
+            let accepted = self.accept_pending(now);
             self.sweep(now);
-            if !events.is_empty() {
+            if !events.is_empty() || accepted {
                 // Under load a loop never waits in `poll`, so the scheduler sees a thread that
                 // never sleeps and lets it run until its time slice ends: on a machine where
                 // clients or the application want the same cores, it is then taken off its core
@@ -241,7 +205,7 @@ impl EventLoop {
     }
 
     fn poll_timeout(&self, now: Instant) -> Duration {
-        if !self.again.is_empty() {
+        if !self.again.is_empty() || self.acceptor.as_ref().is_some_and(Acceptor::has_pending) {
             return Duration::ZERO;
         }
         let paused = self.acceptor.as_ref().and_then(|a| a.paused_until);
@@ -255,97 +219,6 @@ impl EventLoop {
         })
     }
 
-    /// Accepts every pending connection (on loop 0), unless accepting is paused.
-    fn accept_all(&mut self, now: Instant) {
-        let Some(mut acceptor) = self.acceptor.take() else {
-            return;
-        };
-        if acceptor.paused_until.is_none() {
-            self.accept_with(&mut acceptor, now);
-        }
-        self.acceptor = Some(acceptor);
-    }
-
-    fn accept_with(&mut self, acceptor: &mut Acceptor, now: Instant) {
-        let shared = Arc::clone(&self.shared);
-        let counters = &shared.counters;
-        loop {
-            match acceptor.listener.accept() {
-                Ok((stream, _)) => {
-                    bump(&counters.accepted, 1);
-                    // Only this thread admits, so the count cannot rise between the check and
-                    // the increment; other loops only lower it.
-                    if counters.open_connections.load(Ordering::Relaxed)
-                        >= self.limits.max_connections
-                    {
-                        bump(&counters.rejected_over_limit, 1);
-                        // Best effort: a fresh socket's send buffer is empty.
-                        let _ = (&stream).write(BUSY);
-                        continue;
-                    }
-                    counters.open_connections.fetch_add(1, Ordering::Relaxed);
-                    self.hand_over(acceptor, stream, now);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {
-                    bump(&counters.accept_errors, 1);
-                }
-                Err(e) => {
-                    // EMFILE, ENFILE, ENOBUFS, ENOMEM, ...: the pending connection stays in the
-                    // backlog, so accepting again at once would spin. Pause, then go on.
-                    bump(&counters.accept_errors, 1);
-                    acceptor.warnings.warn(
-                        now,
-                        format_args!(
-                            "health endpoint: accept failed: {e}; pausing accepts for {ACCEPT_BACKOFF:?}"
-                        ),
-                    );
-                    if let Err(e) = self.poll.registry().deregister(&mut acceptor.listener) {
-                        crate::relay::debug!("health endpoint: deregistering the listener: {e}");
-                    }
-                    acceptor.paused_until = Some(now + ACCEPT_BACKOFF);
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Gives an admitted connection to the least loaded loop: this one, or another through its
-    /// inbox and waker.
-    fn hand_over(&mut self, acceptor: &mut Acceptor, stream: TcpStream, now: Instant) {
-        let loads = &self.shared.loads;
-        let target = acceptor.pick(loads);
-        loads[target].fetch_add(1, Ordering::Relaxed);
-        if target == self.id {
-            self.insert(stream, now);
-            return;
-        }
-        let peer = &acceptor.peers[target - 1];
-        match peer.inbox.send(stream) {
-            Ok(()) => {
-                if let Err(e) = peer.waker.wake() {
-                    // It still looks at its inbox within MAX_POLL_WAIT.
-                    crate::relay::debug!("health endpoint: waking event loop {target}: {e}");
-                }
-            }
-            Err(SendError(stream)) => {
-                // That loop has ended (it panicked, or the server is stopping): serve it here,
-                // and hand it nothing more.
-                loads[target].store(GONE, Ordering::Relaxed);
-                loads[self.id].fetch_add(1, Ordering::Relaxed);
-                self.insert(stream, now);
-            }
-        }
-    }
-
-    /// Takes the connections the accepting loop handed to this one.
-    fn take_handed_over(&mut self, now: Instant) {
-        while let Some(stream) = self.inbox.as_ref().and_then(|i| i.try_recv().ok()) {
-            self.insert(stream, now);
-        }
-    }
-
     /// Queues the responses that arrived through [`Responder`](super::Responder)s and drives
     /// their connections.
     fn take_answers(&mut self, now: Instant) {
@@ -355,9 +228,10 @@ impl EventLoop {
             response,
         }) = self.answers.try_recv()
         {
-            let Some(Some(c)) = self.connections.get_mut(index) else {
+            let Some(Some(slot)) = self.slots.get_mut(index) else {
                 continue; // its connection has closed
             };
+            let c = &mut slot.connection;
             if c.id != id || !c.deliver(&response, now) {
                 continue; // another connection in that slot, or not waiting
             }
@@ -365,34 +239,11 @@ impl EventLoop {
         }
     }
 
-    fn resume_accepting(&mut self, now: Instant) {
-        let Some(mut acceptor) = self.acceptor.take() else {
-            return;
-        };
-        match self
-            .poll
-            .registry()
-            .register(&mut acceptor.listener, LISTENER, Interest::READABLE)
-        {
-            Ok(()) => {
-                acceptor.paused_until = None;
-                // Connections that waited in the backlog raise no new edge: take them now.
-                self.accept_with(&mut acceptor, now);
-            }
-            Err(e) => {
-                acceptor.warnings.warn(
-                    now,
-                    format_args!("health endpoint: re-registering the listener failed: {e}"),
-                );
-                acceptor.paused_until = Some(now + ACCEPT_BACKOFF);
-            }
-        }
-        self.acceptor = Some(acceptor);
-    }
-
-    /// Starts serving a connection admitted and counted for this loop.
-    fn insert(&mut self, mut stream: TcpStream, now: Instant) {
-        let index = self.free.pop().unwrap_or(self.connections.len());
+    /// Starts serving a connection admitted for this loop (its slot taken, its load counted),
+    /// and reads at once what it has sent: a probe's request is answered now, and a connection
+    /// its client has closed goes now.
+    fn insert(&mut self, mut stream: TcpStream, peer: IpAddr, now: Instant) {
+        let index = self.free.pop().unwrap_or(self.slots.len());
         let registered = self.poll.registry().register(
             &mut stream,
             Token(FIRST_CONNECTION + index),
@@ -400,10 +251,11 @@ impl EventLoop {
         );
         if let Err(e) = registered {
             crate::relay::debug!("health endpoint: registering a connection failed: {e}");
-            if index < self.connections.len() {
+            if index < self.slots.len() {
                 self.free.push(index);
             }
-            self.release(1);
+            self.release_slots(1);
+            self.unload(1);
             return;
         }
         // Responses are written whole; there is nothing to gain from Nagle's delay.
@@ -413,22 +265,30 @@ impl EventLoop {
         connection.index = index;
         self.next_id += 1;
         self.note_deadline(connection.deadline(&self.limits).0);
-        if index == self.connections.len() {
-            self.connections.push(Some(connection));
+        self.peers.add(peer);
+        let slot = Slot {
+            connection,
+            peer,
+            evictable: false,
+        };
+        if index == self.slots.len() {
+            self.slots.push(Some(slot));
         } else {
-            self.connections[index] = Some(connection);
+            self.slots[index] = Some(slot);
+        }
+        self.drive(index, now);
+    }
+
+    /// Gives back `n` slots of the cap, over every loop.
+    fn release_slots(&self, n: usize) {
+        if n > 0 {
+            let open = &self.shared.counters.open_connections;
+            open.fetch_sub(n, Ordering::Relaxed);
         }
     }
 
-    /// Uncounts `n` closed connections of this loop, globally and from its load.
-    fn release(&self, n: usize) {
-        if n == 0 {
-            return;
-        }
-        self.shared
-            .counters
-            .open_connections
-            .fetch_sub(n, Ordering::Relaxed);
+    /// Uncounts `n` connections handed to this loop from its load.
+    fn unload(&self, n: usize) {
         // A loop marked GONE is no longer counted.
         let _ =
             self.shared.loads[self.id].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| {
@@ -436,18 +296,34 @@ impl EventLoop {
             });
     }
 
-    fn remove(&mut self, index: usize) {
-        if let Some(mut c) = self.connections[index].take() {
-            let _ = self.poll.registry().deregister(&mut c.stream);
-            self.free.push(index);
-            self.release(1);
+    /// Closes the connection in slot `index`, giving its slot of the cap back unless
+    /// `keep_slot` (a newcomer takes it over).
+    fn close(&mut self, index: usize, keep_slot: bool) {
+        let Some(mut slot) = self.slots[index].take() else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut slot.connection.stream);
+        self.free.push(index);
+        self.peers.remove(slot.peer);
+        if slot.evictable {
+            self.shared.evictable[self.id].fetch_sub(1, Ordering::Relaxed);
         }
+        if !keep_slot {
+            self.release_slots(1);
+        }
+        self.unload(1);
+    }
+
+    /// Closes the connection in slot `index` for good.
+    fn remove(&mut self, index: usize) {
+        self.close(index, false);
     }
 
     fn drive(&mut self, index: usize, now: Instant) {
-        let Some(Some(c)) = self.connections.get_mut(index) else {
+        let Some(Some(slot)) = self.slots.get_mut(index) else {
             return; // an event for a connection closed earlier in this turn
         };
+        let c = &mut slot.connection;
         let mut cx = Cx {
             now,
             limits: &self.limits,
@@ -466,7 +342,22 @@ impl EventLoop {
                 }
                 let deadline = c.deadline(&self.limits).0;
                 self.note_deadline(deadline);
+                self.note_evictable(index);
             }
+        }
+    }
+
+    /// Looks again at whether the connection in slot `index` is evictable, and counts the
+    /// change in the loop's [`Shared::evictable`].
+    fn note_evictable(&mut self, index: usize) {
+        let Some(Some(slot)) = self.slots.get_mut(index) else {
+            return;
+        };
+        let evictable = slot.connection.evictable().is_some();
+        if evictable != slot.evictable {
+            slot.evictable = evictable;
+            let delta = if evictable { 1 } else { -1 };
+            self.shared.evictable[self.id].fetch_add(delta, Ordering::Relaxed);
         }
     }
 
@@ -480,15 +371,16 @@ impl EventLoop {
             return;
         }
         let mut nearest: Option<Instant> = None;
-        for index in 0..self.connections.len() {
-            let Some(c) = &self.connections[index] else {
+        for index in 0..self.slots.len() {
+            let Some(slot) = &self.slots[index] else {
                 continue;
             };
-            let (deadline, is_timeout) = c.deadline(&self.limits);
+            let (deadline, is_timeout) = slot.connection.deadline(&self.limits);
             if now >= deadline {
                 if is_timeout {
                     bump(&self.shared.counters.timed_out, 1);
-                    crate::relay::debug!("health endpoint: closing a connection: {}", c.phase());
+                    let phase = slot.connection.phase();
+                    crate::relay::debug!("health endpoint: closing a connection: {phase}");
                 }
                 self.remove(index);
             } else {
@@ -503,34 +395,16 @@ impl Drop for EventLoop {
     /// Closes every connection of the loop, and those handed to it and not yet taken, and
     /// uncounts them; when the loop ends, and also if it panicked.
     fn drop(&mut self) {
-        let mut closed = self.connections.iter().flatten().count();
-        self.connections.clear();
+        let open = self.slots.iter().flatten().count();
+        self.slots.clear();
+        let (mut slots, mut handed) = (open, open);
         if let Some(inbox) = &self.inbox {
-            closed += inbox.try_iter().count();
+            for handoff in inbox.try_iter() {
+                handed += 1;
+                slots += usize::from(handoff.reserved);
+            }
         }
-        self.release(closed);
-    }
-}
-
-#[cfg(test)]
-mod busy_tests {
-    use super::BUSY;
-
-    #[test]
-    fn the_busy_answer_is_framed_by_its_content_length() {
-        let mut headers = [httparse::EMPTY_HEADER; 8];
-        let mut response = httparse::Response::new(&mut headers);
-        let httparse::Status::Complete(head) = response.parse(BUSY).unwrap() else {
-            panic!("incomplete BUSY head");
-        };
-        let length: usize = response
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .map(|h| std::str::from_utf8(h.value).unwrap().parse().unwrap())
-            .unwrap();
-        assert_eq!(response.code, Some(503));
-        assert_eq!(&BUSY[head..], b"too many connections\n");
-        assert_eq!(length, BUSY.len() - head);
+        self.release_slots(slots);
+        self.unload(handed);
     }
 }

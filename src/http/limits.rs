@@ -5,8 +5,8 @@ use std::time::Duration;
 
 /// The most event loops a server runs.
 pub(crate) const MAX_EVENT_LOOPS: usize = 16;
-/// The longest timeout [`Limits`] accept.
-const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest timeout [`Limits`] keep: a longer one is taken as this.
+pub(super) const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The limits a [`Server`](super::Server) enforces, built from the defaults
 /// (`Limits::new().max_connections(64)`); each builder method documents its default.
@@ -20,6 +20,8 @@ pub(crate) struct Limits {
     pub(super) max_requests_per_connection: Option<u64>,
     pub(super) event_loops: usize,
     pub(super) answer_timeout: Duration,
+    pub(super) listen_backlog: usize,
+    pub(super) max_connections_per_peer: Option<usize>,
 }
 
 impl Limits {
@@ -34,15 +36,36 @@ impl Limits {
             max_requests_per_connection: None,
             answer_timeout: Duration::from_secs(120),
             event_loops: 2,
+            listen_backlog: 1024,
+            max_connections_per_peer: None,
         }
     }
 
-    /// The most connections open at once; more are accepted and closed at once (after a
-    /// best-effort `503`). Default: 256. At least 1.
+    /// The most connections open at once. When every slot is taken, a newcomer takes the place
+    /// of the least recently active evictable connection (see [`admission`](super::admission));
+    /// only when none is evictable is it answered `503` (best effort) and closed. One peer may
+    /// hold about half of them. Default: 256. At least 1.
     #[must_use]
     pub(crate) fn max_connections(mut self, n: usize) -> Limits {
         self.max_connections = n;
         self
+    }
+
+    /// The most connections one peer (IP address) may hold; a newcomer of a peer that holds
+    /// them takes the place of the peer's least recently active evictable connection. Each
+    /// event loop holds its part of it. Default: half of
+    /// [`max_connections`](Limits::max_connections), rounded up. At least 1.
+    #[must_use]
+    // Only the tests set it, to test the cap alone; the health endpoint keeps the default.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn max_connections_per_peer(mut self, n: usize) -> Limits {
+        self.max_connections_per_peer = Some(n);
+        self
+    }
+
+    /// What [`max_connections_per_peer`](Limits::max_connections_per_peer) is in force.
+    pub(super) fn peer_limit(&self) -> usize {
+        (self.max_connections_per_peer).unwrap_or(self.max_connections.div_ceil(2))
     }
 
     /// The most bytes a request head (request line and headers) may take; a head that does not
@@ -57,28 +80,30 @@ impl Limits {
     }
 
     /// The time allowed to receive a complete request head, counted from the accept for the
-    /// first request, and from the first byte of the head for later ones. Default: 5 s.
+    /// first request, and from the first byte of the head for later ones. Default: 5 s. More
+    /// than zero; longer than a day is taken as a day.
     #[must_use]
     pub(crate) fn head_read_timeout(mut self, t: Duration) -> Limits {
-        self.head_read_timeout = t;
+        self.head_read_timeout = t.min(MAX_TIMEOUT);
         self
     }
 
     /// How long a kept-alive connection may stay idle between a response and the first byte of
-    /// the next request. Default: 30 s.
+    /// the next request. Default: 30 s. More than zero; longer than a day is taken as a day.
     #[must_use]
     pub(crate) fn keep_alive_idle_timeout(mut self, t: Duration) -> Limits {
-        self.keep_alive_idle_timeout = t;
+        self.keep_alive_idle_timeout = t.min(MAX_TIMEOUT);
         self
     }
 
     /// The time allowed for queued responses to be sent, counted from when the output buffer
-    /// stops being empty until it is empty again. Default: 10 s.
+    /// stops being empty until it is empty again. Default: 10 s. More than zero; longer than a
+    /// day is taken as a day.
     #[must_use]
     // Only the tests set it; the health endpoint keeps the default.
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn write_timeout(mut self, t: Duration) -> Limits {
-        self.write_timeout = t;
+        self.write_timeout = t.min(MAX_TIMEOUT);
         self
     }
 
@@ -104,12 +129,26 @@ impl Limits {
     }
 
     /// How long a connection waits for a response the handler gave as
-    /// [`Reply::Later`](super::Reply::Later) before it is closed. Default: 2 minutes.
+    /// [`Reply::Later`](super::Reply::Later) before it is closed. Default: 2 minutes. More than
+    /// zero; longer than a day is taken as a day.
     #[must_use]
     // Only the tests set it; the health endpoint keeps the default.
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn answer_timeout(mut self, t: Duration) -> Limits {
-        self.answer_timeout = t;
+        self.answer_timeout = t.min(MAX_TIMEOUT);
+        self
+    }
+
+    /// How many connections the kernel may hold, handshake done, until the server accepts
+    /// them: a burst of connections larger than this has its excess SYNs dropped, and those
+    /// clients (probes among them) retry only after a second. The kernel holds no more than its
+    /// own limit (`net.core.somaxconn` on Linux: 4096 by default since 5.4, 128 before); on
+    /// Linux the server asks for no more than that, and logs (at info) when it asks for less
+    /// than this. Default: 1024. At least 1 (0 is taken as 1). Unix only: elsewhere it stays
+    /// mio's 128.
+    #[must_use]
+    pub(crate) fn listen_backlog(mut self, n: usize) -> Limits {
+        self.listen_backlog = n.max(1);
         self
     }
 
@@ -127,8 +166,12 @@ impl Limits {
             self.write_timeout,
             self.answer_timeout,
         ];
-        if timeouts.iter().any(|t| t.is_zero() || *t > MAX_TIMEOUT) {
-            return invalid("timeouts must be more than zero and at most a day");
+        // The builders take anything over a day as a day, so only zero is left to refuse.
+        if timeouts.iter().any(|t| t.is_zero()) {
+            return invalid("timeouts must be more than zero");
+        }
+        if self.max_connections_per_peer == Some(0) {
+            return invalid("max_connections_per_peer must be at least 1");
         }
         if self.max_requests_per_connection == Some(0) {
             return invalid("max_requests_per_connection must be at least 1");

@@ -19,12 +19,12 @@
 //! A fixed number of named event-loop threads ([`Limits::event_loops`], default 2) poll the
 //! connections with [`mio`] (readiness polling over epoll/kqueue, not an async runtime). The
 //! number of threads is the same whatever the number of connections. The first loop (thread
-//! `NAME`) also owns the listener: it accepts, admits, and hands each connection to the least
-//! loaded loop, itself included (ties go round), through that loop's channel and its
-//! [`mio::Waker`]. From then on the connection belongs to that loop alone: its buffers, its
-//! deadlines and its sweep; the server takes no lock on the request path. The other loops are
-//! threads `NAME 1`, `NAME 2`, ... With several loops, a loop that the scheduler takes off its
-//! core holds up only its own share of the connections.
+//! `NAME`) also owns the listener: it accepts and hands each connection to a loop, itself
+//! included, through that loop's channel and its [`mio::Waker`] (see
+//! [Admission](#admission)). From then on the connection belongs to that loop alone: its
+//! buffers, its deadlines, its sweep and its eviction; the server takes no lock on the request
+//! path. The other loops are threads `NAME 1`, `NAME 2`, ... With several loops, a loop that
+//! the scheduler takes off its core holds up only its own share of the connections.
 //!
 //! Under load a loop never waits in its poll, so the scheduler would let it run to the end of
 //! its time slice and then keep it off its core for a whole tick, its connections all waiting.
@@ -81,11 +81,56 @@
 //! timeout is the time to the nearest deadline (at most every few milliseconds, at least once a
 //! second), so no timer thread exists.
 //!
-//! Above [`Limits::max_connections`] open connections, counted over every loop (one shared
-//! count, raised only by the accepting loop), new connections are accepted, answered `503` on a
-//! best-effort basis and closed at once. Accept errors (`EMFILE`, `ENFILE`, ...) never end the
-//! loop: they are logged (rate-limited) and accepting pauses for 100 ms. The counters of
-//! [`ServerStats`] are shared by every loop.
+//! Accept errors (`EMFILE`, `ENFILE`, ...) never end the loop: they are logged (rate-limited)
+//! and accepting pauses for 100 ms. The counters of [`ServerStats`] are shared by every loop.
+//!
+//! # Admission
+//!
+//! [`Limits::max_connections`] caps the open connections over every loop: one shared count,
+//! taken and given back with atomic operations. A newcomer is never refused for a slot that a
+//! connection holds without being served. A connection is *evictable* while it has not sent a
+//! complete request head, while it is kept alive (or lingers after its last answer) asking
+//! nothing, and while its client does not read (its answers wait to be sent); it is busy, and
+//! never evicted, while a request of it is being answered. When every slot is taken, the
+//! newcomer takes the place of the least recently active evictable connection: the one that
+//! has made no progress for the longest (since it was accepted or began a head, was answered,
+//! or began to wait for its client to read). Only if none is evictable is the newcomer answered
+//! `503` (best effort) and closed.
+//!
+//! One peer (IP address, an IPv4-mapped IPv6 address counting as IPv4) may hold
+//! [`Limits::max_connections_per_peer`], half the cap by default: a newcomer from a peer that
+//! holds them takes the place of that peer's own least recently active evictable connection,
+//! free slots or not, and is refused only if all of them are busy; when every slot is taken, a
+//! newcomer from another peer takes first from the peers that hold their share. So neither a
+//! client nor a peer can lock probes out by holding connections open: a slowloris, a crowd of
+//! idle keep-alive clients or a flood ends up evicting its own connections.
+//!
+//! Connections belong to one loop and no lock guards them, so a connection is only ever
+//! evicted by its own loop. Each loop keeps the per-peer counts of its own connections (each
+//! loop holds its part of a peer's limit, as connections are spread evenly) and publishes how
+//! many of them are evictable (one atomic per loop, updated after each drive). The accepting
+//! loop takes a slot of the shared count for a newcomer if one is free, and hands it to the
+//! least loaded loop; if none is free, it hands it to the loop with the most evictable
+//! connections, counting one of them as spoken for so that a burst spreads over the loops, and
+//! refuses it itself if no loop has any. The loop that receives it decides alone, from what it
+//! knows ([`admission::decide`]): it admits it into the free slot, or evicts one of its own
+//! connections and gives the newcomer its slot, or refuses it. The published counts are hints:
+//! a loop whose evictable connections have all become busy meanwhile refuses, and that is
+//! counted like any refusal. The least recently active connection is that of the receiving
+//! loop, not of the whole server.
+//!
+//! Before admission, the accepting loop drops a connection whose client has already closed or
+//! reset it without sending anything (it peeks at it): a connect-and-close flood takes no slot.
+//! It accepts at most 64 connections per turn, after serving the events of the connections it
+//! has, and a loop reads a newcomer as soon as it takes it, so a probe whose request came with
+//! its connection is answered at once. The listen backlog is [`Limits::listen_backlog`] (1024;
+//! mio and the standard library ask for 128, which a burst of connections overflows: the excess
+//! SYNs are dropped, and those clients retry only after a second).
+//!
+//! Evictions by reason ([`EvictionReason`]: head-less, idle, stalled), refusals and the
+//! connections dropped at the accept are counted in [`ServerStats`] (and so in the endpoint's
+//! `/metrics`); evictions and refusals are logged at warn level, at most once a second per kind
+//! and loop.
 //!
 //! [`Server::shutdown`] (or drop) wakes every loop with its [`mio::Waker`]; each closes its
 //! connections and ends, and the call joins every thread before it returns.
@@ -118,7 +163,9 @@
 //!
 //! | limit | default | meaning |
 //! | --- | --- | --- |
-//! | [`max_connections`](Limits::max_connections) | 256 | open connections; more are closed at once |
+//! | [`max_connections`](Limits::max_connections) | 256 | open connections; then evictions |
+//! | [`max_connections_per_peer`](Limits::max_connections_per_peer) | 128 | one IP's; half the cap |
+//! | [`listen_backlog`](Limits::listen_backlog) | 1024 | queued by the kernel until accepted |
 //! | [`max_head_bytes`](Limits::max_head_bytes) | 8 KiB | request line and headers, per request |
 //! | [`head_read_timeout`](Limits::head_read_timeout) | 5 s | to receive a complete head |
 //! | [`keep_alive_idle_timeout`](Limits::keep_alive_idle_timeout) | 30 s | idle between requests |
@@ -126,14 +173,18 @@
 //! | [`max_requests_per_connection`](Limits::max_requests_per_connection) | none | then close |
 //! | [`event_loops`](Limits::event_loops) | 2 | threads serving the connections (1 to 16) |
 //!
+//! A timeout of zero is refused; one over a day is taken as a day.
+//!
 //! The head-read clock starts when the connection is accepted, or at the first byte of a head
 //! that follows an earlier response. The keep-alive clock starts when a response has been
 //! written completely and nothing of the next request has arrived.
 
+mod admission;
 mod connection;
 mod event_loop;
 mod host;
 mod limits;
+mod listener;
 mod reply;
 mod request;
 mod response;
@@ -155,4 +206,9 @@ pub(crate) use self::request::{Request, MAX_HEADERS};
 pub(crate) use self::request::split_target;
 pub(crate) use self::response::Response;
 pub(crate) use self::server::{Handler, Server};
+// `/metrics` labels the endpoint's evictions by reason, and reads its counters at scrape time.
+#[cfg_attr(not(feature = "metrics"), allow(unused_imports))]
+pub(crate) use self::admission::EvictionReason;
 pub(crate) use self::stats::ServerStats;
+#[cfg_attr(not(feature = "metrics"), allow(unused_imports))]
+pub(crate) use self::stats::StatsSource;

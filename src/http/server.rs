@@ -5,15 +5,15 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use mio::net::TcpListener;
 use mio::{Poll, Waker};
 
 use super::event_loop::{EventLoop, Peer, WAKER};
-use super::stats::Counters;
+use super::listener;
+use super::stats::{Counters, StatsSource};
 use super::{Limits, Reply, Request, ServerStats};
 
 /// Renders the response to a request. It is called on the event-loop threads, on several at
@@ -24,10 +24,14 @@ pub(crate) type Handler = Arc<dyn Fn(&Request<'_>) -> Reply + Send + Sync>;
 /// What every event loop of a server shares.
 pub(super) struct Shared {
     pub(super) stop: AtomicBool,
-    pub(super) counters: Counters,
+    pub(super) counters: Arc<Counters>,
     /// Per event loop, the connections handed to it and not yet closed: how the accepting loop
     /// finds the least loaded one. [`GONE`] once a loop can no longer take connections.
     pub(super) loads: Box<[AtomicUsize]>,
+    /// Per event loop, how many of its connections are evictable, less those the accepting
+    /// loop has already sent it newcomers for: where a newcomer finds room when every slot is
+    /// taken. A hint (the loop itself decides), so it may be off for a moment, even negative.
+    pub(super) evictable: Box<[AtomicIsize]>,
 }
 
 /// The load of an event loop that has ended: never the least.
@@ -77,12 +81,13 @@ impl Server {
             ));
         }
         let n = limits.event_loops;
-        let listener = bind_first(addr)?;
+        let listener = listener::bind(addr, limits.listen_backlog)?;
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
-            counters: Counters::default(),
+            counters: Arc::default(),
             loads: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            evictable: (0..n).map(|_| AtomicIsize::new(0)).collect(),
         });
         // Every poller, waker and inbox is made before any thread starts.
         let mut event_loops = Vec::with_capacity(n);
@@ -149,18 +154,13 @@ impl Server {
 
     /// A snapshot of the server's counters, summed over its event loops.
     pub(crate) fn stats(&self) -> ServerStats {
-        let c = &self.shared.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        ServerStats {
-            open_connections: c.open_connections.load(Ordering::Relaxed),
-            accepted: get(&c.accepted),
-            rejected_over_limit: get(&c.rejected_over_limit),
-            timed_out: get(&c.timed_out),
-            bad_requests: get(&c.bad_requests),
-            accept_errors: get(&c.accept_errors),
-            requests: get(&c.requests),
-            bytes_read: get(&c.bytes_read),
-        }
+        self.stats_source().read()
+    }
+
+    /// What reads the server's counters, for as long as it is held: [`stats`](Server::stats)
+    /// from anywhere (the endpoint's `/metrics`).
+    pub(crate) fn stats_source(&self) -> StatsSource {
+        StatsSource::new(Arc::clone(&self.shared.counters))
     }
 
     /// How many connections each event loop has been handed and not yet closed, accepting loop
@@ -235,16 +235,4 @@ impl fmt::Debug for Server {
             .field("stats", &self.stats())
             .finish()
     }
-}
-
-fn bind_first(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
-    let mut last = None;
-    for a in addr.to_socket_addrs()? {
-        match TcpListener::bind(a) {
-            Ok(l) => return Ok(l),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last
-        .unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind to")))
 }

@@ -1,6 +1,6 @@
 //! The lifecycle's own metrics, read at scrape time from their sources of truth: the health
-//! checker's cached [`Snapshot`], the runner's [`ServiceTable`], the producers' counts, the
-//! process.
+//! checker's cached [`Snapshot`], the runner's [`ServiceTable`], the health endpoint's
+//! [`ServerStats`], the producers' counts, the process.
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
 use crate::checker::{Probe, Snapshot};
+use crate::http::{EvictionReason, ServerStats};
 use crate::state::State;
 
 use super::producer::{Failure, Producer};
@@ -23,6 +24,8 @@ pub(super) struct Builtin {
     pub(super) process_start: Option<SystemTime>,
     pub(super) snapshot: Option<Snapshot>,
     pub(super) services: Option<Arc<ServiceTable>>,
+    /// The counters of the endpoint that serves these metrics, read for this scrape.
+    pub(super) endpoint: Option<ServerStats>,
     pub(super) producers: Vec<Arc<Producer>>,
 }
 
@@ -34,6 +37,29 @@ impl fmt::Debug for Builtin {
 
 type Labels<'a> = [(&'static str, &'a str)];
 
+/// Encodes a family of type `typ` from `(labels, metric)` pairs; writes nothing when there are
+/// none.
+fn family<'l, M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder<'_>,
+    (name, help, unit): (&str, &str, Option<&Unit>),
+    typ: MetricType,
+    samples: impl IntoIterator<Item = (Vec<(&'static str, &'l str)>, M)>,
+) -> fmt::Result {
+    let mut samples = samples.into_iter().peekable();
+    if samples.peek().is_none() {
+        return Ok(());
+    }
+    let mut metric = encoder.encode_descriptor(name, help, unit, typ)?;
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            // A family without labels has one sample, written `name v` rather than `name{} v`.
+            return value.encode(metric);
+        }
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 /// Encodes a gauge family from `(labels, value)` pairs; writes nothing when there are none.
 fn gauges<'l>(
     encoder: &mut DescriptorEncoder<'_>,
@@ -42,19 +68,19 @@ fn gauges<'l>(
     unit: Option<&Unit>,
     samples: impl IntoIterator<Item = (Vec<(&'static str, &'l str)>, f64)>,
 ) -> fmt::Result {
-    let mut samples = samples.into_iter().peekable();
-    if samples.peek().is_none() {
-        return Ok(());
-    }
-    let mut metric = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
-    for (labels, value) in samples {
-        if labels.is_empty() {
-            // A family without labels has one sample, written `name v` rather than `name{} v`.
-            return ConstGauge::new(value).encode(metric);
-        }
-        ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
-    }
-    Ok(())
+    let samples = samples.into_iter().map(|(l, v)| (l, ConstGauge::new(v)));
+    family(encoder, (name, help, unit), MetricType::Gauge, samples)
+}
+
+/// Encodes a counter family (exposed as `name_total`) from `(labels, value)` pairs.
+fn counters<'l>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Vec<(&'static str, &'l str)>, u64)>,
+) -> fmt::Result {
+    let samples = samples.into_iter().map(|(l, v)| (l, ConstCounter::new(v)));
+    family(encoder, (name, help, None), MetricType::Counter, samples)
 }
 
 fn bit(b: bool) -> f64 {
@@ -88,6 +114,9 @@ impl Builtin {
         self.encode_services(encoder)?;
         if let Some(snapshot) = &self.snapshot {
             encode_health(encoder, snapshot)?;
+        }
+        if let Some(stats) = &self.endpoint {
+            encode_endpoint(encoder, stats)?;
         }
         self.encode_producers(encoder)
     }
@@ -259,5 +288,62 @@ fn encode_health(encoder: &mut DescriptorEncoder<'_>, snapshot: &Snapshot) -> fm
         "Calls into health checks that have not returned, across all checks.",
         None,
         [(Vec::new(), snapshot.stuck_calls() as f64)],
+    )
+}
+
+/// The health endpoint's connection counters, from its [`ServerStats`].
+fn encode_endpoint(encoder: &mut DescriptorEncoder<'_>, stats: &ServerStats) -> fmt::Result {
+    gauges(
+        encoder,
+        "lifecycle_health_endpoint_connections_open",
+        "Connections the health endpoint holds open.",
+        None,
+        [(Vec::new(), stats.open_connections as f64)],
+    )?;
+    let totals = [
+        (
+            "lifecycle_health_endpoint_connections_accepted",
+            "Connections the health endpoint accepted, including those it dropped, refused or evicted since.",
+            stats.accepted,
+        ),
+        (
+            "lifecycle_health_endpoint_connections_abandoned",
+            "Connections closed by their client before the health endpoint accepted them: dropped without taking a slot.",
+            stats.abandoned,
+        ),
+        (
+            "lifecycle_health_endpoint_connections_rejected",
+            "Connections the health endpoint answered 503 and closed because no connection could make room: every one was busy answering a request.",
+            stats.rejected,
+        ),
+        (
+            "lifecycle_health_endpoint_connections_timed_out",
+            "Connections the health endpoint closed because a request head, an idle keep-alive or a write took too long.",
+            stats.timed_out,
+        ),
+        (
+            "lifecycle_health_endpoint_accept_errors",
+            "Failed accepts of the health endpoint (such as EMFILE), each followed by a short pause.",
+            stats.accept_errors,
+        ),
+        (
+            "lifecycle_health_endpoint_requests",
+            "Requests the health endpoint answered.",
+            stats.requests,
+        ),
+        (
+            "lifecycle_health_endpoint_bad_requests",
+            "Requests the health endpoint refused without answering them (400, 431, 505, an HTTP/2 preface).",
+            stats.bad_requests,
+        ),
+    ];
+    for (name, help, value) in totals {
+        counters(encoder, name, help, [(Vec::new(), value)])?;
+    }
+    counters(
+        encoder,
+        "lifecycle_health_endpoint_connections_evicted",
+        "Connections the health endpoint closed to make room for a newcomer, by what made them evictable: head_less (no complete request head), idle (kept alive, asking nothing), stalled (its client does not read).",
+        EvictionReason::ALL.map(|r| (vec![("reason", r.as_str())], stats.evicted(r))),
     )
 }

@@ -10,7 +10,7 @@ use crate::http::{Handler, Limits, Request, Responder, Response, Server};
 /// A server that answers `/later` [`Reply::Later`](crate::http::Reply::Later), handing each
 /// responder to the test through the returned channel, `/drop` later with a responder that is
 /// dropped unanswered, and anything else at once with `"now <path>"`.
-fn serve_deferred(
+pub(super) fn serve_deferred(
     limits: Limits,
     thread_name: &str,
 ) -> (Server, crossbeam_channel::Receiver<Responder>) {

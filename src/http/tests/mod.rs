@@ -6,7 +6,7 @@
 //! The shared client and fixtures are here; the tests are grouped as the code is: one
 //! connection's protocol ([`connection`]), what it keeps queued and how it ends when its client
 //! does not read ([`backpressure`]), answers that come later ([`later`]), the limits
-//! ([`limits`]) and the event loops ([`event_loops`]).
+//! ([`limits`]), admission and eviction ([`admission`]) and the event loops ([`event_loops`]).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
+mod admission;
 mod backpressure;
 mod connection;
 mod event_loops;
@@ -173,6 +174,19 @@ impl Client {
     fn until_closed(&mut self) -> Vec<u8> {
         while self.fill() {}
         std::mem::take(&mut self.buf)
+    }
+
+    /// Whether the server holds the connection open and has sent nothing unread: a look, not
+    /// a wait (on 127.0.0.1, a close the server made before its last answer has arrived).
+    fn is_held(&self) -> bool {
+        self.stream.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        let held = matches!(
+            (&self.stream).read(&mut byte),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock
+        );
+        self.stream.set_nonblocking(false).unwrap();
+        held
     }
 }
 
