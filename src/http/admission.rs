@@ -5,8 +5,9 @@
 //! answer), or its client does not read what it is sent. A connection is busy, and never
 //! evicted, while a request of it is being answered. [`decide`] picks, among one event loop's
 //! connections, the one that makes room for a newcomer: the least recently active evictable
-//! one, of the newcomer's own peer if that peer holds its share, else preferably of a peer
-//! that holds its share. These are pure functions of what the loop knows, tested alone.
+//! one (one lingering after its last answer only when there is no other), of the newcomer's
+//! own peer if that peer holds its share, else preferably of a peer that holds its share.
+//! These are pure functions of what the loop knows, tested alone.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -65,6 +66,10 @@ impl EvictionReason {
 pub(super) struct Evictable {
     pub(super) reason: EvictionReason,
     pub(super) since: Instant,
+    /// It lingers after its last answer, waiting for its client to close: it goes on its own
+    /// soon, and its answer may not have reached the client yet (a connection given up on
+    /// with its answer unacknowledged is reset), so it is evicted only if no other one is.
+    pub(super) closing: bool,
 }
 
 /// An evictable connection of an event loop, as [`decide`] weighs it.
@@ -145,11 +150,13 @@ pub(super) fn try_reserve(open: &AtomicUsize, max: usize) -> bool {
     .is_ok()
 }
 
-/// Keeps in `oldest` whichever of it and `c` has made no progress for longer (the least
-/// recently active).
-fn keep_oldest(oldest: &mut Option<Candidate>, c: Candidate) {
-    if oldest.is_none_or(|o| c.evictable.since < o.evictable.since) {
-        *oldest = Some(c);
+/// Keeps in `first` whichever of it and `c` is to be evicted first: one that is not closing
+/// before one that is, then the one that has made no progress for longer (the least recently
+/// active).
+fn keep_first(first: &mut Option<Candidate>, c: Candidate) {
+    let order = |c: &Candidate| (c.evictable.closing, c.evictable.since);
+    if first.is_none_or(|f| order(&c) < order(&f)) {
+        *first = Some(c);
     }
 }
 
@@ -163,6 +170,8 @@ fn keep_oldest(oldest: &mut Option<Candidate>, c: Candidate) {
 /// - Else the least recently active evictable connection of the peers that hold their share
 ///   makes room, or if they have none, the least recently active of all; with none at all, it
 ///   is refused (every connection is busy answering).
+///
+/// Among the candidates, one lingering after its last answer goes only after every other.
 pub(super) fn decide(
     newcomer: IpAddr,
     full: bool,
@@ -176,12 +185,12 @@ pub(super) fn decide(
     let (mut own, mut crowding, mut any) = (None, None, None);
     for c in candidates {
         if c.peer == newcomer {
-            keep_oldest(&mut own, c);
+            keep_first(&mut own, c);
         }
         if peers.at_share(c.peer) {
-            keep_oldest(&mut crowding, c);
+            keep_first(&mut crowding, c);
         }
-        keep_oldest(&mut any, c);
+        keep_first(&mut any, c);
     }
     let victim = if own_share_taken {
         own

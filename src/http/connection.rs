@@ -503,16 +503,20 @@ impl Connection {
     /// Meant to be asked between two drives.
     pub(super) fn evictable(&self) -> Option<super::admission::Evictable> {
         use super::admission::{Evictable, EvictionReason};
-        let (reason, since) = match self.state {
-            State::Lingering { since, .. } => (EvictionReason::Idle, since),
+        let (reason, since, closing) = match self.state {
+            State::Lingering { since, .. } => (EvictionReason::Idle, since, true),
             _ if self.queued || self.awaited.is_some() => return None,
             // Between two drives, output left unsent means the socket would take no more.
             _ => match (self.write_since, self.head_since) {
-                (Some(since), _) => (EvictionReason::Stalled, since),
-                (None, Some(since)) => (EvictionReason::HeadLess, since),
-                (None, None) => (EvictionReason::Idle, self.idle_since),
+                (Some(since), _) => (EvictionReason::Stalled, since, false),
+                (None, Some(since)) => (EvictionReason::HeadLess, since, false),
+                (None, None) => (EvictionReason::Idle, self.idle_since, false),
             },
         };
-        Some(Evictable { reason, since })
+        Some(Evictable {
+            reason,
+            since,
+            closing,
+        })
     }
 }

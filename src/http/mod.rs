@@ -94,8 +94,10 @@
 //! never evicted, while a request of it is being answered. When every slot is taken, the
 //! newcomer takes the place of the least recently active evictable connection: the one that
 //! has made no progress for the longest (since it was accepted or began a head, was answered,
-//! or began to wait for its client to read). Only if none is evictable is the newcomer answered
-//! `503` (best effort) and closed.
+//! or began to wait for its client to read). A connection lingering after its last answer goes
+//! only when no other one is evictable: it goes soon anyway, and its answer may not have reached
+//! its client yet (a connection given up on with its answer unacknowledged is reset). Only if
+//! none is evictable is the newcomer answered `503` (best effort) and closed.
 //!
 //! One peer (IP address, an IPv4-mapped IPv6 address counting as IPv4) may hold
 //! [`Limits::max_connections_per_peer`], half the cap by default: a newcomer from a peer that

@@ -27,7 +27,11 @@ fn loop_of(
         .map(|(index, &(peer, reason, idle))| {
             peers.add(peer);
             let since = now - Duration::from_secs(idle);
-            let evictable = Evictable { reason, since };
+            let evictable = Evictable {
+                reason,
+                since,
+                closing: false,
+            };
             Candidate {
                 index,
                 peer,
@@ -59,6 +63,17 @@ fn when_full_the_least_recently_active_evictable_connection_makes_room() {
     // Busy connections are no candidates: with none evictable, the newcomer is refused.
     assert_eq!(decide(C, true, &peers, all[..1].to_vec()), evict(0, Idle));
     assert_eq!(decide(C, true, &peers, Vec::new()), Verdict::Refuse);
+}
+
+#[test]
+fn a_connection_lingering_after_its_last_answer_goes_last() {
+    use EvictionReason::{HeadLess, Idle};
+    let now = Instant::now();
+    let (peers, mut all) = loop_of(now, 10, &[(A, Idle, 9), (B, HeadLess, 1)]);
+    all[0].evictable.closing = true;
+    // Its answer may still be on its way: the younger head-less one goes first.
+    assert_eq!(decide(C, true, &peers, all.clone()), evict(1, HeadLess));
+    assert_eq!(decide(C, true, &peers, all[..1].to_vec()), evict(0, Idle));
 }
 
 #[test]
