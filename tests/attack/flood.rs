@@ -1,6 +1,6 @@
-//! A connect-and-close flood in bursts: every 100 ms, threads released together each start a
-//! run of connections without waiting for any (non-blocking connects, so that a dropped SYN
-//! slows no burst down), then close them all.
+//! A connect-and-close flood in bursts: every so often, threads released together each open a
+//! run of connections, closing each at once, without waiting for any (non-blocking connects,
+//! so that a dropped SYN slows no burst down).
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -13,8 +13,6 @@ use super::{share, Attack, Report};
 
 /// The flooding threads.
 const THREADS: usize = 4;
-/// How often a burst starts.
-const EVERY: Duration = Duration::from_millis(100);
 
 /// Starts a non-blocking connect to `addr`; the socket, which closing aborts or closes.
 fn start_connect(addr: SocketAddrV4) -> io::Result<OwnedFd> {
@@ -51,9 +49,9 @@ fn start_connect(addr: SocketAddrV4) -> io::Result<OwnedFd> {
     }
 }
 
-/// Starts bursts of `burst` connections every 100 ms, each closed once the whole burst has been
+/// Starts bursts of `burst` connections, one `every` so often, each closed as soon as it is
 /// started; returns once every thread is flooding. `addr` must be IPv4.
-pub fn start(addr: SocketAddr, burst: usize) -> Attack {
+pub fn start(addr: SocketAddr, burst: usize, every: Duration) -> Attack {
     let SocketAddr::V4(addr) = addr else {
         panic!("the flood is IPv4 only: {addr}");
     };
@@ -73,13 +71,16 @@ pub fn start(addr: SocketAddr, burst: usize) -> Attack {
             if end.load(Ordering::SeqCst) {
                 return report;
             }
-            let sockets: Vec<OwnedFd> = (0..share(burst, THREADS, i))
-                .filter_map(|_| start_connect(addr).ok())
-                .collect();
-            report.opened += sockets.len() as u64;
-            drop(sockets);
+            for _ in 0..share(burst, THREADS, i) {
+                // Closed at once: on 127.0.0.1 the handshake is done within the connect, so the
+                // connection waits in the backlog already closed by its client.
+                if let Ok(socket) = start_connect(addr) {
+                    report.opened += 1;
+                    drop(socket);
+                }
+            }
             together.wait();
-            std::thread::sleep(EVERY.saturating_sub(start.elapsed()));
+            std::thread::sleep(every.saturating_sub(start.elapsed()));
         }
     })
 }
