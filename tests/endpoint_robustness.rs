@@ -134,6 +134,8 @@ fn garbage_request_lines_get_a_4xx_or_a_close_and_serving_goes_on() {
     for (name, bytes) in &cases {
         match send_on_fresh_connection(&f, bytes) {
             None => {}
+            // A long method is still a method: one the endpoint does not recognise.
+            Some(r) if *name == "200-character method" => assert_eq!(r.status, 501, "{name}"),
             Some(r) => assert!(
                 (400..500).contains(&r.status),
                 "{name}: answered {} {:?}",

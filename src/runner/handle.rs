@@ -71,6 +71,10 @@ impl RunHandle {
     ///
     /// Returns `false` at once when a shutdown was asked for or began before the run phase (a
     /// start failed, or a signal arrived during start): the run phase will not begin then.
+    ///
+    /// With health on, the run phase begins once the checker has polled every check with every
+    /// service started (waiting at most 2 s for a check that is slow to answer), so when this
+    /// returns `true` the endpoint's `/readyz` passes.
     pub fn wait_running(&self, timeout: Duration) -> bool {
         select! {
             recv(self.running.receiver()) -> _ => {}

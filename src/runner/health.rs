@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::checker::{CheckOptions, HealthChecker, Probe, Reporter};
 use crate::endpoint::HealthEndpoint;
@@ -12,6 +13,10 @@ use crate::service::{start_guarded, HealthReporter, Service};
 use crate::stop::StartContext;
 
 use super::Runner;
+
+/// How long the start of the run phase waits for every check's first poll with every service
+/// started (twice the checker's default poll timeout).
+const RUN_PHASE_POLL: Duration = Duration::from_secs(2);
 
 /// The name of the check that says whether the runner is in its run phase.
 pub(crate) const RUNNER_CHECK: &str = "runner";
@@ -122,9 +127,13 @@ impl RunnerHealth {
             }
         }
         if running {
-            // Every service has just been seen ready by the runner: refresh the cache now rather
-            // than at the next poll, so readiness passes without waiting an interval.
-            self.checker.poll_now();
+            // Every service has just been seen ready by the runner: poll them now rather than
+            // at the next interval, and wait (bounded) for that poll, so that once the run
+            // phase begins (`RunHandle::wait_running` returns) the endpoint's readiness passes.
+            // A check that does not answer within the bound is waited for no longer.
+            if let Err(e) = self.checker.wait_for_poll(RUN_PHASE_POLL) {
+                crate::relay::debug!("the run phase begins before every check's poll: {e}");
+            }
         }
     }
 
