@@ -86,6 +86,8 @@ pub struct Proc {
     child: Child,
     lines: Receiver<String>,
     log: Vec<String>,
+    /// The lines of `log` that a wait has returned.
+    returned: Vec<usize>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -123,6 +125,7 @@ impl Proc {
             child,
             lines: rx,
             log: Vec::new(),
+            returned: Vec::new(),
             reader: Some(reader),
         }
     }
@@ -137,10 +140,22 @@ impl Proc {
         assert_eq!(rc, 0, "kill({}, {signal})", self.pid());
     }
 
-    /// Waits for a log line containing `needle`; returns it. Fails the test at the watchdog or if
-    /// the child's output ends first.
+    /// Waits for a log line containing `needle`, read earlier or still to come, and not returned
+    /// by an earlier wait; returns it. Fails the test at the watchdog or if the child's output
+    /// ends first.
+    ///
+    /// Lines read while waiting for another one are kept for later waits: the library writes
+    /// its lines from a thread of its own, so one of them can come out after a line the
+    /// program logged later.
     #[track_caller]
     pub fn wait_for(&mut self, needle: &str) -> String {
+        let found = (self.log.iter().enumerate())
+            .find(|(i, line)| !self.returned.contains(i) && line.contains(needle))
+            .map(|(i, line)| (i, line.clone()));
+        if let Some((i, line)) = found {
+            self.returned.push(i);
+            return line;
+        }
         let deadline = Instant::now() + WATCHDOG;
         loop {
             match self
@@ -150,6 +165,7 @@ impl Proc {
                 Ok(line) => {
                     self.log.push(line.clone());
                     if line.contains(needle) {
+                        self.returned.push(self.log.len() - 1);
                         return line;
                     }
                 }
