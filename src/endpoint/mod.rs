@@ -144,8 +144,8 @@ impl EndpointOptions {
 /// | --- | --- |
 /// | `/livez` | liveness: the process is alive and its health checker is polling |
 /// | `/readyz`, `/ready` | readiness: every check's `ready()` |
-/// | `/healthz`, `/health` | everything: every check's readiness and health |
-/// | `/readyz/NAME`, `/healthz/NAME` | one check (404 if there is none by that name) |
+/// | `/healthz`, `/health` | every check's readiness and health, except [traffic gates](crate::health::CheckOptions::traffic_gate), which count toward readiness only |
+/// | `/readyz/NAME`, `/healthz/NAME` | one check (404 if there is none by that name, and for `/healthz/NAME` of a traffic gate) |
 #[cfg_attr(
     feature = "metrics",
     doc = "| `/metrics` | Prometheus metrics, with [`EndpointOptions::metrics`] (feature `metrics`; else 404) |"

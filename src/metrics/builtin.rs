@@ -225,7 +225,7 @@ fn encode_health(encoder: &mut DescriptorEncoder<'_>, snapshot: &Snapshot) -> fm
     gauges(
         encoder,
         "lifecycle_health_status",
-        "Whether the process passes each probe overall (1) or fails it (0), as /readyz and /healthz answer.",
+        "Whether the process passes each probe overall (1) or fails it (0): ready is every check's readiness, as /readyz answers; health is every check's health except traffic gates' (/healthz also asks their readiness).",
         None,
         probes.map(|probe| {
             let verdict = match probe {
