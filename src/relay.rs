@@ -28,7 +28,7 @@
 //! [`debug!`]: crate::relay::debug
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -63,9 +63,22 @@ struct Relay {
     running: AtomicBool,
     /// Lines dropped because the queue was full, not yet reported.
     dropped: AtomicU64,
-    /// The last relay thread, joined by the next start (it has ended, or is ending, by then).
-    thread: Mutex<Option<JoinHandle<()>>>,
+    /// The last relay thread, joined by the next start, and when a start last failed.
+    thread: Mutex<Spawner>,
 }
+
+/// What starting the relay thread needs to remember.
+#[derive(Default)]
+struct Spawner {
+    /// The last relay thread (it has ended, or is ending, when the next one starts).
+    handle: Option<JoinHandle<()>>,
+    /// When spawning it last failed: the next attempt waits [`RESPAWN_AFTER`].
+    failed_at: Option<Instant>,
+}
+
+/// How long after a failed spawn (the process is out of threads) the next one is tried: lines
+/// wait in the queue (and are dropped once it is full) meanwhile.
+const RESPAWN_AFTER: Duration = Duration::from_millis(100);
 
 fn relay() -> &'static Relay {
     static RELAY: OnceLock<Relay> = OnceLock::new();
@@ -76,7 +89,7 @@ fn relay() -> &'static Relay {
             receiver,
             running: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
-            thread: Mutex::new(None),
+            thread: Mutex::new(Spawner::default()),
         }
     })
 }
@@ -114,7 +127,8 @@ pub(crate) fn line(
 fn send(message: Message) -> bool {
     let relay = relay();
     match relay.sender.try_send(message) {
-        Ok(()) => {}
+        // Orders the send before the load of `running` below, whatever the channel does inside.
+        Ok(()) => fence(Ordering::SeqCst),
         Err(TrySendError::Full(Message::Line { .. })) => {
             relay.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
@@ -130,12 +144,17 @@ fn send(message: Message) -> bool {
     true
 }
 
-fn start(relay: &'static Relay) {
-    let mut thread = relay.thread.lock();
+/// Starts the relay thread unless one runs; returns whether one runs.
+fn start(relay: &'static Relay) -> bool {
+    let mut spawner = relay.thread.lock();
     if relay.running.load(Ordering::SeqCst) {
-        return;
+        return true;
     }
-    if let Some(old) = thread.take() {
+    let now = Instant::now();
+    if (spawner.failed_at).is_some_and(|t| now.duration_since(t) < RESPAWN_AFTER) {
+        return false;
+    }
+    if let Some(old) = spawner.handle.take() {
         // It has set `running` to false, so it logs nothing more and is ending: the join only
         // waits for it to return.
         let _ = old.join();
@@ -145,11 +164,17 @@ fn start(relay: &'static Relay) {
         .name(THREAD_NAME.to_owned())
         .spawn(move || serve(relay))
     {
-        Ok(handle) => *thread = Some(handle),
+        Ok(handle) => {
+            spawner.handle = Some(handle);
+            spawner.failed_at = None;
+            true
+        }
         Err(_) => {
             // No thread for the lines (the process is out of threads): they wait in the queue
             // (dropped once it is full) until a later line starts one.
             relay.running.store(false, Ordering::SeqCst);
+            spawner.failed_at = Some(now);
+            false
         }
     }
 }
@@ -160,8 +185,10 @@ fn serve(relay: &'static Relay) {
         match relay.receiver.recv_timeout(IDLE_EXIT) {
             Ok(message) => write(relay, message),
             Err(RecvTimeoutError::Timeout) => {
-                let _thread = relay.thread.lock();
+                let _spawner = relay.thread.lock();
                 relay.running.store(false, Ordering::SeqCst);
+                // Orders the store before the check of the queue (see `send`).
+                fence(Ordering::SeqCst);
                 if relay.receiver.is_empty() {
                     return;
                 }
@@ -183,24 +210,30 @@ fn write(relay: &Relay, message: Message) {
             line,
             text,
         } => {
-            let dropped = relay.dropped.swap(0, Ordering::Relaxed);
-            if dropped > 0 {
-                emit(
-                    log::Level::Warn,
-                    module_path!(),
-                    file!(),
-                    line!(),
-                    format_args!(
-                        "{dropped} log line(s) of lifecycle dropped: the log sink was not taking \
-                         them"
-                    ),
-                );
-            }
+            report_dropped(relay);
             emit(level, target, file, line, format_args!("{text}"));
         }
         Message::Flush(done) => {
+            report_dropped(relay);
+            let _ = std::panic::catch_unwind(|| log::logger().flush());
             let _ = done.send(());
         }
+    }
+}
+
+/// Logs how many lines were dropped since the last report, if any.
+fn report_dropped(relay: &Relay) {
+    let dropped = relay.dropped.swap(0, Ordering::Relaxed);
+    if dropped > 0 {
+        emit(
+            log::Level::Warn,
+            module_path!(),
+            file!(),
+            line!(),
+            format_args!(
+                "{dropped} log line(s) of lifecycle dropped: the log sink was not taking them"
+            ),
+        );
     }
 }
 
@@ -225,8 +258,9 @@ fn log_record(level: log::Level, target: &str, file: &str, line: u32, args: fmt:
     );
 }
 
-/// Waits until every line queued before the call has been handed to the logger, or until
-/// `deadline`. Returns whether they were. It returns at once when nothing is queued.
+/// Waits until every line queued before the call has been handed to the logger and the logger
+/// flushed (`Log::flush`), or until `deadline`. Returns whether they were. It returns at once
+/// when nothing is queued, and when no relay thread can be started.
 pub(crate) fn flush(deadline: Instant) -> bool {
     let relay = relay();
     // A running thread may be writing a line it has taken from the queue: wait for it too.
@@ -247,8 +281,9 @@ pub(crate) fn flush(deadline: Instant) -> bool {
             Err(_) => return false,
         }
     }
-    if !relay.running.load(Ordering::SeqCst) {
-        start(relay);
+    if !relay.running.load(Ordering::SeqCst) && !start(relay) {
+        // No thread to write them: waiting would only use up the deadline.
+        return false;
     }
     wait.recv_deadline(deadline).is_ok()
 }

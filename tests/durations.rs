@@ -107,6 +107,20 @@ fn a_termination_delay_that_would_take_the_close_budget_is_refused_before_anythi
 }
 
 #[test]
+fn a_zero_shutdown_timeout_is_refused_before_anything_starts() {
+    let report = Runner::new()
+        .handle_signals(false)
+        .shutdown_timeout(Duration::ZERO)
+        .service(worker("db"))
+        .run();
+    let errors = report.errors(RunPhase::Start);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].kind(), ErrorKind::InvalidInput);
+    assert!(errors[0].to_string().contains("shutdown timeout is zero"));
+    assert!(!report.services()[0].started());
+}
+
+#[test]
 fn half_the_shutdown_timeout_is_a_termination_delay_the_runner_accepts() {
     let runner = Runner::new()
         .handle_signals(false)

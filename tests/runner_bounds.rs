@@ -16,12 +16,13 @@ use lifecycle::{
 };
 
 /// A service whose start, or close, blocks until its channel is released (or dropped), ignoring
-/// its context.
+/// its context; it says on `began` when its start begins.
 struct Hangs {
     name: &'static str,
     sm: StateMachine,
     start: Option<Receiver<()>>,
     close: Option<Receiver<()>>,
+    began: Option<Sender<()>>,
 }
 
 impl HealthReporter for Hangs {
@@ -36,6 +37,9 @@ impl HealthReporter for Hangs {
 impl Service for Hangs {
     fn start(&self, _: &StartContext) -> Result<()> {
         self.sm.start_once(|| {
+            if let Some(tx) = &self.began {
+                let _ = tx.send(());
+            }
             if let Some(rx) = &self.start {
                 let _ = rx.recv();
             }
@@ -76,6 +80,7 @@ fn a_hung_start_is_abandoned_at_its_start_timeout_plus_the_stated_grace() {
         sm: StateMachine::new(),
         start: Some(blocked),
         close: None,
+        began: None,
     };
     // A close timeout of an hour: the grace is fixed, not the close timeout.
     let runner = Runner::new()
@@ -106,6 +111,7 @@ fn a_close_with_a_timeout_past_the_shutdown_timeout_cannot_starve_the_others() {
         sm: StateMachine::new(),
         start: None,
         close: Some(blocked),
+        began: None,
     };
     let runner = Runner::new()
         .handle_signals(false)
@@ -151,5 +157,37 @@ fn a_close_with_a_timeout_past_the_shutdown_timeout_cannot_starve_the_others() {
         TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
         "the health endpoint is closed"
     );
+    drop(release);
+}
+
+#[test]
+fn a_shutdown_asked_for_during_a_hung_start_keeps_to_the_shutdown_timeout() {
+    let (release, blocked) = release();
+    let (began, start_began) = crossbeam_channel::bounded(1);
+    let db = Hangs {
+        name: "db",
+        sm: StateMachine::new(),
+        start: Some(blocked),
+        close: None,
+        began: Some(began),
+    };
+    // Neither the start timeout nor the close timeout would end the wait: only the shutdown
+    // timeout, which runs from the request.
+    let runner = Runner::new()
+        .handle_signals(false)
+        .start_timeout(Duration::from_secs(3600))
+        .close_timeout(Duration::from_secs(3600))
+        .shutdown_timeout(Duration::from_secs(1))
+        .service(db);
+    let handle = runner.handle();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(runner.run());
+    });
+    start_began.recv_timeout(WATCHDOG).expect("the start began");
+    handle.shutdown();
+    let report = rx.recv_timeout(WATCHDOG).expect("the run returned");
+    assert!(report.is_success(), "a shutdown during start is no failure");
+    assert_eq!(report.abandoned_threads(), ["start db"]);
     drop(release);
 }

@@ -397,14 +397,19 @@ impl Drop for EventLoop {
     fn drop(&mut self) {
         let open = self.slots.iter().flatten().count();
         self.slots.clear();
-        let (mut slots, mut handed) = (open, open);
-        if let Some(inbox) = &self.inbox {
-            for handoff in inbox.try_iter() {
-                handed += 1;
-                slots += usize::from(handoff.reserved);
-            }
+        // Uncounted first, then marked GONE: the accepting loop hands it nothing more (it looks
+        // before it sends), and what it sent already is in the inbox, drained next.
+        self.unload(open);
+        self.shared.loads[self.id].store(GONE, Ordering::Relaxed);
+        let mut slots = open;
+        if let Some(inbox) = self.inbox.take() {
+            slots += inbox
+                .try_iter()
+                .map(|h| usize::from(h.reserved))
+                .sum::<usize>();
+            // Dropped here: a send from now on fails, and the sender admits it itself.
+            drop(inbox);
         }
         self.release_slots(slots);
-        self.unload(handed);
     }
 }

@@ -49,6 +49,11 @@ impl Budget {
         let bound = left.saturating_sub(reserved).max(left / steps);
         timeout.min(bound)
     }
+
+    /// Whether the deadline has passed at `now`: no step may begin any more.
+    pub(super) fn has_passed(&self, now: Instant) -> bool {
+        now >= self.deadline
+    }
 }
 
 #[cfg(test)]

@@ -2,8 +2,9 @@
 //!
 //! - `mod.rs` (this file): the builder, [`Runner`], and [`ServiceOptions`].
 //! - `handle.rs`: [`RunHandle`], what services hold to ask for a shutdown.
-//! - `run.rs`: one run: start, wait, shutdown, each call into a service on a named thread of its
-//!   own with a bound.
+//! - `run.rs`: one run: start and wait, each call into a service on a named thread of its own
+//!   with a bound; `run/shutdown.rs`: its shutdown, report and summary.
+//! - `budget.rs`: how the steps of a shutdown share its deadline.
 //! - `health.rs`: the runner's checker, endpoint and `runner` check.
 //! - `report.rs`: [`RunReport`].
 //! - `signals.rs`: the process-wide signal handler, routed to the runner that runs now.
@@ -182,7 +183,8 @@ type CleanupFn = Box<dyn FnOnce() -> Result<()> + Send + 'static>;
 /// count is logged once the sink takes lines again) and written by a thread of the library's,
 /// `lifecycle log`, which runs only while there are lines. So a log sink stuck on a full pipe
 /// blocks no probe, no start, no shutdown and no signal. `run` waits for its last lines to be
-/// written before it returns, at most 1 s and within the shutdown timeout.
+/// written before it returns: at most 1 s, and no longer than what is left of the shutdown
+/// timeout (10 ms at least).
 /// ```
 /// use std::time::Duration;
 /// use lifecycle::{Runner, Worker};
@@ -300,7 +302,12 @@ impl Runner {
         self
     }
 
-    /// How long each service may take to close (default 10 s).
+    /// How long each service may take to close (default 10 s), within the shutdown's budget:
+    /// when the close timeouts of the services (and the runner's own steps) add up to more than
+    /// the shutdown timeout, a close that runs long may be cut short at what is left once the
+    /// later steps have their guaranteed share, which can be as little as an equal share of the
+    /// shutdown timeout (see [How the shutdown timeout is
+    /// shared](#how-the-shutdown-timeout-is-shared)).
     pub fn close_timeout(mut self, timeout: Duration) -> Runner {
         self.close_timeout = timeout;
         self

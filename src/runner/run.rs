@@ -65,10 +65,18 @@ fn check_runner_names(runner: &Runner) -> Result<()> {
         .try_for_each(|(name, _)| check_name(name))
 }
 
-/// The timeouts a runner refuses before anything starts: a termination delay of more than half
-/// the shutdown timeout would leave the closes less time than the drain.
+/// The timeouts a runner refuses before anything starts: a zero shutdown timeout (nothing could
+/// close), and a termination delay of more than half the shutdown timeout (the closes would
+/// have less time than the drain).
 fn check_runner_timeouts(runner: &Runner) -> Result<()> {
     let (delay, timeout) = (runner.termination_delay, runner.shutdown_timeout);
+    if timeout.is_zero() {
+        return Err(Error::invalid_input(
+            RUNNER_CHECK,
+            "the shutdown timeout is zero: nothing could close; give it at least the time the \
+             closes need",
+        ));
+    }
     if delay > timeout / 2 {
         return Err(Error::invalid_input(
             RUNNER_CHECK,
@@ -261,7 +269,7 @@ impl Run {
             .options
             .start_timeout
             .unwrap_or(self.runner.start_timeout);
-        let grace = entry
+        let close_timeout = entry
             .options
             .close_timeout
             .unwrap_or(self.runner.close_timeout);
@@ -286,7 +294,8 @@ impl Run {
 
         // The start thread gives up by itself at the deadline; the fixed grace covers a start
         // that ignores its context, and the error says so.
-        let give_up = crossbeam_channel::at(later(later(began, timeout), START_GRACE));
+        let give_up_at = later(later(began, timeout), START_GRACE);
+        let give_up = crossbeam_channel::at(give_up_at);
         let mut interrupted = None;
         let outcome = select! {
             recv(pending.receiver()) -> outcome => {
@@ -295,10 +304,12 @@ impl Run {
             }
             recv(self.signals) -> signal => {
                 interrupted = signal.ok().map(|s| self.on_signal(s));
+                let grace = self.interrupted_start_grace(close_timeout, give_up_at);
                 self.cancel_start(pending, cancel, grace)
             }
             recv(self.runner.requests) -> request => {
                 interrupted = request.ok().map(|r| self.take(r));
+                let grace = self.interrupted_start_grace(close_timeout, give_up_at);
                 self.cancel_start(pending, cancel, grace)
             }
             recv(give_up) -> _ => self.cancel_start(pending, cancel, Duration::ZERO),
@@ -359,6 +370,22 @@ impl Run {
             }
         }
         Some(interrupted.unwrap_or(ShutdownCause::StartFailed))
+    }
+
+    /// A shutdown was asked for during a start: its deadline begins now, and the start, once
+    /// cancelled, is waited for at most its close timeout, at most until it would have been
+    /// abandoned anyway, and at most half the shutdown timeout, so that the closes keep the rest.
+    fn interrupted_start_grace(
+        &mut self,
+        close_timeout: Duration,
+        give_up_at: Instant,
+    ) -> Duration {
+        let now = Instant::now();
+        self.deadline
+            .get_or_insert_with(|| later(now, self.runner.shutdown_timeout));
+        (close_timeout)
+            .min(give_up_at.saturating_duration_since(now))
+            .min(self.runner.shutdown_timeout / 2)
     }
 
     /// Cancels the start in progress and waits up to `grace` for it to return.

@@ -21,6 +21,10 @@
 //! removes leaves the signal ignored, so it is never removed. Its permanent action runs the
 //! signal's default when no route is held, as if there were no handler.
 //!
+//! Two identical signals that arrive before the route thread takes the first can be merged into
+//! one by `signal-hook` (as the kernel merges pending standard signals): a double Ctrl-C faster
+//! than the thread wakes may count once.
+//!
 //! A route is held by one runner at a time. While held, a thread of the route's,
 //! `lifecycle signals`, takes the signals from `signal-hook`'s self-pipe and routes them: the
 //! first becomes an event on a channel; the second exits the process at once. That path never

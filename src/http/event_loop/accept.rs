@@ -233,7 +233,13 @@ impl EventLoop {
             return self.take_in(handoff, !reserved, now);
         }
         let other = &acceptor.peers[target - 1];
-        match other.inbox.send(handoff) {
+        // A loop that is ending has marked itself GONE: hand it nothing.
+        let sent = if shared.loads[target].load(Ordering::Relaxed) >= GONE {
+            Err(SendError(handoff))
+        } else {
+            other.inbox.send(handoff)
+        };
+        match sent {
             Ok(()) => {
                 if let Err(e) = other.waker.wake() {
                     // It still looks at its inbox within MAX_POLL_WAIT.

@@ -22,9 +22,10 @@ const MIN_FLUSH: Duration = Duration::from_millis(10);
 
 impl Run {
     pub(super) fn shutdown(&mut self, cause: &ShutdownCause, drain: bool) {
+        // From the moment the shutdown was asked for: during a start, that was before now.
         let now = Instant::now();
-        let deadline = later(now, self.runner.shutdown_timeout);
-        self.deadline = Some(deadline);
+        let timeout = self.runner.shutdown_timeout;
+        let deadline = *self.deadline.get_or_insert_with(|| later(now, timeout));
         self.runner.handle.shutting_down.stop();
         if let Some(h) = &self.health {
             // Readiness fails at once so load balancers stop sending traffic; liveness stays.
@@ -103,8 +104,9 @@ impl Run {
         budget: &mut Budget,
     ) -> Option<Duration> {
         let name = service.name().to_owned();
-        let bound = budget.next(Instant::now(), timeout);
-        if bound.is_zero() {
+        let now = Instant::now();
+        let bound = budget.next(now, timeout);
+        if budget.has_passed(now) {
             let e = Error::timed_out(&name, Phase::Shutdown, self.runner.shutdown_timeout);
             relay::error!("{name}: not closed: the shutdown deadline has passed");
             self.shutdown_errors.push(e);
@@ -153,8 +155,9 @@ impl Run {
     }
 
     fn cleanup_one(&mut self, name: String, cleanup: CleanupFn, budget: &mut Budget) {
-        let bound = budget.next(Instant::now(), Duration::MAX);
-        if bound.is_zero() {
+        let now = Instant::now();
+        let bound = budget.next(now, Duration::MAX);
+        if budget.has_passed(now) {
             relay::error!("cleanup {name}: not run: the shutdown deadline has passed");
             self.shutdown_errors.push(Error::timed_out(
                 &name,
