@@ -3,7 +3,8 @@
 //! After the drain, the shutdown runs its steps one after the other: the services' closes (in
 //! reverse order of start), the cleanups (last added first), then the health endpoint and its
 //! checker. Each has a timeout of its own (a service's close timeout; the runner's close
-//! timeout for the endpoint and the checker; none for a cleanup), and all share the deadline.
+//! timeout for the endpoint and the checker, which are guaranteed at most 2 s of it; none for a
+//! cleanup), and all share the deadline.
 //!
 //! When the steps begin, each is *guaranteed* the smaller of its own timeout and an equal share
 //! of the time left (`left / steps`). A step may then run until its own timeout, but never into

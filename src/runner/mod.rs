@@ -147,8 +147,9 @@ type CleanupFn = Box<dyn FnOnce() -> Result<()> + Send + 'static>;
 /// termination delay comes first (at most half of it). Then the steps run one after the other:
 /// the services' closes in reverse, the cleanups (last added first), the health endpoint, then
 /// the checker. When they begin, each step is *guaranteed* the smaller of its own timeout (a
-/// service's close timeout; the runner's close timeout for the endpoint and the checker; none
-/// for a cleanup) and an equal share of the time left. A step may run until its own timeout,
+/// service's close timeout; none for a cleanup; 2 s, or the close timeout if shorter, for the
+/// endpoint and the checker, whose closes take milliseconds) and an equal share of the time
+/// left. A step may run until its own timeout,
 /// but never into the time guaranteed to the steps after it: when every close is quick none is
 /// cut short, and when one hangs it is abandoned (its error says it was cut short) in time for
 /// every later one to have at least its guaranteed time, so the endpoint and the checker always

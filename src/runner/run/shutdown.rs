@@ -17,6 +17,9 @@ use super::Run;
 /// The most the end of a run waits for its log lines to be written (see [`relay::flush`]),
 /// within what is left of the shutdown timeout.
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
+/// The most the shutdown keeps back for each of the runner's own last steps (closing the health
+/// endpoint, then the checker), which take milliseconds.
+const OWN_STEP: Duration = Duration::from_secs(2);
 /// What that wait is given even when the shutdown timeout has run out.
 const MIN_FLUSH: Duration = Duration::from_millis(10);
 
@@ -50,9 +53,13 @@ impl Run {
         let cleanups = std::mem::take(&mut self.runner.cleanups);
         let health = self.health.take().map(|h| h.into_services_to_close());
         let health = health.unwrap_or_default();
+        // What each step may need: the runner's own steps take milliseconds, so they are
+        // guaranteed at most OWN_STEP (and still get, in their turn, all that is left up to the
+        // close timeout).
+        let own = OWN_STEP.min(self.runner.close_timeout);
         let timeouts: Vec<Duration> = (services.iter().map(|i| self.close_timeout(*i)))
             .chain(cleanups.iter().map(|_| Duration::MAX))
-            .chain(health.iter().map(|_| self.runner.close_timeout))
+            .chain(health.iter().map(|_| own))
             .collect();
         let mut budget = Budget::new(Instant::now(), deadline, &timeouts);
 
