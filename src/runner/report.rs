@@ -42,11 +42,11 @@ impl fmt::Display for ShutdownCause {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RunPhase {
-    /// Starting the services in order, each until it is ready.
+    /// Starting the services, each once those it needs are ready, until it is ready.
     Start,
     /// Every service ready, waiting for a signal, a shutdown request or a fatal error.
     Run,
-    /// Draining, closing the services in reverse, running cleanups.
+    /// Draining, closing the services (each after those that need it), running cleanups.
     Shutdown,
 }
 
@@ -59,6 +59,7 @@ pub struct ServiceReport {
     pub(crate) closed_in: Option<Duration>,
     pub(crate) started: bool,
     pub(crate) closed: bool,
+    pub(crate) skipped_because: Option<String>,
 }
 
 impl ServiceReport {
@@ -92,6 +93,14 @@ impl ServiceReport {
     /// How long its close took, if it returned within its timeout.
     pub fn closed_in(&self) -> Option<Duration> {
         self.closed_in
+    }
+
+    /// The service whose failed start kept this one from starting: one it needs, directly or
+    /// through others (see [Dependencies](crate::Runner#dependencies)). `None` for a service
+    /// that was started, or that was not started for another reason (a shutdown asked for
+    /// during the start, or a failure of a service it does not need).
+    pub fn skipped_because(&self) -> Option<&str> {
+        self.skipped_because.as_deref()
     }
 }
 
@@ -156,7 +165,7 @@ impl RunReport {
         self.error().map_or(Ok(()), Err)
     }
 
-    /// Each service in start order, with what happened to it.
+    /// Each service in the order it was added, with what happened to it.
     pub fn services(&self) -> &[ServiceReport] {
         &self.services
     }
@@ -191,7 +200,7 @@ impl RunReport {
 
 impl RunReport {
     /// The summary the runner logs at the end of a run: a first line for the run, then one line
-    /// per service in start order, with its final state, how long its close took, and its
+    /// per service in the order it was added, with its final state, how long its close took, and its
     /// errors.
     pub(crate) fn summary(&self) -> Vec<String> {
         let errors: Vec<&Error> = (self.start_errors.iter())
@@ -211,6 +220,11 @@ impl RunReport {
         ));
         for service in &self.services {
             let mut line = format!("summary: {}: {}", service.name, in_words(service.state));
+            if let Some(cause) = &service.skipped_because {
+                line.push_str(&format!(
+                    " (skipped: it needs {cause}, which failed to start)"
+                ));
+            }
             if let Some(took) = service.closed_in {
                 line.push_str(&format!(" in {took:?}"));
             }
