@@ -385,3 +385,61 @@ fn a_shutdown_during_the_start_cancels_every_start_in_progress() {
     assert_eq!(report_of(&report, "needs both").state(), State::Unstarted);
     assert!(events.take().is_empty());
 }
+
+fn path_names(report: &RunReport, phase: RunPhase) -> Vec<&str> {
+    (report.critical_path(phase).iter())
+        .map(lifecycle::PathStep::name)
+        .collect()
+}
+
+#[test]
+fn the_critical_path_of_a_chain_is_the_chain_and_of_its_shutdown_the_reverse() {
+    let events = Events::default();
+    let report = run_then_shut_down(
+        runner()
+            .service_with(Svc::new("api", &events), needs(&["repository"]))
+            .service_with(Svc::new("repository", &events), needs(&["db"]))
+            .service_with(Svc::new("db", &events), ServiceOptions::new().independent()),
+    );
+    assert!(report.is_success(), "{:?}", report.error());
+    assert_eq!(
+        path_names(&report, RunPhase::Start),
+        ["db", "repository", "api"]
+    );
+    assert_eq!(
+        path_names(&report, RunPhase::Shutdown),
+        ["api", "repository", "db"]
+    );
+    assert!(report.critical_path(RunPhase::Run).is_empty());
+    for phase in [RunPhase::Start, RunPhase::Shutdown] {
+        let path = report.critical_path(phase);
+        assert_eq!(path[0].began(), std::time::Duration::ZERO);
+        // Each step began once the one before it had ended.
+        for pair in path.windows(2) {
+            assert!(
+                pair[1].began() >= pair[0].began() + pair[0].took(),
+                "{path:?}"
+            );
+        }
+    }
+    // A start that failed has no critical path; its shutdown still has one.
+    let report = runner()
+        .service(Svc::new("db", &events))
+        .service(Svc::new("bad", &events).on_start(|_| Err(Error::msg("no"))))
+        .run();
+    assert!(report.critical_path(RunPhase::Start).is_empty());
+    assert_eq!(path_names(&report, RunPhase::Shutdown), ["db"]);
+}
+
+#[test]
+fn with_nothing_declared_the_critical_path_is_every_service() {
+    let events = Events::default();
+    let report = run_then_shut_down(
+        runner()
+            .service(Svc::new("a", &events))
+            .service(Svc::new("b", &events))
+            .service(Svc::new("c", &events)),
+    );
+    assert_eq!(path_names(&report, RunPhase::Start), ["a", "b", "c"]);
+    assert_eq!(path_names(&report, RunPhase::Shutdown), ["c", "b", "a"]);
+}

@@ -11,6 +11,7 @@
 //! is the same; a run of N such services is a chain of N edges, not N²/2.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use crate::error::Error;
 
@@ -169,6 +170,34 @@ fn topological(needs: &[Vec<usize>], needed_by: &[Vec<usize>]) -> Result<Vec<usi
     }
 }
 
+/// The critical path: the chain of services that decided when the last of them ended. `spans`
+/// are when each service's step (its start until ready, or its close) began and ended, if it
+/// ran; `unblocked_by[i]` is the service whose end let service `i` begin (the last of those it
+/// waited for). Returns the chain, first step first: from the step that ended last, back
+/// through what unblocked each.
+pub(super) fn critical_path(
+    spans: &[Option<(Instant, Instant)>],
+    unblocked_by: &[Option<usize>],
+) -> Vec<usize> {
+    let last = (spans.iter().enumerate())
+        .filter_map(|(i, span)| span.map(|(_, end)| (end, i)))
+        .max();
+    let Some((_, mut at)) = last else {
+        return Vec::new();
+    };
+    let mut chain = vec![at];
+    while let Some(before) = unblocked_by[at] {
+        // Each step began after the one before it ended: the walk ends.
+        if spans[before].is_none() || chain.len() > spans.len() {
+            break;
+        }
+        chain.push(before);
+        at = before;
+    }
+    chain.reverse();
+    chain
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,5 +270,23 @@ mod tests {
         let own = names(&["a"]);
         let e = Graph::new(&["a"], &[Some(&own)]).unwrap_err();
         assert!(e.to_string().contains("a -> a"), "{e}");
+    }
+
+    #[test]
+    fn the_critical_path_runs_back_from_the_step_that_ended_last() {
+        let t = Instant::now();
+        let ms = |n: u64| t + std::time::Duration::from_millis(n);
+        // db 0-3, cache 0-1, repository 3-8 (after db), api 8-9 (after repository), and a
+        // service that never ran.
+        let spans = [
+            Some((ms(0), ms(3))),
+            Some((ms(0), ms(1))),
+            Some((ms(3), ms(8))),
+            Some((ms(8), ms(9))),
+            None,
+        ];
+        let unblocked_by = [None, None, Some(0), Some(2), Some(3)];
+        assert_eq!(critical_path(&spans, &unblocked_by), vec![0, 2, 3]);
+        assert!(critical_path(&[None], &[None]).is_empty());
     }
 }

@@ -68,7 +68,7 @@ use crate::stop::StopSignal;
 
 use self::handle::Request;
 pub use self::handle::RunHandle;
-pub use self::report::{RunPhase, RunReport, ServiceReport, ShutdownCause};
+pub use self::report::{PathStep, RunPhase, RunReport, ServiceReport, ShutdownCause};
 
 /// How long a service may take to start and become ready, unless set otherwise.
 pub(crate) const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);

@@ -104,6 +104,39 @@ impl ServiceReport {
     }
 }
 
+/// One step of a critical path (see [`RunReport::critical_path`]): a service's start (until
+/// it was ready) or its close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathStep {
+    pub(crate) name: String,
+    pub(crate) began: Duration,
+    pub(crate) took: Duration,
+}
+
+impl PathStep {
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// When its step began, since the first start (or close) of the phase began.
+    pub fn began(&self) -> Duration {
+        self.began
+    }
+
+    /// How long its step took: from the call to start until it was ready, or its close (until
+    /// it returned, or was abandoned).
+    pub fn took(&self) -> Duration {
+        self.took
+    }
+}
+
+impl fmt::Display for PathStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {:?} (at {:?})", self.name, self.took, self.began)
+    }
+}
+
 /// The outcome of [`Runner::run`](crate::Runner::run): why it ended, every error by phase, and
 /// what happened to each service.
 ///
@@ -120,6 +153,8 @@ pub struct RunReport {
     pub(crate) start_duration: Duration,
     pub(crate) run_duration: Duration,
     pub(crate) shutdown_duration: Duration,
+    pub(crate) start_path: Vec<PathStep>,
+    pub(crate) shutdown_path: Vec<PathStep>,
 }
 
 impl RunReport {
@@ -182,6 +217,24 @@ impl RunReport {
             RunPhase::Start => self.start_duration,
             RunPhase::Run => self.run_duration,
             RunPhase::Shutdown => self.shutdown_duration,
+        }
+    }
+
+    /// The critical path of a phase: the chain of services that decided when it ended, first
+    /// step first. For [`RunPhase::Start`], when every service became ready: the service that
+    /// was ready last, after the one it needed that was ready last before it, and so on back to
+    /// one that needed nothing still starting (empty when the start did not complete). For
+    /// [`RunPhase::Shutdown`]: the service whose close ended last, after the one that needed it
+    /// and closed last, and so on (the cleanups and the runner's own steps, which follow, are
+    /// not in it). Empty for [`RunPhase::Run`]. The runner logs both at info level.
+    ///
+    /// Shortening a step of the path is what makes the phase shorter; with nothing declared
+    /// (see [Dependencies](crate::Runner#dependencies)) the path is every service.
+    pub fn critical_path(&self, phase: RunPhase) -> &[PathStep] {
+        match phase {
+            RunPhase::Start => &self.start_path,
+            RunPhase::Run => &[],
+            RunPhase::Shutdown => &self.shutdown_path,
         }
     }
 

@@ -21,8 +21,9 @@ use crate::relay;
 use crate::state::State;
 use crate::thread::Abandoned;
 
-use super::graph::Graph;
+use super::graph::{critical_path, Graph};
 use super::health::{RunnerHealth, RUNNER_CHECK};
+use super::report::PathStep;
 use super::signals::{signal_name, SignalRoute};
 use super::{Request, RunReport, Runner, ServiceReport, ShutdownCause};
 
@@ -38,6 +39,11 @@ pub(super) struct Run {
     graph: Graph,
     /// For each service, the one it needed that became ready last, so that it could start.
     unblocked_by: Vec<Option<usize>>,
+    /// When each service's start began and when it was ready, if it became ready.
+    start_spans: Vec<Option<(Instant, Instant)>>,
+    /// The critical paths of the start and of the shutdown (see [`RunReport::critical_path`]).
+    start_path: Vec<PathStep>,
+    shutdown_path: Vec<PathStep>,
     /// The services whose start returned, in the order they did.
     started: Vec<usize>,
     abandoned: Vec<Abandoned>,
@@ -142,6 +148,7 @@ impl Run {
             })
             .collect();
         let unblocked_by = vec![None; graph.len()];
+        let start_spans = vec![None; graph.len()];
         let health = RunnerHealth::new(&runner);
         #[cfg(feature = "metrics")]
         let table = runner.metrics.as_ref().map(|metrics| {
@@ -160,6 +167,9 @@ impl Run {
             reports,
             graph,
             unblocked_by,
+            start_spans,
+            start_path: Vec::new(),
+            shutdown_path: Vec::new(),
             started: Vec::new(),
             abandoned: Vec::new(),
             start_errors: Vec::new(),
@@ -196,7 +206,15 @@ impl Run {
         }
 
         let start_outcome = match self.start_health() {
-            Ok(()) => self.start_all(),
+            Ok(()) => {
+                let outcome = self.start_all();
+                if outcome.is_none() {
+                    let spans = std::mem::take(&mut self.start_spans);
+                    let unblocked_by = std::mem::take(&mut self.unblocked_by);
+                    self.start_path = self.critical_path("start", &spans, &unblocked_by);
+                }
+                outcome
+            }
             Err(e) => {
                 relay::error!("{e}");
                 self.start_errors.push(e);
@@ -225,6 +243,34 @@ impl Run {
         self.shutdown(&cause, drain);
         let shutdown_duration = shutdown_began.elapsed();
         self.finish(cause, [start_duration, run_duration, shutdown_duration])
+    }
+
+    /// The critical path of a phase whose steps ran over `spans`, each begun once
+    /// `unblocked_by` ended (see [`critical_path`]), logged at info level as `what`.
+    fn critical_path(
+        &self,
+        what: &str,
+        spans: &[Option<(Instant, Instant)>],
+        unblocked_by: &[Option<usize>],
+    ) -> Vec<PathStep> {
+        let chain = critical_path(spans, unblocked_by);
+        let origin = spans.iter().flatten().map(|(began, _)| *began).min();
+        let (Some(origin), false) = (origin, chain.is_empty()) else {
+            return Vec::new();
+        };
+        let path: Vec<PathStep> = (chain.iter())
+            .filter_map(|&i| {
+                let (began, ended) = spans[i]?;
+                Some(PathStep {
+                    name: self.reports[i].name.clone(),
+                    began: began.saturating_duration_since(origin),
+                    took: ended.saturating_duration_since(began),
+                })
+            })
+            .collect();
+        let steps: Vec<String> = path.iter().map(PathStep::to_string).collect();
+        relay::info!("critical path of the {what}: {}", steps.join(" -> "));
+        path
     }
 
     /// Takes a pending shutdown request or signal without blocking.

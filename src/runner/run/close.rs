@@ -52,12 +52,15 @@ impl Run {
         let mut closable: VecDeque<usize> =
             order.iter().copied().filter(|&i| waiting[i] == 0).collect();
         let mut running: Vec<Closing> = Vec::new();
+        // For the critical path: when each close began and ended, and which close let it begin.
+        let mut spans: Vec<Option<(Instant, Instant)>> = vec![None; n];
+        let mut unblocked_by: Vec<Option<usize>> = vec![None; n];
         loop {
             let mut ended = Vec::new();
             while let Some(index) = closable.pop_front() {
                 match self.begin_close(index, step[index], budget) {
                     Some(closing) => running.push(closing),
-                    None => ended.push(index),
+                    None => ended.push((index, None)),
                 }
             }
             if running.is_empty() && ended.is_empty() {
@@ -66,17 +69,20 @@ impl Run {
             if ended.is_empty() {
                 ended = self.wait_for_closes(&mut running);
             }
-            for index in ended {
+            for (index, span) in ended {
+                spans[index] = span;
                 for &j in self.graph.needs(index) {
                     if started(j) {
                         waiting[j] -= 1;
                         if waiting[j] == 0 {
+                            unblocked_by[j] = Some(index);
                             closable.push_back(j);
                         }
                     }
                 }
             }
         }
+        self.shutdown_path = self.critical_path("shutdown", &spans, &unblocked_by);
     }
 
     /// Begins closing service `index`, step `step` of the budget; `None` when it cannot begin
@@ -121,8 +127,12 @@ impl Run {
     }
 
     /// Waits for the first close to return or the earliest bound to pass; records what became
-    /// of the closes that ended (or were abandoned), and returns their services.
-    fn wait_for_closes(&mut self, running: &mut Vec<Closing>) -> Vec<usize> {
+    /// of the closes that ended (or were abandoned), and returns their services, each with when
+    /// its close began and ended.
+    fn wait_for_closes(
+        &mut self,
+        running: &mut Vec<Closing>,
+    ) -> Vec<(usize, Option<(Instant, Instant)>)> {
         let earliest = running.iter().map(|c| c.until).min();
         let earliest = earliest.unwrap_or_else(|| later(Instant::now(), Duration::MAX));
         let mut select = Select::new();
@@ -140,11 +150,12 @@ impl Run {
         drop(select);
         if let Some((k, value)) = done {
             let closing = running.swap_remove(k);
-            let took = closing.began.elapsed();
+            let now = Instant::now();
+            let took = now.saturating_duration_since(closing.began);
             closing.thread.join();
             let index = closing.index;
             self.closed(index, &closing.name, value, took);
-            return vec![index];
+            return vec![(index, Some((closing.began, now)))];
         }
         // Every close past its bound is abandoned.
         let now = Instant::now();
@@ -176,7 +187,7 @@ impl Run {
             self.abandoned.push(c.thread.abandon());
             self.shutdown_errors.push(e);
             self.mark(c.index, State::CloseFailed, None);
-            ended.push(c.index);
+            ended.push((c.index, Some((c.began, now))));
         }
         ended
     }

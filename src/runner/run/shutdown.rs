@@ -230,6 +230,8 @@ impl Run {
             run_errors: self.run_errors,
             shutdown_errors: self.shutdown_errors,
             abandoned: still_running,
+            start_path: self.start_path,
+            shutdown_path: self.shutdown_path,
             start_duration: durations[0],
             run_duration: durations[1],
             shutdown_duration: durations[2],

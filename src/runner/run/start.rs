@@ -204,7 +204,9 @@ impl Run {
                     self.mark(index, State::Started, None);
                     return false;
                 }
-                let took = meta.began.elapsed();
+                let now = Instant::now();
+                let took = now.saturating_duration_since(meta.began);
+                self.start_spans[index] = Some((meta.began, now));
                 self.reports[index].ready_in = Some(took);
                 self.mark(index, State::Started, Some(took));
                 relay::info!("{name}: ready in {took:?}");
