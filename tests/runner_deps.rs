@@ -443,3 +443,35 @@ fn with_nothing_declared_the_critical_path_is_every_service() {
     assert_eq!(path_names(&report, RunPhase::Start), ["a", "b", "c"]);
     assert_eq!(path_names(&report, RunPhase::Shutdown), ["c", "b", "a"]);
 }
+
+#[test]
+fn a_hung_close_is_cut_short_in_time_for_what_it_needs_and_takes_nothing_from_the_others() {
+    let events = Events::default();
+    let (release, hold) = crossbeam_channel::bounded::<()>(0);
+    let report = run_then_shut_down(
+        runner()
+            // Two steps in the longest chain (hung, then db): each is guaranteed 1 s of 2 s.
+            .shutdown_timeout(std::time::Duration::from_secs(2))
+            .service(Svc::new("db", &events))
+            .service_with(
+                Svc::new("hung", &events).on_close(move || {
+                    let _ = hold.recv();
+                    Ok(())
+                }),
+                needs(&["db"]).close_timeout(WATCHDOG * 100),
+            )
+            .service_with(
+                Svc::new("other", &events),
+                ServiceOptions::new().independent(),
+            ),
+    );
+    drop(release);
+    let errors = report.errors(RunPhase::Shutdown);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].service(), Some("hung"));
+    assert!(errors[0].has_kind(ErrorKind::TimedOut), "{}", errors[0]);
+    assert!(errors[0].to_string().contains("cut short"), "{}", errors[0]);
+    assert_eq!(report_of(&report, "db").state(), State::Closed);
+    assert_eq!(report_of(&report, "other").state(), State::Closed);
+    assert_eq!(report_of(&report, "hung").state(), State::CloseFailed);
+}
