@@ -2,8 +2,10 @@
 //!
 //! - `mod.rs` (this file): the builder, [`Runner`], and [`ServiceOptions`].
 //! - `handle.rs`: [`RunHandle`], what services hold to ask for a shutdown.
-//! - `run.rs`: one run: start and wait, each call into a service on a named thread of its own
-//!   with a bound; `run/shutdown.rs`: its shutdown, report and summary.
+//! - `run.rs`: one run, each call into a service on a named thread of its own with a bound:
+//!   `run/start.rs` its start (each service once those it needs are ready), `run/close.rs` the
+//!   services' closes (each after those that need it), `run/shutdown.rs` the rest of its
+//!   shutdown, report and summary.
 //! - `graph.rs`: who needs whom among the services, checked before anything starts.
 //! - `budget.rs`: how the steps of a shutdown share its deadline.
 //! - `health.rs`: the runner's checker, endpoint and `runner` check.

@@ -329,3 +329,47 @@ impl Termination for RunReport {
         self.exit_code()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(name: &str, state: State, skipped_because: Option<&str>) -> ServiceReport {
+        ServiceReport {
+            name: name.to_owned(),
+            state,
+            ready_in: None,
+            closed_in: None,
+            started: false,
+            closed: false,
+            skipped_because: skipped_because.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn the_summary_says_which_failed_start_a_service_was_skipped_because_of() {
+        let report = RunReport {
+            cause: ShutdownCause::StartFailed,
+            services: vec![
+                service("db", State::StartFailed, None),
+                service("api", State::Unstarted, Some("db")),
+                service("other", State::Unstarted, None),
+            ],
+            start_errors: vec![Error::msg("no connection").in_service("db", Phase::Start)],
+            run_errors: Vec::new(),
+            shutdown_errors: Vec::new(),
+            abandoned: Vec::new(),
+            start_duration: Duration::ZERO,
+            run_duration: Duration::ZERO,
+            shutdown_duration: Duration::ZERO,
+            start_path: Vec::new(),
+            shutdown_path: Vec::new(),
+        };
+        let lines = report.summary();
+        assert_eq!(
+            lines[2],
+            "summary: api: not started (skipped: it needs db, which failed to start)"
+        );
+        assert_eq!(lines[3], "summary: other: not started");
+    }
+}
