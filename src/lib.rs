@@ -40,12 +40,14 @@
 //! honours the [`StartContext`] its start gets, and keeps recent non-fatal errors in an
 //! [`ErrorBuffer`] for its health.
 //!
-//! **Running them.** The [`Runner`] owns `main()`: it starts the services in order, each ready
-//! before the next starts (per-service [`ServiceOptions`]), serves health, waits for a signal
-//! or a [`RunHandle`] request, then closes them in reverse within deadlines and returns a
-//! [`RunReport`] (a [`ShutdownCause`], errors per [`RunPhase`], a [`ServiceReport`] per
-//! service). [`MultiStart`] starts services in order with rollback on its own (in a parent
-//! service, say); [`close_all`] closes independent services at once.
+//! **Running them.** The [`Runner`] owns `main()`: it starts each service once those it needs
+//! are ready (the ones added before it, unless its [`ServiceOptions`] say otherwise;
+//! independent ones at once), serves health, waits for a signal or a [`RunHandle`] request,
+//! then closes each after those that need it, within deadlines, and returns a [`RunReport`] (a
+//! [`ShutdownCause`], errors per [`RunPhase`], a [`ServiceReport`] per service, the critical
+//! path of the start and of the shutdown as [`PathStep`]s). [`MultiStart`] starts services
+//! in order with rollback on its own (in a parent service, say); [`close_all`] closes
+//! independent services at once.
 //!
 //! **Health.** The [`HealthChecker`] polls every reporter on threads of its own and answers
 //! from a cache that a hung check cannot block; the [`HealthEndpoint`] serves it to probes
@@ -117,7 +119,7 @@ pub use crate::error::{BoxError, Error, ErrorKind, Phase, Result};
 pub use crate::error_buffer::ErrorBuffer;
 pub use crate::multi::{close_all, MultiStart};
 pub use crate::runner::{
-    RunHandle, RunPhase, RunReport, Runner, ServiceOptions, ServiceReport, ShutdownCause,
+    PathStep, RunHandle, RunPhase, RunReport, Runner, ServiceOptions, ServiceReport, ShutdownCause,
 };
 pub use crate::service::{HealthReport, HealthReporter, Service};
 pub use crate::state::{State, StateMachine};

@@ -2,14 +2,18 @@
 //!
 //! - `mod.rs` (this file): the builder, [`Runner`], and [`ServiceOptions`].
 //! - `handle.rs`: [`RunHandle`], what services hold to ask for a shutdown.
-//! - `run.rs`: one run: start and wait, each call into a service on a named thread of its own
-//!   with a bound; `run/shutdown.rs`: its shutdown, report and summary.
+//! - `run.rs`: one run, each call into a service on a named thread of its own with a bound:
+//!   `run/start.rs` its start (each service once those it needs are ready), `run/close.rs` the
+//!   services' closes (each after those that need it), `run/shutdown.rs` the rest of its
+//!   shutdown, report and summary.
+//! - `graph.rs`: who needs whom among the services, checked before anything starts.
 //! - `budget.rs`: how the steps of a shutdown share its deadline.
 //! - `health.rs`: the runner's checker, endpoint and `runner` check.
 //! - `report.rs`: [`RunReport`].
 //! - `signals.rs`: the process-wide signal handler, routed to the runner that runs now.
 
 mod budget;
+mod graph;
 mod handle;
 mod health;
 mod report;
@@ -66,7 +70,7 @@ use crate::stop::StopSignal;
 
 use self::handle::Request;
 pub use self::handle::RunHandle;
-pub use self::report::{RunPhase, RunReport, ServiceReport, ShutdownCause};
+pub use self::report::{PathStep, RunPhase, RunReport, ServiceReport, ShutdownCause};
 
 /// How long a service may take to start and become ready, unless set otherwise.
 pub(crate) const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -80,11 +84,13 @@ pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
 /// start that honours its [`StartContext`](crate::StartContext) deadline has to return.
 pub(crate) const START_GRACE: Duration = Duration::from_secs(1);
 
-/// Per-service timeouts, for [`Runner::service_with`].
-#[derive(Debug, Clone, Copy, Default)]
+/// Per-service timeouts and needs, for [`Runner::service_with`].
+#[derive(Debug, Clone, Default)]
 pub struct ServiceOptions {
     start_timeout: Option<Duration>,
     close_timeout: Option<Duration>,
+    /// `None`: every service added before it (see [Dependencies](Runner#dependencies)).
+    needs: Option<Vec<String>>,
 }
 
 impl ServiceOptions {
@@ -106,6 +112,28 @@ impl ServiceOptions {
         self.close_timeout = Some(timeout);
         self
     }
+
+    /// The services this one needs, by name: it starts once every one of them is ready, and
+    /// closes before any of them closes (see [Dependencies](Runner#dependencies)). Without
+    /// this, a service needs every service added before it. Called again, it adds to the list;
+    /// an empty list means it needs nothing, like [`independent`](ServiceOptions::independent).
+    ///
+    /// The names are checked when the run begins: a name that is not a service of the runner,
+    /// or needs that form a cycle, are refused with an error of kind
+    /// [`InvalidInput`](crate::ErrorKind::InvalidInput) naming it (every service of the cycle),
+    /// and nothing starts.
+    pub fn needs<N: Into<String>>(mut self, names: impl IntoIterator<Item = N>) -> ServiceOptions {
+        (self.needs.get_or_insert_with(Vec::new)).extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// This service needs no other: it starts at once, concurrently with the others that need
+    /// nothing, and closes once every service that needs it has closed. Replaces any
+    /// [`needs`](ServiceOptions::needs) given before.
+    pub fn independent(mut self) -> ServiceOptions {
+        self.needs = Some(Vec::new());
+        self
+    }
 }
 
 struct Entry {
@@ -117,19 +145,24 @@ type CleanupFn = Box<dyn FnOnce() -> Result<()> + Send + 'static>;
 
 /// Runs a program's services from `main()` to a clean exit.
 ///
-/// Add services in dependency order, configure timeouts, then call [`run`](Runner::run), which
-/// blocks until the program has shut down:
+/// Add services (each needs the ones added before it unless it [declares its
+/// needs](#dependencies)), configure timeouts, then call [`run`](Runner::run), which blocks
+/// until the program has shut down:
 ///
 /// 1. handles SIGINT and SIGTERM (unless [turned off](Runner::handle_signals); see
 ///    [Signals](#signals));
-/// 2. starts the services in order, each until its `ready()` is `Ok` (within its start timeout;
-///    a start that has not returned [`START_GRACE`](#hung-starts) after it is abandoned)
-///    before the next one starts; if one fails, times out or panics, or a shutdown is asked for
-///    meanwhile, the started ones are closed in reverse and the run fails (a shutdown request
-///    during start is not a failure: it rolls back cleanly);
+/// 2. starts each service as soon as every service it needs is ready, each on a thread of its
+///    own until its `ready()` is `Ok` (within its start timeout; a start that has not returned
+///    [`START_GRACE`](#hung-starts) after it is abandoned), so independent services start at
+///    the same time; if one fails, times out or panics, or a shutdown is asked for meanwhile,
+///    every start in progress is cancelled, nothing more starts (the services that need a
+///    failed one are [skipped because of it](ServiceReport::skipped_because)), the started ones
+///    are closed as in a shutdown and the run fails (a shutdown request during start is not a
+///    failure: it rolls back cleanly);
 /// 3. waits for a signal, a [`RunHandle::shutdown`], or a [`RunHandle::fatal`] error;
-/// 4. waits the [termination delay](Runner::termination_delay), then closes the services in
-///    reverse order, each within its close timeout, and runs the cleanups (last added, first run),
+/// 4. waits the [termination delay](Runner::termination_delay), then closes each service once
+///    every service that needs it has closed (independent ones at the same time), each within
+///    its close timeout, and runs the cleanups (last added, first run),
 ///    all within the overall [shutdown timeout](Runner::shutdown_timeout), shared as
 ///    [below](#how-the-shutdown-timeout-is-shared). A start or close that hangs is abandoned
 ///    and named in the report, never waited on forever.
@@ -141,18 +174,62 @@ type CleanupFn = Box<dyn FnOnce() -> Result<()> + Send + 'static>;
 /// delay](Runner::termination_delay) of more than half the shutdown timeout, is refused when
 /// the run begins, before anything starts.
 ///
+/// # Dependencies
+///
+/// A service *needs* other services: it starts only once every one of them is ready, and it
+/// closes before any of them closes. The rule is the list order unless a service says
+/// otherwise:
+///
+/// - a service added with no needs declared needs **every service added before it** (so a
+///   program that declares nothing starts its services one after the other, in order, and
+///   closes them in reverse, exactly as a list would);
+/// - [`ServiceOptions::needs`] names exactly the services it needs (added before or after it);
+/// - [`ServiceOptions::independent`] needs nothing.
+///
+/// Services whose needs are ready start at the same time, each on its own `start NAME` thread
+/// with its own start timeout; services that no started service needs any more close at the
+/// same time. A name that is not a service of the runner, or needs that form a cycle, are
+/// refused when the run begins, with an error of kind
+/// [`InvalidInput`](crate::ErrorKind::InvalidInput) that names it (a cycle in full: `a -> b ->
+/// a`), and nothing starts. When a start fails, the services that need it, directly or not,
+/// are never started: their [`ServiceReport::skipped_because`] names it.
+///
+/// ```
+/// use lifecycle::{Runner, ServiceOptions, Worker};
+///
+/// let idle = |name: &str| Worker::new(name, |stop| { stop.wait(); Ok(()) });
+/// let runner = Runner::new()
+///     .handle_signals(false)
+///     // Needs nothing (it is first).
+///     .service(idle("db"))
+///     // Needs db: declares nothing, so it needs every service added before it.
+///     .service(idle("repository"))
+///     // Starts at once, alongside db; closes at the same time as the others.
+///     .service_with(idle("metrics exporter"), ServiceOptions::new().independent())
+///     // Starts once repository is ready; closes first.
+///     .service_with(idle("api"), ServiceOptions::new().needs(["repository"]));
+/// let handle = runner.handle();
+/// handle.shutdown();
+/// assert!(runner.run().is_success());
+/// ```
+///
 /// # How the shutdown timeout is shared
 ///
 /// The shutdown timeout runs from the moment a shutdown is asked for until `run` returns. The
-/// termination delay comes first (at most half of it). Then the steps run one after the other:
-/// the services' closes in reverse, the cleanups (last added first), the health endpoint, then
-/// the checker. When they begin, each step is *guaranteed* the smaller of its own timeout (a
-/// service's close timeout; none for a cleanup; 2 s, or the close timeout if shorter, for the
-/// endpoint and the checker, whose closes take milliseconds) and an equal share of the time
-/// left. A step may run until its own timeout,
-/// but never into the time guaranteed to the steps after it: when every close is quick none is
-/// cut short, and when one hangs it is abandoned (its error says it was cut short) in time for
-/// every later one to have at least its guaranteed time, so the endpoint and the checker always
+/// termination delay comes first (at most half of it). Then the steps run: the services'
+/// closes (each once the services that need it have closed, independent ones at the same
+/// time), then the cleanups (last added first), the health endpoint, then the checker, one
+/// after the other. Each step has a *chain*: the longest run of steps that must follow it one
+/// after the other (for a service, the services it needs, transitively, then the cleanups and
+/// the runner's own steps). When they begin, each step is *guaranteed* the smaller of its own
+/// timeout (a service's close timeout; none for a cleanup; 2 s, or the close timeout if
+/// shorter, for the endpoint and the checker, whose closes take milliseconds) and an equal
+/// share of the time left, shared by the steps of the longest chain of all (with nothing
+/// declared, every step: closes then run one after the other). A step may run until its own
+/// timeout, but never into the time guaranteed to the chain after it; closes that run at the
+/// same time take nothing from each other. So when every close is quick none is cut short, and
+/// when one hangs it is abandoned (its error says it was cut short) in time for every step
+/// after it to have at least its guaranteed time, so the endpoint and the checker always
 /// close.
 ///
 /// # Hung starts
@@ -248,7 +325,8 @@ impl Runner {
         }
     }
 
-    /// Adds a service, started after the ones added before it and closed before them: a
+    /// Adds a service that needs the ones added before it (started after them, closed before
+    /// them; see [Dependencies](#dependencies)): a
     /// [`Worker`](crate::Worker), your own [`Service`], or a shared one (`Arc<MyService>`, kept
     /// to be used by other services; `Arc<dyn Service>`).
     ///
@@ -259,7 +337,8 @@ impl Runner {
         self.service_with(service, ServiceOptions::new())
     }
 
-    /// Adds a service with timeouts of its own.
+    /// Adds a service with timeouts of its own, or needs of its own (see
+    /// [Dependencies](#dependencies)).
     pub fn service_with(
         mut self,
         service: impl Service + 'static,
@@ -415,7 +494,9 @@ impl Runner {
     /// kind [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput), two services of one
     /// name (or one named after the runner's own checks, see [`service`](Runner::service)) with
     /// [`ErrorKind::DuplicateName`](crate::ErrorKind::DuplicateName), in the report's start
-    /// phase.
+    /// phase. So are a name that a service [needs](ServiceOptions::needs) that is not one of
+    /// the runner's, and needs that form a cycle (see [Dependencies](#dependencies)), with
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput).
     pub fn run(self) -> RunReport {
         run::Run::new(self).execute()
     }

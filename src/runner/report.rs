@@ -42,11 +42,11 @@ impl fmt::Display for ShutdownCause {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RunPhase {
-    /// Starting the services in order, each until it is ready.
+    /// Starting the services, each once those it needs are ready, until it is ready.
     Start,
     /// Every service ready, waiting for a signal, a shutdown request or a fatal error.
     Run,
-    /// Draining, closing the services in reverse, running cleanups.
+    /// Draining, closing the services (each after those that need it), running cleanups.
     Shutdown,
 }
 
@@ -59,6 +59,7 @@ pub struct ServiceReport {
     pub(crate) closed_in: Option<Duration>,
     pub(crate) started: bool,
     pub(crate) closed: bool,
+    pub(crate) skipped_because: Option<String>,
 }
 
 impl ServiceReport {
@@ -93,6 +94,47 @@ impl ServiceReport {
     pub fn closed_in(&self) -> Option<Duration> {
         self.closed_in
     }
+
+    /// The service whose failed start kept this one from starting: one it needs, directly or
+    /// through others (see [Dependencies](crate::Runner#dependencies)). `None` for a service
+    /// that was started, or that was not started for another reason (a shutdown asked for
+    /// during the start, or a failure of a service it does not need).
+    pub fn skipped_because(&self) -> Option<&str> {
+        self.skipped_because.as_deref()
+    }
+}
+
+/// One step of a critical path (see [`RunReport::critical_path`]): a service's start (until
+/// it was ready) or its close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathStep {
+    pub(crate) name: String,
+    pub(crate) began: Duration,
+    pub(crate) took: Duration,
+}
+
+impl PathStep {
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// When its step began, since the first start (or close) of the phase began.
+    pub fn began(&self) -> Duration {
+        self.began
+    }
+
+    /// How long its step took: from the call to start until it was ready, or its close (until
+    /// it returned, or was abandoned).
+    pub fn took(&self) -> Duration {
+        self.took
+    }
+}
+
+impl fmt::Display for PathStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {:?} (at {:?})", self.name, self.took, self.began)
+    }
 }
 
 /// The outcome of [`Runner::run`](crate::Runner::run): why it ended, every error by phase, and
@@ -111,6 +153,8 @@ pub struct RunReport {
     pub(crate) start_duration: Duration,
     pub(crate) run_duration: Duration,
     pub(crate) shutdown_duration: Duration,
+    pub(crate) start_path: Vec<PathStep>,
+    pub(crate) shutdown_path: Vec<PathStep>,
 }
 
 impl RunReport {
@@ -156,7 +200,7 @@ impl RunReport {
         self.error().map_or(Ok(()), Err)
     }
 
-    /// Each service in start order, with what happened to it.
+    /// Each service in the order it was added, with what happened to it.
     pub fn services(&self) -> &[ServiceReport] {
         &self.services
     }
@@ -176,6 +220,24 @@ impl RunReport {
         }
     }
 
+    /// The critical path of a phase: the chain of services that decided when it ended, first
+    /// step first. For [`RunPhase::Start`], when every service became ready: the service that
+    /// was ready last, after the one it needed that was ready last before it, and so on back to
+    /// one that needed nothing still starting (empty when the start did not complete). For
+    /// [`RunPhase::Shutdown`]: the service whose close ended last, after the one that needed it
+    /// and closed last, and so on (the cleanups and the runner's own steps, which follow, are
+    /// not in it). Empty for [`RunPhase::Run`]. The runner logs both at info level.
+    ///
+    /// Shortening a step of the path is what makes the phase shorter; with nothing declared
+    /// (see [Dependencies](crate::Runner#dependencies)) the path is every service.
+    pub fn critical_path(&self, phase: RunPhase) -> &[PathStep] {
+        match phase {
+            RunPhase::Start => &self.start_path,
+            RunPhase::Run => &[],
+            RunPhase::Shutdown => &self.shutdown_path,
+        }
+    }
+
     /// The process exit code for this outcome: 0 after a clean shutdown, 1 if anything failed.
     ///
     /// (A second signal during shutdown exits the process at once with
@@ -191,7 +253,7 @@ impl RunReport {
 
 impl RunReport {
     /// The summary the runner logs at the end of a run: a first line for the run, then one line
-    /// per service in start order, with its final state, how long its close took, and its
+    /// per service in the order it was added, with its final state, how long its close took, and its
     /// errors.
     pub(crate) fn summary(&self) -> Vec<String> {
         let errors: Vec<&Error> = (self.start_errors.iter())
@@ -211,6 +273,11 @@ impl RunReport {
         ));
         for service in &self.services {
             let mut line = format!("summary: {}: {}", service.name, in_words(service.state));
+            if let Some(cause) = &service.skipped_because {
+                line.push_str(&format!(
+                    " (skipped: it needs {cause}, which failed to start)"
+                ));
+            }
             if let Some(took) = service.closed_in {
                 line.push_str(&format!(" in {took:?}"));
             }
@@ -260,5 +327,49 @@ impl Termination for RunReport {
             let _ = call_within("standard error", Phase::Shutdown, STDERR_WRITE, write);
         }
         self.exit_code()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(name: &str, state: State, skipped_because: Option<&str>) -> ServiceReport {
+        ServiceReport {
+            name: name.to_owned(),
+            state,
+            ready_in: None,
+            closed_in: None,
+            started: false,
+            closed: false,
+            skipped_because: skipped_because.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn the_summary_says_which_failed_start_a_service_was_skipped_because_of() {
+        let report = RunReport {
+            cause: ShutdownCause::StartFailed,
+            services: vec![
+                service("db", State::StartFailed, None),
+                service("api", State::Unstarted, Some("db")),
+                service("other", State::Unstarted, None),
+            ],
+            start_errors: vec![Error::msg("no connection").in_service("db", Phase::Start)],
+            run_errors: Vec::new(),
+            shutdown_errors: Vec::new(),
+            abandoned: Vec::new(),
+            start_duration: Duration::ZERO,
+            run_duration: Duration::ZERO,
+            shutdown_duration: Duration::ZERO,
+            start_path: Vec::new(),
+            shutdown_path: Vec::new(),
+        };
+        let lines = report.summary();
+        assert_eq!(
+            lines[2],
+            "summary: api: not started (skipped: it needs db, which failed to start)"
+        );
+        assert_eq!(lines[3], "summary: other: not started");
     }
 }

@@ -2,7 +2,9 @@
 //! service runs on a named thread of its own, so that the runner thread waits for it with a
 //! bound and gives up on it (naming it in the report) when it hangs.
 
+mod close;
 mod shutdown;
+mod start;
 
 #[cfg(feature = "metrics")]
 use std::sync::Arc;
@@ -11,19 +13,19 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver};
 
 use crate::checker::CHECKER_NAME;
-use crate::error::{check_name, Error, ErrorKind, Phase, Result};
+use crate::error::{check_name, Error, ErrorKind, Result};
 #[cfg(feature = "metrics")]
 use crate::metrics::ServiceTable;
 use crate::multi::check_names;
 use crate::relay;
-use crate::service::{start_until_ready, StartOutcome};
 use crate::state::State;
-use crate::stop::{StartContext, StopSignal};
-use crate::thread::{later, Abandoned, Thread};
+use crate::thread::Abandoned;
 
+use super::graph::{critical_path, Graph};
 use super::health::{RunnerHealth, RUNNER_CHECK};
+use super::report::PathStep;
 use super::signals::{signal_name, SignalRoute};
-use super::{Request, RunReport, Runner, ServiceReport, ShutdownCause, START_GRACE};
+use super::{Request, RunReport, Runner, ServiceReport, ShutdownCause};
 
 /// The state of one call to [`Runner::run`].
 pub(super) struct Run {
@@ -33,6 +35,16 @@ pub(super) struct Run {
     setup_error: Option<Error>,
     health: Option<RunnerHealth>,
     reports: Vec<ServiceReport>,
+    /// Who needs whom (empty when the run could not begin).
+    graph: Graph,
+    /// For each service, the one it needed that became ready last, so that it could start.
+    unblocked_by: Vec<Option<usize>>,
+    /// When each service's start began and when it was ready, if it became ready.
+    start_spans: Vec<Option<(Instant, Instant)>>,
+    /// The critical paths of the start and of the shutdown (see [`RunReport::critical_path`]).
+    start_path: Vec<PathStep>,
+    shutdown_path: Vec<PathStep>,
+    /// The services whose start returned, in the order they did.
     started: Vec<usize>,
     abandoned: Vec<Abandoned>,
     start_errors: Vec<Error>,
@@ -90,14 +102,27 @@ fn check_runner_timeouts(runner: &Runner) -> Result<()> {
     Ok(())
 }
 
+/// The services' needs, checked: a name that is not a service, or a cycle, is refused.
+fn service_graph(runner: &Runner) -> Result<Graph> {
+    let names: Vec<&str> = runner.entries.iter().map(|e| e.service.name()).collect();
+    let declared: Vec<Option<&[String]>> = (runner.entries.iter())
+        .map(|e| e.options.needs.as_deref())
+        .collect();
+    Graph::new(&names, &declared)
+}
+
 impl Run {
     pub(super) fn new(runner: Runner) -> Run {
         // An invalid name, or two services of one name, would make the report, the health
         // checks and the metrics ambiguous: refuse to run them, before any signal route is
         // claimed.
-        let names = check_runner_names(&runner)
+        let graph = check_runner_names(&runner)
             .and_then(|()| check_runner_timeouts(&runner))
-            .err();
+            .and_then(|()| service_graph(&runner));
+        let (graph, names) = match graph {
+            Ok(graph) => (graph, None),
+            Err(e) => (Graph::default(), Some(e)),
+        };
         let (route, setup_error) = match names {
             Some(e) => (None, Some(e)),
             None if runner.handle_signals => match SignalRoute::claim() {
@@ -119,8 +144,11 @@ impl Run {
                 closed_in: None,
                 started: false,
                 closed: false,
+                skipped_because: None,
             })
             .collect();
+        let unblocked_by = vec![None; graph.len()];
+        let start_spans = vec![None; graph.len()];
         let health = RunnerHealth::new(&runner);
         #[cfg(feature = "metrics")]
         let table = runner.metrics.as_ref().map(|metrics| {
@@ -137,6 +165,11 @@ impl Run {
             setup_error,
             health,
             reports,
+            graph,
+            unblocked_by,
+            start_spans,
+            start_path: Vec::new(),
+            shutdown_path: Vec::new(),
             started: Vec::new(),
             abandoned: Vec::new(),
             start_errors: Vec::new(),
@@ -173,7 +206,15 @@ impl Run {
         }
 
         let start_outcome = match self.start_health() {
-            Ok(()) => self.start_all(),
+            Ok(()) => {
+                let outcome = self.start_all();
+                if outcome.is_none() {
+                    let spans = std::mem::take(&mut self.start_spans);
+                    let unblocked_by = std::mem::take(&mut self.unblocked_by);
+                    self.start_path = self.critical_path("start", &spans, &unblocked_by);
+                }
+                outcome
+            }
             Err(e) => {
                 relay::error!("{e}");
                 self.start_errors.push(e);
@@ -202,6 +243,34 @@ impl Run {
         self.shutdown(&cause, drain);
         let shutdown_duration = shutdown_began.elapsed();
         self.finish(cause, [start_duration, run_duration, shutdown_duration])
+    }
+
+    /// The critical path of a phase whose steps ran over `spans`, each begun once
+    /// `unblocked_by` ended (see [`critical_path`]), logged at info level as `what`.
+    fn critical_path(
+        &self,
+        what: &str,
+        spans: &[Option<(Instant, Instant)>],
+        unblocked_by: &[Option<usize>],
+    ) -> Vec<PathStep> {
+        let chain = critical_path(spans, unblocked_by);
+        let origin = spans.iter().flatten().map(|(began, _)| *began).min();
+        let (Some(origin), false) = (origin, chain.is_empty()) else {
+            return Vec::new();
+        };
+        let path: Vec<PathStep> = (chain.iter())
+            .filter_map(|&i| {
+                let (began, ended) = spans[i]?;
+                Some(PathStep {
+                    name: self.reports[i].name.clone(),
+                    began: began.saturating_duration_since(origin),
+                    took: ended.saturating_duration_since(began),
+                })
+            })
+            .collect();
+        let steps: Vec<String> = path.iter().map(PathStep::to_string).collect();
+        relay::info!("critical path of the {what}: {}", steps.join(" -> "));
+        path
     }
 
     /// Takes a pending shutdown request or signal without blocking.
@@ -243,166 +312,6 @@ impl Run {
         health.start(services)?;
         *self.runner.handle.health_addr.lock() = health.local_addr();
         Ok(())
-    }
-
-    /// Starts every service in order; returns the cause if the start phase ended early.
-    fn start_all(&mut self) -> Option<ShutdownCause> {
-        // Fired on a shutdown request during the start phase: cancels the start in progress.
-        let cancel = StopSignal::new();
-        for index in 0..self.runner.entries.len() {
-            if let Some(cause) = self.poll_request() {
-                relay::info!("{cause} during start: not starting the remaining services");
-                return Some(cause);
-            }
-            if let Some(cause) = self.start_one(index, &cancel) {
-                return Some(cause);
-            }
-        }
-        None
-    }
-
-    fn start_one(&mut self, index: usize, cancel: &StopSignal) -> Option<ShutdownCause> {
-        let entry = &self.runner.entries[index];
-        let service = entry.service.clone();
-        let name = service.name().to_owned();
-        let timeout = entry
-            .options
-            .start_timeout
-            .unwrap_or(self.runner.start_timeout);
-        let close_timeout = entry
-            .options
-            .close_timeout
-            .unwrap_or(self.runner.close_timeout);
-        relay::info!("{name}: starting");
-        self.mark(index, State::Starting, None);
-        let began = Instant::now();
-
-        let ctx =
-            StartContext::new(cancel.clone(), Some(timeout)).with_handle(self.runner.handle());
-        let pending = match Thread::spawn(format!("start {name}"), move || {
-            start_until_ready(&*service, &ctx)
-        }) {
-            Ok(p) => p,
-            Err(e) => {
-                let e = Error::from(e).in_service(&name, Phase::Start);
-                relay::error!("{e}");
-                self.start_errors.push(e);
-                self.mark(index, State::StartFailed, None);
-                return Some(ShutdownCause::StartFailed);
-            }
-        };
-
-        // The start thread gives up by itself at the deadline; the fixed grace covers a start
-        // that ignores its context, and the error says so.
-        let give_up_at = later(later(began, timeout), START_GRACE);
-        let give_up = crossbeam_channel::at(give_up_at);
-        let mut interrupted = None;
-        let outcome = select! {
-            recv(pending.receiver()) -> outcome => {
-                pending.join();
-                outcome.ok()
-            }
-            recv(self.signals) -> signal => {
-                interrupted = signal.ok().map(|s| self.on_signal(s));
-                let grace = self.interrupted_start_grace(close_timeout, give_up_at);
-                self.cancel_start(pending, cancel, grace)
-            }
-            recv(self.runner.requests) -> request => {
-                interrupted = request.ok().map(|r| self.take(r));
-                let grace = self.interrupted_start_grace(close_timeout, give_up_at);
-                self.cancel_start(pending, cancel, grace)
-            }
-            recv(give_up) -> _ => self.cancel_start(pending, cancel, Duration::ZERO),
-        };
-
-        match outcome {
-            Some(StartOutcome {
-                started,
-                result: Ok(()),
-            }) => {
-                self.reports[index].started = started;
-                self.started.push(index);
-                if interrupted.is_none() {
-                    let took = began.elapsed();
-                    self.reports[index].ready_in = Some(took);
-                    self.mark(index, State::Started, Some(took));
-                    relay::info!("{name}: ready in {took:?}");
-                    return None;
-                }
-                self.mark(index, State::Started, None);
-            }
-            Some(StartOutcome {
-                started,
-                result: Err(e),
-            }) => {
-                self.reports[index].started = started;
-                if started {
-                    // Started but never became ready: it still needs closing.
-                    self.started.push(index);
-                }
-                // A start cut short by a shutdown is no failure: a service that did not start
-                // counts as closed, one that did is closed like the others.
-                let state = match (interrupted.is_some(), started) {
-                    (true, false) => State::Closed,
-                    (true, true) => State::Started,
-                    (false, _) => State::StartFailed,
-                };
-                self.mark(index, state, None);
-                if interrupted.is_none() {
-                    relay::error!("{e}");
-                    self.start_errors.push(e);
-                } else {
-                    relay::info!("{name}: start interrupted: {e}");
-                }
-            }
-            None => {
-                self.mark(index, State::StartFailed, None);
-                let e = Error::timed_out_noting(
-                    &name,
-                    Phase::Start,
-                    timeout,
-                    format!("abandoned {START_GRACE:?} later: its start did not return"),
-                );
-                relay::error!("{e}");
-                if interrupted.is_none() {
-                    self.start_errors.push(e);
-                }
-            }
-        }
-        Some(interrupted.unwrap_or(ShutdownCause::StartFailed))
-    }
-
-    /// A shutdown was asked for during a start: its deadline begins now, and the start, once
-    /// cancelled, is waited for at most its close timeout, at most until it would have been
-    /// abandoned anyway, and at most half the shutdown timeout, so that the closes keep the rest.
-    fn interrupted_start_grace(
-        &mut self,
-        close_timeout: Duration,
-        give_up_at: Instant,
-    ) -> Duration {
-        let now = Instant::now();
-        self.deadline
-            .get_or_insert_with(|| later(now, self.runner.shutdown_timeout));
-        (close_timeout)
-            .min(give_up_at.saturating_duration_since(now))
-            .min(self.runner.shutdown_timeout / 2)
-    }
-
-    /// Cancels the start in progress and waits up to `grace` for it to return.
-    fn cancel_start(
-        &mut self,
-        pending: Thread<StartOutcome>,
-        cancel: &StopSignal,
-        grace: Duration,
-    ) -> Option<StartOutcome> {
-        cancel.stop();
-        match pending.join_until(later(Instant::now(), grace)) {
-            Ok(outcome) => outcome,
-            Err(pending) => {
-                self.abandoned.push(pending.abandon());
-                None
-            }
-        }
     }
 
     /// Waits in the run phase until a signal, a request or a fatal error.

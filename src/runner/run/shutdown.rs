@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use crate::error::{flatten_call, Error, Phase};
 use crate::relay;
 use crate::service::{close_guarded, Service};
-use crate::state::State;
 use crate::thread::{call_within, later, Called};
 
 use super::super::budget::Budget;
@@ -47,9 +46,19 @@ impl Run {
             let _ = crossbeam_channel::after(delay).recv();
         }
 
-        // Every step of the shutdown, in order, with its own timeout: they share the deadline
-        // by the budget's rule.
-        let services: Vec<usize> = self.started.iter().rev().copied().collect();
+        // Every step of the shutdown with its own timeout: the started services' closes (each
+        // after those that need it), then the cleanups, the endpoint and the checker one after
+        // the other; they share the deadline by the budget's rule.
+        let mut started = vec![false; self.graph.len()];
+        for &i in &self.started {
+            started[i] = true;
+        }
+        self.started.clear();
+        // Dependants first: each service comes before every service it needs.
+        let order: Vec<usize> = (self.graph.order().iter().rev())
+            .copied()
+            .filter(|&i| started[i])
+            .collect();
         let cleanups = std::mem::take(&mut self.runner.cleanups);
         let health = self.health.take().map(|h| h.into_services_to_close());
         let health = health.unwrap_or_default();
@@ -57,48 +66,49 @@ impl Run {
         // guaranteed at most OWN_STEP (and still get, in their turn, all that is left up to the
         // close timeout).
         let own = OWN_STEP.min(self.runner.close_timeout);
-        let timeouts: Vec<Duration> = (services.iter().map(|i| self.close_timeout(*i)))
+        let timeouts: Vec<Duration> = (order.iter().map(|i| self.close_timeout(*i)))
             .chain(cleanups.iter().map(|_| Duration::MAX))
             .chain(health.iter().map(|_| own))
             .collect();
-        let mut budget = Budget::new(Instant::now(), deadline, &timeouts);
-
-        for index in services {
-            self.close_one(index, &mut budget);
+        let steps = timeouts.len();
+        let tail = order.len();
+        let mut step = vec![usize::MAX; self.graph.len()];
+        for (k, &i) in order.iter().enumerate() {
+            step[i] = k;
         }
-        self.started.clear();
-        for (name, cleanup) in cleanups.into_iter().rev() {
-            self.cleanup_one(name, cleanup, &mut budget);
+        let then: Vec<Vec<usize>> = (0..steps)
+            .map(|k| {
+                let mut next: Vec<usize> = Vec::new();
+                if k < tail {
+                    let needs = self.graph.needs(order[k]).iter();
+                    next.extend(needs.filter(|&&j| started[j]).map(|&j| step[j]));
+                }
+                // The steps after the closes run one after the other.
+                let after = if k < tail { tail } else { k + 1 };
+                if after < steps {
+                    next.push(after);
+                }
+                next
+            })
+            .collect();
+        let budget = Budget::new(Instant::now(), deadline, &timeouts, &then);
+
+        self.close_services(&order, &budget);
+        for (k, (name, cleanup)) in cleanups.into_iter().rev().enumerate() {
+            self.cleanup_one(name, cleanup, &budget, tail + k);
         }
         // Last, the health endpoint (so probes are answered until the end), then its checker.
-        for service in health {
+        let first_own = steps - health.len();
+        for (k, service) in health.into_iter().enumerate() {
             let timeout = self.runner.close_timeout;
-            self.close_bounded(service, timeout, &mut budget);
+            self.close_bounded(service, timeout, &budget, first_own + k);
         }
     }
 
     /// Service `index`'s close timeout.
-    fn close_timeout(&self, index: usize) -> Duration {
+    pub(super) fn close_timeout(&self, index: usize) -> Duration {
         let options = &self.runner.entries[index].options;
         options.close_timeout.unwrap_or(self.runner.close_timeout)
-    }
-
-    fn close_one(&mut self, index: usize, budget: &mut Budget) {
-        let service = self.runner.entries[index].service.clone();
-        let timeout = self.close_timeout(index);
-        self.mark(index, State::Closing, None);
-        let errors_before = self.shutdown_errors.len();
-        let took = self.close_bounded(service, timeout, budget);
-        if let Some(took) = took {
-            self.reports[index].closed = true;
-            self.reports[index].closed_in = Some(took);
-        }
-        let state = if took.is_some() && self.shutdown_errors.len() == errors_before {
-            State::Closed
-        } else {
-            State::CloseFailed
-        };
-        self.mark(index, state, took);
     }
 
     /// Closes `service` on a thread of its own, waiting at most `timeout` and never into the
@@ -108,11 +118,12 @@ impl Run {
         &mut self,
         service: Arc<dyn Service>,
         timeout: Duration,
-        budget: &mut Budget,
+        budget: &Budget,
+        step: usize,
     ) -> Option<Duration> {
         let name = service.name().to_owned();
         let now = Instant::now();
-        let bound = budget.next(now, timeout);
+        let bound = budget.bound(step, now, timeout);
         if budget.has_passed(now) {
             let e = Error::timed_out(&name, Phase::Shutdown, self.runner.shutdown_timeout);
             relay::error!("{name}: not closed: the shutdown deadline has passed");
@@ -161,9 +172,9 @@ impl Run {
         }
     }
 
-    fn cleanup_one(&mut self, name: String, cleanup: CleanupFn, budget: &mut Budget) {
+    fn cleanup_one(&mut self, name: String, cleanup: CleanupFn, budget: &Budget, step: usize) {
         let now = Instant::now();
-        let bound = budget.next(now, Duration::MAX);
+        let bound = budget.bound(step, now, Duration::MAX);
         if budget.has_passed(now) {
             relay::error!("cleanup {name}: not run: the shutdown deadline has passed");
             self.shutdown_errors.push(Error::timed_out(
@@ -219,6 +230,8 @@ impl Run {
             run_errors: self.run_errors,
             shutdown_errors: self.shutdown_errors,
             abandoned: still_running,
+            start_path: self.start_path,
+            shutdown_path: self.shutdown_path,
             start_duration: durations[0],
             run_duration: durations[1],
             shutdown_duration: durations[2],

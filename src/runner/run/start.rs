@@ -1,0 +1,327 @@
+//! The start phase of a run: each service starts, on a thread `start NAME` of its own, as soon
+//! as every service it needs is ready (see [`Graph`](super::super::graph::Graph)), so
+//! independent services start at the same time. The runner thread waits on one `select` over
+//! every start in progress, the signal route, the handle's requests and the earliest deadline
+//! at which a start is abandoned.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Select;
+
+use crate::error::{Error, Phase};
+use crate::relay;
+use crate::service::{start_until_ready, StartOutcome};
+use crate::state::State;
+use crate::stop::{StartContext, StopSignal};
+use crate::thread::{later, Thread};
+
+use super::super::{Request, ShutdownCause, START_GRACE};
+use super::Run;
+
+/// A start in progress.
+struct Pending {
+    meta: Meta,
+    thread: Thread<StartOutcome>,
+}
+
+/// What the runner knows of a start in progress, besides its thread.
+struct Meta {
+    index: usize,
+    name: String,
+    began: Instant,
+    /// When the start is abandoned: its start timeout, then the fixed grace.
+    give_up_at: Instant,
+    timeout: Duration,
+    close_timeout: Duration,
+}
+
+/// What the runner thread woke up for.
+enum Event {
+    /// Start `k` (in the list of those in progress) returned, or its thread ended without a
+    /// value.
+    Done(usize, Option<StartOutcome>),
+    Signal(Option<i32>),
+    Request(Option<Request>),
+    /// The earliest deadline to abandon a start has passed.
+    GiveUp,
+}
+
+impl Run {
+    /// Starts every service, each once those it needs are ready; returns the cause if the start
+    /// phase ended early. A failure or a shutdown asked for meanwhile cancels every start in
+    /// progress and starts nothing more; the services that need a failed one are reported as
+    /// skipped because of it.
+    pub(super) fn start_all(&mut self) -> Option<ShutdownCause> {
+        // Fired when the start phase ends early: cancels every start in progress.
+        let cancel = StopSignal::new();
+        let n = self.graph.len();
+        let mut waiting: Vec<usize> = (0..n).map(|i| self.graph.needs(i).len()).collect();
+        let mut startable: VecDeque<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut failed: Vec<usize> = Vec::new();
+        let mut end: Option<ShutdownCause> = None;
+        while end.is_none() {
+            if let Some(cause) = self.poll_request() {
+                relay::info!("{cause} during start: not starting the remaining services");
+                end = Some(cause);
+                break;
+            }
+            while let Some(index) = startable.pop_front() {
+                match self.spawn_start(index, &cancel) {
+                    Some(p) => pending.push(p),
+                    None => {
+                        failed.push(index);
+                        end = Some(ShutdownCause::StartFailed);
+                        break;
+                    }
+                }
+            }
+            if end.is_some() || pending.is_empty() {
+                break;
+            }
+            let (meta, outcome) = match self.next_event(&pending) {
+                Event::Done(k, outcome) => {
+                    let Pending { meta, thread } = pending.swap_remove(k);
+                    thread.join();
+                    (meta, outcome)
+                }
+                Event::Signal(signal) => {
+                    end = Some(signal.map_or(ShutdownCause::Signal, |s| self.on_signal(s)));
+                    break;
+                }
+                Event::Request(request) => {
+                    end = Some(request.map_or(ShutdownCause::Requested, |r| self.take(r)));
+                    break;
+                }
+                Event::GiveUp => {
+                    let now = Instant::now();
+                    let k = (pending.iter().position(|p| p.meta.give_up_at <= now)).unwrap_or(0);
+                    let Pending { meta, thread } = pending.swap_remove(k);
+                    cancel.stop();
+                    let outcome = self.join_start(thread, now);
+                    (meta, outcome)
+                }
+            };
+            let index = meta.index;
+            if self.finish_start(&meta, outcome, false) {
+                for &d in self.graph.needed_by(index) {
+                    waiting[d] -= 1;
+                    if waiting[d] == 0 {
+                        self.unblocked_by[d] = Some(index);
+                        startable.push_back(d);
+                    }
+                }
+            } else {
+                failed.push(index);
+                end = Some(ShutdownCause::StartFailed);
+            }
+        }
+        self.cancel_all(pending, &cancel);
+        self.mark_skipped(&failed);
+        end
+    }
+
+    /// What comes first: a start's outcome, a signal, a request, or the earliest deadline to
+    /// abandon a start.
+    fn next_event(&self, pending: &[Pending]) -> Event {
+        let mut select = Select::new();
+        for p in pending {
+            select.recv(p.thread.receiver());
+        }
+        let signals = select.recv(&self.signals);
+        let requests = select.recv(&self.runner.requests);
+        let give_up = pending.iter().map(|p| p.meta.give_up_at).min();
+        let give_up = give_up.unwrap_or_else(|| later(Instant::now(), Duration::MAX));
+        let Ok(oper) = select.select_deadline(give_up) else {
+            return Event::GiveUp;
+        };
+        match oper.index() {
+            i if i == signals => Event::Signal(oper.recv(&self.signals).ok()),
+            i if i == requests => Event::Request(oper.recv(&self.runner.requests).ok()),
+            k => Event::Done(k, oper.recv(pending[k].thread.receiver()).ok()),
+        }
+    }
+
+    /// Starts service `index` on a thread of its own; `None` (the error recorded) if the thread
+    /// could not be spawned.
+    fn spawn_start(&mut self, index: usize, cancel: &StopSignal) -> Option<Pending> {
+        let entry = &self.runner.entries[index];
+        let service = entry.service.clone();
+        let name = service.name().to_owned();
+        let options = &entry.options;
+        let timeout = options.start_timeout.unwrap_or(self.runner.start_timeout);
+        let close_timeout = options.close_timeout.unwrap_or(self.runner.close_timeout);
+        relay::info!("{name}: starting");
+        self.mark(index, State::Starting, None);
+        let began = Instant::now();
+        let ctx =
+            StartContext::new(cancel.clone(), Some(timeout)).with_handle(self.runner.handle());
+        match Thread::spawn(format!("start {name}"), move || {
+            start_until_ready(&*service, &ctx)
+        }) {
+            Ok(thread) => Some(Pending {
+                meta: Meta {
+                    index,
+                    name,
+                    began,
+                    // The start thread gives up by itself at the deadline; the fixed grace
+                    // covers a start that ignores its context, and the error says so.
+                    give_up_at: later(later(began, timeout), START_GRACE),
+                    timeout,
+                    close_timeout,
+                },
+                thread,
+            }),
+            Err(e) => {
+                let e = Error::from(e).in_service(&name, Phase::Start);
+                relay::error!("{e}");
+                self.start_errors.push(e);
+                self.mark(index, State::StartFailed, None);
+                None
+            }
+        }
+    }
+
+    /// Records what became of a start (`None`: it was abandoned, or its thread ended without a
+    /// value); `interrupted` when the start phase had already ended (a shutdown asked for, or
+    /// another service failed) and the start was cancelled. Returns whether it is ready.
+    fn finish_start(
+        &mut self,
+        meta: &Meta,
+        outcome: Option<StartOutcome>,
+        interrupted: bool,
+    ) -> bool {
+        let (index, name) = (meta.index, &meta.name);
+        match outcome {
+            Some(StartOutcome {
+                started,
+                result: Ok(()),
+            }) => {
+                self.reports[index].started = started;
+                self.started.push(index);
+                if interrupted {
+                    self.mark(index, State::Started, None);
+                    return false;
+                }
+                let now = Instant::now();
+                let took = now.saturating_duration_since(meta.began);
+                self.start_spans[index] = Some((meta.began, now));
+                self.reports[index].ready_in = Some(took);
+                self.mark(index, State::Started, Some(took));
+                relay::info!("{name}: ready in {took:?}");
+                true
+            }
+            Some(StartOutcome {
+                started,
+                result: Err(e),
+            }) => {
+                self.reports[index].started = started;
+                if started {
+                    // Started but never became ready: it still needs closing.
+                    self.started.push(index);
+                }
+                // A start cut short by a shutdown is no failure: a service that did not start
+                // counts as closed, one that did is closed like the others.
+                let state = match (interrupted, started) {
+                    (true, false) => State::Closed,
+                    (true, true) => State::Started,
+                    (false, _) => State::StartFailed,
+                };
+                self.mark(index, state, None);
+                if interrupted {
+                    relay::info!("{name}: start interrupted: {e}");
+                } else {
+                    relay::error!("{e}");
+                    self.start_errors.push(e);
+                }
+                false
+            }
+            None => {
+                self.mark(index, State::StartFailed, None);
+                let e = Error::timed_out_noting(
+                    name,
+                    Phase::Start,
+                    meta.timeout,
+                    format!("abandoned {START_GRACE:?} later: its start did not return"),
+                );
+                relay::error!("{e}");
+                if !interrupted {
+                    self.start_errors.push(e);
+                }
+                false
+            }
+        }
+    }
+
+    /// The start phase ended early: cancels every start in progress, and waits for each at
+    /// most its grace (see [`interrupted_start_grace`](Run::interrupted_start_grace)), all at
+    /// once.
+    fn cancel_all(&mut self, pending: Vec<Pending>, cancel: &StopSignal) {
+        if pending.is_empty() {
+            return;
+        }
+        cancel.stop();
+        let now = Instant::now();
+        let until: Vec<Instant> = (pending.iter())
+            .map(|p| {
+                let grace = self.interrupted_start_grace(p.meta.close_timeout, p.meta.give_up_at);
+                later(now, grace)
+            })
+            .collect();
+        for (Pending { meta, thread }, until) in pending.into_iter().zip(until) {
+            let outcome = self.join_start(thread, until);
+            self.finish_start(&meta, outcome, true);
+        }
+    }
+
+    /// A shutdown was asked for during a start, or another start failed: the shutdown's
+    /// deadline begins now, and a start, once cancelled, is waited for at most its close
+    /// timeout, at most until it would have been abandoned anyway, and at most half the
+    /// shutdown timeout, so that the closes keep the rest.
+    fn interrupted_start_grace(
+        &mut self,
+        close_timeout: Duration,
+        give_up_at: Instant,
+    ) -> Duration {
+        let now = Instant::now();
+        self.deadline
+            .get_or_insert_with(|| later(now, self.runner.shutdown_timeout));
+        (close_timeout)
+            .min(give_up_at.saturating_duration_since(now))
+            .min(self.runner.shutdown_timeout / 2)
+    }
+
+    /// Waits until `until` for a cancelled start to return; abandons it past that.
+    fn join_start(&mut self, thread: Thread<StartOutcome>, until: Instant) -> Option<StartOutcome> {
+        match thread.join_until(until) {
+            Ok(outcome) => outcome,
+            Err(thread) => {
+                self.abandoned.push(thread.abandon());
+                None
+            }
+        }
+    }
+
+    /// Marks every service never started that needs one of `failed` (directly or not) as
+    /// skipped because of it (the first failed one, when several are).
+    fn mark_skipped(&mut self, failed: &[usize]) {
+        for &f in failed {
+            let cause = self.reports[f].name.clone();
+            for d in self.graph.dependants(f) {
+                let report = &mut self.reports[d];
+                if report.state == State::Unstarted && report.skipped_because.is_none() {
+                    report.skipped_because = Some(cause.clone());
+                }
+            }
+        }
+        let skipped = (self.reports.iter()).filter(|r| r.skipped_because.is_some());
+        for report in skipped {
+            relay::info!(
+                "{}: not started: it needs {}, which failed to start",
+                report.name,
+                report.skipped_because.as_deref().unwrap_or_default()
+            );
+        }
+    }
+}
