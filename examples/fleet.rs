@@ -12,15 +12,15 @@
 //! SIGINT or SIGTERM shuts it down: exit code 0 after a graceful shutdown, 1 if anything
 //! failed, 2 for a usage error.
 //!
-//! `--chain` asks for the services as one chain, each needing the one before it. Today's
-//! runner has no dependencies between services: it starts every service after the one before
-//! it and closes them in reverse, so `--chain` runs exactly as the default does. The flag is
-//! there so that measurements can name the shape they mean.
+//! By default the services are independent (`ServiceOptions::independent`): they start and
+//! close in parallel. `--chain` makes them one chain, each needing the one before it (the
+//! runner's rule for services that declare nothing: the list order), so they start one after
+//! another and close in reverse.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use lifecycle::{Runner, Worker};
+use lifecycle::{Runner, ServiceOptions, Worker};
 
 const USAGE: &str = "usage: fleet [--services N] [--chain] [--help]";
 
@@ -30,9 +30,9 @@ Runs N trivial thread services until SIGINT or SIGTERM, then closes them. Prints
 `ready`, on standard output when every service has started (its only standard output).
 
   --services N  how many services, each a Worker whose thread waits on its stop signal [default: 10]
-  --chain       the services as one chain, each needing the one before it; today's runner
-                already starts each service after the one before it and closes them in
-                reverse, so this runs exactly as the default does (no dependencies yet)
+  --chain       the services as one chain, each needing the one before it (started one
+                after another, closed in reverse); by default they are independent and
+                start and close in parallel
   -h, --help    prints this
 
 Exit codes: 0 after a graceful shutdown, 1 if anything failed, 2 for a usage error.
@@ -87,14 +87,19 @@ fn main() -> ExitCode {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
 
-    // Without dependencies in the runner, a chain is the list order, as independent services
-    // are: the name is all that differs.
-    let prefix = if args.chain { "link" } else { "service" };
+    // A service that declares nothing needs every one added before it: the chain. Independent
+    // ones say so.
+    let (prefix, options) = if args.chain {
+        ("link", ServiceOptions::new())
+    } else {
+        ("service", ServiceOptions::new().independent())
+    };
     let runner = (0..args.services).fold(Runner::new(), |runner, i| {
-        runner.service(Worker::new(format!("{prefix}-{i}"), |stop| {
+        let worker = Worker::new(format!("{prefix}-{i}"), |stop| {
             stop.wait();
             Ok(())
-        }))
+        });
+        runner.service_with(worker, options.clone())
     });
 
     // Prints `ready` once the run phase begins; ends without printing if a shutdown comes first.
