@@ -5,7 +5,7 @@
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -61,14 +61,22 @@ pub fn start(addr: SocketAddr, burst: usize, every: Duration) -> Attack {
         "the flood stays on 127.0.0.1"
     );
     let together = Arc::new(Barrier::new(THREADS));
+    // Whether the flood ends at this burst: read from `end` by one thread (the barrier's
+    // leader) and seen by every thread after the next barrier, so that all of them end at the
+    // same burst (were each to read `end` itself, one could end while the others wait at the
+    // barrier for it forever).
+    let ending = Arc::new(AtomicBool::new(false));
     Attack::start(THREADS, move |i, end, ready| {
         let _ = ready.send(());
         let mut report = Report::default();
         loop {
-            // Each burst starts on every thread at once, and they all see the same `end`.
+            // Each burst starts on every thread at once.
             let start = Instant::now();
+            if together.wait().is_leader() {
+                ending.store(end.load(Ordering::SeqCst), Ordering::SeqCst);
+            }
             together.wait();
-            if end.load(Ordering::SeqCst) {
+            if ending.load(Ordering::SeqCst) {
                 return report;
             }
             for _ in 0..share(burst, THREADS, i) {

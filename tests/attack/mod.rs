@@ -96,14 +96,28 @@ impl Attack {
             .fold(Report::default(), |a, b| a + b)
     }
 
+    /// Ends the attack and joins its threads, waiting for them at most the watchdog: a thread
+    /// still running then fails the test (from `finish`) or is left to end with the process
+    /// (from a drop, which must not panic).
     fn end_and_join(&mut self) -> Vec<std::thread::Result<Report>> {
         self.end.store(true, Ordering::SeqCst);
-        self.threads.drain(..).map(JoinHandle::join).collect()
+        let deadline = std::time::Instant::now() + WATCHDOG;
+        while self.threads.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let (ended, running): (Vec<_>, Vec<_>) =
+            self.threads.drain(..).partition(JoinHandle::is_finished);
+        if !running.is_empty() && !std::thread::panicking() {
+            panic!("watchdog: {} attacker thread(s) did not end", running.len());
+        }
+        ended.into_iter().map(JoinHandle::join).collect()
     }
 }
 
 impl Drop for Attack {
-    /// Ends the attack if the test did not (it failed): the threads are joined all the same.
+    /// Ends the attack if the test did not (it failed): the threads are joined all the same,
+    /// within the watchdog.
     fn drop(&mut self) {
         let _ = self.end_and_join();
     }
