@@ -194,6 +194,12 @@ type CleanupFn = Box<dyn FnOnce() -> Result<()> + Send + 'static>;
 /// a`), and nothing starts. When a start fails, the services that need it, directly or not,
 /// are never started: their [`ServiceReport::skipped_because`] names it.
 ///
+/// A start or a close that hangs past its bound is abandoned, and the order is then kept as far
+/// as it can be: a service whose dependant's close was abandoned (or whose dependant's start,
+/// cancelled, did not return) is closed all the same, since the shutdown must go on. A start
+/// abandoned that way and returning later leaves its service running until the process ends;
+/// its thread is named in [`RunReport::abandoned_threads`].
+///
 /// ```
 /// use lifecycle::{Runner, ServiceOptions, Worker};
 ///
@@ -204,7 +210,7 @@ type CleanupFn = Box<dyn FnOnce() -> Result<()> + Send + 'static>;
 ///     .service(idle("db"))
 ///     // Needs db: declares nothing, so it needs every service added before it.
 ///     .service(idle("repository"))
-///     // Starts at once, alongside db; closes at the same time as the others.
+///     // Starts at once, alongside db; closes at once, alongside api.
 ///     .service_with(idle("metrics exporter"), ServiceOptions::new().independent())
 ///     // Starts once repository is ready; closes first.
 ///     .service_with(idle("api"), ServiceOptions::new().needs(["repository"]));

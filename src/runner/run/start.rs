@@ -96,9 +96,14 @@ impl Run {
                 }
                 Event::GiveUp => {
                     let now = Instant::now();
-                    let k = (pending.iter().position(|p| p.meta.give_up_at <= now)).unwrap_or(0);
+                    let Some(k) = pending.iter().position(|p| p.meta.give_up_at <= now) else {
+                        // Woken a moment early: wait again.
+                        continue;
+                    };
                     let Pending { meta, thread } = pending.swap_remove(k);
-                    cancel.stop();
+                    // Not cancelled first: a start that returns at this very moment is taken as
+                    // it is, and the others go on. One that did not return is a failure, and
+                    // the end of the phase cancels the others.
                     let outcome = self.join_start(thread, now);
                     (meta, outcome)
                 }
@@ -237,6 +242,15 @@ impl Run {
                 }
                 false
             }
+            None if interrupted => {
+                // Cancelled (a shutdown, or another start failed) and not returned within its
+                // grace: abandoned, named in the report's abandoned threads.
+                self.mark(index, State::StartFailed, None);
+                relay::warn!(
+                    "{name}: its start was cancelled and did not return in time: abandoned"
+                );
+                false
+            }
             None => {
                 self.mark(index, State::StartFailed, None);
                 let e = Error::timed_out_noting(
@@ -246,9 +260,7 @@ impl Run {
                     format!("abandoned {START_GRACE:?} later: its start did not return"),
                 );
                 relay::error!("{e}");
-                if !interrupted {
-                    self.start_errors.push(e);
-                }
+                self.start_errors.push(e);
                 false
             }
         }
