@@ -95,9 +95,7 @@ impl Run {
         let now = Instant::now();
         let bound = budget.bound(step, now, timeout);
         if budget.has_passed(now) {
-            let e = Error::timed_out(&name, Phase::Shutdown, self.runner.shutdown_timeout);
-            relay::error!("{name}: not closed: the shutdown deadline has passed");
-            self.shutdown_errors.push(e);
+            self.not_closed_past_deadline(&name);
             self.mark(index, State::CloseFailed, None);
             return None;
         }

@@ -125,9 +125,7 @@ impl Run {
         let now = Instant::now();
         let bound = budget.bound(step, now, timeout);
         if budget.has_passed(now) {
-            let e = Error::timed_out(&name, Phase::Shutdown, self.runner.shutdown_timeout);
-            relay::error!("{name}: not closed: the shutdown deadline has passed");
-            self.shutdown_errors.push(e);
+            self.not_closed_past_deadline(&name);
             return None;
         }
         relay::info!("{name}: closing");
@@ -204,6 +202,13 @@ impl Run {
             relay::error!("{e}");
             self.shutdown_errors.push(e);
         }
+    }
+
+    /// Records that `name` is not closed: the shutdown deadline passed before its turn.
+    pub(super) fn not_closed_past_deadline(&mut self, name: &str) {
+        let e = Error::timed_out(name, Phase::Shutdown, self.runner.shutdown_timeout);
+        relay::error!("{name}: not closed: the shutdown deadline has passed");
+        self.shutdown_errors.push(e);
     }
 
     pub(super) fn finish(mut self, cause: ShutdownCause, durations: [Duration; 3]) -> RunReport {
