@@ -177,15 +177,18 @@ fn an_empty_list_of_needs_is_independent() {
     assert!(report.is_success(), "{:?}", report.error());
 }
 
+/// db <- repository <- api, added in the reverse order of the chain.
+fn chain(events: &Events) -> Runner {
+    runner()
+        .service_with(Svc::new("api", events), needs(&["repository"]))
+        .service_with(Svc::new("repository", events), needs(&["db"]))
+        .service_with(Svc::new("db", events), ServiceOptions::new().independent())
+}
+
 #[test]
 fn a_chain_starts_in_dependency_order_and_closes_in_reverse_whatever_the_list_order() {
     let events = Events::default();
-    let report = run_then_shut_down(
-        runner()
-            .service_with(Svc::new("api", &events), needs(&["repository"]))
-            .service_with(Svc::new("repository", &events), needs(&["db"]))
-            .service_with(Svc::new("db", &events), ServiceOptions::new().independent()),
-    );
+    let report = run_then_shut_down(chain(&events));
     assert!(report.is_success(), "{:?}", report.error());
     assert_eq!(
         events.take(),
@@ -395,12 +398,7 @@ fn path_names(report: &RunReport, phase: RunPhase) -> Vec<&str> {
 #[test]
 fn the_critical_path_of_a_chain_is_the_chain_and_of_its_shutdown_the_reverse() {
     let events = Events::default();
-    let report = run_then_shut_down(
-        runner()
-            .service_with(Svc::new("api", &events), needs(&["repository"]))
-            .service_with(Svc::new("repository", &events), needs(&["db"]))
-            .service_with(Svc::new("db", &events), ServiceOptions::new().independent()),
-    );
+    let report = run_then_shut_down(chain(&events));
     assert!(report.is_success(), "{:?}", report.error());
     assert_eq!(
         path_names(&report, RunPhase::Start),
