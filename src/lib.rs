@@ -104,6 +104,7 @@ mod http;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 mod multi;
+mod pool;
 mod relay;
 mod runner;
 mod service;

@@ -10,6 +10,8 @@
 
 use std::fmt;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -159,7 +161,7 @@ impl<T> Thread<T> {
     pub(crate) fn abandon(self) -> Abandoned {
         Abandoned {
             name: self.name,
-            handle: self.handle,
+            held: Held::Thread(self.handle),
         }
     }
 }
@@ -172,20 +174,43 @@ impl<T> fmt::Debug for Thread<T> {
 
 /// A thread whose owner gave up waiting for it, kept so that it can still be joined (and named
 /// in reports) if it ends later.
+///
+/// For a call of a [`CallPool`](crate::pool::CallPool), the thread is the pool's: it is
+/// "joined" once the call has ended, and the pool joins the thread itself.
 #[derive(Debug)]
 pub(crate) struct Abandoned {
     pub(crate) name: String,
-    handle: JoinHandle<()>,
+    held: Held,
+}
+
+#[derive(Debug)]
+enum Held {
+    Thread(JoinHandle<()>),
+    /// Set when the pool's call has ended.
+    Call(Arc<AtomicBool>),
 }
 
 impl Abandoned {
+    /// The call `name` of a pool, which sets `ended` once it has ended.
+    pub(crate) fn call(name: String, ended: Arc<AtomicBool>) -> Abandoned {
+        Abandoned {
+            name,
+            held: Held::Call(ended),
+        }
+    }
+
     /// Joins the thread if it has ended since it was abandoned; gives it back if not.
     pub(crate) fn try_join(self) -> Result<(), Abandoned> {
-        if self.handle.is_finished() {
-            let _ = self.handle.join();
-            Ok(())
-        } else {
-            Err(self)
+        match self.held {
+            Held::Thread(handle) if handle.is_finished() => {
+                let _ = handle.join();
+                Ok(())
+            }
+            Held::Call(ended) if ended.load(Ordering::Acquire) => Ok(()),
+            held => Err(Abandoned {
+                name: self.name,
+                held,
+            }),
         }
     }
 }

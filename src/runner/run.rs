@@ -17,6 +17,7 @@ use crate::error::{check_name, Error, ErrorKind, Result};
 #[cfg(feature = "metrics")]
 use crate::metrics::ServiceTable;
 use crate::multi::check_names;
+use crate::pool::CallPool;
 use crate::relay;
 use crate::state::State;
 use crate::thread::Abandoned;
@@ -47,6 +48,8 @@ pub(super) struct Run {
     /// The services whose start returned, in the order they did.
     started: Vec<usize>,
     abandoned: Vec<Abandoned>,
+    /// The threads the services' starts and closes run on.
+    calls: CallPool,
     start_errors: Vec<Error>,
     run_errors: Vec<Error>,
     shutdown_errors: Vec<Error>,
@@ -172,6 +175,7 @@ impl Run {
             shutdown_path: Vec::new(),
             started: Vec::new(),
             abandoned: Vec::new(),
+            calls: CallPool::new("lifecycle calls"),
             start_errors: Vec::new(),
             run_errors: Vec::new(),
             shutdown_errors: Vec::new(),

@@ -1,6 +1,6 @@
-//! The services' closes in a shutdown: each on a thread `close NAME` of its own, once every
-//! started service that needs it has closed, so independent services close at the same time.
-//! Each close is bounded by the [budget](super::super::budget)'s rule; the runner thread waits
+//! The services' closes in a shutdown: each a call `close NAME` on a thread of the run's
+//! [pool](crate::pool), once every started service that needs it has closed, so independent
+//! services close at the same time. Each close is bounded by the [budget](super::super::budget)'s rule; the runner thread waits
 //! on one `select` over every close in progress and the earliest of their bounds.
 
 use std::collections::VecDeque;
@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Select;
 
 use crate::error::{Error, Phase};
+use crate::pool::Call;
 use crate::relay;
 use crate::service::close_guarded;
 use crate::state::State;
-use crate::thread::{later, Thread};
+use crate::thread::later;
 
 use super::super::budget::Budget;
 use super::Run;
@@ -21,7 +22,7 @@ use super::Run;
 struct Closing {
     index: usize,
     name: String,
-    thread: Thread<crate::error::Result<()>>,
+    call: Call<crate::error::Result<()>>,
     began: Instant,
     /// When it is abandoned.
     until: Instant,
@@ -86,7 +87,7 @@ impl Run {
     }
 
     /// Begins closing service `index`, step `step` of the budget; `None` when it cannot begin
-    /// (the deadline has passed, or no thread), the error recorded.
+    /// (the deadline has passed), the error recorded.
     fn begin_close(&mut self, index: usize, step: usize, budget: &Budget) -> Option<Closing> {
         let service = self.runner.entries[index].service.clone();
         let name = service.name().to_owned();
@@ -101,27 +102,18 @@ impl Run {
         }
         relay::info!("{name}: closing");
         let began = Instant::now();
-        let spawned = Thread::spawn(format!("{} {name}", Phase::Close), move || {
+        let call = (self.calls).call(format!("{} {name}", Phase::Close), move || {
             close_guarded(&*service)
         });
-        match spawned {
-            Ok(thread) => Some(Closing {
-                index,
-                name,
-                thread,
-                began,
-                until: later(began, bound),
-                bound,
-                timeout,
-            }),
-            Err(e) => {
-                let e = Error::from(e).in_service(&name, Phase::Close);
-                relay::error!("{e}");
-                self.shutdown_errors.push(e);
-                self.mark(index, State::CloseFailed, None);
-                None
-            }
-        }
+        Some(Closing {
+            index,
+            name,
+            call,
+            began,
+            until: later(began, bound),
+            bound,
+            timeout,
+        })
     }
 
     /// Waits for the first close to return or the earliest bound to pass; records what became
@@ -135,12 +127,12 @@ impl Run {
         let earliest = earliest.unwrap_or_else(|| later(Instant::now(), Duration::MAX));
         let mut select = Select::new();
         for c in running.iter() {
-            select.recv(c.thread.receiver());
+            select.recv(c.call.receiver());
         }
         let done = match select.select_deadline(earliest) {
             Ok(oper) => {
                 let k = oper.index();
-                let value = oper.recv(running[k].thread.receiver()).ok();
+                let value = oper.recv(running[k].call.receiver()).ok();
                 Some((k, value))
             }
             Err(_) => None,
@@ -150,7 +142,6 @@ impl Run {
             let closing = running.swap_remove(k);
             let now = Instant::now();
             let took = now.saturating_duration_since(closing.began);
-            closing.thread.join();
             let index = closing.index;
             self.closed(index, &closing.name, value, took);
             return vec![(index, Some((closing.began, now)))];
@@ -178,11 +169,11 @@ impl Run {
                     ),
                 )
             } else {
-                let note = format!("thread {:?} is left running", c.thread.name());
+                let note = format!("thread {:?} is left running", c.call.label());
                 Error::timed_out_noting(&c.name, Phase::Close, c.bound, note)
             };
             relay::error!("{e}: abandoning its close");
-            self.abandoned.push(c.thread.abandon());
+            self.abandoned.push(c.call.abandon());
             self.shutdown_errors.push(e);
             self.mark(c.index, State::CloseFailed, None);
             ended.push((c.index, Some((c.began, now))));

@@ -1,5 +1,5 @@
-//! The start phase of a run: each service starts, on a thread `start NAME` of its own, as soon
-//! as every service it needs is ready (see [`Graph`](super::super::graph::Graph)), so
+//! The start phase of a run: each service starts, a call `start NAME` on a thread of the run's
+//! [pool](crate::pool), as soon as every service it needs is ready (see [`Graph`](super::super::graph::Graph)), so
 //! independent services start at the same time. The runner thread waits on one `select` over
 //! every start in progress, the signal route, the handle's requests and the earliest deadline
 //! at which a start is abandoned.
@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Select;
 
 use crate::error::{Error, Phase};
+use crate::pool::Call;
 use crate::relay;
 use crate::service::{start_until_ready, StartOutcome};
 use crate::state::State;
 use crate::stop::{StartContext, StopSignal};
-use crate::thread::{later, Thread};
+use crate::thread::later;
 
 use super::super::{Request, ShutdownCause, START_GRACE};
 use super::Run;
@@ -22,7 +23,7 @@ use super::Run;
 /// A start in progress.
 struct Pending {
     meta: Meta,
-    thread: Thread<StartOutcome>,
+    call: Call<StartOutcome>,
 }
 
 /// What the runner knows of a start in progress, besides its thread.
@@ -38,7 +39,7 @@ struct Meta {
 
 /// What the runner thread woke up for.
 enum Event {
-    /// Start `k` (in the list of those in progress) returned, or its thread ended without a
+    /// Start `k` (in the list of those in progress) returned, or its call ended without a
     /// value.
     Done(usize, Option<StartOutcome>),
     Signal(Option<i32>),
@@ -68,24 +69,13 @@ impl Run {
                 break;
             }
             while let Some(index) = startable.pop_front() {
-                match self.spawn_start(index, &cancel) {
-                    Some(p) => pending.push(p),
-                    None => {
-                        failed.push(index);
-                        end = Some(ShutdownCause::StartFailed);
-                        break;
-                    }
-                }
+                pending.push(self.begin_start(index, &cancel));
             }
-            if end.is_some() || pending.is_empty() {
+            if pending.is_empty() {
                 break;
             }
             let (meta, outcome) = match self.next_event(&pending) {
-                Event::Done(k, outcome) => {
-                    let Pending { meta, thread } = pending.swap_remove(k);
-                    thread.join();
-                    (meta, outcome)
-                }
+                Event::Done(k, outcome) => (pending.swap_remove(k).meta, outcome),
                 Event::Signal(signal) => {
                     end = Some(signal.map_or(ShutdownCause::Signal, |s| self.on_signal(s)));
                     break;
@@ -100,11 +90,11 @@ impl Run {
                         // Woken a moment early: wait again.
                         continue;
                     };
-                    let Pending { meta, thread } = pending.swap_remove(k);
+                    let Pending { meta, call } = pending.swap_remove(k);
                     // Not cancelled first: a start that returns at this very moment is taken as
                     // it is, and the others go on. One that did not return is a failure, and
                     // the end of the phase cancels the others.
-                    let outcome = self.join_start(thread, now);
+                    let outcome = self.join_start(call, now);
                     (meta, outcome)
                 }
             };
@@ -132,7 +122,7 @@ impl Run {
     fn next_event(&self, pending: &[Pending]) -> Event {
         let mut select = Select::new();
         for p in pending {
-            select.recv(p.thread.receiver());
+            select.recv(p.call.receiver());
         }
         let signals = select.recv(&self.signals);
         let requests = select.recv(&self.runner.requests);
@@ -144,13 +134,12 @@ impl Run {
         match oper.index() {
             i if i == signals => Event::Signal(oper.recv(&self.signals).ok()),
             i if i == requests => Event::Request(oper.recv(&self.runner.requests).ok()),
-            k => Event::Done(k, oper.recv(pending[k].thread.receiver()).ok()),
+            k => Event::Done(k, oper.recv(pending[k].call.receiver()).ok()),
         }
     }
 
-    /// Starts service `index` on a thread of its own; `None` (the error recorded) if the thread
-    /// could not be spawned.
-    fn spawn_start(&mut self, index: usize, cancel: &StopSignal) -> Option<Pending> {
+    /// Starts service `index`, a call `start NAME` on a thread of the run's pool.
+    fn begin_start(&mut self, index: usize, cancel: &StopSignal) -> Pending {
         let entry = &self.runner.entries[index];
         let service = entry.service.clone();
         let name = service.name().to_owned();
@@ -162,33 +151,25 @@ impl Run {
         let began = Instant::now();
         let ctx =
             StartContext::new(cancel.clone(), Some(timeout)).with_handle(self.runner.handle());
-        match Thread::spawn(format!("start {name}"), move || {
+        let call = (self.calls).call(format!("start {name}"), move || {
             start_until_ready(&*service, &ctx)
-        }) {
-            Ok(thread) => Some(Pending {
-                meta: Meta {
-                    index,
-                    name,
-                    began,
-                    // The start thread gives up by itself at the deadline; the fixed grace
-                    // covers a start that ignores its context, and the error says so.
-                    give_up_at: later(later(began, timeout), START_GRACE),
-                    timeout,
-                    close_timeout,
-                },
-                thread,
-            }),
-            Err(e) => {
-                let e = Error::from(e).in_service(&name, Phase::Start);
-                relay::error!("{e}");
-                self.start_errors.push(e);
-                self.mark(index, State::StartFailed, None);
-                None
-            }
+        });
+        Pending {
+            meta: Meta {
+                index,
+                name,
+                began,
+                // The start gives up by itself at the deadline; the fixed grace covers a start
+                // that ignores its context, and the error says so.
+                give_up_at: later(later(began, timeout), START_GRACE),
+                timeout,
+                close_timeout,
+            },
+            call,
         }
     }
 
-    /// Records what became of a start (`None`: it was abandoned, or its thread ended without a
+    /// Records what became of a start (`None`: it was abandoned, or its call ended without a
     /// value); `interrupted` when the start phase had already ended (a shutdown asked for, or
     /// another service failed) and the start was cancelled. Returns whether it is ready.
     fn finish_start(
@@ -281,8 +262,8 @@ impl Run {
                 later(now, grace)
             })
             .collect();
-        for (Pending { meta, thread }, until) in pending.into_iter().zip(until) {
-            let outcome = self.join_start(thread, until);
+        for (Pending { meta, call }, until) in pending.into_iter().zip(until) {
+            let outcome = self.join_start(call, until);
             self.finish_start(&meta, outcome, true);
         }
     }
@@ -305,11 +286,11 @@ impl Run {
     }
 
     /// Waits until `until` for a cancelled start to return; abandons it past that.
-    fn join_start(&mut self, thread: Thread<StartOutcome>, until: Instant) -> Option<StartOutcome> {
-        match thread.join_until(until) {
+    fn join_start(&mut self, call: Call<StartOutcome>, until: Instant) -> Option<StartOutcome> {
+        match call.wait_until(until) {
             Ok(outcome) => outcome,
-            Err(thread) => {
-                self.abandoned.push(thread.abandon());
+            Err(call) => {
+                self.abandoned.push(call.abandon());
                 None
             }
         }

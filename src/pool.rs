@@ -1,0 +1,457 @@
+//! [`CallPool`]: threads reused for calls into user code, so that a call costs a hand-over
+//! rather than a thread spawned and joined, while a call that hangs is still abandoned at its
+//! bound.
+//!
+//! A call is queued; an idle thread of the pool takes it. The pool never makes its caller wait
+//! for a thread: its `lifecycle pool` thread, the manager, spawns the threads. Up to a floor
+//! (the machine's parallelism, at least 2 and at most 8) a thread is spawned as soon as a call
+//! finds none idle. Past the floor, a call that has waited [`SPAWN_DELAY`] without a thread
+//! gets one, and while calls keep waiting, every further [`SPAWN_DELAY`] brings twice as many
+//! threads as the last (1, 2, 4, … 64), so calls that all block (starts that each wait for a
+//! database) soon run at once, while short calls (the common case) share a few threads. A call
+//! that hangs keeps its thread; the others are served by the rest, and the pool grows past it.
+//! A thread whose call ends goes back to the pool, abandoned or not.
+//!
+//! On Linux each thread carries the name of its call while it runs it (`start db`, `close
+//! api`), as a thread spawned for the call would, and the pool's name while idle.
+//!
+//! Closing the pool (dropping it) ends its idle threads and joins them; a thread still in a call
+//! (an abandoned one) is left to end when its call returns, as an abandoned thread is.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use parking_lot::{Condvar, Mutex};
+
+use crate::thread::{thread_name, Abandoned};
+
+/// How long a call waits without a thread, past the floor, before the pool grows.
+pub(crate) const SPAWN_DELAY: Duration = Duration::from_millis(1);
+
+/// The most threads spawned at once when calls keep waiting.
+const MAX_BURST: usize = 64;
+
+/// How long the manager waits before trying again after a thread could not be spawned.
+const SPAWN_RETRY: Duration = Duration::from_millis(100);
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Threads for calls into user code, owned by one owner (a run, a checker) and reused.
+pub(crate) struct CallPool {
+    shared: Arc<Shared>,
+    manager: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Shared {
+    /// The threads' name while idle, and the manager's.
+    name: String,
+    floor: usize,
+    state: Mutex<State>,
+    /// A call was queued, or the pool closes: for the idle threads.
+    work: Condvar,
+    /// Calls wait without a thread, or the pool closes: for the manager.
+    tend: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Queued>,
+    /// Threads waiting for a call.
+    idle: usize,
+    threads: Vec<Worker>,
+    closing: bool,
+    /// How many threads the manager spawns at its next turn past the floor.
+    burst: usize,
+    /// When the manager last spawned threads (or failed to).
+    last_spawn: Option<Instant>,
+    spawn_failed: bool,
+}
+
+struct Queued {
+    job: Job,
+    at: Instant,
+}
+
+struct Worker {
+    handle: JoinHandle<()>,
+    in_call: Arc<AtomicBool>,
+}
+
+/// A call handed to a [`CallPool`]: its value arrives on [`receiver`](Call::receiver).
+pub(crate) struct Call<T> {
+    label: String,
+    result: Receiver<T>,
+    ended: Arc<AtomicBool>,
+}
+
+/// Set when a call's function has returned (or unwound), or when the call is dropped unrun.
+struct EndGuard(Arc<AtomicBool>);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl CallPool {
+    /// An empty pool whose threads are called `name` while idle; no thread is spawned before
+    /// the first call.
+    pub(crate) fn new(name: &str) -> CallPool {
+        let floor = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
+        CallPool {
+            shared: Arc::new(Shared {
+                name: thread_name(name.to_owned()),
+                floor,
+                state: Mutex::new(State {
+                    burst: 1,
+                    ..State::default()
+                }),
+                work: Condvar::new(),
+                tend: Condvar::new(),
+            }),
+            manager: Mutex::new(None),
+        }
+    }
+
+    /// Queues `f`, the call `label` (`start db`), and returns at once.
+    ///
+    /// Wrap user code in `catch_unwind` inside `f`: a panic only loses the value, which the
+    /// owner then sees as a call that ended without one. The value is sent after `f` and
+    /// everything it captured are gone. A call queued after the pool has begun to close is
+    /// dropped unrun: it ends without a value.
+    pub(crate) fn call<T: Send + 'static>(
+        &self,
+        label: String,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Call<T> {
+        let label = thread_name(label);
+        let (tx, result) = crossbeam_channel::bounded(1);
+        let ended = Arc::new(AtomicBool::new(false));
+        let guard = EndGuard(Arc::clone(&ended));
+        let name = label.clone();
+        let job: Job = Box::new(move || {
+            set_os_name(&name);
+            let value = f();
+            drop(guard);
+            // The receiver may be gone (an abandoned call): the value is dropped with the error.
+            let _ = tx.send(value);
+        });
+        self.ensure_manager();
+        {
+            let mut state = self.shared.state.lock();
+            if !state.closing {
+                state.queue.push_back(Queued {
+                    job,
+                    at: Instant::now(),
+                });
+                if state.idle > 0 {
+                    self.shared.work.notify_one();
+                }
+                if state.queue.len() > state.idle {
+                    self.shared.tend.notify_one();
+                }
+            }
+        }
+        Call {
+            label,
+            result,
+            ended,
+        }
+    }
+
+    /// How many threads the pool has (idle or in a call).
+    #[cfg(test)]
+    pub(crate) fn threads(&self) -> usize {
+        self.shared.state.lock().threads.len()
+    }
+
+    /// Spawns the manager thread if it is not running yet.
+    fn ensure_manager(&self) {
+        let mut manager = self.manager.lock();
+        if manager.is_some() {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        match std::thread::Builder::new()
+            .name(self.shared.name.clone())
+            .spawn(move || shared.manage())
+        {
+            Ok(handle) => *manager = Some(handle),
+            // Calls stay queued; the next call tries again, and their owners' bounds hold.
+            Err(e) => crate::relay::warn!("{}: cannot spawn its thread: {e}", self.shared.name),
+        }
+    }
+}
+
+impl Drop for CallPool {
+    /// Ends the idle threads and the manager, and joins them; a thread in a call is left to end
+    /// when its call returns. Calls still queued are dropped unrun.
+    fn drop(&mut self) {
+        let queued = {
+            let mut state = self.shared.state.lock();
+            state.closing = true;
+            std::mem::take(&mut state.queue)
+        };
+        self.shared.work.notify_all();
+        self.shared.tend.notify_all();
+        // Dropping a queued call runs no user code of its own: its captures are the owner's.
+        drop(queued);
+        // The manager first: it may be spawning threads, which it adds to the list.
+        if let Some(manager) = self.manager.get_mut().take() {
+            let _ = manager.join();
+        }
+        let threads = std::mem::take(&mut self.shared.state.lock().threads);
+        for worker in threads {
+            // A thread not in a call is idle or about to be: it ends without running user code.
+            if !worker.in_call.load(Ordering::Acquire) {
+                let _ = worker.handle.join();
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// The manager's loop: spawns threads for calls that wait without one.
+    fn manage(self: Arc<Shared>) {
+        let mut state = self.state.lock();
+        loop {
+            if state.closing {
+                return;
+            }
+            let backlog = state.queue.len().saturating_sub(state.idle);
+            if backlog == 0 {
+                state.burst = 1;
+                self.tend.wait(&mut state);
+                continue;
+            }
+            let live = state.threads.len();
+            let now = Instant::now();
+            let due = if state.spawn_failed {
+                state.last_spawn.map_or(now, |t| t + SPAWN_RETRY)
+            } else if live < self.floor {
+                now
+            } else {
+                let oldest = state.queue.front().map_or(now, |q| q.at);
+                let since = state.last_spawn.map_or(oldest, |t| t.max(oldest));
+                since + SPAWN_DELAY
+            };
+            if due > now {
+                let _ = self.tend.wait_until(&mut state, due);
+                continue;
+            }
+            let count = if live < self.floor {
+                (self.floor - live).min(backlog)
+            } else {
+                let count = state.burst.min(backlog);
+                state.burst = (state.burst * 2).min(MAX_BURST);
+                count
+            };
+            state.last_spawn = Some(now);
+            state.spawn_failed = false;
+            // Spawned without the lock: callers queue meanwhile, and the threads take calls.
+            let spawned = parking_lot::MutexGuard::unlocked(&mut state, || self.spawn(count));
+            state.spawn_failed = spawned.len() < count;
+            state.threads.extend(spawned);
+        }
+    }
+
+    /// Spawns up to `count` threads; fewer if the system refuses one (logged).
+    fn spawn(self: &Arc<Shared>, count: usize) -> Vec<Worker> {
+        let mut spawned = Vec::with_capacity(count);
+        for _ in 0..count {
+            let shared = Arc::clone(self);
+            let in_call = Arc::new(AtomicBool::new(false));
+            let flag = Arc::clone(&in_call);
+            match std::thread::Builder::new()
+                .name(self.name.clone())
+                .spawn(move || shared.serve(&flag))
+            {
+                Ok(handle) => spawned.push(Worker { handle, in_call }),
+                Err(e) => {
+                    crate::relay::warn!("{}: cannot spawn a thread: {e}", self.name);
+                    break;
+                }
+            }
+        }
+        spawned
+    }
+
+    /// A thread's loop: takes calls until the pool closes.
+    fn serve(&self, in_call: &AtomicBool) {
+        let mut state = self.state.lock();
+        loop {
+            if let Some(queued) = state.queue.pop_front() {
+                in_call.store(true, Ordering::Release);
+                drop(state);
+                // The job catches nothing itself: the caller's function does (see `call`).
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(queued.job));
+                set_os_name(&self.name);
+                in_call.store(false, Ordering::Release);
+                state = self.state.lock();
+                continue;
+            }
+            if state.closing {
+                return;
+            }
+            state.idle += 1;
+            self.work.wait(&mut state);
+            state.idle -= 1;
+        }
+    }
+}
+
+impl<T> Call<T> {
+    /// The call's label (`start db`), which its thread carries while it runs it.
+    pub(crate) fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The channel the value arrives on, for `select!`; it disconnects when the call has ended
+    /// without a value.
+    pub(crate) fn receiver(&self) -> &Receiver<T> {
+        &self.result
+    }
+
+    /// The value, if the call returns before `deadline` (`None`: it ended without one); the
+    /// call back if not.
+    pub(crate) fn wait_until(self, deadline: Instant) -> Result<Option<T>, Call<T>> {
+        match self.result.recv_deadline(deadline) {
+            Ok(value) => Ok(Some(value)),
+            Err(RecvTimeoutError::Disconnected) => Ok(None),
+            Err(RecvTimeoutError::Timeout) => Err(self),
+        }
+    }
+
+    /// Gives up waiting: the call is still running user code that did not return in time.
+    pub(crate) fn abandon(self) -> Abandoned {
+        Abandoned::call(self.label, self.ended)
+    }
+}
+
+/// Names the calling thread `name` as the system sees it (Linux: the first 15 bytes), for
+/// `top -H`, debuggers and profilers.
+fn set_os_name(name: &str) {
+    #[cfg(target_os = "linux")]
+    {
+        let mut buf = [0u8; 16];
+        let mut len = name.len().min(15);
+        while !name.is_char_boundary(len) {
+            len -= 1;
+        }
+        buf[..len].copy_from_slice(&name.as_bytes()[..len]);
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from `buf`,
+        // which outlives the call; it only renames the calling thread.
+        unsafe {
+            libc::prctl(libc::PR_SET_NAME, buf.as_ptr() as libc::c_ulong, 0, 0, 0);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = name;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAR: Duration = Duration::from_secs(30);
+
+    fn far() -> Instant {
+        Instant::now() + FAR
+    }
+
+    #[test]
+    fn a_call_returns_its_value_and_calls_reuse_threads() {
+        let pool = CallPool::new("pool test");
+        for i in 0..50 {
+            let call = pool.call(format!("call {i}"), move || i * 2);
+            assert_eq!(call.wait_until(far()).ok(), Some(Some(i * 2)));
+        }
+        // Calls one after the other need no more than the floor.
+        assert!(pool.threads() <= 8, "{} threads", pool.threads());
+    }
+
+    #[test]
+    fn calls_that_block_each_get_a_thread() {
+        // 20 calls that return only once all 20 run at once.
+        let pool = CallPool::new("pool barrier");
+        let n = 20;
+        let barrier = Arc::new(std::sync::Barrier::new(n));
+        let calls: Vec<_> = (0..n)
+            .map(|i| {
+                let barrier = Arc::clone(&barrier);
+                pool.call(format!("wait {i}"), move || {
+                    barrier.wait();
+                    i
+                })
+            })
+            .collect();
+        for (i, call) in calls.into_iter().enumerate() {
+            assert_eq!(call.wait_until(far()).ok(), Some(Some(i)));
+        }
+        assert!(pool.threads() >= n);
+    }
+
+    #[test]
+    fn a_hung_call_is_abandoned_and_its_thread_serves_again_once_it_returns() {
+        let pool = CallPool::new("pool hang");
+        let (release, hold) = crossbeam_channel::bounded::<()>(0);
+        let hung = pool.call("hung".into(), move || {
+            let _ = hold.recv_timeout(FAR);
+            1
+        });
+        let hung = hung.wait_until(Instant::now()).unwrap_err();
+        assert_eq!(hung.label(), "hung");
+        let result = hung.receiver().clone();
+        let mut abandoned = hung.abandon();
+        assert_eq!(abandoned.name, "hung");
+        // Other calls are served meanwhile.
+        let other = pool.call("other".into(), || 2);
+        assert_eq!(other.wait_until(far()).ok(), Some(Some(2)));
+        release.send(()).unwrap();
+        // The abandoned call's value is dropped (its receiver is a clone here, so it arrives).
+        assert_eq!(result.recv_timeout(FAR), Ok(1));
+        let watchdog = far();
+        loop {
+            match abandoned.try_join() {
+                Ok(()) => break,
+                Err(back) => {
+                    assert!(Instant::now() < watchdog, "the call never ended");
+                    abandoned = back;
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_panicking_call_ends_without_a_value_and_the_thread_survives() {
+        let pool = CallPool::new("pool panic");
+        let call = pool.call("panic".into(), || -> u8 { panic!("boom") });
+        assert!(matches!(call.wait_until(far()), Ok(None)));
+        let call = pool.call("after".into(), || 3);
+        assert_eq!(call.wait_until(far()).ok(), Some(Some(3)));
+    }
+
+    #[test]
+    fn closing_joins_idle_threads_and_leaves_a_hung_one() {
+        let pool = CallPool::new("pool close");
+        let ok = pool.call("ok".into(), || ());
+        assert!(ok.wait_until(far()).is_ok());
+        let (release, hold) = crossbeam_channel::bounded::<()>(0);
+        let (began_tx, began) = crossbeam_channel::bounded::<()>(1);
+        let hung = pool.call("hung".into(), move || {
+            began_tx.send(()).unwrap();
+            let _ = hold.recv_timeout(FAR);
+        });
+        began.recv_timeout(FAR).unwrap();
+        let started = Instant::now();
+        drop(pool);
+        assert!(started.elapsed() < FAR);
+        release.send(()).unwrap();
+        assert!(hung.wait_until(far()).is_ok());
+    }
+}
