@@ -9,9 +9,10 @@
 //! - `checker/options.rs`: [`HealthCheckerBuilder`] and [`CheckOptions`], with their defaults.
 //! - `checker/registry.rs`: the registry of checks and every change to it, under one lock that is
 //!   never held across user code.
-//! - `checker/worker.rs`: the threads. One `"health <name>"` worker per registered check makes
-//!   the calls into user code; the `"health checker"` poller only sends requests, waits with
-//!   deadlines and records results.
+//! - `checker/worker.rs`: the calls into user code. A poll of a check is a call `"health <name>"`
+//!   on a thread of the checker's [pool](crate::pool) (threads reused, the pool growing past a
+//!   call that hangs); the `"health checker"` poller only hands calls over, waits with deadlines
+//!   and records results.
 //! - `checker/snapshot.rs`: what readers see, an immutable [`Snapshot`] behind an `Arc` that is
 //!   swapped whole after every change.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -32,6 +33,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::{check_name, Error, ErrorKind, Phase, Result};
+use crate::pool::CallPool;
 use crate::service::{HealthReporter, Service};
 use crate::state::{State, StateMachine};
 use crate::stop::{StartContext, StopSignal};
@@ -114,8 +116,10 @@ impl Shared {
 /// # How it polls
 ///
 /// Every [`interval`](HealthCheckerBuilder::interval), each check's `ready()` and
-/// `health_report()` are called on that check's own worker thread (`"health <name>"`), never on
-/// the poller and never with a lock held. A panic in either is caught and reported as a failure
+/// `health_report()` are called on a thread of the checker's own, named `"health <name>"` while
+/// it makes the call (the threads are reused from poll to poll and check to check, and a call
+/// that hangs keeps its thread while the others are served by the rest), never on the poller and
+/// never with a lock held. A panic in either is caught and reported as a failure
 /// of that probe ([`ErrorKind::Panicked`]). A call that does not return within the
 /// [`timeout`](HealthCheckerBuilder::timeout) makes the check fail with "timed out after ..."
 /// and marks it *stuck*: it is not polled again until that call returns (so a hung reporter costs
@@ -178,7 +182,12 @@ pub struct HealthChecker {
     results: Receiver<PollResult>,
     wake: Receiver<()>,
     poller: Mutex<Option<Thread<()>>>,
+    /// The threads the checks' calls run on; `None` once closed.
+    pool: Mutex<Option<Arc<CallPool>>>,
 }
+
+/// The name of the checker's call threads while idle (each carries `health NAME` in a call).
+const POOL_NAME: &str = "health calls";
 
 impl HealthChecker {
     /// A checker with the default settings, for a program of `version` built from git `sha`.
@@ -213,7 +222,7 @@ impl HealthChecker {
 
     /// Registers `reporter` (a service, shared or not, or a check from
     /// [`health::from_fn`](crate::health::from_fn)) as the check named by its
-    /// [`name`](HealthReporter::name), and spawns its worker thread. If the checker is running,
+    /// [`name`](HealthReporter::name). If the checker is running,
     /// the check is polled at once.
     ///
     /// Returns a [`Reporter`] with which the check's service can push changes between polls.
@@ -224,7 +233,6 @@ impl HealthChecker {
     ///   control characters.
     /// - [`ErrorKind::DuplicateName`] if a check of that name is registered.
     /// - [`ErrorKind::AlreadyClosed`] if the checker was closed.
-    /// - The I/O error if the worker thread cannot be spawned.
     pub fn register_with(
         &self,
         reporter: impl HealthReporter + 'static,
@@ -255,9 +263,16 @@ impl HealthChecker {
             if reg.checks.contains_key(&name) {
                 return Err(Error::registration(ErrorKind::DuplicateName, &name));
             }
+            let Some(pool) = self.pool.lock().clone() else {
+                return Err(Error::state(
+                    ErrorKind::AlreadyClosed,
+                    CHECKER_NAME,
+                    Phase::Run,
+                    self.sm.state(),
+                ));
+            };
             let results = self.shared.results.clone();
-            let worker = Worker::spawn(id, Arc::clone(&name), reporter, results)
-                .map_err(|e| Error::from(e).in_service(&name, Phase::Start))?;
+            let worker = Worker::new(pool, id, Arc::clone(&name), reporter, results);
             let data = CheckData::new(Arc::clone(&name), &options, stale_after);
             let quiet = options.quiet;
             let entry = Entry {
@@ -286,10 +301,9 @@ impl HealthChecker {
 
     /// Unregisters the check `name`: it is polled no more and leaves the snapshot at once.
     ///
-    /// Its worker thread is joined, waiting at most the check's timeout for a call in progress.
-    /// A worker whose call is stuck, or does not return in that time, is not waited for: it is
-    /// left to end when the call returns (counted by [`Snapshot::stuck_calls`] until its thread
-    /// ends, and joined by the poller or at close).
+    /// A call in progress is waited for at most the check's timeout. A call that is stuck, or
+    /// does not return in that time, is not waited for: it is left to end when it returns
+    /// (counted by [`Snapshot::stuck_calls`] until then).
     ///
     /// # Errors
     ///
@@ -312,7 +326,7 @@ impl HealthChecker {
                 drop(reg);
                 write_log(lines);
                 crate::relay::warn!(
-                    "{name}: unregistered while stuck; its worker ends when the call returns"
+                    "{name}: unregistered while stuck; its call is left to end when it returns"
                 );
                 return Ok(());
             }
@@ -325,7 +339,7 @@ impl HealthChecker {
             .join_until(later(Instant::now(), entry.timeout))
         {
             crate::relay::warn!(
-                "{name}: unregistered during a slow call; its worker ends when the call returns"
+                "{name}: unregistered during a slow call; it is left to end when it returns"
             );
             let mut reg = self.shared.registry.lock();
             // Once closed, nobody would join it: it is left to end by itself.
@@ -495,6 +509,9 @@ impl HealthChecker {
         if !join_until(&mut poller, deadline) {
             errors.push(Error::msg("poller thread did not end in time"));
         }
+        // Idle threads end as the pool goes (with the last worker); a thread in a call ends
+        // when its call returns.
+        drop(self.pool.lock().take());
         let mut workers: Vec<(Arc<str>, Worker)> = entries
             .into_values()
             .map(|e| (e.data.name.clone(), e.worker))

@@ -5,10 +5,11 @@
 //! A call is queued; an idle thread of the pool takes it. The pool never makes its caller wait
 //! for a thread: its `lifecycle pool` thread, the manager, spawns the threads. Up to a floor
 //! (the machine's parallelism, at least 2 and at most 8) a thread is spawned as soon as a call
-//! finds none idle. Past the floor, a call that has waited [`SPAWN_DELAY`] without a thread
-//! gets one, and while calls keep waiting, every further [`SPAWN_DELAY`] brings twice as many
-//! threads as the last (1, 2, 4, … 64), so calls that all block (starts that each wait for a
-//! database) soon run at once, while short calls (the common case) share a few threads. A call
+//! finds none idle. Past the floor, the pool grows only when calls wait and no thread has taken
+//! one for [`SPAWN_DELAY`] (every thread is in a long call): then one more thread, and while that
+//! goes on, every further [`SPAWN_DELAY`] twice as many as the last (1, 2, 4, … 64), so calls
+//! that all block (starts that each wait for a database) soon run at once, while short calls
+//! (the common case) share the floor's threads however many are queued. A call
 //! that hangs keeps its thread; the others are served by the rest, and the pool grows past it.
 //! A thread whose call ends goes back to the pool, abandoned or not.
 //!
@@ -68,6 +69,8 @@ struct State {
     burst: usize,
     /// When the manager last spawned threads (or failed to).
     last_spawn: Option<Instant>,
+    /// When a thread last took a call.
+    last_take: Option<Instant>,
     spawn_failed: bool,
 }
 
@@ -235,8 +238,12 @@ impl Shared {
             } else if live < self.floor {
                 now
             } else {
+                // Calls wait, and none was taken for a while: every thread is in a long call.
                 let oldest = state.queue.front().map_or(now, |q| q.at);
-                let since = state.last_spawn.map_or(oldest, |t| t.max(oldest));
+                let since = [state.last_spawn, state.last_take]
+                    .into_iter()
+                    .flatten()
+                    .fold(oldest, Instant::max);
                 since + SPAWN_DELAY
             };
             if due > now {
@@ -286,6 +293,7 @@ impl Shared {
         loop {
             if let Some(queued) = state.queue.pop_front() {
                 in_call.store(true, Ordering::Release);
+                state.last_take = Some(Instant::now());
                 drop(state);
                 // The job catches nothing itself: the caller's function does (see `call`).
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(queued.job));
@@ -324,6 +332,12 @@ impl<T> Call<T> {
             Err(RecvTimeoutError::Disconnected) => Ok(None),
             Err(RecvTimeoutError::Timeout) => Err(self),
         }
+    }
+
+    /// Whether the call has ended (its function returned or unwound, or it was dropped unrun).
+    /// Never blocks.
+    pub(crate) fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
     }
 
     /// Gives up waiting: the call is still running user code that did not return in time.

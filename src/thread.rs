@@ -5,8 +5,9 @@
 //! channel of capacity one and then drops the sending side, so the owner can wait for the
 //! value with a deadline, `select!` on it, and join the thread knowing the join will not wait
 //! for user code. Every call into user code that the crate must be able to give up on runs on
-//! one: the runner's starts, closes and cleanups, the checker's workers and poller, the
-//! endpoint's scrape thread, the metrics producers, the test harness's closes.
+//! one, or on a thread of a [`CallPool`](crate::pool::CallPool) (the runner's starts and
+//! closes, the checker's polls): the runner's cleanups, the checker's poller, the endpoint's
+//! scrape thread, the metrics producers, the test harness's starts and closes.
 
 use std::fmt;
 use std::io;
@@ -137,12 +138,6 @@ impl<T> Thread<T> {
         }
     }
 
-    /// Whether the thread has ended, or has returned its value and is ending, so that a join
-    /// would not wait for user code. Never blocks, and never takes the value.
-    pub(crate) fn has_ended(&self) -> bool {
-        !self.result.is_empty() || self.handle.is_finished()
-    }
-
     /// Joins the thread, waiting for it without a bound of its own, and returns its value if it
     /// gave one that was not received yet. A panic that escaped the thread's function is
     /// logged.
@@ -235,7 +230,6 @@ mod tests {
         })
         .unwrap();
         let t = t.join_until(Instant::now()).unwrap_err();
-        assert!(!t.has_ended());
         assert_eq!(t.name(), "thread hang");
         release_tx.send(()).unwrap();
         let far = Instant::now() + Duration::from_secs(30);

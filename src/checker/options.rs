@@ -7,7 +7,8 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 
 use super::registry::Registry;
-use super::{HealthChecker, Shared};
+use super::{HealthChecker, Shared, POOL_NAME};
+use crate::pool::CallPool;
 use crate::state::StateMachine;
 use crate::stop::StopSignal;
 
@@ -110,6 +111,7 @@ impl HealthCheckerBuilder {
             results,
             wake,
             poller: Mutex::new(None),
+            pool: Mutex::new(Some(Arc::new(CallPool::new(POOL_NAME)))),
         }
     }
 }

@@ -217,7 +217,7 @@ impl Registry {
                         });
                     }
                     None => {
-                        let e = Error::msg("health worker thread has ended");
+                        let e = Error::msg("the checker is closing: no more polls");
                         Registry::fail_both(entry, &e, stamp, &mut events);
                     }
                     Some(call) if call.stuck => {

@@ -1,17 +1,16 @@
-//! The per-check [`Worker`] thread that makes the calls into user code, so that the poller
-//! never does.
+//! The per-check [`Worker`]: it makes the calls into user code on a thread of the checker's
+//! [pool](crate::pool), so that the poller never does.
 
-use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::Sender;
 
 use crate::error::{flatten_call, Error, Phase, Result};
+use crate::pool::{Call, CallPool};
 use crate::service::{HealthReport, HealthReporter};
-use crate::thread::Thread;
 
 /// What the worker found in one poll.
 #[derive(Debug)]
@@ -29,70 +28,78 @@ const IDLE: u8 = 0;
 const IN_READY: u8 = 1;
 const IN_HEALTH: u8 = 2;
 
-/// The thread `"health <name>"` of one registered check.
+/// The calls of one registered check: a poll is a call `"health <name>"` on a thread of the
+/// checker's pool, which calls `ready()` then `health_report()` (catching panics) and sends the
+/// result to the poller.
 ///
-/// It waits for a request, calls `ready()` then `health_report()` (catching panics), sends the
-/// result to the poller and waits again. It holds at most one request: the poller only sends one
-/// when the previous result has come back, so a call stuck in user code never piles up threads or
-/// requests. It ends when its request channel is dropped, after the call in progress returns.
+/// It has at most one call at a time: the poller only asks for a poll once the previous result
+/// has come back, so a call stuck in user code holds one thread and never piles up calls.
 pub(super) struct Worker {
-    /// `None` once joined.
-    thread: Option<Thread<()>>,
-    requests: Option<Sender<()>>,
+    id: u64,
+    name: Arc<str>,
+    reporter: Arc<dyn HealthReporter>,
+    results: Sender<PollResult>,
+    /// `None` once disconnected: no more calls.
+    pool: Option<Arc<CallPool>>,
+    /// The last call, until it has been seen to end.
+    call: Option<Call<()>>,
     phase: Arc<AtomicU8>,
 }
 
 impl Worker {
-    pub(super) fn spawn(
+    pub(super) fn new(
+        pool: Arc<CallPool>,
         id: u64,
         name: Arc<str>,
         reporter: Arc<dyn HealthReporter>,
         results: Sender<PollResult>,
-    ) -> io::Result<Worker> {
-        let (requests, incoming) = crossbeam_channel::bounded::<()>(1);
-        let phase = Arc::new(AtomicU8::new(IDLE));
-        let in_call = Arc::clone(&phase);
-        let thread = Thread::spawn(format!("health {name}"), move || {
-            for () in incoming.iter() {
-                let began = Instant::now();
-                in_call.store(IN_READY, Ordering::Relaxed);
-                let ready = catch_unwind(AssertUnwindSafe(|| reporter.ready()));
-                let ready = flatten_call(&name, Phase::Ready, ready);
-                in_call.store(IN_HEALTH, Ordering::Relaxed);
-                let health = catch_unwind(AssertUnwindSafe(|| reporter.health_report()))
-                    .map_err(|payload| Error::panicked(&name, Phase::Health, &*payload));
-                in_call.store(IDLE, Ordering::Relaxed);
-                let duration = began.elapsed();
-                let result = PollResult {
-                    id,
-                    ready,
-                    health,
-                    began,
-                    duration,
-                };
-                if results.send(result).is_err() {
-                    break;
-                }
-            }
-        })?;
-        Ok(Worker {
-            thread: Some(thread),
-            requests: Some(requests),
-            phase,
-        })
-    }
-
-    /// Asks for a poll without waiting; returns whether the request was handed over (`false`
-    /// only if the thread has ended, which the catch-all in its loop makes a bug).
-    pub(super) fn request(&self) -> bool {
-        match &self.requests {
-            Some(requests) => !matches!(requests.try_send(()), Err(TrySendError::Disconnected(_))),
-            None => false,
+    ) -> Worker {
+        Worker {
+            id,
+            name,
+            reporter,
+            results,
+            pool: Some(pool),
+            call: None,
+            phase: Arc::new(AtomicU8::new(IDLE)),
         }
     }
 
+    /// Asks for a poll without waiting; returns whether it was handed over (`false` once
+    /// disconnected).
+    pub(super) fn request(&mut self) -> bool {
+        let Some(pool) = &self.pool else {
+            return false;
+        };
+        let (id, name) = (self.id, Arc::clone(&self.name));
+        let (reporter, results) = (Arc::clone(&self.reporter), self.results.clone());
+        let in_call = Arc::clone(&self.phase);
+        let label = format!("health {name}");
+        self.call = Some(pool.call(label, move || {
+            let began = Instant::now();
+            in_call.store(IN_READY, Ordering::Relaxed);
+            let ready = catch_unwind(AssertUnwindSafe(|| reporter.ready()));
+            let ready = flatten_call(&name, Phase::Ready, ready);
+            in_call.store(IN_HEALTH, Ordering::Relaxed);
+            let health = catch_unwind(AssertUnwindSafe(|| reporter.health_report()))
+                .map_err(|payload| Error::panicked(&name, Phase::Health, &*payload));
+            in_call.store(IDLE, Ordering::Relaxed);
+            let duration = began.elapsed();
+            let result = PollResult {
+                id,
+                ready,
+                health,
+                began,
+                duration,
+            };
+            // The poller may be gone (the checker closing): the result is not needed then.
+            let _ = results.send(result);
+        }));
+        true
+    }
+
     /// The call the worker is in: [`Phase::Health`] while in `health_report()`, [`Phase::Ready`]
-    /// otherwise (including before it has picked up a request).
+    /// otherwise (including before its call has begun).
     pub(super) fn phase(&self) -> Phase {
         match self.phase.load(Ordering::Relaxed) {
             IN_HEALTH => Phase::Health,
@@ -100,26 +107,34 @@ impl Worker {
         }
     }
 
-    /// Tells the thread to end once its current call, if any, returns.
+    /// No more calls; the one in progress, if any, goes on until it returns.
     pub(super) fn disconnect(&mut self) {
-        self.requests = None;
+        self.pool = None;
     }
 
-    /// [`disconnect`](Worker::disconnect)s and joins the thread if it ends before `deadline`.
+    /// [`disconnect`](Worker::disconnect)s and waits until `deadline` for the call in progress,
+    /// if any, to end; returns whether none is left.
     pub(super) fn join_until(&mut self, deadline: Instant) -> bool {
         self.disconnect();
-        join_until(&mut self.thread, deadline)
+        match self.call.take().map(|c| c.wait_until(deadline)) {
+            Some(Err(call)) => {
+                self.call = Some(call);
+                false
+            }
+            _ => true,
+        }
     }
 
-    /// Whether the thread has ended, so that joining it will not wait. Never blocks.
+    /// Whether no call is in progress, so that [`join_until`](Worker::join_until) will not
+    /// wait. Never blocks.
     pub(super) fn has_ended(&self) -> bool {
-        self.thread.as_ref().is_none_or(Thread::has_ended)
+        self.call.as_ref().is_none_or(Call::has_ended)
     }
 }
 
 /// Joins the thread in `slot` if it ends before `deadline` (then the slot is empty); returns
 /// whether it has been joined.
-pub(super) fn join_until(slot: &mut Option<Thread<()>>, deadline: Instant) -> bool {
+pub(super) fn join_until(slot: &mut Option<crate::thread::Thread<()>>, deadline: Instant) -> bool {
     match slot.take().map(|t| t.join_until(deadline)) {
         Some(Err(thread)) => {
             *slot = Some(thread);
@@ -146,7 +161,8 @@ mod tests {
     #[test]
     fn worker_turns_panics_into_errors_and_ends_when_disconnected() {
         let (results, rx) = crossbeam_channel::unbounded();
-        let mut w = Worker::spawn(7, "flaky".into(), Arc::new(Flaky), results).unwrap();
+        let pool = Arc::new(CallPool::new("worker test"));
+        let mut w = Worker::new(pool, 7, "flaky".into(), Arc::new(Flaky), results);
         assert!(w.request());
         let r = rx.recv_timeout(Duration::from_secs(10)).unwrap();
         assert_eq!(r.id, 7);

@@ -2,7 +2,8 @@
 //!
 //! - `mod.rs` (this file): the builder, [`Runner`], and [`ServiceOptions`].
 //! - `handle.rs`: [`RunHandle`], what services hold to ask for a shutdown.
-//! - `run.rs`: one run, each call into a service on a named thread of its own with a bound:
+//! - `run.rs`: one run, each call into a service a named call with a bound, on the run's
+//!   [pool](crate::pool) of reused threads:
 //!   `run/start.rs` its start (each service once those it needs are ready), `run/close.rs` the
 //!   services' closes (each after those that need it), `run/shutdown.rs` the rest of its
 //!   shutdown, report and summary.

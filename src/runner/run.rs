@@ -1,6 +1,7 @@
-//! One run of a [`Runner`]: start, wait, shutdown (`run/shutdown.rs`). Every call into a
-//! service runs on a named thread of its own, so that the runner thread waits for it with a
-//! bound and gives up on it (naming it in the report) when it hangs.
+//! One run of a [`Runner`]: start, wait, shutdown (`run/shutdown.rs`). Every start and close of
+//! a service is a named call on a thread of the run's [pool](crate::pool), so that the runner
+//! thread waits for it with a bound and gives up on it (naming it in the report) when it hangs,
+//! without spawning a thread per call.
 
 mod close;
 mod shutdown;
