@@ -3,31 +3,66 @@
 //! services close at the same time. Each close is bounded by the [budget](super::super::budget)'s rule; the runner thread waits
 //! on one `select` over every close in progress and the earliest of their bounds.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Select;
+use crossbeam_channel::{Receiver, Sender};
 
-use crate::error::{Error, Phase};
+use crate::error::{Error, Phase, Result};
 use crate::pool::Call;
 use crate::relay;
 use crate::service::close_guarded;
 use crate::state::State;
-use crate::thread::later;
 
 use super::super::budget::Budget;
 use super::Run;
 
 /// A close in progress.
 struct Closing {
-    index: usize,
     name: String,
-    call: Call<crate::error::Result<()>>,
+    call: Call<()>,
     began: Instant,
     /// When it is abandoned.
     until: Instant,
     bound: Duration,
     timeout: Duration,
+}
+
+/// What a close sends back: its service, and what the close returned (`None`: it panicked
+/// past its guard).
+type Closed = (usize, Option<Result<()>>);
+
+/// The closes in progress, by service, with the earliest of their bounds at hand.
+struct InProgress {
+    closing: Vec<Option<Closing>>,
+    by_bound: BTreeSet<(Instant, usize)>,
+    results: (Sender<Closed>, Receiver<Closed>),
+}
+
+impl InProgress {
+    fn new(n: usize) -> InProgress {
+        InProgress {
+            closing: (0..n).map(|_| None).collect(),
+            by_bound: BTreeSet::new(),
+            results: crossbeam_channel::unbounded(),
+        }
+    }
+
+    fn insert(&mut self, index: usize, closing: Closing) {
+        self.by_bound.insert((closing.until, index));
+        self.closing[index] = Some(closing);
+    }
+
+    fn remove(&mut self, index: usize) -> Option<Closing> {
+        let closing = self.closing.get_mut(index)?.take()?;
+        self.by_bound.remove(&(closing.until, index));
+        Some(closing)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_bound.is_empty()
+    }
 }
 
 impl Run {
@@ -52,15 +87,15 @@ impl Run {
             .collect();
         let mut closable: VecDeque<usize> =
             order.iter().copied().filter(|&i| waiting[i] == 0).collect();
-        let mut running: Vec<Closing> = Vec::new();
+        let mut running = InProgress::new(n);
         // For the critical path: when each close began and ended, and which close let it begin.
         let mut spans: Vec<Option<(Instant, Instant)>> = vec![None; n];
         let mut unblocked_by: Vec<Option<usize>> = vec![None; n];
         loop {
             let mut ended = Vec::new();
             while let Some(index) = closable.pop_front() {
-                match self.begin_close(index, step[index], budget) {
-                    Some(closing) => running.push(closing),
+                match self.begin_close(index, step[index], budget, &running.results.0) {
+                    Some(closing) => running.insert(index, closing),
                     None => ended.push((index, None)),
                 }
             }
@@ -86,9 +121,15 @@ impl Run {
         self.shutdown_path = self.critical_path("shutdown", &spans, &unblocked_by);
     }
 
-    /// Begins closing service `index`, step `step` of the budget; `None` when it cannot begin
-    /// (the deadline has passed), the error recorded.
-    fn begin_close(&mut self, index: usize, step: usize, budget: &Budget) -> Option<Closing> {
+    /// Begins closing service `index`, step `step` of the budget, its outcome to be sent on
+    /// `results`; `None` when it cannot begin (the deadline has passed), the error recorded.
+    fn begin_close(
+        &mut self,
+        index: usize,
+        step: usize,
+        budget: &Budget,
+        results: &Sender<Closed>,
+    ) -> Option<Closing> {
         let service = self.runner.entries[index].service.clone();
         let name = service.name().to_owned();
         let timeout = self.close_timeout(index);
@@ -102,60 +143,66 @@ impl Run {
         }
         relay::info!("{name}: closing");
         let began = Instant::now();
+        let results = results.clone();
         let call = (self.calls).call(format!("{} {name}", Phase::Close), move || {
-            close_guarded(&*service)
+            let value = catch_unwind(AssertUnwindSafe(|| close_guarded(&*service))).ok();
+            drop(service);
+            let _ = results.send((index, value));
         });
         Some(Closing {
-            index,
             name,
             call,
             began,
-            until: later(began, bound),
+            until: crate::thread::later(began, bound),
             bound,
             timeout,
         })
     }
 
-    /// Waits for the first close to return or the earliest bound to pass; records what became
-    /// of the closes that ended (or were abandoned), and returns their services, each with when
-    /// its close began and ended.
+    /// Waits for a close to return or the earliest bound to pass; records what became of the
+    /// closes that ended (or were abandoned), and returns their services, each with when its
+    /// close began and ended.
     fn wait_for_closes(
         &mut self,
-        running: &mut Vec<Closing>,
+        running: &mut InProgress,
     ) -> Vec<(usize, Option<(Instant, Instant)>)> {
-        let earliest = running.iter().map(|c| c.until).min();
-        let earliest = earliest.unwrap_or_else(|| later(Instant::now(), Duration::MAX));
-        let mut select = Select::new();
-        for c in running.iter() {
-            select.recv(c.call.receiver());
-        }
-        let done = match select.select_deadline(earliest) {
-            Ok(oper) => {
-                let k = oper.index();
-                let value = oper.recv(running[k].call.receiver()).ok();
-                Some((k, value))
-            }
-            Err(_) => None,
-        };
-        drop(select);
-        if let Some((k, value)) = done {
-            let closing = running.swap_remove(k);
-            let now = Instant::now();
-            let took = now.saturating_duration_since(closing.began);
-            let index = closing.index;
-            self.closed(index, &closing.name, value, took);
-            return vec![(index, Some((closing.began, now)))];
-        }
-        // Every close past its bound is abandoned.
-        let now = Instant::now();
+        let earliest = running.by_bound.first().map(|&(until, _)| until);
+        let earliest =
+            earliest.unwrap_or_else(|| crate::thread::later(Instant::now(), Duration::MAX));
         let mut ended = Vec::new();
-        let mut k = 0;
-        while k < running.len() {
-            if running[k].until > now {
-                k += 1;
+        let results = running.results.1.clone();
+        // Every close that has returned by now, at one wake-up.
+        let mut next = results.recv_deadline(earliest).ok();
+        while let Some((index, value)) = next {
+            // A close abandoned earlier that has returned since: already recorded.
+            if let Some(closing) = running.remove(index) {
+                let now = Instant::now();
+                let took = now.saturating_duration_since(closing.began);
+                self.closed(index, &closing.name, value, took);
+                ended.push((index, Some((closing.began, now))));
+            }
+            next = results.try_recv().ok();
+        }
+        if !ended.is_empty() {
+            return ended;
+        }
+        // Every close past its bound is abandoned, unless it has returned at this moment: its
+        // value is then on its way, and is taken at the next wait.
+        let now = Instant::now();
+        let due: Vec<usize> = (running.by_bound.iter())
+            .take_while(|&&(until, _)| until <= now)
+            .map(|&(_, index)| index)
+            .collect();
+        for index in due {
+            if running.closing[index]
+                .as_ref()
+                .is_some_and(|c| c.call.has_ended())
+            {
                 continue;
             }
-            let c = running.swap_remove(k);
+            let Some(c) = running.remove(index) else {
+                continue;
+            };
             let e = if c.bound < c.timeout {
                 // Cut short to leave the later steps their time: say so.
                 Error::timed_out_noting(
@@ -175,21 +222,15 @@ impl Run {
             relay::error!("{e}: abandoning its close");
             self.abandoned.push(c.call.abandon());
             self.shutdown_errors.push(e);
-            self.mark(c.index, State::CloseFailed, None);
-            ended.push((c.index, Some((c.began, now))));
+            self.mark(index, State::CloseFailed, None);
+            ended.push((index, Some((c.began, now))));
         }
         ended
     }
 
     /// Records a close that returned `value` (`None`: its thread ended without one) after
     /// `took`.
-    fn closed(
-        &mut self,
-        index: usize,
-        name: &str,
-        value: Option<crate::error::Result<()>>,
-        took: Duration,
-    ) {
+    fn closed(&mut self, index: usize, name: &str, value: Option<Result<()>>, took: Duration) {
         let state = match value {
             Some(Ok(())) => {
                 relay::info!("{name}: closed in {took:?}");
