@@ -1,5 +1,6 @@
-//! The runner's health: its checker, its endpoint, and the `runner` check that is ready only in
-//! the run phase.
+//! The runner's health: its checker, its endpoint, the `runner` check that is ready only in
+//! the run phase, and each service's check, which says what a service not started yet waits
+//! for.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,9 +10,10 @@ use std::time::Duration;
 use crate::checker::{CheckOptions, HealthChecker, Probe, Reporter};
 use crate::endpoint::HealthEndpoint;
 use crate::error::{Error, Phase, Result};
-use crate::service::{start_guarded, HealthReporter, Service};
-use crate::stop::StartContext;
+use crate::service::{start_guarded, HealthReport, HealthReporter, Service};
+use crate::stop::{StartContext, StopSignal};
 
+use super::table::ServiceTable;
 use super::Runner;
 
 /// How long the start of the run phase waits for every check's first poll with every service
@@ -42,6 +44,44 @@ impl HealthReporter for PhaseCheck {
     }
     fn health_report(&self) -> crate::HealthReport {
         crate::HealthReport::single(RUNNER_CHECK, Ok(()))
+    }
+}
+
+/// A service's check, as the runner registers it (under the service's name, with the default
+/// options): until the service has started, the runner's [`ServiceTable`] answers, not ready,
+/// with why (`waiting for db`, `starting`, `not started: it needs db, which failed to start`);
+/// from its start on, the check is the service's own. Reading the table takes no lock and
+/// calls no user code.
+struct ServiceCheck {
+    service: Arc<dyn Service>,
+    table: Arc<ServiceTable>,
+    index: usize,
+    /// Fired once a shutdown is asked for or begins: then nothing more starts.
+    shutting_down: StopSignal,
+}
+
+impl ServiceCheck {
+    /// Why the service is not started, while the table answers for it.
+    fn not_started(&self) -> Option<String> {
+        (self.table).not_started(self.index, self.shutting_down.is_stopped())
+    }
+}
+
+impl HealthReporter for ServiceCheck {
+    fn name(&self) -> &str {
+        self.table.name(self.index)
+    }
+    fn ready(&self) -> Result<()> {
+        match self.not_started() {
+            Some(why) => Err(Error::msg(why)),
+            None => self.service.ready(),
+        }
+    }
+    fn health_report(&self) -> HealthReport {
+        match self.not_started() {
+            Some(why) => HealthReport::single(self.name(), Err(Error::msg(why))),
+            None => self.service.health_report(),
+        }
     }
 }
 
@@ -91,19 +131,30 @@ impl RunnerHealth {
         })
     }
 
-    /// Starts the checker, registers the runner's check and every service, then starts the
-    /// endpoint.
-    pub(super) fn start(&mut self, services: Vec<Arc<dyn Service>>) -> Result<()> {
+    /// Starts the checker, registers the runner's check and every service (each a
+    /// [`ServiceCheck`] reading its row of `table`), then starts the endpoint.
+    pub(super) fn start(
+        &mut self,
+        services: Vec<Arc<dyn Service>>,
+        table: &Arc<ServiceTable>,
+        shutting_down: StopSignal,
+    ) -> Result<()> {
         let ctx = StartContext::background();
         start_guarded(&*self.checker, &ctx)?;
         self.started.push(self.checker.clone());
         // The runner logs its own phases; the check's changes are logged at debug level.
         let options = CheckOptions::new().quiet().traffic_gate(true);
         self.reporter = Some(self.checker.register_with(self.phase.clone(), options)?);
-        for service in services {
-            let name = service.name().to_owned();
+        for (index, service) in services.into_iter().enumerate() {
+            let name = table.name(index).to_owned();
+            let check = ServiceCheck {
+                service,
+                table: table.clone(),
+                index,
+                shutting_down: shutting_down.clone(),
+            };
             self.checker
-                .register(service)
+                .register(check)
                 .map_err(|e| e.in_service(&name, Phase::Start))?;
         }
         if let Some(endpoint) = &self.endpoint {
