@@ -2,6 +2,7 @@
 //! the run phase, and each service's check, which says what a service not started yet waits
 //! for.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use crate::checker::{CheckOptions, HealthChecker, Probe, Reporter};
 use crate::endpoint::HealthEndpoint;
-use crate::error::{Error, Phase, Result};
+use crate::error::{Error, ErrorKind, Phase, Result};
 use crate::service::{start_guarded, HealthReport, HealthReporter, Service};
 use crate::stop::{StartContext, StopSignal};
 
@@ -62,8 +63,33 @@ struct ServiceCheck {
 
 impl ServiceCheck {
     /// Why the service is not started, while the table answers for it.
-    fn not_started(&self) -> Option<String> {
-        (self.table).not_started(self.index, self.shutting_down.is_stopped())
+    fn not_started(&self) -> Option<Error> {
+        let why = (self.table).not_started(self.index, self.shutting_down.is_stopped())?;
+        let state = self.table.state(self.index);
+        let cause = Error::state(ErrorKind::NotStarted, self.name(), Phase::Ready, state);
+        Some(Error::other(NotStarted { why, cause }))
+    }
+}
+
+/// Why a service is not started, as its check's error: it reads as the reason alone, and its
+/// source is an error of kind [`ErrorKind::NotStarted`], so that the checker takes it as a
+/// service that has not started (which it does not warn about), as it takes a
+/// [`StateMachine`](crate::StateMachine)'s `not started`.
+#[derive(Debug)]
+struct NotStarted {
+    why: String,
+    cause: Error,
+}
+
+impl fmt::Display for NotStarted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
+impl std::error::Error for NotStarted {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.cause)
     }
 }
 
@@ -73,13 +99,13 @@ impl HealthReporter for ServiceCheck {
     }
     fn ready(&self) -> Result<()> {
         match self.not_started() {
-            Some(why) => Err(Error::msg(why)),
+            Some(e) => Err(e),
             None => self.service.ready(),
         }
     }
     fn health_report(&self) -> HealthReport {
         match self.not_started() {
-            Some(why) => HealthReport::single(self.name(), Err(Error::msg(why))),
+            Some(e) => HealthReport::single(self.name(), Err(e)),
             None => self.service.health_report(),
         }
     }
@@ -192,5 +218,51 @@ impl RunnerHealth {
     pub(super) fn into_services_to_close(mut self) -> Vec<Arc<dyn Service>> {
         self.started.reverse();
         std::mem::take(&mut self.started)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::State;
+    use crate::worker::Worker;
+
+    /// db, then api, which needs db; api's check.
+    fn api_check() -> (Arc<ServiceTable>, ServiceCheck) {
+        let table = Arc::new(ServiceTable::new([
+            ("db".to_owned(), vec![]),
+            ("api".to_owned(), vec![0]),
+        ]));
+        let api = Worker::new("api", |stop| {
+            stop.wait();
+            Ok(())
+        });
+        let check = ServiceCheck {
+            service: Arc::new(api),
+            table: table.clone(),
+            index: 1,
+            shutting_down: StopSignal::new(),
+        };
+        (table, check)
+    }
+
+    #[test]
+    fn a_check_not_started_reads_as_its_reason_and_is_of_a_service_not_started() {
+        let (table, check) = api_check();
+        assert_eq!(check.name(), "api");
+        let e = check.ready().unwrap_err();
+        assert_eq!(e.to_string(), "waiting for db");
+        // The checker takes it as a service not started yet, which it does not warn about.
+        assert!(e.has_kind(ErrorKind::NotStarted), "{e:?}");
+        let report = check.health_report();
+        let health = report.get("api").unwrap().as_ref().unwrap_err();
+        assert_eq!(health.to_string(), "waiting for db");
+        // Started: the service's own answers (this worker was never started by anyone).
+        table.set_state(1, State::Started);
+        let own = check.ready().unwrap_err();
+        assert!(
+            own.to_string().contains("not started (state: Unstarted)"),
+            "{own}"
+        );
     }
 }

@@ -108,6 +108,11 @@ impl ServiceTable {
         self.rows.get(index).map_or("", Row::name)
     }
 
+    /// The state of service `index`, as the runner last wrote it.
+    pub(crate) fn state(&self, index: usize) -> State {
+        self.rows.get(index).map_or(State::Unstarted, Row::state)
+    }
+
     /// Service `index` is now in `state`.
     pub(crate) fn set_state(&self, index: usize, state: State) {
         if let Some(row) = self.rows.get(index) {
