@@ -54,19 +54,23 @@ impl HealthReporter for PhaseCheck {
 /// from its start on, the check is the service's own. Reading the table takes no lock and
 /// calls no user code.
 struct ServiceCheck {
+    /// The service, whose own check this is from its start on.
     service: Arc<dyn Service>,
+    /// The runner's table, which answers until then.
     table: Arc<ServiceTable>,
+    /// The service's row in `table`.
     index: usize,
     /// Fired once a shutdown is asked for or begins: then nothing more starts.
     shutting_down: StopSignal,
 }
 
 impl ServiceCheck {
-    /// Why the service is not started, while the table answers for it.
-    fn not_started(&self) -> Option<Error> {
+    /// Why the service is not started, as the error of `phase`'s probe, while the table
+    /// answers for it.
+    fn not_started(&self, phase: Phase) -> Option<Error> {
         let why = (self.table).not_started(self.index, self.shutting_down.is_stopped())?;
         let state = self.table.state(self.index);
-        let cause = Error::state(ErrorKind::NotStarted, self.name(), Phase::Ready, state);
+        let cause = Error::state(ErrorKind::NotStarted, self.name(), phase, state);
         Some(Error::other(NotStarted { why, cause }))
     }
 }
@@ -77,7 +81,9 @@ impl ServiceCheck {
 /// [`StateMachine`](crate::StateMachine)'s `not started`.
 #[derive(Debug)]
 struct NotStarted {
+    /// The reason, as [`ServiceTable::not_started`] says it.
     why: String,
+    /// The service not started, in its state.
     cause: Error,
 }
 
@@ -98,13 +104,13 @@ impl HealthReporter for ServiceCheck {
         self.table.name(self.index)
     }
     fn ready(&self) -> Result<()> {
-        match self.not_started() {
+        match self.not_started(Phase::Ready) {
             Some(e) => Err(e),
             None => self.service.ready(),
         }
     }
     fn health_report(&self) -> HealthReport {
-        match self.not_started() {
+        match self.not_started(Phase::Health) {
             Some(e) => HealthReport::single(self.name(), Err(e)),
             None => self.service.health_report(),
         }

@@ -25,15 +25,20 @@ pub(crate) struct ServiceTable {
 /// One service's row of a [`ServiceTable`].
 #[derive(Debug)]
 pub(crate) struct Row {
+    /// The service's name.
     name: String,
     /// The services it needs, directly: in the order it declared them, or, when it declared
     /// nothing, in the order they were added.
     needs: Vec<usize>,
+    /// Its [`State`], as a `u8`.
     state: AtomicU8,
+    /// How long its start took until it was ready, in nanoseconds; [`NONE`] until it was.
     start_nanos: AtomicU64,
+    /// How long its close took, in nanoseconds; [`NONE`] until it returned.
     close_nanos: AtomicU64,
     /// The service whose failed start kept this one from starting (its
-    /// [`ServiceReport::skipped_because`](crate::ServiceReport::skipped_because)).
+    /// [`ServiceReport::skipped_because`](crate::ServiceReport::skipped_because)), by index;
+    /// [`NO_INDEX`] for none.
     skipped_because: AtomicUsize,
 }
 
