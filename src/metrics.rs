@@ -89,7 +89,6 @@ mod builtin;
 mod expose;
 mod producer;
 mod scraper;
-mod services;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -107,6 +106,7 @@ use prometheus_client::registry::{Metric, Registry, Unit};
 use crate::checker::HealthChecker;
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::StatsSource;
+use crate::runner::table::ServiceTable;
 
 pub use self::expose::Format;
 pub use self::producer::Samples;
@@ -114,7 +114,6 @@ pub(crate) use self::scraper::{Job, Outcome, Scraper};
 // A scrape on the caller's thread, for the routes served from tiny_http.
 #[cfg(feature = "tiny_http")]
 pub(crate) use self::scraper::scrape;
-pub(crate) use self::services::ServiceTable;
 
 use self::builtin::Builtin;
 use self::producer::{ProduceFn, Producer};

@@ -14,10 +14,10 @@ use prometheus_client::registry::Unit;
 
 use crate::checker::{Probe, Snapshot};
 use crate::http::{EvictionReason, ServerStats};
+use crate::runner::table::ServiceTable;
 use crate::state::State;
 
 use super::producer::{Failure, Producer};
-use super::services::ServiceTable;
 
 /// Everything one scrape reads, gathered before encoding.
 pub(super) struct Builtin {
@@ -163,7 +163,7 @@ impl Builtin {
                 let current = row.state();
                 State::ALL.into_iter().map(move |s| {
                     (
-                        vec![("service", row.name.as_str()), ("state", state_label(s))],
+                        vec![("service", row.name()), ("state", state_label(s))],
                         bit(s == current),
                     )
                 })
@@ -176,7 +176,7 @@ impl Builtin {
             Some(&Unit::Seconds),
             rows.iter().filter_map(|row| {
                 let took = row.start_duration()?;
-                Some((vec![("service", row.name.as_str())], seconds(took)))
+                Some((vec![("service", row.name())], seconds(took)))
             }),
         )?;
         gauges(
@@ -186,7 +186,7 @@ impl Builtin {
             Some(&Unit::Seconds),
             rows.iter().filter_map(|row| {
                 let took = row.close_duration()?;
-                Some((vec![("service", row.name.as_str())], seconds(took)))
+                Some((vec![("service", row.name())], seconds(took)))
             }),
         )
     }

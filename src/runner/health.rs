@@ -1,6 +1,8 @@
-//! The runner's health: its checker, its endpoint, and the `runner` check that is ready only in
-//! the run phase.
+//! The runner's health: its checker, its endpoint, the `runner` check that is ready only in
+//! the run phase, and each service's check, which says what a service not started yet waits
+//! for.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,10 +10,11 @@ use std::time::Duration;
 
 use crate::checker::{CheckOptions, HealthChecker, Probe, Reporter};
 use crate::endpoint::HealthEndpoint;
-use crate::error::{Error, Phase, Result};
-use crate::service::{start_guarded, HealthReporter, Service};
-use crate::stop::StartContext;
+use crate::error::{Error, ErrorKind, Phase, Result};
+use crate::service::{start_guarded, HealthReport, HealthReporter, Service};
+use crate::stop::{StartContext, StopSignal};
 
+use super::table::ServiceTable;
 use super::Runner;
 
 /// How long the start of the run phase waits for every check's first poll with every service
@@ -42,6 +45,75 @@ impl HealthReporter for PhaseCheck {
     }
     fn health_report(&self) -> crate::HealthReport {
         crate::HealthReport::single(RUNNER_CHECK, Ok(()))
+    }
+}
+
+/// A service's check, as the runner registers it (under the service's name, with the default
+/// options): until the service has started, the runner's [`ServiceTable`] answers, not ready,
+/// with why (`waiting for db`, `starting`, `not started: it needs db, which failed to start`);
+/// from its start on, the check is the service's own. Reading the table takes no lock and
+/// calls no user code.
+struct ServiceCheck {
+    /// The service, whose own check this is from its start on.
+    service: Arc<dyn Service>,
+    /// The runner's table, which answers until then.
+    table: Arc<ServiceTable>,
+    /// The service's row in `table`.
+    index: usize,
+    /// Fired once a shutdown is asked for or begins: then nothing more starts.
+    shutting_down: StopSignal,
+}
+
+impl ServiceCheck {
+    /// Why the service is not started, as the error of `phase`'s probe, while the table
+    /// answers for it.
+    fn not_started(&self, phase: Phase) -> Option<Error> {
+        let why = (self.table).not_started(self.index, self.shutting_down.is_stopped())?;
+        let state = self.table.state(self.index);
+        let cause = Error::state(ErrorKind::NotStarted, self.name(), phase, state);
+        Some(Error::other(NotStarted { why, cause }))
+    }
+}
+
+/// Why a service is not started, as its check's error: it reads as the reason alone, and its
+/// source is an error of kind [`ErrorKind::NotStarted`], so that the checker takes it as a
+/// service that has not started (which it does not warn about), as it takes a
+/// [`StateMachine`](crate::StateMachine)'s `not started`.
+#[derive(Debug)]
+struct NotStarted {
+    /// The reason, as [`ServiceTable::not_started`] says it.
+    why: String,
+    /// The service not started, in its state.
+    cause: Error,
+}
+
+impl fmt::Display for NotStarted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
+impl std::error::Error for NotStarted {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.cause)
+    }
+}
+
+impl HealthReporter for ServiceCheck {
+    fn name(&self) -> &str {
+        self.table.name(self.index)
+    }
+    fn ready(&self) -> Result<()> {
+        match self.not_started(Phase::Ready) {
+            Some(e) => Err(e),
+            None => self.service.ready(),
+        }
+    }
+    fn health_report(&self) -> HealthReport {
+        match self.not_started(Phase::Health) {
+            Some(e) => HealthReport::single(self.name(), Err(e)),
+            None => self.service.health_report(),
+        }
     }
 }
 
@@ -91,19 +163,30 @@ impl RunnerHealth {
         })
     }
 
-    /// Starts the checker, registers the runner's check and every service, then starts the
-    /// endpoint.
-    pub(super) fn start(&mut self, services: Vec<Arc<dyn Service>>) -> Result<()> {
+    /// Starts the checker, registers the runner's check and every service (each a
+    /// [`ServiceCheck`] reading its row of `table`), then starts the endpoint.
+    pub(super) fn start(
+        &mut self,
+        services: Vec<Arc<dyn Service>>,
+        table: &Arc<ServiceTable>,
+        shutting_down: StopSignal,
+    ) -> Result<()> {
         let ctx = StartContext::background();
         start_guarded(&*self.checker, &ctx)?;
         self.started.push(self.checker.clone());
         // The runner logs its own phases; the check's changes are logged at debug level.
         let options = CheckOptions::new().quiet().traffic_gate(true);
         self.reporter = Some(self.checker.register_with(self.phase.clone(), options)?);
-        for service in services {
-            let name = service.name().to_owned();
+        for (index, service) in services.into_iter().enumerate() {
+            let name = table.name(index).to_owned();
+            let check = ServiceCheck {
+                service,
+                table: table.clone(),
+                index,
+                shutting_down: shutting_down.clone(),
+            };
             self.checker
-                .register(service)
+                .register(check)
                 .map_err(|e| e.in_service(&name, Phase::Start))?;
         }
         if let Some(endpoint) = &self.endpoint {
@@ -141,5 +224,51 @@ impl RunnerHealth {
     pub(super) fn into_services_to_close(mut self) -> Vec<Arc<dyn Service>> {
         self.started.reverse();
         std::mem::take(&mut self.started)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::State;
+    use crate::worker::Worker;
+
+    /// db, then api, which needs db; api's check.
+    fn api_check() -> (Arc<ServiceTable>, ServiceCheck) {
+        let table = Arc::new(ServiceTable::new([
+            ("db".to_owned(), vec![]),
+            ("api".to_owned(), vec![0]),
+        ]));
+        let api = Worker::new("api", |stop| {
+            stop.wait();
+            Ok(())
+        });
+        let check = ServiceCheck {
+            service: Arc::new(api),
+            table: table.clone(),
+            index: 1,
+            shutting_down: StopSignal::new(),
+        };
+        (table, check)
+    }
+
+    #[test]
+    fn a_check_not_started_reads_as_its_reason_and_is_of_a_service_not_started() {
+        let (table, check) = api_check();
+        assert_eq!(check.name(), "api");
+        let e = check.ready().unwrap_err();
+        assert_eq!(e.to_string(), "waiting for db");
+        // The checker takes it as a service not started yet, which it does not warn about.
+        assert!(e.has_kind(ErrorKind::NotStarted), "{e:?}");
+        let report = check.health_report();
+        let health = report.get("api").unwrap().as_ref().unwrap_err();
+        assert_eq!(health.to_string(), "waiting for db");
+        // Started: the service's own answers (this worker was never started by anyone).
+        table.set_state(1, State::Started);
+        let own = check.ready().unwrap_err();
+        assert!(
+            own.to_string().contains("not started (state: Unstarted)"),
+            "{own}"
+        );
     }
 }

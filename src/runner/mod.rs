@@ -9,7 +9,10 @@
 //!   shutdown, report and summary.
 //! - `graph.rs`: who needs whom among the services, checked before anything starts.
 //! - `budget.rs`: how the steps of a shutdown share its deadline.
-//! - `health.rs`: the runner's checker, endpoint and `runner` check.
+//! - `health.rs`: the runner's checker, endpoint and `runner` check, and each service's check,
+//!   which says what a service not started yet waits for.
+//! - `table.rs`: the services' states and durations in atomics, written as they change, read
+//!   by their checks and the metrics.
 //! - `report.rs`: [`RunReport`].
 //! - `signals.rs`: the process-wide signal handler, routed to the runner that runs now.
 
@@ -21,6 +24,7 @@ mod report;
 mod run;
 #[cfg(unix)]
 mod signals;
+pub(crate) mod table;
 
 /// Without Unix signals: a runner that handles signals is refused, with an error that says
 /// what to do instead.
@@ -194,6 +198,13 @@ type CleanupFn = Box<dyn FnOnce() -> Result<()> + Send + 'static>;
 /// [`InvalidInput`](crate::ErrorKind::InvalidInput) that names it (a cycle in full: `a -> b ->
 /// a`), and nothing starts. When a start fails, the services that need it, directly or not,
 /// are never started: their [`ServiceReport::skipped_because`] names it.
+///
+/// With health on, a service's check says, until the service has started, why it is not ready:
+/// `waiting for db, cache` (the services it needs that are not ready yet, in the order it
+/// declared them), `starting` (its start is in progress), `not started: it needs db, which
+/// failed to start`, `not started: its start failed`, or `not started: shutting down`; so
+/// `/readyz?verbose` shows `[-]api failed: api: ready failed: waiting for db`. From its start
+/// on, the check is the service's own `ready()` and `health_report()`.
 ///
 /// A start or a close that hangs past its bound is abandoned, and the order is then kept as far
 /// as it can be: a service whose dependant's close was abandoned (or whose dependant's start,

@@ -7,7 +7,6 @@ mod close;
 mod shutdown;
 mod start;
 
-#[cfg(feature = "metrics")]
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,8 +14,6 @@ use crossbeam_channel::{select, Receiver};
 
 use crate::checker::CHECKER_NAME;
 use crate::error::{check_name, Error, ErrorKind, Result};
-#[cfg(feature = "metrics")]
-use crate::metrics::ServiceTable;
 use crate::multi::check_names;
 use crate::pool::CallPool;
 use crate::relay;
@@ -27,6 +24,7 @@ use super::graph::{critical_path, Graph};
 use super::health::{RunnerHealth, RUNNER_CHECK};
 use super::report::PathStep;
 use super::signals::{signal_name, SignalRoute};
+use super::table::ServiceTable;
 use super::{Request, RunReport, Runner, ServiceReport, ShutdownCause};
 
 /// The state of one call to [`Runner::run`].
@@ -56,9 +54,8 @@ pub(super) struct Run {
     shutdown_errors: Vec<Error>,
     /// The shutdown's deadline, once it has begun.
     deadline: Option<Instant>,
-    /// Each service's state and durations, for the metrics.
-    #[cfg(feature = "metrics")]
-    table: Option<Arc<ServiceTable>>,
+    /// Each service's state and durations, for the services' checks and the metrics.
+    table: Arc<ServiceTable>,
 }
 
 /// The names a runner refuses before anything starts: an invalid name, two services of one
@@ -115,6 +112,23 @@ fn service_graph(runner: &Runner) -> Result<Graph> {
     Graph::new(&names, &declared)
 }
 
+/// The runner's table of its services, each with the services it needs: as it declared them,
+/// or, when it declared nothing, in the order they were added (none when the run could not
+/// begin).
+fn service_table(runner: &Runner, graph: &Graph) -> ServiceTable {
+    ServiceTable::new(runner.entries.iter().enumerate().map(|(i, e)| {
+        let mut needs = if i < graph.len() {
+            graph.needs(i).to_vec()
+        } else {
+            Vec::new()
+        };
+        if e.options.needs.is_none() {
+            needs.sort_unstable();
+        }
+        (e.service.name().to_owned(), needs)
+    }))
+}
+
 impl Run {
     pub(super) fn new(runner: Runner) -> Run {
         // An invalid name, or two services of one name, would make the report, the health
@@ -154,14 +168,11 @@ impl Run {
         let unblocked_by = vec![None; graph.len()];
         let start_spans = vec![None; graph.len()];
         let health = RunnerHealth::new(&runner);
+        let table = Arc::new(service_table(&runner, &graph));
         #[cfg(feature = "metrics")]
-        let table = runner.metrics.as_ref().map(|metrics| {
-            let table = Arc::new(ServiceTable::new(
-                runner.entries.iter().map(|e| e.service.name()),
-            ));
+        if let Some(metrics) = &runner.metrics {
             metrics.watch_services(table.clone());
-            table
-        });
+        }
         Run {
             runner,
             signals,
@@ -181,23 +192,30 @@ impl Run {
             run_errors: Vec::new(),
             shutdown_errors: Vec::new(),
             deadline: None,
-            #[cfg(feature = "metrics")]
             table,
         }
     }
 
     /// Records that service `index` is now in `state`, and how long the step that got it there
-    /// took, for the metrics.
-    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    /// took, for the services' checks and the metrics.
     fn mark(&mut self, index: usize, state: State, took: Option<Duration>) {
         self.reports[index].state = state;
-        #[cfg(feature = "metrics")]
-        if let Some(table) = &self.table {
-            table.set_state(index, state);
-            match (state, took) {
-                (State::Started, Some(took)) => table.started_in(index, took),
-                (State::Closed | State::CloseFailed, Some(took)) => table.closed_in(index, took),
-                _ => {}
+        let table = &self.table;
+        // The duration first: a reader that sees the state sees it too.
+        match (state, took) {
+            (State::Started, Some(took)) => table.started_in(index, took),
+            (State::Closed | State::CloseFailed, Some(took)) => table.closed_in(index, took),
+            _ => {}
+        }
+        table.set_state(index, state);
+    }
+
+    /// Writes into the table the services the start phase skipped, and because of whom, for
+    /// their checks.
+    fn publish_skipped(&self) {
+        for (index, report) in self.reports.iter().enumerate() {
+            if let Some(cause) = &report.skipped_because {
+                self.table.skipped(index, cause);
             }
         }
     }
@@ -213,6 +231,7 @@ impl Run {
         let start_outcome = match self.start_health() {
             Ok(()) => {
                 let outcome = self.start_all();
+                self.publish_skipped();
                 if outcome.is_none() {
                     let spans = std::mem::take(&mut self.start_spans);
                     let unblocked_by = std::mem::take(&mut self.unblocked_by);
@@ -314,7 +333,8 @@ impl Run {
             .iter()
             .map(|e| e.service.clone())
             .collect();
-        health.start(services)?;
+        let shutting_down = self.runner.handle.shutting_down.clone();
+        health.start(services, &self.table, shutting_down)?;
         *self.runner.handle.health_addr.lock() = health.local_addr();
         Ok(())
     }

@@ -1,0 +1,271 @@
+//! [`ServiceTable`]: what the runner knows of each of its services as the run goes, in
+//! atomics: its lifecycle state, how long its start and close took, which services it needs,
+//! and which failed start kept it from starting. The runner thread writes it as states change;
+//! each service's check (see `health.rs`) and, with feature `metrics`, each scrape read it
+//! without a lock, so the two can never disagree.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::state::State;
+
+/// An unset duration.
+const NONE: u64 = u64::MAX;
+/// An unset index.
+const NO_INDEX: usize = usize::MAX;
+/// The most needs a not-started service's check names; more are counted.
+const MAX_NAMED: usize = 8;
+
+/// One row per service, in the order they were added to the runner.
+#[derive(Debug)]
+pub(crate) struct ServiceTable {
+    rows: Vec<Row>,
+}
+
+/// One service's row of a [`ServiceTable`].
+#[derive(Debug)]
+pub(crate) struct Row {
+    /// The service's name.
+    name: String,
+    /// The services it needs, directly: in the order it declared them, or, when it declared
+    /// nothing, in the order they were added.
+    needs: Vec<usize>,
+    /// Its [`State`], as a `u8`.
+    state: AtomicU8,
+    /// How long its start took until it was ready, in nanoseconds; [`NONE`] until it was.
+    start_nanos: AtomicU64,
+    /// How long its close took, in nanoseconds; [`NONE`] until it returned.
+    close_nanos: AtomicU64,
+    /// The service whose failed start kept this one from starting (its
+    /// [`ServiceReport::skipped_because`](crate::ServiceReport::skipped_because)), by index;
+    /// [`NO_INDEX`] for none.
+    skipped_because: AtomicUsize,
+}
+
+impl Row {
+    /// The service's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its lifecycle state, as the runner last wrote it.
+    pub(crate) fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// How long it took from the call to its start until it was ready, once it was.
+    pub(crate) fn start_duration(&self) -> Option<Duration> {
+        load(&self.start_nanos)
+    }
+
+    /// How long its close took, once it returned (read by the metrics).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn close_duration(&self) -> Option<Duration> {
+        load(&self.close_nanos)
+    }
+
+    /// Whether the runner saw it ready in the start phase (a start cut short by a shutdown is
+    /// started, but never seen ready).
+    fn was_ready(&self) -> bool {
+        self.start_duration().is_some()
+    }
+}
+
+fn load(nanos: &AtomicU64) -> Option<Duration> {
+    match nanos.load(Ordering::Acquire) {
+        NONE => None,
+        n => Some(Duration::from_nanos(n)),
+    }
+}
+
+fn store(nanos: &AtomicU64, d: Duration) {
+    let n = u64::try_from(d.as_nanos()).unwrap_or(NONE - 1);
+    nanos.store(n, Ordering::Release);
+}
+
+impl ServiceTable {
+    /// A table of `services`, each a name and the indices of the services it needs, every
+    /// service [`State::Unstarted`].
+    pub(crate) fn new(services: impl IntoIterator<Item = (String, Vec<usize>)>) -> ServiceTable {
+        ServiceTable {
+            rows: services
+                .into_iter()
+                .map(|(name, needs)| Row {
+                    name,
+                    needs,
+                    state: AtomicU8::new(State::Unstarted as u8),
+                    start_nanos: AtomicU64::new(NONE),
+                    close_nanos: AtomicU64::new(NONE),
+                    skipped_because: AtomicUsize::new(NO_INDEX),
+                })
+                .collect(),
+        }
+    }
+
+    /// Every row, in the order the services were added (read by the metrics).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn rows(&self) -> &[Row] {
+        &self.rows
+    }
+
+    /// The name of service `index`.
+    pub(crate) fn name(&self, index: usize) -> &str {
+        self.rows.get(index).map_or("", Row::name)
+    }
+
+    /// The state of service `index`, as the runner last wrote it.
+    pub(crate) fn state(&self, index: usize) -> State {
+        self.rows.get(index).map_or(State::Unstarted, Row::state)
+    }
+
+    /// Service `index` is now in `state`.
+    pub(crate) fn set_state(&self, index: usize, state: State) {
+        if let Some(row) = self.rows.get(index) {
+            row.state.store(state as u8, Ordering::Release);
+        }
+    }
+
+    /// Service `index` became ready `took` after its start was called.
+    pub(crate) fn started_in(&self, index: usize, took: Duration) {
+        if let Some(row) = self.rows.get(index) {
+            store(&row.start_nanos, took);
+        }
+    }
+
+    /// Service `index`'s close returned `took` after it was called.
+    pub(crate) fn closed_in(&self, index: usize, took: Duration) {
+        if let Some(row) = self.rows.get(index) {
+            store(&row.close_nanos, took);
+        }
+    }
+
+    /// Service `index` will not start: it needs the service named `cause`, which failed to
+    /// start.
+    pub(crate) fn skipped(&self, index: usize, cause: &str) {
+        let cause = self.rows.iter().position(|r| r.name == cause);
+        if let (Some(row), Some(cause)) = (self.rows.get(index), cause) {
+            row.skipped_because.store(cause, Ordering::Release);
+        }
+    }
+
+    /// Why service `index` is not started, as its check says it: `None` once it has started
+    /// (or closed, or its start was cut short after it began), when its check is its own.
+    /// `shutting_down`: a shutdown was asked for or has begun, so nothing more will start.
+    ///
+    /// In order: `starting` while its start is in progress; `not started: its start failed`;
+    /// `not started: it needs db, which failed to start` (the words of the run's log);
+    /// `not started: shutting down`; `waiting for db, cache` (the services it needs that are
+    /// not ready yet, as it declared them); `starting` once they all are.
+    pub(crate) fn not_started(&self, index: usize, shutting_down: bool) -> Option<String> {
+        let row = self.rows.get(index)?;
+        match row.state() {
+            State::Unstarted => {}
+            State::Starting => return Some("starting".to_owned()),
+            State::StartFailed => return Some("not started: its start failed".to_owned()),
+            State::Started | State::Closing | State::Closed | State::CloseFailed => return None,
+        }
+        let skipped = row.skipped_because.load(Ordering::Acquire);
+        let failed = (skipped != NO_INDEX).then_some(skipped).or_else(|| {
+            (row.needs.iter().copied()).find(|&n| self.rows[n].state() == State::StartFailed)
+        });
+        if let Some(failed) = failed {
+            return Some(format!(
+                "not started: it needs {}, which failed to start",
+                self.name(failed)
+            ));
+        }
+        if shutting_down {
+            return Some("not started: shutting down".to_owned());
+        }
+        let waiting: Vec<&str> = (row.needs.iter())
+            .filter(|&&n| !self.rows[n].was_ready())
+            .map(|&n| self.name(n))
+            .collect();
+        Some(match waiting.len() {
+            0 => "starting".to_owned(),
+            n if n <= MAX_NAMED => format!("waiting for {}", waiting.join(", ")),
+            n => format!(
+                "waiting for {} and {} more",
+                waiting[..MAX_NAMED].join(", "),
+                n - MAX_NAMED
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// db and cache need nothing; api needs db then cache; web needs api.
+    fn table() -> ServiceTable {
+        ServiceTable::new([
+            ("db".to_owned(), vec![]),
+            ("cache".to_owned(), vec![]),
+            ("api".to_owned(), vec![0, 1]),
+            ("web".to_owned(), vec![2]),
+        ])
+    }
+
+    #[test]
+    fn a_service_waits_for_the_needs_not_ready_in_the_order_declared() {
+        let t = table();
+        assert_eq!(t.not_started(2, false).unwrap(), "waiting for db, cache");
+        t.set_state(0, State::Starting);
+        assert_eq!(t.not_started(0, false).unwrap(), "starting");
+        t.set_state(1, State::Started);
+        t.started_in(1, Duration::from_millis(1));
+        assert_eq!(t.not_started(2, false).unwrap(), "waiting for db");
+        t.set_state(0, State::Started);
+        t.started_in(0, Duration::from_millis(2));
+        // Its needs are ready: it is about to start, then starting.
+        assert_eq!(t.not_started(2, false).unwrap(), "starting");
+        t.set_state(2, State::Starting);
+        assert_eq!(t.not_started(2, false).unwrap(), "starting");
+        assert_eq!(t.not_started(3, false).unwrap(), "waiting for api");
+        // Started: the check is the service's own, and stays so once it closes.
+        t.set_state(2, State::Started);
+        assert_eq!(t.not_started(2, false), None);
+        t.set_state(2, State::Closed);
+        assert_eq!(t.not_started(2, true), None);
+    }
+
+    #[test]
+    fn a_failed_start_and_a_shutdown_say_it_will_not_start() {
+        let t = table();
+        t.set_state(0, State::StartFailed);
+        assert_eq!(
+            t.not_started(0, false).unwrap(),
+            "not started: its start failed"
+        );
+        let skipped = "not started: it needs db, which failed to start";
+        assert_eq!(t.not_started(2, false).unwrap(), skipped);
+        // Further down, once the runner has said who was skipped because of it.
+        assert_eq!(t.not_started(3, false).unwrap(), "waiting for api");
+        t.skipped(3, "db");
+        assert_eq!(t.not_started(3, true).unwrap(), skipped);
+        // A start cut short by a shutdown is started (so closed later) but never was ready.
+        let t = table();
+        t.set_state(0, State::Started);
+        assert_eq!(t.not_started(2, false).unwrap(), "waiting for db, cache");
+        assert_eq!(
+            t.not_started(2, true).unwrap(),
+            "not started: shutting down"
+        );
+    }
+
+    #[test]
+    fn a_long_wait_names_the_first_needs_and_counts_the_others() {
+        let t = ServiceTable::new(
+            (0..10)
+                .map(|i| (format!("s{i}"), vec![]))
+                .chain([("all".to_owned(), (0..10).collect())]),
+        );
+        assert_eq!(
+            t.not_started(10, false).unwrap(),
+            "waiting for s0, s1, s2, s3, s4, s5, s6, s7 and 2 more"
+        );
+        assert_eq!(t.name(11), "");
+        assert_eq!(t.not_started(11, false), None);
+    }
+}
