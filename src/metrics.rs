@@ -23,6 +23,12 @@
 //!   | `lifecycle_health_stuck_calls` | | calls into checks that have not returned |
 //!   | `lifecycle_build_info` | `version`, `git_sha`, `lifecycle_version` | from the [`HealthChecker`] |
 //!   | `process_start_time_seconds` | | when the process started |
+//!   | `process_cpu_seconds_total` | | user and system CPU time, a counter (Linux) |
+//!   | `process_open_fds` | | open file descriptors (Linux) |
+//!   | `process_max_fds` | | the soft limit on open files (Linux) |
+//!   | `process_virtual_memory_bytes` | | virtual memory size (Linux) |
+//!   | `process_resident_memory_bytes` | | resident memory size (Linux) |
+//!   | `process_threads` | | the process's threads (Linux) |
 //!   | `lifecycle_metrics_producer_failures_total` | `producer`, `reason` | see below |
 //!   | `lifecycle_metrics_producer_duration_seconds` | `producer` | its latest completed call |
 //!   | `lifecycle_health_endpoint_connections_open` | | connections the endpoint holds open |
@@ -40,6 +46,15 @@
 //!   yet), `idle` (kept alive, asking nothing) and `stalled` (its client does not read). The
 //!   endpoint's families are those of the endpoint that serves these metrics (see
 //!   [`EndpointOptions::max_connections`](crate::health::EndpointOptions::max_connections)).
+//!   The `process_*` families are named, typed and described as the Prometheus client
+//!   libraries export them (client_golang and Python's `prometheus_client`; `process_threads`
+//!   as the Rust `prometheus` crate does), and read from `/proc/self` at every scrape: CPU time is `utime` and
+//!   `stime` of `/proc/self/stat` in seconds, resident memory its `rss` pages times the page
+//!   size, virtual memory its `vsize`, threads its `num_threads`; open descriptors are the
+//!   entries of `/proc/self/fd` (the one that reads it included, as the client libraries count
+//!   them), and the maximum is the soft `RLIMIT_NOFILE` (left out when unlimited). A value that
+//!   cannot be read is left out of that scrape. Elsewhere than on Linux these families are
+//!   absent, and `process_start_time_seconds` is when the first [`Metrics`] was made.
 //!   These names and labels are a contract: they change only with a note in the changelog.
 //! - **the program's metrics**, registered in the same `prometheus-client`
 //!   [`Registry`] with [`register`](Metrics::register) or
@@ -87,6 +102,7 @@
 
 mod builtin;
 mod expose;
+mod process;
 mod producer;
 mod scraper;
 

@@ -1,6 +1,6 @@
 //! The lifecycle's own metrics, read at scrape time from their sources of truth: the health
 //! checker's cached [`Snapshot`], the runner's [`ServiceTable`], the health endpoint's
-//! [`ServerStats`], the producers' counts, the process.
+//! [`ServerStats`], the producers' counts, the process (`/proc/self`, see [`ProcessStats`]).
 
 use std::fmt;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use crate::http::{EvictionReason, ServerStats};
 use crate::runner::table::ServiceTable;
 use crate::state::State;
 
+use super::process::ProcessStats;
 use super::producer::{Failure, Producer};
 
 /// Everything one scrape reads, gathered before encoding.
@@ -146,7 +147,7 @@ impl Builtin {
                 [(Vec::new(), seconds(at))],
             )?;
         }
-        Ok(())
+        encode_resources(encoder, &ProcessStats::read())
     }
 
     fn encode_services(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
@@ -218,6 +219,63 @@ impl Builtin {
             }),
         )
     }
+}
+
+/// The process's resources, as the Prometheus client libraries name and describe them
+/// (client_golang's process collector, Python's `ProcessCollector`, the Rust `prometheus`
+/// crate's for `process_threads`); a value that could not be read leaves its family out.
+fn encode_resources(encoder: &mut DescriptorEncoder<'_>, stats: &ProcessStats) -> fmt::Result {
+    if let Some(cpu) = stats.cpu_seconds {
+        // A counter of seconds: `process_cpu_seconds_total` in both formats.
+        family(
+            encoder,
+            (
+                "process_cpu",
+                "Total user and system CPU time spent in seconds.",
+                Some(&Unit::Seconds),
+            ),
+            MetricType::Counter,
+            [(Vec::new(), ConstCounter::new(cpu))],
+        )?;
+    }
+    let gauges = [
+        (
+            "process_open_fds",
+            "Number of open file descriptors.",
+            None,
+            stats.open_fds,
+        ),
+        (
+            "process_max_fds",
+            "Maximum number of open file descriptors.",
+            None,
+            stats.max_fds,
+        ),
+        (
+            "process_virtual_memory",
+            "Virtual memory size in bytes.",
+            Some(&Unit::Bytes),
+            stats.virtual_bytes,
+        ),
+        (
+            "process_resident_memory",
+            "Resident memory size in bytes.",
+            Some(&Unit::Bytes),
+            stats.resident_bytes,
+        ),
+        (
+            "process_threads",
+            "Number of OS threads in the process.",
+            None,
+            stats.threads,
+        ),
+    ];
+    for (name, help, unit, value) in gauges {
+        // Integers, written as such (`4096`, not `4096.0`).
+        let sample = value.map(|v| (Vec::new(), ConstGauge::new(v)));
+        family(encoder, (name, help, unit), MetricType::Gauge, sample)?;
+    }
+    Ok(())
 }
 
 fn encode_health(encoder: &mut DescriptorEncoder<'_>, snapshot: &Snapshot) -> fmt::Result {
