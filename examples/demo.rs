@@ -16,7 +16,8 @@
 //!
 //! - the worker is a [`Worker::new`]: a loop until stopped, that counts its jobs in metrics;
 //! - the API is a [`Worker::with_setup`]: the setup binds (a bind error fails the start and
-//!   names the address) and hands the socket to tiny_http, the run closure serves until
+//!   names the address; under systemd's socket activation it takes the socket named `api`, as
+//!   the health endpoint takes `health`) and hands the socket to tiny_http, the run closure serves until
 //!   stopped, `ready_when` makes it ready only while tiny_http accepts connections, and the
 //!   `on_close` hook wakes tiny_http's `recv` with `unblock`. Its loop offers every request to a
 //!   [`TinyHttpRoutes`] first, with the runner's checker and metrics, so the API's port answers
@@ -340,8 +341,9 @@ fn api(
     let api = Worker::with_setup(
         API,
         move |ctx: &StartContext| {
-            let listener =
-                TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            // Under socket activation, the socket named `api`; else one bound to `addr`.
+            let listener = lifecycle::systemd::listener(API, addr)
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             let listening = Listening::watch(&listener)?;
             log::info!("api: listening on http://{}", listener.local_addr()?);
             Ok(Api {

@@ -62,6 +62,11 @@
 //! **Metrics** (feature `metrics`, on by default): the [`metrics`] module serves Prometheus
 //! metrics at `/metrics` on the endpoint.
 //!
+//! **systemd.** The [`systemd`] module tells systemd how the program is doing (`sd_notify`:
+//! ready, shutting down, status, the watchdog) and hands over the listening sockets it was
+//! started with (socket activation), by name; the [`HealthEndpoint`] takes the one named
+//! `health`.
+//!
 //! **Tests.** The [`testing`] module's harness starts services for a test, waits until they
 //! are ready, fails the test if one turns unhealthy, and closes them at the end.
 //!
@@ -110,6 +115,7 @@ mod runner;
 mod service;
 mod state;
 mod stop;
+pub mod systemd;
 pub mod testing;
 mod thread;
 mod worker;

@@ -29,21 +29,60 @@ pub use self::tiny::TinyHttpRoutes;
 
 const NAME: &str = "health endpoint";
 
+/// The name of the socket the endpoint takes from systemd's socket activation, by default.
+const SOCKET_NAME: &str = "health";
+
 /// Options of a [`HealthEndpoint`], with documented defaults.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EndpointOptions {
     hide_reasons: bool,
     limits: Limits,
+    socket_name: Option<String>,
     #[cfg(feature = "metrics")]
     metrics: Option<Metrics>,
+}
+
+impl Default for EndpointOptions {
+    fn default() -> EndpointOptions {
+        EndpointOptions {
+            hide_reasons: false,
+            limits: Limits::default(),
+            socket_name: Some(SOCKET_NAME.to_owned()),
+            #[cfg(feature = "metrics")]
+            metrics: None,
+        }
+    }
 }
 
 impl EndpointOptions {
     /// The defaults: reasons shown, 256 connections (half of them for one peer at most), 8 KiB
     /// request heads, 5 s to send a head, 30 s idle keep-alive, 10 s to take a response, a
-    /// listen backlog of 1024, 2 event-loop threads.
+    /// listen backlog of 1024, 2 event-loop threads, and the socket named `health` when systemd
+    /// passed one (socket activation).
     pub fn new() -> EndpointOptions {
         EndpointOptions::default()
+    }
+
+    /// The socket to serve when the process was started by socket activation (default
+    /// `Some("health")`; `None` always binds the endpoint's address).
+    ///
+    /// The rule: if systemd passed the process a socket of that name (`LISTEN_FDNAMES`; a
+    /// `.socket` unit's `FileDescriptorName=`, `systemd-socket-activate --fdname`), the endpoint
+    /// serves it, and keeps the listen backlog systemd gave it (the unit's `Backlog=`, not
+    /// [`listen_backlog`](EndpointOptions::listen_backlog)); otherwise it binds its own
+    /// address, as without systemd. A socket is taken once per process: a second endpoint with
+    /// the same name binds its address. It is taken as
+    /// [`systemd::take_listener`](crate::systemd::take_listener) takes it, so
+    /// [`start`](Service::start) fails for a name no socket can have (empty, with `:`), for
+    /// several sockets of that name, and for a socket of that name that is not a listening TCP
+    /// socket; the error names its descriptor.
+    ///
+    /// On by default because it cannot change anything without systemd: only a process that
+    /// systemd started with a socket of that name is affected, and for that process it is what
+    /// the unit asks for.
+    pub fn socket_activation(mut self, name: Option<&str>) -> EndpointOptions {
+        self.socket_name = name.map(str::to_owned);
+        self
     }
 
     /// Leaves failure reasons out of every answer (default `false`): they can leak internals
@@ -89,7 +128,8 @@ impl EndpointOptions {
     /// endpoint asks for no more than that, and says so in its log (at info level) when it
     /// lowers the value. Connections that their client closed before they were accepted are
     /// dropped at once and never take a slot. On platforms other than Unix the backlog stays
-    /// 128.
+    /// 128. A socket taken from systemd ([`socket_activation`](EndpointOptions::socket_activation))
+    /// keeps the backlog systemd listens with.
     pub fn listen_backlog(mut self, n: usize) -> EndpointOptions {
         self.limits = self.limits.listen_backlog(n);
         self
@@ -176,6 +216,9 @@ impl EndpointOptions {
 /// [`EndpointOptions::max_connections`]), so that probes get through whatever other clients do. Bind it where probes can reach it and people cannot, or turn on
 /// [`EndpointOptions::hide_reasons`].
 ///
+/// Under systemd's socket activation it serves the socket named `health`, when the process
+/// was passed one, instead of binding its address ([`EndpointOptions::socket_activation`]).
+///
 /// With metrics, one more thread (`health metrics`) runs the scrapes, so that a scrape waiting
 /// for producers never holds up an event loop; closing refuses queued scrapes and waits for the
 /// one in progress, at most the producers' longest bound and a few seconds.
@@ -212,7 +255,9 @@ pub struct HealthEndpoint {
 
 impl HealthEndpoint {
     /// An endpoint that will listen on `addr` (port 0 lets the OS choose; read it back with
-    /// [`local_addr`](HealthEndpoint::local_addr)) and answer from `checker`.
+    /// [`local_addr`](HealthEndpoint::local_addr)) and answer from `checker`; or, when systemd
+    /// started the process with a socket named `health` (socket activation), on that socket
+    /// (see [`EndpointOptions::socket_activation`]).
     pub fn new(addr: SocketAddr, checker: Arc<HealthChecker>) -> HealthEndpoint {
         HealthEndpoint::with_options(addr, checker, EndpointOptions::new())
     }
@@ -288,7 +333,8 @@ impl Service for HealthEndpoint {
                         Route::Elsewhere => routes::not_found(ask.method).into(),
                     }
                 });
-                let server = Server::bind(
+                let server = Server::take_or_bind(
+                    self.options.socket_name.as_deref(),
                     self.addr,
                     self.options.limits.clone(),
                     handler,
@@ -365,4 +411,47 @@ fn scrape(scraper: &Arc<Scraper>, format: Format) -> Reply {
             (refused.reply)(Outcome::Busy);
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{EndpointOptions, HealthEndpoint};
+    use crate::checker::HealthChecker;
+    use crate::service::Service;
+    use crate::stop::StartContext;
+
+    fn endpoint(options: EndpointOptions) -> HealthEndpoint {
+        let checker = Arc::new(HealthChecker::new("1", "t"));
+        HealthEndpoint::with_options("127.0.0.1:0".parse().unwrap(), checker, options)
+    }
+
+    #[test]
+    fn not_activated_it_binds_its_address_with_or_without_a_socket_name() {
+        for name in [Some("health"), None] {
+            let e = endpoint(EndpointOptions::new().socket_activation(name));
+            e.start(&StartContext::background()).unwrap();
+            assert_ne!(e.local_addr().unwrap().port(), 0);
+            e.close().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_socket_name_no_socket_can_have_fails_the_start_and_says_why() {
+        for (name, says) in [
+            ("", "is empty"),
+            ("a:b", "contains `:`"),
+            ("a\0", "printable"),
+        ] {
+            let e = endpoint(EndpointOptions::new().socket_activation(Some(name)));
+            let error = e
+                .start(&StartContext::background())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(says), "{name:?}: {error}");
+            assert!(error.contains("socket activation"), "{name:?}: {error}");
+            assert!(e.local_addr().is_none());
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! The listening socket: bound to the first address that binds, with the listen backlog of
+//! The listening socket: the one socket activation passed under the endpoint's name, or else
+//! bound to the first address that binds, with the listen backlog of
 //! [`Limits::listen_backlog`](super::Limits::listen_backlog).
 
 use std::io;
@@ -16,6 +17,23 @@ pub(super) fn bind(addr: impl ToSocketAddrs, backlog: usize) -> io::Result<TcpLi
     let listener = bind_first(addr)?;
     set_backlog(&listener, backlog)?;
     Ok(listener)
+}
+
+/// The listening socket named `activated` that systemd passed to the process (socket
+/// activation), which keeps the listen backlog systemd gave it; else, when there is none by
+/// that name (or `activated` is `None`), one bound as [`bind`] binds.
+pub(super) fn take_or_bind(
+    activated: Option<&str>,
+    addr: impl ToSocketAddrs,
+    backlog: usize,
+) -> io::Result<TcpListener> {
+    if let Some(name) = activated {
+        if let Some(listener) = crate::systemd::take_listener(name)? {
+            listener.set_nonblocking(true)?;
+            return Ok(TcpListener::from_std(listener));
+        }
+    }
+    bind(addr, backlog)
 }
 
 fn bind_first(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {

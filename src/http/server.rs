@@ -67,7 +67,26 @@ impl Server {
     ///
     /// Invalid `limits` or `thread_name` (`InvalidInput`), and the errors of binding, creating
     /// the pollers or spawning the threads (any thread already spawned is then joined).
+    // The endpoint binds with `take_or_bind`; the tests with this.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn bind(
+        addr: impl ToSocketAddrs,
+        limits: Limits,
+        handler: Handler,
+        thread_name: &str,
+    ) -> io::Result<Server> {
+        Server::take_or_bind(None, addr, limits, handler, thread_name)
+    }
+
+    /// Like [`bind`](Server::bind), serving the listening socket named `activated` that systemd
+    /// passed to the process instead, if there is one by that name (it keeps its backlog).
+    ///
+    /// # Errors
+    ///
+    /// Those of [`bind`](Server::bind), and a socket of that name that is not a listening TCP
+    /// socket.
+    pub(crate) fn take_or_bind(
+        activated: Option<&str>,
         addr: impl ToSocketAddrs,
         limits: Limits,
         handler: Handler,
@@ -81,7 +100,7 @@ impl Server {
             ));
         }
         let n = limits.event_loops;
-        let listener = listener::bind(addr, limits.listen_backlog)?;
+        let listener = listener::take_or_bind(activated, addr, limits.listen_backlog)?;
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),

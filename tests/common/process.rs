@@ -186,6 +186,41 @@ impl Proc {
         }
     }
 
+    /// Waits for a log line containing any of `needles`, as [`wait_for`](Proc::wait_for) waits
+    /// for one; returns it. Fails the test at the watchdog or if the child's output ends first.
+    #[track_caller]
+    pub fn wait_for_any(&mut self, needles: &[&str]) -> String {
+        let matches = |line: &str| needles.iter().any(|n| line.contains(n));
+        let found = (self.log.iter().enumerate())
+            .find(|(i, line)| !self.returned.contains(i) && matches(line))
+            .map(|(i, line)| (i, line.clone()));
+        if let Some((i, line)) = found {
+            self.returned.push(i);
+            return line;
+        }
+        let deadline = Instant::now() + WATCHDOG;
+        loop {
+            match self.lines.recv_deadline(deadline) {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if matches(&line) {
+                        self.returned.push(self.log.len() - 1);
+                        return line;
+                    }
+                }
+                Err(e) => {
+                    if e == RecvTimeoutError::Timeout {
+                        self.kill();
+                    }
+                    panic!(
+                        "{e}: no line with any of {needles:?}; log:\n{}",
+                        self.log.join("\n")
+                    )
+                }
+            }
+        }
+    }
+
     /// Waits for the child to exit (killing it and failing at the watchdog); returns its status
     /// and its whole log.
     ///

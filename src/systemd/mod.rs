@@ -1,0 +1,41 @@
+//! A model citizen of systemd: tell it how the program is doing (`sd_notify`), and take the
+//! listening sockets it opened for the program (socket activation).
+//!
+//! Both read the environment once, the first time they are used, and never change it
+//! (`remove_var` is unsound while other threads run); not under systemd, or on a platform other
+//! than Unix, they do nothing, so a program calls them unconditionally.
+//!
+//! - [`Notifier`] sends `READY=1`, `STOPPING=1`, `STATUS=`, `EXTEND_TIMEOUT_USEC=`,
+//!   `WATCHDOG=1` and `MAINPID=` to `NOTIFY_SOCKET` (a path or an abstract `@name`), without
+//!   ever blocking: what the socket cannot take at once is dropped and counted.
+//! - [`listener`] takes the socket systemd passed under a name (`LISTEN_FDNAMES`), validated
+//!   as a listening TCP socket, or binds the configured address when there is none;
+//!   [`take_listener`] only takes. The [`HealthEndpoint`](crate::HealthEndpoint) takes the
+//!   socket named `health` (see
+//!   [`EndpointOptions::socket_activation`](crate::health::EndpointOptions::socket_activation)).
+//!
+//! With a unit like this one, systemd holds the port while the program restarts, and knows
+//! when it is ready:
+//!
+//! ```text
+//! # demo.socket                          # demo.service
+//! [Socket]                               [Service]
+//! ListenStream=127.0.0.1:8001            Type=notify
+//! FileDescriptorName=health              ExecStart=/usr/bin/demo
+//! Service=demo.service                   Sockets=demo.socket
+//! ```
+//!
+//! `systemd-socket-activate -l 127.0.0.1:8001 -l 127.0.0.1:8080 --fdname=health:api demo` does
+//! the same by hand (names in the order of the `-l` flags), for a try.
+//!
+//! Both are written here on the standard library (and `libc` for the socket checks), not
+//! with the `sd-notify` crate: its `notify` reads the environment at every call, offers to
+//! unset it with `remove_var`, and sends on a new blocking socket each time (a full queue
+//! blocks the caller); the 0.4 source connects to `NOTIFY_SOCKET` as a path, so an abstract
+//! `@name` does not resolve, and its watchdog check requires `WATCHDOG_PID`.
+
+mod listen;
+mod notify;
+
+pub use self::listen::{listener, take_listener};
+pub use self::notify::Notifier;
