@@ -119,6 +119,7 @@ impl<T> Thread<T> {
 
     /// The channel the value arrives on, for `select!`; it disconnects when the thread ends.
     /// Once a value has been received from it, [`join`](Thread::join) the thread.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) fn receiver(&self) -> &Receiver<T> {
         &self.result
     }
