@@ -106,9 +106,22 @@ impl Fixture {
 /// `body` without the lines of the endpoint's connection counters, which `/metrics` reads live
 /// from the endpoint: its own port counts the scrape's connection as open, the program's does
 /// not.
+/// A scrape without the samples that change between two scrapes for reasons of their own: the
+/// endpoint's connection counters, and the process's resources (descriptors, threads, memory,
+/// CPU time), which the two ports' own connections and threads move. Their descriptors (`#`
+/// lines) are kept, and so is `process_start_time_seconds`.
 fn without_endpoint_counters(body: &str) -> String {
+    const MOVING: [&str; 6] = [
+        "process_cpu_seconds_total ",
+        "process_open_fds ",
+        "process_max_fds ",
+        "process_virtual_memory_bytes ",
+        "process_resident_memory_bytes ",
+        "process_threads ",
+    ];
     body.lines()
         .filter(|l| !l.contains("lifecycle_health_endpoint_"))
+        .filter(|l| !MOVING.iter().any(|m| l.starts_with(m)))
         .collect::<Vec<_>>()
         .join("\n")
 }
