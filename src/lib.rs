@@ -115,6 +115,9 @@ mod runner;
 mod service;
 mod state;
 mod stop;
+// Not yet called by the runner (its integration is the next step).
+#[allow(dead_code)]
+mod supervise;
 pub mod systemd;
 pub mod testing;
 mod thread;
