@@ -85,6 +85,21 @@ impl NotifySocket {
         }
     }
 
+    /// The next datagram, waited for under the [`WATCHDOG`](super::WATCHDOG).
+    #[track_caller]
+    pub fn next(&self) -> String {
+        let watchdog = super::WATCHDOG;
+        (self.next_within(watchdog))
+            .unwrap_or_else(|| panic!("no datagram within the watchdog {watchdog:?}"))
+    }
+
+    /// Checks that no datagram is waiting.
+    #[track_caller]
+    pub fn assert_empty(&self) {
+        let more = self.pending();
+        assert!(more.is_empty(), "datagrams more: {more:?}");
+    }
+
     /// Every datagram already waiting, without waiting.
     pub fn pending(&self) -> Vec<String> {
         let mut out = Vec::new();
