@@ -30,9 +30,11 @@
 //! routes), `demo_worker_jobs_total` and `demo_worker_job_failures_total` (the worker), and
 //! `pool_idle_connections` / `pool_size` (a producer, read at every scrape).
 //!
-//! The flags (also in the README, and printed by `--help`) choose the addresses and the
-//! timeouts, and inject faults, to see what the runner does: `--fail NAME`, `--slow-start NAME`
-//! and `--hang-close NAME`, for NAME `pool`, `worker` or `api`.
+//! The flags (also in the README, and printed by `--help`; parsed in `demo/cli.rs`) choose the
+//! addresses and the timeouts, and inject faults, to see what the runner does: `--fail NAME`,
+//! `--slow-start NAME` and `--hang-close NAME`, for NAME `pool`, `worker` or `api`.
+//! `--print-config` prints the settings the flags give, which the deployment files in `deploy/`
+//! are checked against (`tests/deploy_files.rs`).
 //!
 //! Exit codes: 0 after a graceful shutdown, 1 if anything failed, 130 on a second signal during
 //! the shutdown, 2 for a usage error.
@@ -47,7 +49,7 @@
 //! exits with code 1, for its supervisor to restart it. Alive but never ready again, it would
 //! never be restarted; and tiny_http cannot restart its accept loop.
 
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -64,11 +66,20 @@ use lifecycle::{
 };
 use parking_lot::Mutex;
 
+#[path = "demo/cli.rs"]
+mod cli;
+use cli::{parse_args, Args, Command, Fault, HELP, USAGE};
+
 // The services' names, in start order: what `--fail` and the other fault flags accept.
 const POOL: &str = "pool";
 const WORKER: &str = "worker";
 const API: &str = "api";
 const SERVICES: [&str; 3] = [POOL, WORKER, API];
+
+/// How often the health checker polls each service, and how long one poll may take (the
+/// library's defaults, set here so that `--print-config` says them).
+const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The API's requests to its own routes, by path and status.
 type Requests = Family<Vec<(&'static str, String)>, Counter>;
@@ -369,13 +380,6 @@ struct Faulty {
     fault: Fault,
 }
 
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Fault {
-    FailStart,
-    SlowStart,
-    HangClose,
-}
-
 impl HealthReporter for Faulty {
     fn name(&self) -> &str {
         self.inner.name()
@@ -413,128 +417,15 @@ impl Service for Faulty {
     }
 }
 
-const USAGE: &str =
-    "usage: demo [--health-addr ADDR] [--api-addr ADDR] [--termination-delay SECS] \
-                     [--shutdown-timeout SECS] [--close-timeout SECS] [--fail NAME] \
-                     [--slow-start NAME] [--hang-close NAME] [--help]";
-
-/// What `--help` prints after [`USAGE`]; README's table of flags says the same.
-const HELP: &str = "\
-Runs a connection pool, a worker and an HTTP API, in that order, until SIGINT or SIGTERM;
-then closes them in reverse. A second signal during the shutdown exits at once (code 130).
-
-  --health-addr ADDR        where probes get /livez, /readyz, /healthz, /metrics [default: 127.0.0.1:8001]
-  --api-addr ADDR           where the API listens (GET /jobs, and the health routes) [default: 127.0.0.1:8080]
-  --termination-delay SECS  how long to keep serving, not ready, after SIGTERM [default: 0]
-  --shutdown-timeout SECS   the bound on the whole shutdown [default: 25]
-  --close-timeout SECS      the bound on each service's close [default: 10]
-  --fail NAME               NAME's start fails: rollback, exit code 1
-  --slow-start NAME         NAME's start waits until it is cancelled (send SIGTERM meanwhile)
-  --hang-close NAME         NAME's close never returns: abandoned at its close timeout
-  -h, --help                prints this
-
-ADDR is HOST:PORT; a host name (localhost:8001) is resolved, its first address used.
-SECS is a number of seconds, fractions allowed (0.5). NAME is pool, worker or api.
-Exit codes: 0 after a graceful shutdown, 1 if anything failed, 130 on a second signal,
-2 for a usage error. RUST_LOG sets the log filter (default info).
-";
-
-struct Args {
-    health_addr: SocketAddr,
-    api_addr: SocketAddr,
-    termination_delay: Duration,
-    shutdown_timeout: Duration,
-    close_timeout: Duration,
-    faults: Vec<(String, Fault)>,
-}
-
-/// What the command line asks for.
-enum Command {
-    Run(Args),
-    Help,
-}
-
-/// Parses the flags (`--flag VALUE` or `--flag=VALUE`).
-///
-/// # Errors
-///
-/// A message naming the flag and the value at fault.
-fn parse_args(mut it: impl Iterator<Item = String>) -> std::result::Result<Command, String> {
-    let mut args = Args {
-        health_addr: resolve("--health-addr", "127.0.0.1:8001")?,
-        api_addr: resolve("--api-addr", "127.0.0.1:8080")?,
-        termination_delay: Duration::ZERO,
-        // The runner's defaults.
-        shutdown_timeout: Duration::from_secs(25),
-        close_timeout: Duration::from_secs(10),
-        faults: Vec::new(),
-    };
-    while let Some(arg) = it.next() {
-        let (flag, mut inline) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => (flag.to_owned(), Some(value.into())),
-            _ => (arg, None),
-        };
-        let mut value = || -> std::result::Result<String, String> {
-            inline
-                .take()
-                .or_else(|| it.next())
-                .ok_or(format!("{flag} needs a value"))
-        };
-        match flag.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "--health-addr" => args.health_addr = resolve(&flag, &value()?)?,
-            "--api-addr" => args.api_addr = resolve(&flag, &value()?)?,
-            "--termination-delay" => args.termination_delay = secs(&flag, &value()?)?,
-            "--shutdown-timeout" => args.shutdown_timeout = secs(&flag, &value()?)?,
-            "--close-timeout" => args.close_timeout = secs(&flag, &value()?)?,
-            "--fail" => args
-                .faults
-                .push((service(&flag, value()?)?, Fault::FailStart)),
-            "--slow-start" => args
-                .faults
-                .push((service(&flag, value()?)?, Fault::SlowStart)),
-            "--hang-close" => args
-                .faults
-                .push((service(&flag, value()?)?, Fault::HangClose)),
-            _ => return Err(format!("unknown argument {flag:?}")),
-        }
-    }
-    Ok(Command::Run(args))
-}
-
-/// `HOST:PORT`, resolved; the first address.
-fn resolve(flag: &str, v: &str) -> std::result::Result<SocketAddr, String> {
-    v.to_socket_addrs()
-        .map_err(|e| format!("{flag} {v:?}: {e}"))?
-        .next()
-        .ok_or(format!("{flag} {v:?}: resolves to no address"))
-}
-
-/// A number of seconds that a [`Duration`] can hold.
-fn secs(flag: &str, v: &str) -> std::result::Result<Duration, String> {
-    let n: f64 = v
-        .trim()
-        .parse()
-        .map_err(|_| format!("{flag} {v:?}: not a number of seconds"))?;
-    Duration::try_from_secs_f64(n).map_err(|e| format!("{flag} {v:?}: {e}"))
-}
-
-/// One of the services' names.
-fn service(flag: &str, name: String) -> std::result::Result<String, String> {
-    match SERVICES.contains(&name.as_str()) {
-        true => Ok(name),
-        false => Err(format!(
-            "{flag} {name:?}: no such service (the services are {})",
-            SERVICES.join(", ")
-        )),
-    }
-}
-
 fn main() -> ExitCode {
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(Command::Run(args)) => args,
         Ok(Command::Help) => {
             print!("{USAGE}\n\n{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::PrintConfig(args)) => {
+            print!("{}", args.config());
             return ExitCode::SUCCESS;
         }
         Err(e) => {
@@ -571,10 +462,15 @@ fn run(args: Args) -> Result<ExitCode> {
     })?;
 
     // One checker and one set of metrics, served by the runner's endpoint and on the API's port.
-    let checker = Arc::new(HealthChecker::new(
-        env!("CARGO_PKG_VERSION"),
-        option_env!("GIT_SHA").unwrap_or("dev"),
-    ));
+    let checker = Arc::new(
+        HealthChecker::builder(
+            env!("CARGO_PKG_VERSION"),
+            option_env!("GIT_SHA").unwrap_or("dev"),
+        )
+        .interval(CHECK_INTERVAL)
+        .timeout(CHECK_TIMEOUT)
+        .build(),
+    );
     let routes = TinyHttpRoutes::new(checker.clone()).metrics(metrics.clone());
 
     let jobs: Counter = Counter::default();
@@ -588,7 +484,8 @@ fn run(args: Args) -> Result<ExitCode> {
         .metrics(metrics)
         .termination_delay(args.termination_delay)
         .shutdown_timeout(args.shutdown_timeout)
-        .close_timeout(args.close_timeout);
+        .close_timeout(args.close_timeout)
+        .start_timeout(args.start_timeout);
     for (name, mut service) in SERVICES.into_iter().zip(services) {
         for &(_, fault) in args.faults.iter().filter(|(n, _)| n == name) {
             service = Arc::new(Faulty {

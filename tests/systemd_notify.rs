@@ -1,5 +1,5 @@
 //! The notifier as systemd sees it: a real `AF_UNIX` datagram socket, bound here at a path or
-//! an abstract name, as `NOTIFY_SOCKET` of a child process (this test binary again, running
+//! an abstract name (`common/notify.rs`), as `NOTIFY_SOCKET` of a child process (this test binary again, running
 //! only [`child`]), whose datagrams are received and checked exactly.
 //!
 //! A child process, because the notifier reads its environment once per process: each case
@@ -9,12 +9,11 @@
 
 mod common;
 
-use std::io::ErrorKind;
-use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::notify::NotifySocket as Receiver;
 use common::process::Proc;
 use common::WATCHDOG;
 use lifecycle::systemd::Notifier;
@@ -95,83 +94,6 @@ impl log::Log for Lines {
     }
 
     fn flush(&self) {}
-}
-
-/// A socket for `NOTIFY_SOCKET`: its value, and the socket that receives.
-struct Receiver {
-    value: String,
-    socket: UnixDatagram,
-    _dir: Option<TempDir>,
-}
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A unique name for this test's sockets.
-fn unique(what: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    format!("lifecycle-notify-{}-{what}-{n}", std::process::id())
-}
-
-impl Receiver {
-    /// A socket bound at a path in a directory of its own.
-    fn at_path() -> Receiver {
-        let dir = std::env::temp_dir().join(unique("dir"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("notify.sock");
-        let socket = UnixDatagram::bind(&path).unwrap();
-        Receiver::new(
-            path.to_str().unwrap().to_owned(),
-            socket,
-            Some(TempDir(dir)),
-        )
-    }
-
-    /// A socket bound at a name in Linux's abstract namespace, given as `@name`.
-    fn abstract_name() -> Receiver {
-        use std::os::linux::net::SocketAddrExt;
-        let name = unique("abstract");
-        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
-        let socket = UnixDatagram::bind_addr(&addr).unwrap();
-        Receiver::new(format!("@{name}"), socket, None)
-    }
-
-    fn new(value: String, socket: UnixDatagram, dir: Option<TempDir>) -> Receiver {
-        socket.set_read_timeout(Some(WATCHDOG)).unwrap();
-        Receiver {
-            value,
-            socket,
-            _dir: dir,
-        }
-    }
-
-    /// The next datagram, waited for under the watchdog.
-    #[track_caller]
-    fn next(&self) -> String {
-        let mut buf = vec![0u8; 8192];
-        let n = (self.socket.recv(&mut buf))
-            .unwrap_or_else(|e| panic!("no datagram within the watchdog {WATCHDOG:?}: {e}"));
-        String::from_utf8(buf[..n].to_vec()).expect("UTF-8")
-    }
-
-    /// Checks that no datagram is waiting.
-    #[track_caller]
-    fn assert_empty(&self) {
-        self.socket.set_nonblocking(true).unwrap();
-        let mut buf = [0u8; 64];
-        match self.socket.recv(&mut buf) {
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-            other => panic!("one datagram more: {other:?} {:?}", &buf[..]),
-        }
-    }
 }
 
 /// This test binary, run as [`child`] with `role`, `env` set and `NOTIFY_SOCKET`,

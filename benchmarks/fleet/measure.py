@@ -9,14 +9,33 @@ order rotated every round, after WARMUP uncounted rounds), each run:
   t2  just before SIGTERM is sent (right after t1)
   t3  os.waitpid has reaped it, exit code 0       -> SIGTERM to exit = t3 - t2
 
-and prints, per N, each variant's medians and its ratio to the parallel raw threads' (the
-ceiling), as the ratio of the medians and as the median of the per-round ratios.
+and prints, per N, each variant's medians and its ratio to the ceiling's, as the ratio of the
+medians and as the median of the per-round ratios.
 
-Build the two binaries first (BENCHMARKS.md, "Whole process: N services"):
+The variants, N independent services (the default; the ceiling is raw parallel):
+
+  lifecycle                fleet --services N
+  raw parallel             raw_threads --services N
+  raw sequential           raw_threads --services N --mode sequential
+  raw seq + helper         raw_threads --services N --mode helper
+  tokio-graceful-shutdown  tgs_fleet --services N
+
+With --chain, N services in one chain, each needing the one before it: started one after
+another, closed in reverse (the ceiling is raw sequential, which does exactly that by hand);
+each median is also given per service (median / N):
+
+  lifecycle                fleet --services N --chain
+  raw sequential           raw_threads --services N --mode sequential
+  tokio-graceful-shutdown  tgs_fleet --services N --chain   (nested subsystems)
+
+Build the three binaries first (BENCHMARKS.md, "Whole process: N services"):
 
   cargo build --release -p lifecycle --example fleet
   cargo build --release -p lifecycle-benchmarks --bin raw_threads
-  python3 benchmarks/fleet/measure.py [--runs 20] [--warmup 2] [--n 10,100,1000]
+  cargo build --release -p lifecycle-benchmarks --example tgs_fleet
+  python3 benchmarks/fleet/measure.py [--chain] [--runs 20] [--warmup 2] [--n 10,100,1000]
+
+A variant whose binary is missing is skipped, with the command that builds it.
 """
 
 import argparse
@@ -36,15 +55,46 @@ def target_dir():
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "target")
 
 
-def variants(release):
+BUILD = {
+    "fleet": "cargo build --release -p lifecycle --example fleet",
+    "raw_threads": "cargo build --release -p lifecycle-benchmarks --bin raw_threads",
+    "tgs_fleet": "cargo build --release -p lifecycle-benchmarks --example tgs_fleet",
+}
+
+
+def variants(release, chain):
+    """The variants as (name, binary, argv of N), and the name of the ceiling among them."""
     fleet = os.path.join(release, "examples", "fleet")
     raw = os.path.join(release, "raw_threads")
+    tgs = os.path.join(release, "examples", "tgs_fleet")
+    if chain:
+        return [
+            ("lifecycle", fleet, lambda n: [fleet, "--services", str(n), "--chain"]),
+            ("raw sequential", raw,
+             lambda n: [raw, "--services", str(n), "--mode", "sequential"]),
+            ("tokio-graceful-shutdown", tgs, lambda n: [tgs, "--services", str(n), "--chain"]),
+        ], "raw sequential"
     return [
-        ("lifecycle", lambda n: [fleet, "--services", str(n)]),
-        ("raw parallel", lambda n: [raw, "--services", str(n)]),
-        ("raw sequential", lambda n: [raw, "--services", str(n), "--mode", "sequential"]),
-        ("raw seq + helper", lambda n: [raw, "--services", str(n), "--mode", "helper"]),
-    ]
+        ("lifecycle", fleet, lambda n: [fleet, "--services", str(n)]),
+        ("raw parallel", raw, lambda n: [raw, "--services", str(n)]),
+        ("raw sequential", raw, lambda n: [raw, "--services", str(n), "--mode", "sequential"]),
+        ("raw seq + helper", raw, lambda n: [raw, "--services", str(n), "--mode", "helper"]),
+        ("tokio-graceful-shutdown", tgs, lambda n: [tgs, "--services", str(n)]),
+    ], "raw parallel"
+
+
+def available(kinds, base):
+    """The variants whose binary exists; says which command builds each missing one."""
+    present = []
+    for name, binary, argv in kinds:
+        if os.path.isfile(binary) and os.access(binary, os.X_OK):
+            present.append((name, argv))
+            continue
+        build = BUILD[os.path.basename(binary)]
+        if name == base:
+            raise SystemExit(f"{binary} is missing (the ceiling, {name}): build it with `{build}`")
+        print(f"# skipping {name}: {binary} is missing; build it with `{build}`", flush=True)
+    return present
 
 
 def one_run(argv):
@@ -76,19 +126,29 @@ def ms(seconds):
     return f"{seconds * 1e3:.2f} ms"
 
 
+def us(seconds):
+    return f"{seconds * 1e6:.1f} µs"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--n", default="10,100,1000")
+    parser.add_argument("--chain", action="store_true",
+                        help="the services as one chain (started one after another, closed in "
+                             "reverse); the ceiling is then raw sequential")
     args = parser.parse_args()
-    kinds = variants(os.path.join(target_dir(), "release"))
-    print(f"# {args.runs} runs of each variant per N, after {args.warmup} warm-up rounds; "
-          f"load average {os.getloadavg()[0]:.2f}")
-    print("| N | variant | start to ready (median) | ratio to raw parallel: of medians, "
-          "median of rounds | SIGTERM to exit (median) | ratio to raw parallel: of medians, "
-          "median of rounds |")
-    print("|---:|---|---:|---:|---:|---:|")
+    kinds, base = variants(os.path.join(target_dir(), "release"), args.chain)
+    kinds = available(kinds, base)
+    shape = "one chain of N services" if args.chain else "N independent services"
+    print(f"# {shape}; {args.runs} runs of each variant per N, after {args.warmup} warm-up "
+          f"rounds; load average {os.getloadavg()[0]:.2f}")
+    ratio = f"ratio to {base}: of medians, median of rounds"
+    per_service = " per service (median / N) |" if args.chain else ""
+    print(f"| N | variant | start to ready (median) |{per_service} {ratio} "
+          f"| SIGTERM to exit (median) |{per_service} {ratio} |")
+    print("|---:|---|" + ("---:|---:|---:|" if args.chain else "---:|---:|") * 2)
     for n in (int(x) for x in args.n.split(",")):
         samples = {name: [] for name, _ in kinds}
         for round_ in range(args.warmup + args.runs):
@@ -97,15 +157,19 @@ def main():
                 sample = one_run(argv(n))
                 if round_ >= args.warmup:
                     samples[name].append(sample)
-        base = samples["raw parallel"]
+        theirs_all = samples[base]
         for name, _ in kinds:
             cells = [str(n), name]
             for phase in (0, 1):
                 mine = [s[phase] for s in samples[name]]
-                theirs = [s[phase] for s in base]
-                of_medians = statistics.median(mine) / statistics.median(theirs)
+                theirs = [s[phase] for s in theirs_all]
+                median = statistics.median(mine)
+                of_medians = median / statistics.median(theirs)
                 of_rounds = statistics.median(a / b for a, b in zip(mine, theirs))
-                cells += [ms(statistics.median(mine)), f"{of_medians:.2f}, {of_rounds:.2f}"]
+                cells.append(ms(median))
+                if args.chain:
+                    cells.append(us(median / n))
+                cells.append(f"{of_medians:.2f}, {of_rounds:.2f}")
             print("| " + " | ".join(cells) + " |", flush=True)
     print(f"# load average after: {os.getloadavg()[0]:.2f}")
 

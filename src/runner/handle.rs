@@ -74,7 +74,8 @@ impl RunHandle {
     ///
     /// With health on, the run phase begins once the checker has polled every check with every
     /// service started (waiting at most 2 s for a check that is slow to answer), so when this
-    /// returns `true` the endpoint's `/readyz` passes.
+    /// returns `true` the endpoint's `/readyz` passes. Under systemd, `READY=1` has been sent
+    /// by then (see [systemd](Runner#systemd)).
     pub fn wait_running(&self, timeout: Duration) -> bool {
         select! {
             recv(self.running.receiver()) -> _ => {}

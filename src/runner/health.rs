@@ -19,7 +19,7 @@ use super::Runner;
 
 /// How long the start of the run phase waits for every check's first poll with every service
 /// started (twice the checker's default poll timeout).
-const RUN_PHASE_POLL: Duration = Duration::from_secs(2);
+pub(super) const RUN_PHASE_POLL: Duration = Duration::from_secs(2);
 
 /// The name of the check that says whether the runner is in its run phase.
 pub(crate) const RUNNER_CHECK: &str = "runner";
@@ -194,6 +194,11 @@ impl RunnerHealth {
             self.started.push(endpoint.clone());
         }
         Ok(())
+    }
+
+    /// The run's health checker.
+    pub(super) fn checker(&self) -> Arc<HealthChecker> {
+        self.checker.clone()
     }
 
     /// Where the endpoint listens, once started.

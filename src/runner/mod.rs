@@ -15,16 +15,21 @@
 //!   by their checks and the metrics.
 //! - `report.rs`: [`RunReport`].
 //! - `signals.rs`: the process-wide signal handler, routed to the runner that runs now.
+//! - `notify.rs`: what the run tells systemd (its phase, `READY=1`, `STOPPING=1`, extended
+//!   timeouts); `watchdog.rs`: the thread that sends `WATCHDOG=1` while liveness passes (see
+//!   [systemd](Runner#systemd)).
 
 mod budget;
 mod graph;
 mod handle;
 mod health;
+mod notify;
 mod report;
 mod run;
 #[cfg(unix)]
 mod signals;
 pub(crate) mod table;
+mod watchdog;
 
 /// Without Unix signals: a runner that handles signals is refused, with an error that says
 /// what to do instead.
@@ -271,6 +276,45 @@ type CleanupFn = Box<dyn FnOnce() -> Result<()> + Send + 'static>;
 /// would do without a handler. One runner handles signals at a time. The second-signal exit
 /// never waits on a lock or the log sink: its log line is given 100 ms, then the process ends
 /// with `_exit`.
+///
+/// # systemd
+///
+/// Under systemd (`NOTIFY_SOCKET` set, as for a unit of `Type=notify`), the runner tells it how
+/// the run goes through the process's [`Notifier`](crate::systemd::Notifier), whose sends never
+/// wait (what the socket cannot take at once is dropped and counted). Not under systemd it
+/// sends nothing, starts no thread, and its waits wake no more often than they would.
+///
+/// | when | what is sent |
+/// | --- | --- |
+/// | the starts in progress change | `STATUS=starting db, cache (1/5 ready)`: the starts in progress (three names at most, then `and 2 more`), and how many of the services are ready |
+/// | every service is ready | with health, `STATUS=starting: polling health (5/5 ready)` while the checker polls them once; then `READY=1` and `STATUS=running`, in one datagram, just before [`RunHandle::wait_running`] returns |
+/// | the shutdown begins | `STOPPING=1` and `STATUS=shutting down (signal)` (the [`ShutdownCause`]), in one datagram; when a start fails or a shutdown is asked for while starts are in progress, `STOPPING=1` comes as they are cancelled: `STATUS=cancelling db (1/5 ready): signal` |
+/// | the termination delay | `STATUS=draining 5s` |
+/// | the closes in progress change | `STATUS=closing api (0/5 done)`, as for the starts; then `STATUS=cleanup NAME` for each cleanup, `STATUS=closing health endpoint`, `STATUS=closing health checker` |
+/// | the run ends | `STATUS=shut down cleanly`, or `STATUS=shut down with 2 error(s)` |
+///
+/// **Timeouts.** While starts or closes are in progress (and during the drain and the wait for
+/// health's first poll), the runner sends `EXTEND_TIMEOUT_USEC=` for the time until the latest
+/// of their bounds (a start's: its start timeout and the 1 s [grace](#hung-starts); a close's:
+/// its bound in the [shutdown's budget](#how-the-shutdown-timeout-is-shared)), and 1 s more for
+/// the hand-over to the next step. So systemd's `TimeoutStartSec` and `TimeoutStopSec` never
+/// cut short what the runner still allows, and never allow much more. systemd moves its
+/// deadline to that time after it receives the message (never earlier than it was), so the
+/// runner thread, under systemd only, wakes at least once a second during its start and its
+/// shutdown to send it again: once a second, or at once when a later bound needs more than the
+/// last extension gives before the next. Nothing is extended in the run phase.
+///
+/// **Watchdog.** When systemd sets `WATCHDOG_USEC` for the process (`WatchdogSec=`), a thread of
+/// the run's, `sd watchdog`, sends `WATCHDOG=1` at once and then every half of it, from the
+/// run's beginning to its end, through the start and the shutdown alike, as long as liveness
+/// passes as `/livez` judges it: the health checker is polling (started). It never depends on a
+/// check, ready or healthy: a database outage must not become a restart loop. Before the runner
+/// has started its checker, once it begins closing it (the shutdown's last steps), and in a run
+/// without health, liveness is the run's own: the pings go on while it runs. When liveness
+/// fails (the checker closed or failed under the runner), the pings stop, with a warning, and
+/// systemd restarts the unit after `WatchdogSec` (with `Restart=on-failure`); they resume if it
+/// passes again. The thread waits on nothing but its interval and its stop, and the end of the
+/// run joins it.
 ///
 /// # Logging
 ///

@@ -21,10 +21,12 @@ use crate::state::State;
 use crate::thread::Abandoned;
 
 use super::graph::{critical_path, Graph};
-use super::health::{RunnerHealth, RUNNER_CHECK};
+use super::health::{RunnerHealth, RUNNER_CHECK, RUN_PHASE_POLL};
+use super::notify::Notes;
 use super::report::PathStep;
 use super::signals::{signal_name, SignalRoute};
 use super::table::ServiceTable;
+use super::watchdog::Watchdog;
 use super::{Request, RunReport, Runner, ServiceReport, ShutdownCause};
 
 /// The state of one call to [`Runner::run`].
@@ -56,6 +58,10 @@ pub(super) struct Run {
     deadline: Option<Instant>,
     /// Each service's state and durations, for the services' checks and the metrics.
     table: Arc<ServiceTable>,
+    /// What the run tells systemd (nothing, when not under it).
+    notes: Notes,
+    /// The systemd watchdog's thread, while the run has one.
+    watchdog: Option<Watchdog>,
 }
 
 /// The names a runner refuses before anything starts: an invalid name, two services of one
@@ -193,6 +199,8 @@ impl Run {
             shutdown_errors: Vec::new(),
             deadline: None,
             table,
+            notes: Notes::new(),
+            watchdog: None,
         }
     }
 
@@ -227,9 +235,13 @@ impl Run {
             self.start_errors.push(e);
             return self.finish(ShutdownCause::StartFailed, [Duration::ZERO; 3]);
         }
+        self.watchdog = Watchdog::start(self.health.as_ref().map(RunnerHealth::checker));
 
         let start_outcome = match self.start_health() {
             Ok(()) => {
+                if let Some(watchdog) = &self.watchdog {
+                    watchdog.judge_checker(true);
+                }
                 let outcome = self.start_all();
                 self.publish_skipped();
                 if outcome.is_none() {
@@ -255,8 +267,15 @@ impl Run {
                     self.started.len()
                 );
                 if let Some(h) = &self.health {
+                    // The wait for every check's poll is part of the start, for systemd too.
+                    let n = self.started.len();
+                    (self.notes).status(format!("starting: polling health ({n}/{n} ready)"));
+                    (self.notes).extend_until(crate::thread::later(Instant::now(), RUN_PHASE_POLL));
                     h.set_running(true);
                 }
+                // Before the handle says so: whoever sees the run phase begin knows systemd
+                // was told.
+                self.notes.ready();
                 self.runner.handle.running.stop();
                 (self.wait_for_end(), true)
             }

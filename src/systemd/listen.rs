@@ -109,6 +109,10 @@ fn activation() -> &'static Activation {
         if let Some(problem) = problem {
             crate::relay::warn!("socket activation: {problem}");
         }
+        // As sd_listen_fds(3) does: the passed descriptors, taken or not, are not inherited by
+        // the program's children.
+        #[cfg(unix)]
+        unix::close_on_exec_from_3(activation.passed);
         activation
     })
 }
@@ -229,7 +233,12 @@ impl Activation {
         if passed.taken.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return Ok(None);
         }
-        let listener = adopt(passed.fd, name)?;
+        let listener = adopt(passed.fd, name).inspect_err(|_| {
+            // Not taken: a second take gets the same error, not a fallback bind.
+            passed
+                .taken
+                .store(false, std::sync::atomic::Ordering::Release);
+        })?;
         if let Some(listener) = &listener {
             let addr = listener.local_addr()?;
             crate::relay::info!(
@@ -342,6 +351,28 @@ mod unix {
     }
 
     /// Marks `fd` close-on-exec.
+    /// Sets close-on-exec on the `passed` descriptors from 3, ignoring any not open; at most
+    /// as many as the process may have open (`RLIMIT_NOFILE`), whatever `LISTEN_FDS` said.
+    pub(super) fn close_on_exec_from_3(passed: u32) {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit(2) fills in `limit`, which it may write.
+        let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+            // `rlim_t` is `u64` here but not on every unix.
+            #[allow(clippy::useless_conversion)]
+            u64::try_from(limit.rlim_cur).unwrap_or(u64::MAX)
+        } else {
+            1024
+        };
+        let end = (3 + u64::from(passed)).min(max).min(c_int::MAX as u64);
+        for fd in 3..end {
+            // `end` is at most c_int::MAX.
+            let _ = close_on_exec(fd as c_int);
+        }
+    }
+
     pub(super) fn close_on_exec(fd: c_int) -> io::Result<()> {
         // SAFETY: fcntl(2) with F_GETFD and F_SETFD takes no pointers.
         unsafe {
@@ -442,6 +473,27 @@ mod tests {
         let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
         assert_ne!(flags & libc::FD_CLOEXEC, 0);
         assert!(a.take("health").unwrap().is_none(), "taken twice");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_socket_of_the_wrong_kind_is_refused_at_every_take() {
+        use std::os::fd::AsRawFd;
+
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let a = Activation {
+            passed: 1,
+            named: vec![super::Passed {
+                fd: udp.as_raw_fd(),
+                name: "health".to_owned(),
+                taken: Default::default(),
+            }],
+        };
+        for _ in 0..2 {
+            // Not "none left", which would make its caller bind the address instead.
+            let e = a.take("health").unwrap_err();
+            assert!(e.to_string().contains("a datagram socket"), "{e}");
+        }
     }
 
     #[cfg(unix)]

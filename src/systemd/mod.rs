@@ -14,6 +14,12 @@
 //!   socket named `health` (see
 //!   [`EndpointOptions::socket_activation`](crate::health::EndpointOptions::socket_activation)).
 //!
+//! A [`Runner`](crate::Runner) uses the notifier itself: it sends its phase as `STATUS=`,
+//! `READY=1` when the run phase begins, `STOPPING=1` when the shutdown does,
+//! `EXTEND_TIMEOUT_USEC=` while a start or a close is within its bound, and `WATCHDOG=1` while
+//! `/livez` passes (see [its systemd section](crate::Runner#systemd)); a program that runs one
+//! calls the notifier only for what it adds.
+//!
 //! With a unit like this one, systemd holds the port while the program restarts, and knows
 //! when it is ready:
 //!

@@ -168,6 +168,19 @@ impl Notifier {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Sends `line` (a `KEY=value` of the crate's own, such as `READY=1`) and `STATUS=status`
+    /// in one datagram, so that systemd takes both at once; `status` is made one line and cut
+    /// to fit, as [`status`](Notifier::status) does.
+    pub(crate) fn send_with_status(&self, line: &str, status: &str) -> bool {
+        let status = assignment("STATUS", status);
+        let fits = MAX_MESSAGE.saturating_sub(line.len() + 1);
+        let mut cut = status.len().min(fits);
+        while !status.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        self.send(&format!("{line}\n{}", &status[..cut]))
+    }
+
     /// Sends `message` (one or more `KEY=value` lines) in one datagram, never blocking.
     pub(crate) fn send(&self, message: &str) -> bool {
         let Some(socket) = &self.socket else {
@@ -410,6 +423,27 @@ mod tests {
         let long = assignment("STATUS", &"é".repeat(3000));
         assert!(long.len() <= MAX_MESSAGE && long.len() > MAX_MESSAGE - 2);
         assert!(long.ends_with('é'));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_line_and_a_status_go_in_one_datagram_that_fits() {
+        use std::os::unix::net::UnixDatagram;
+        let dir = std::env::temp_dir().join(format!("lifecycle-notify-two-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify.sock");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        let n = Notifier::from_vars(Some(path.as_os_str()), None, None, 1);
+        assert!(n.send_with_status("READY=1", "a\nb"));
+        assert!(n.send_with_status("STOPPING=1", &"é".repeat(3000)));
+        let mut buf = vec![0u8; 2 * MAX_MESSAGE];
+        let k = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..k], b"READY=1\nSTATUS=a b");
+        let k = rx.recv(&mut buf).unwrap();
+        assert!(k <= MAX_MESSAGE && k > MAX_MESSAGE - 2, "{k}");
+        let long = std::str::from_utf8(&buf[..k]).unwrap();
+        assert!(long.starts_with("STOPPING=1\nSTATUS=éé"), "{long}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[cfg(unix)]

@@ -8,12 +8,14 @@
 //! - [`fixture`]: a started checker and endpoint on 127.0.0.1:0.
 //! - [`prom`]: an exposition parsed by Python's `prometheus_client`.
 //! - [`process`]: an example run as a child process, under the watchdog.
+//! - `notify` (Linux): a real datagram socket for a child's `NOTIFY_SOCKET`.
 //! - [`recorder`]: services that record their lifecycle in order.
 #![allow(dead_code)]
 
 pub mod fake;
 pub mod fixture;
 pub mod http;
+pub mod notify;
 pub mod process;
 pub mod procfs;
 pub mod prom;

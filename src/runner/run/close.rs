@@ -16,6 +16,7 @@ use crate::service::close_guarded;
 use crate::state::State;
 
 use super::super::budget::Budget;
+use super::super::notify::doing;
 use super::Run;
 
 /// A close in progress.
@@ -91,6 +92,7 @@ impl Run {
         // For the critical path: when each close began and ended, and which close let it begin.
         let mut spans: Vec<Option<(Instant, Instant)>> = vec![None; n];
         let mut unblocked_by: Vec<Option<usize>> = vec![None; n];
+        let mut done = 0;
         loop {
             let mut ended = Vec::new();
             while let Some(index) = closable.pop_front() {
@@ -103,8 +105,10 @@ impl Run {
                 break;
             }
             if ended.is_empty() {
+                self.notify_closes(&running, done, order.len());
                 ended = self.wait_for_closes(&mut running);
             }
+            done += ended.len();
             for (index, span) in ended {
                 spans[index] = span;
                 for &j in self.graph.needs(index) {
@@ -119,6 +123,19 @@ impl Run {
             }
         }
         self.shutdown_path = self.critical_path("shutdown", &spans, &unblocked_by);
+    }
+
+    /// Tells systemd which closes are in progress (`closing api, cache (1/5 done)`), and
+    /// extends its stop timeout to the latest of their bounds.
+    fn notify_closes(&mut self, running: &InProgress, done: usize, of: usize) {
+        if !self.notes.is_enabled() {
+            return;
+        }
+        let names = (running.closing.iter().flatten()).map(|c| c.name.as_str());
+        self.notes.status(doing("closing", names, done, of, "done"));
+        if let Some(&(latest, _)) = running.by_bound.last() {
+            self.notes.extend_until(latest);
+        }
     }
 
     /// Begins closing service `index`, step `step` of the budget, its outcome to be sent on
@@ -169,6 +186,8 @@ impl Run {
         let earliest = running.by_bound.first().map(|&(until, _)| until);
         let earliest =
             earliest.unwrap_or_else(|| crate::thread::later(Instant::now(), Duration::MAX));
+        // Under systemd, woken in time to extend its stop timeout again.
+        let earliest = self.notes.wake_by(earliest);
         let mut ended = Vec::new();
         let results = running.results.1.clone();
         // Every close that has returned by now, at one wake-up.

@@ -29,6 +29,7 @@ impl Run {
         let timeout = self.runner.shutdown_timeout;
         let deadline = *self.deadline.get_or_insert_with(|| later(now, timeout));
         self.runner.handle.shutting_down.stop();
+        self.notes.stopping(format!("shutting down ({cause})"));
         if let Some(h) = &self.health {
             // Readiness fails at once so load balancers stop sending traffic; liveness stays.
             h.set_running(false);
@@ -43,7 +44,8 @@ impl Run {
             // the closes keep the rest.
             let delay = (self.runner.termination_delay).min(self.runner.shutdown_timeout / 2);
             relay::info!("draining for {delay:?} before closing");
-            let _ = crossbeam_channel::after(delay).recv();
+            self.notes.status(format!("draining {delay:?}"));
+            self.drain(delay);
         }
 
         // Every step of the shutdown with its own timeout: the started services' closes (each
@@ -97,11 +99,30 @@ impl Run {
         for (k, (name, cleanup)) in cleanups.into_iter().rev().enumerate() {
             self.cleanup_one(name, cleanup, &budget, tail + k);
         }
-        // Last, the health endpoint (so probes are answered until the end), then its checker.
+        // Last, the health endpoint (so probes are answered until the end), then its checker:
+        // from now on, the watchdog no longer judges liveness by the checker's state.
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.judge_checker(false);
+        }
         let first_own = steps - health.len();
         for (k, service) in health.into_iter().enumerate() {
             let timeout = self.runner.close_timeout;
             self.close_bounded(service, timeout, &budget, first_own + k);
+        }
+    }
+
+    /// Waits `delay`, the termination delay; under systemd, waking every
+    /// [`REFRESH`](super::super::notify::REFRESH) to extend its stop timeout until the drain's
+    /// end.
+    fn drain(&mut self, delay: Duration) {
+        let end = later(Instant::now(), delay);
+        loop {
+            self.notes.extend_until(end);
+            let wake = self.notes.wake_by(end);
+            let _ = crossbeam_channel::at(wake).recv();
+            if wake >= end {
+                return;
+            }
         }
     }
 
@@ -129,6 +150,8 @@ impl Run {
             return None;
         }
         relay::info!("{name}: closing");
+        self.notes.status(format!("closing {name}"));
+        self.notes.extend_until(later(now, bound));
         let began = Instant::now();
         match call_within(&name, Phase::Close, bound, move || close_guarded(&*service)) {
             Called::Returned(result) => {
@@ -182,6 +205,8 @@ impl Run {
             ));
             return;
         }
+        self.notes.status(format!("cleanup {name}"));
+        self.notes.extend_until(later(now, bound));
         let label = name.clone();
         let called = call_within(&name, Phase::Cleanup, bound, move || {
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(cleanup));
@@ -212,6 +237,9 @@ impl Run {
     }
 
     pub(super) fn finish(mut self, cause: ShutdownCause, durations: [Duration; 3]) -> RunReport {
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.stop();
+        }
         // Fatal errors reported after the run phase ended (a worker failing during the drain or
         // while the others close): nothing waits for requests any more, but none is lost.
         while let Ok(request) = self.runner.requests.try_recv() {
@@ -250,8 +278,15 @@ impl Run {
             }
         }
         match failed {
-            None => relay::info!("shut down cleanly ({})", report.cause),
-            Some(e) => relay::error!("shut down with {} error(s): {e}", e.errors().len()),
+            None => {
+                relay::info!("shut down cleanly ({})", report.cause);
+                self.notes.status("shut down cleanly".to_owned());
+            }
+            Some(e) => {
+                let n = e.errors().len();
+                relay::error!("shut down with {n} error(s): {e}");
+                self.notes.status(format!("shut down with {n} error(s)"));
+            }
         }
         // The run's last lines are written before `run` returns (and `main` with it), unless
         // the log sink is stuck: then no longer than what is left of the shutdown timeout.

@@ -17,6 +17,7 @@ use crate::state::State;
 use crate::stop::{StartContext, StopSignal};
 use crate::thread::later;
 
+use super::super::notify::doing;
 use super::super::{Request, ShutdownCause, START_GRACE};
 use super::Run;
 
@@ -74,6 +75,7 @@ impl Run {
             if pending.is_empty() {
                 break;
             }
+            self.notify_starts(&pending);
             let (meta, outcome) = match self.next_event(&pending) {
                 Event::Done(k, outcome) => (pending.swap_remove(k).meta, outcome),
                 Event::Signal(signal) => {
@@ -87,7 +89,8 @@ impl Run {
                 Event::GiveUp => {
                     let now = Instant::now();
                     let Some(k) = pending.iter().position(|p| p.meta.give_up_at <= now) else {
-                        // Woken a moment early: wait again.
+                        // Woken a moment early, or to extend systemd's start timeout: wait
+                        // again.
                         continue;
                     };
                     let Pending { meta, call } = pending.swap_remove(k);
@@ -112,9 +115,34 @@ impl Run {
                 end = Some(ShutdownCause::StartFailed);
             }
         }
-        self.cancel_all(pending, &cancel);
+        self.cancel_all(pending, &cancel, end.as_ref());
         self.mark_skipped(&failed);
         end
+    }
+
+    /// Tells systemd which starts are in progress (`starting db, cache (2/5 ready)`), and
+    /// extends its start timeout to the latest bound among them (see
+    /// [`Notes::extend_until`](super::super::notify::Notes::extend_until)).
+    fn notify_starts(&mut self, pending: &[Pending]) {
+        if !self.notes.is_enabled() {
+            return;
+        }
+        let mut names: Vec<(usize, &str)> = (pending.iter())
+            .map(|p| (p.meta.index, p.meta.name.as_str()))
+            .collect();
+        names.sort_unstable();
+        let names = names.into_iter().map(|(_, name)| name);
+        let status = doing(
+            "starting",
+            names,
+            self.started.len(),
+            self.graph.len(),
+            "ready",
+        );
+        self.notes.status(status);
+        if let Some(latest) = pending.iter().map(|p| p.meta.give_up_at).max() {
+            self.notes.extend_until(latest);
+        }
     }
 
     /// What comes first: a start's outcome, a signal, a request, or the earliest deadline to
@@ -128,7 +156,8 @@ impl Run {
         let requests = select.recv(&self.runner.requests);
         let give_up = pending.iter().map(|p| p.meta.give_up_at).min();
         let give_up = give_up.unwrap_or_else(|| later(Instant::now(), Duration::MAX));
-        let Ok(oper) = select.select_deadline(give_up) else {
+        // Under systemd, woken in time to extend its start timeout again.
+        let Ok(oper) = select.select_deadline(self.notes.wake_by(give_up)) else {
             return Event::GiveUp;
         };
         match oper.index() {
@@ -247,14 +276,30 @@ impl Run {
         }
     }
 
-    /// The start phase ended early: cancels every start in progress, and waits for each at
-    /// most its grace (see [`interrupted_start_grace`](Run::interrupted_start_grace)), all at
-    /// once.
-    fn cancel_all(&mut self, pending: Vec<Pending>, cancel: &StopSignal) {
+    /// The start phase ended early (because of `cause`): cancels every start in progress, and
+    /// waits for each at most its grace (see
+    /// [`interrupted_start_grace`](Run::interrupted_start_grace)), all at once. For systemd,
+    /// the shutdown begins here (`STOPPING=1`, `cancelling db, cache (2/5 ready): signal`).
+    fn cancel_all(
+        &mut self,
+        mut pending: Vec<Pending>,
+        cancel: &StopSignal,
+        cause: Option<&ShutdownCause>,
+    ) {
         if pending.is_empty() {
             return;
         }
         cancel.stop();
+        if self.notes.is_enabled() {
+            pending.sort_unstable_by_key(|p| p.meta.index);
+            let names: Vec<&str> = pending.iter().map(|p| p.meta.name.as_str()).collect();
+            let (ready, n) = (self.started.len(), self.graph.len());
+            let mut status = doing("cancelling", names, ready, n, "ready");
+            if let Some(cause) = cause {
+                status = format!("{status}: {cause}");
+            }
+            self.notes.stopping(status);
+        }
         let now = Instant::now();
         let until: Vec<Instant> = (pending.iter())
             .map(|p| {
@@ -262,6 +307,9 @@ impl Run {
                 later(now, grace)
             })
             .collect();
+        if let Some(&latest) = until.iter().max() {
+            self.notes.extend_until(latest);
+        }
         for (Pending { meta, call }, until) in pending.into_iter().zip(until) {
             let outcome = self.join_start(call, until);
             self.finish_start(&meta, outcome, true);

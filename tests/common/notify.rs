@@ -1,0 +1,114 @@
+//! A real `AF_UNIX` datagram socket for a child's `NOTIFY_SOCKET`, bound at a path or at an
+//! abstract name, as systemd binds its own; what the child sends is received with timeouts.
+#![cfg(target_os = "linux")]
+
+use std::io::ErrorKind;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A new, empty directory of this test's, named after `what`.
+    pub fn new(what: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(unique(what));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A unique name for this test process's sockets and directories.
+pub fn unique(what: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("lifecycle-notify-{}-{what}-{n}", std::process::id())
+}
+
+/// A socket for `NOTIFY_SOCKET`: the variable's value, and the socket that receives.
+pub struct NotifySocket {
+    pub value: String,
+    socket: UnixDatagram,
+    _dir: Option<TempDir>,
+}
+
+impl NotifySocket {
+    /// A socket bound at a path in a directory of its own.
+    pub fn at_path() -> NotifySocket {
+        let dir = TempDir::new("sock");
+        let path = dir.0.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        NotifySocket {
+            value: path.to_str().unwrap().to_owned(),
+            socket,
+            _dir: Some(dir),
+        }
+    }
+
+    /// A socket bound at a name in Linux's abstract namespace, given as `@name`.
+    pub fn abstract_name() -> NotifySocket {
+        use std::os::linux::net::SocketAddrExt;
+        let name = unique("abstract");
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let socket = UnixDatagram::bind_addr(&addr).unwrap();
+        NotifySocket {
+            value: format!("@{name}"),
+            socket,
+            _dir: None,
+        }
+    }
+
+    /// The next datagram if one arrives within `timeout`.
+    pub fn next_within(&self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 8192];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.socket.set_read_timeout(Some(left)).unwrap();
+            match self.socket.recv(&mut buf) {
+                Ok(n) => return Some(String::from_utf8(buf[..n].to_vec()).expect("UTF-8")),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => panic!("recv: {e}"),
+            }
+        }
+    }
+
+    /// The next datagram, waited for under the [`WATCHDOG`](super::WATCHDOG).
+    #[track_caller]
+    pub fn next(&self) -> String {
+        let watchdog = super::WATCHDOG;
+        (self.next_within(watchdog))
+            .unwrap_or_else(|| panic!("no datagram within the watchdog {watchdog:?}"))
+    }
+
+    /// Checks that no datagram is waiting.
+    #[track_caller]
+    pub fn assert_empty(&self) {
+        let more = self.pending();
+        assert!(more.is_empty(), "datagrams more: {more:?}");
+    }
+
+    /// Every datagram already waiting, without waiting.
+    pub fn pending(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        self.socket.set_nonblocking(true).unwrap();
+        let mut buf = vec![0u8; 8192];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            out.push(String::from_utf8(buf[..n].to_vec()).expect("UTF-8"));
+        }
+        self.socket.set_nonblocking(false).unwrap();
+        out
+    }
+}
