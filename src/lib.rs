@@ -42,8 +42,10 @@
 //!
 //! **Running them.** The [`Runner`] owns `main()`: it starts each service once those it needs
 //! are ready (the ones added before it, unless its [`ServiceOptions`] say otherwise;
-//! independent ones at once), serves health, waits for a signal or a [`RunHandle`] request,
-//! then closes each after those that need it, within deadlines, and returns a [`RunReport`] (a
+//! independent ones at once), serves health, waits for a signal or a [`RunHandle`] request
+//! (restarting meanwhile, with backoff and within a budget, the services it was given as
+//! [restartable](Runner::restartable) factories whose instances fail), then closes each after
+//! those that need it, within deadlines, and returns a [`RunReport`] (a
 //! [`ShutdownCause`], errors per [`RunPhase`], a [`ServiceReport`] per service, the critical
 //! path of the start and of the shutdown as [`PathStep`]s). [`MultiStart`] starts services
 //! in order with rollback on its own (in a parent service, say); [`close_all`] closes
@@ -115,8 +117,6 @@ mod runner;
 mod service;
 mod state;
 mod stop;
-// Not yet called by the runner (its integration is the next step).
-#[allow(dead_code)]
 mod supervise;
 pub mod systemd;
 pub mod testing;

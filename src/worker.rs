@@ -42,7 +42,9 @@ type ReadyWhen<T> = Box<dyn Fn(&T) -> Result<()> + Send + Sync>;
 /// ready and its close returns `Ok`. One that returns an error or panics before it is stopped
 /// has failed: the worker is no longer ready nor healthy (with that error), and under a
 /// [`Runner`](crate::Runner) the program shuts down with the error in the run phase of its
-/// [`RunReport`](crate::RunReport), as with [`RunHandle::fatal`]. Elsewhere (under a
+/// [`RunReport`](crate::RunReport), as with [`RunHandle::fatal`] (a worker given to
+/// [`Runner::restartable`](crate::Runner::restartable) is restarted instead, as its options
+/// say; one restarted *always* is restarted after a clean return too). Elsewhere (under a
 /// [`MultiStart`](crate::MultiStart)) the worker's close returns the error. An error the run
 /// closure returns once stopped is the close's error.
 ///
@@ -210,7 +212,13 @@ fn run_closure<T>(
     };
     let result = flatten_call(name, phase, outcome);
     match (&result, phase) {
-        (Ok(()), Phase::Run) => crate::relay::info!("{name}: finished"),
+        (Ok(()), Phase::Run) => {
+            crate::relay::info!("{name}: finished");
+            // A restartable service restarted always is restarted even then.
+            if let Some(handle) = handle {
+                handle.finished();
+            }
+        }
         (Err(e), Phase::Run) => {
             crate::relay::error!("{e}");
             let _ = failed.set(e.clone());

@@ -189,6 +189,12 @@ impl Builtin {
                 let took = row.close_duration()?;
                 Some((vec![("service", row.name())], seconds(took)))
             }),
+        )?;
+        counters(
+            encoder,
+            "lifecycle_service_restarts",
+            "How many times each service was restarted after its instance failed (a restartable service's; 0 for the others).",
+            rows.iter().map(|row| (vec![("service", row.name())], row.restarts())),
         )
     }
 

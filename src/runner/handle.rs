@@ -17,11 +17,36 @@ use super::Runner;
 pub(super) enum Request {
     Shutdown,
     Fatal(Error),
+    /// Instance `generation` of restartable service `index` failed (its handle's
+    /// [`RunHandle::fatal`]).
+    Failed {
+        index: usize,
+        generation: u64,
+        error: Error,
+    },
+    /// Instance `generation` of restartable service `index` finished its work without an error
+    /// before it was told to stop (a [`Worker`](crate::Worker)'s closure returned `Ok`).
+    Finished {
+        index: usize,
+        generation: u64,
+    },
+}
+
+/// The instance a handle was given to: a restartable service's, by index and generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Scope {
+    pub(super) index: usize,
+    pub(super) generation: u64,
 }
 
 /// A cloneable handle to a [`Runner`]: asks it to shut down, or reports a fatal error that stops
 /// the whole program. Get one from [`Runner::handle`], or in a service's start from
 /// [`StartContext::run_handle`](crate::StartContext::run_handle).
+///
+/// The handle a restartable service gets in its [`StartContext`](crate::StartContext) is its
+/// instance's (see [`Runner::restartable`]): its [`fatal`](RunHandle::fatal) says that this
+/// instance failed, and the runner restarts it as its options say, instead of shutting the
+/// program down.
 ///
 /// Calls after the run has ended do nothing.
 #[derive(Clone)]
@@ -31,6 +56,8 @@ pub struct RunHandle {
     // Fired (used as a one-shot latch) when every service is ready and the run phase begins.
     pub(super) running: StopSignal,
     pub(super) health_addr: Arc<Mutex<Option<SocketAddr>>>,
+    /// The instance this handle was given to, for a restartable service's.
+    pub(super) scope: Option<Scope>,
 }
 
 impl RunHandle {
@@ -43,9 +70,42 @@ impl RunHandle {
     /// Reports a fatal error: the runner shuts down and the run fails with this error (in the run
     /// phase). Name the service with [`Error::in_service`] so the report says who failed. A
     /// [`Worker`](crate::Worker) whose closure fails does this itself.
+    ///
+    /// From the handle of a restartable service's instance (the one in its
+    /// [`StartContext`](crate::StartContext), see [`Runner::restartable`]) it reports that this
+    /// instance failed: the runner closes it and starts a fresh one after a backoff, within the
+    /// restart budget, as the service's options say, and the program goes on (with the policy
+    /// *never*, it shuts down as above). From an instance replaced since, it does nothing.
     pub fn fatal(&self, error: Error) {
-        self.shutting_down.stop();
-        let _ = self.requests.send(Request::Fatal(error));
+        match self.scope {
+            Some(Scope { index, generation }) => {
+                let _ = (self.requests).send(Request::Failed {
+                    index,
+                    generation,
+                    error,
+                });
+            }
+            None => {
+                self.shutting_down.stop();
+                let _ = self.requests.send(Request::Fatal(error));
+            }
+        }
+    }
+
+    /// This handle, given to instance `generation` of restartable service `index`.
+    pub(super) fn scoped(&self, index: usize, generation: u64) -> RunHandle {
+        RunHandle {
+            scope: Some(Scope { index, generation }),
+            ..self.clone()
+        }
+    }
+
+    /// Reports that the instance this handle was given to finished its work without an error
+    /// before it was told to stop; nothing for a handle that is not an instance's.
+    pub(crate) fn finished(&self) {
+        if let Some(Scope { index, generation }) = self.scope {
+            let _ = (self.requests).send(Request::Finished { index, generation });
+        }
     }
 
     /// Whether a shutdown has been asked for through any handle, or has begun.

@@ -6,7 +6,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use crate::checker::{CheckOptions, HealthChecker, Probe, Reporter};
 use crate::endpoint::HealthEndpoint;
@@ -48,14 +50,37 @@ impl HealthReporter for PhaseCheck {
     }
 }
 
+/// The instance of a service that its check asks, shared by the runner (which replaces it when
+/// the service restarts) and the check. The lock is held only to clone the `Arc`, never across
+/// a call into the service.
+pub(super) struct Instance(Mutex<Arc<dyn Service>>);
+
+impl Instance {
+    pub(super) fn new(service: Arc<dyn Service>) -> Arc<Instance> {
+        Arc::new(Instance(Mutex::new(service)))
+    }
+
+    /// The current instance.
+    pub(super) fn get(&self) -> Arc<dyn Service> {
+        self.0.lock().clone()
+    }
+
+    /// From now on, `service` is the one asked.
+    pub(super) fn set(&self, service: Arc<dyn Service>) {
+        // The old instance is dropped after the lock is released.
+        let _old = std::mem::replace(&mut *self.0.lock(), service);
+    }
+}
+
 /// A service's check, as the runner registers it (under the service's name, with the default
 /// options): until the service has started, the runner's [`ServiceTable`] answers, not ready,
 /// with why (`waiting for db`, `starting`, `not started: it needs db, which failed to start`);
-/// from its start on, the check is the service's own. Reading the table takes no lock and
-/// calls no user code.
+/// from its start on, the check is the service's own, except while it restarts (`restarting
+/// (attempt 3, next in 2.1s)`) or a service it needs does (not ready: `waiting for db
+/// (restarting)`). Reading the table takes no lock and calls no user code.
 struct ServiceCheck {
-    /// The service, whose own check this is from its start on.
-    service: Arc<dyn Service>,
+    /// The service's current instance, whose own check this is from its start on.
+    service: Arc<Instance>,
     /// The runner's table, which answers until then.
     table: Arc<ServiceTable>,
     /// The service's row in `table`.
@@ -68,7 +93,8 @@ impl ServiceCheck {
     /// Why the service is not started, as the error of `phase`'s probe, while the table
     /// answers for it.
     fn not_started(&self, phase: Phase) -> Option<Error> {
-        let why = (self.table).not_started(self.index, self.shutting_down.is_stopped())?;
+        let why = (self.table.restart_status(self.index, Instant::now()))
+            .or_else(|| (self.table).not_started(self.index, self.shutting_down.is_stopped()))?;
         let state = self.table.state(self.index);
         let cause = Error::state(ErrorKind::NotStarted, self.name(), phase, state);
         Some(Error::other(NotStarted { why, cause }))
@@ -104,15 +130,21 @@ impl HealthReporter for ServiceCheck {
         self.table.name(self.index)
     }
     fn ready(&self) -> Result<()> {
-        match self.not_started(Phase::Ready) {
-            Some(e) => Err(e),
-            None => self.service.ready(),
+        if let Some(e) = self.not_started(Phase::Ready) {
+            return Err(e);
         }
+        if let Some(need) = self.table.restarting_need(self.index) {
+            let why = format!("waiting for {} (restarting)", self.table.name(need));
+            let state = self.table.state(self.index);
+            let cause = Error::state(ErrorKind::NotStarted, self.name(), Phase::Ready, state);
+            return Err(Error::other(NotStarted { why, cause }));
+        }
+        self.service.get().ready()
     }
     fn health_report(&self) -> HealthReport {
         match self.not_started(Phase::Health) {
             Some(e) => HealthReport::single(self.name(), Err(e)),
-            None => self.service.health_report(),
+            None => self.service.get().health_report(),
         }
     }
 }
@@ -164,10 +196,11 @@ impl RunnerHealth {
     }
 
     /// Starts the checker, registers the runner's check and every service (each a
-    /// [`ServiceCheck`] reading its row of `table`), then starts the endpoint.
+    /// [`ServiceCheck`] reading its row of `table`, failing only after its threshold of failed
+    /// polls in a row when it has one), then starts the endpoint.
     pub(super) fn start(
         &mut self,
-        services: Vec<Arc<dyn Service>>,
+        services: Vec<(Arc<Instance>, Option<u32>)>,
         table: &Arc<ServiceTable>,
         shutting_down: StopSignal,
     ) -> Result<()> {
@@ -177,7 +210,7 @@ impl RunnerHealth {
         // The runner logs its own phases; the check's changes are logged at debug level.
         let options = CheckOptions::new().quiet().traffic_gate(true);
         self.reporter = Some(self.checker.register_with(self.phase.clone(), options)?);
-        for (index, service) in services.into_iter().enumerate() {
+        for (index, (service, threshold)) in services.into_iter().enumerate() {
             let name = table.name(index).to_owned();
             let check = ServiceCheck {
                 service,
@@ -185,8 +218,12 @@ impl RunnerHealth {
                 index,
                 shutting_down: shutting_down.clone(),
             };
+            let options = match threshold {
+                Some(k) => CheckOptions::new().failure_threshold(k),
+                None => CheckOptions::new(),
+            };
             self.checker
-                .register(check)
+                .register_with(check, options)
                 .map_err(|e| e.in_service(&name, Phase::Start))?;
         }
         if let Some(endpoint) = &self.endpoint {
@@ -249,7 +286,7 @@ mod tests {
             Ok(())
         });
         let check = ServiceCheck {
-            service: Arc::new(api),
+            service: Instance::new(Arc::new(api)),
             table: table.clone(),
             index: 1,
             shutting_down: StopSignal::new(),

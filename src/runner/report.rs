@@ -25,6 +25,10 @@ pub enum ShutdownCause {
     /// A service failed to start, timed out starting or panicked; the started ones were rolled
     /// back.
     StartFailed,
+    /// A restartable service failed once more than the restart budget allows (see
+    /// [`Runner::restart_budget`](crate::Runner::restart_budget)); the run's exit code is
+    /// [`RESTART_BUDGET_EXIT_CODE`](crate::Runner::RESTART_BUDGET_EXIT_CODE).
+    RestartBudgetSpent,
 }
 
 impl fmt::Display for ShutdownCause {
@@ -34,6 +38,7 @@ impl fmt::Display for ShutdownCause {
             ShutdownCause::Requested => "shutdown requested",
             ShutdownCause::Fatal => "fatal error",
             ShutdownCause::StartFailed => "start failed",
+            ShutdownCause::RestartBudgetSpent => "restart budget spent",
         })
     }
 }
@@ -60,6 +65,7 @@ pub struct ServiceReport {
     pub(crate) started: bool,
     pub(crate) closed: bool,
     pub(crate) skipped_because: Option<String>,
+    pub(crate) restarts: Vec<Error>,
 }
 
 impl ServiceReport {
@@ -101,6 +107,13 @@ impl ServiceReport {
     /// during the start, or a failure of a service it does not need).
     pub fn skipped_because(&self) -> Option<&str> {
         self.skipped_because.as_deref()
+    }
+
+    /// Each restart of a [restartable](crate::Runner::restartable) service, in order, by its
+    /// cause: the error its instance failed with (or, restarted always, that it ended). Empty
+    /// for a service that was never restarted. A restart that recovered is no error of the run.
+    pub fn restarts(&self) -> &[Error] {
+        &self.restarts
     }
 }
 
@@ -238,12 +251,17 @@ impl RunReport {
         }
     }
 
-    /// The process exit code for this outcome: 0 after a clean shutdown, 1 if anything failed.
+    /// The process exit code for this outcome: 0 after a clean shutdown, 1 if anything failed,
+    /// [`RESTART_BUDGET_EXIT_CODE`](crate::Runner::RESTART_BUDGET_EXIT_CODE) (75) when the
+    /// restart budget was spent.
     ///
     /// (A second signal during shutdown exits the process at once with
     /// [`SECOND_SIGNAL_EXIT_CODE`](crate::Runner::SECOND_SIGNAL_EXIT_CODE), without returning here.)
     pub fn exit_code(&self) -> ExitCode {
-        if self.is_success() {
+        if self.cause == ShutdownCause::RestartBudgetSpent {
+            // 75 fits in a u8.
+            ExitCode::from(crate::Runner::RESTART_BUDGET_EXIT_CODE as u8)
+        } else if self.is_success() {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
@@ -277,6 +295,9 @@ impl RunReport {
                 line.push_str(&format!(
                     " (skipped: it needs {cause}, which failed to start)"
                 ));
+            }
+            if !service.restarts.is_empty() {
+                line.push_str(&format!(" (restarted {} time(s))", service.restarts.len()));
             }
             if let Some(took) = service.closed_in {
                 line.push_str(&format!(" in {took:?}"));
@@ -343,6 +364,7 @@ mod tests {
             started: false,
             closed: false,
             skipped_because: skipped_because.map(str::to_owned),
+            restarts: Vec::new(),
         }
     }
 

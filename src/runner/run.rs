@@ -4,13 +4,14 @@
 //! without spawning a thread per call.
 
 mod close;
+mod restart;
 mod shutdown;
 mod start;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver};
+use crossbeam_channel::Receiver;
 
 use crate::checker::CHECKER_NAME;
 use crate::error::{check_name, Error, ErrorKind, Result};
@@ -18,10 +19,11 @@ use crate::multi::check_names;
 use crate::pool::CallPool;
 use crate::relay;
 use crate::state::State;
+use crate::supervise::{Jitter, Supervisor};
 use crate::thread::Abandoned;
 
 use super::graph::{critical_path, Graph};
-use super::health::{RunnerHealth, RUNNER_CHECK, RUN_PHASE_POLL};
+use super::health::{Instance, RunnerHealth, RUNNER_CHECK, RUN_PHASE_POLL};
 use super::notify::Notes;
 use super::report::PathStep;
 use super::signals::{signal_name, SignalRoute};
@@ -58,6 +60,13 @@ pub(super) struct Run {
     deadline: Option<Instant>,
     /// Each service's state and durations, for the services' checks and the metrics.
     table: Arc<ServiceTable>,
+    /// The restartable services' supervision.
+    supervisor: Supervisor,
+    /// Each service's current instance, as its check asks it.
+    instances: Vec<Arc<Instance>>,
+    /// The reports of restartable services' instances taken during the start phase, for the
+    /// run phase.
+    early: Vec<Request>,
     /// What the run tells systemd (nothing, when not under it).
     notes: Notes,
     /// The systemd watchdog's thread, while the run has one.
@@ -109,6 +118,43 @@ fn check_runner_timeouts(runner: &Runner) -> Result<()> {
     Ok(())
 }
 
+/// The restart options a runner refuses before anything starts: a policy on a service that is
+/// not restartable, a zero backoff, a zero budget window, a liveness restart without health.
+fn check_restart_options(runner: &Runner) -> Result<()> {
+    let health = runner.checker.is_some() || runner.endpoint.is_some();
+    if let Some(e) = runner.refused.first() {
+        return Err(e.clone());
+    }
+    for entry in &runner.entries {
+        let name = entry.service.name();
+        let restart = &entry.options.restart;
+        if entry.factory.is_none() && *restart != Default::default() {
+            return Err(Error::invalid_input(
+                name,
+                "restart options on a service that cannot restart (a closed service never \
+                 starts again): add it with Runner::restartable and a factory",
+            ));
+        }
+        if let Err(why) = restart.backoff.check() {
+            return Err(Error::invalid_input(name, why));
+        }
+        if restart.unhealthy_polls.is_some() && (!health || restart.policy == Default::default()) {
+            return Err(Error::invalid_input(
+                name,
+                "restart_on_unhealthy needs a restart policy (restart_on_failure or \
+                 restart_always) and the runner's health (Runner::health or \
+                 Runner::health_endpoint), whose polls it counts",
+            ));
+        }
+    }
+    if runner.entries.iter().any(|e| e.factory.is_some()) {
+        if let Err(why) = runner.budget.check() {
+            return Err(Error::invalid_input(RUNNER_CHECK, why));
+        }
+    }
+    Ok(())
+}
+
 /// The services' needs, checked: a name that is not a service, or a cycle, is refused.
 fn service_graph(runner: &Runner) -> Result<Graph> {
     let names: Vec<&str> = runner.entries.iter().map(|e| e.service.name()).collect();
@@ -140,7 +186,8 @@ impl Run {
         // An invalid name, or two services of one name, would make the report, the health
         // checks and the metrics ambiguous: refuse to run them, before any signal route is
         // claimed.
-        let graph = check_runner_names(&runner)
+        let graph = check_restart_options(&runner)
+            .and_then(|()| check_runner_names(&runner))
             .and_then(|()| check_runner_timeouts(&runner))
             .and_then(|()| service_graph(&runner));
         let (graph, names) = match graph {
@@ -169,6 +216,7 @@ impl Run {
                 started: false,
                 closed: false,
                 skipped_because: None,
+                restarts: Vec::new(),
             })
             .collect();
         let unblocked_by = vec![None; graph.len()];
@@ -179,6 +227,17 @@ impl Run {
         if let Some(metrics) = &runner.metrics {
             metrics.watch_services(table.clone());
         }
+        let supervisor = Supervisor::new(
+            runner.budget.clone(),
+            Jitter::random(),
+            (runner.entries.iter()).map(|e| {
+                let restart = e.factory.as_ref().map(|_| e.options.restart);
+                (e.service.name().to_owned(), restart)
+            }),
+        );
+        let instances = (runner.entries.iter())
+            .map(|e| Instance::new(e.service.clone()))
+            .collect();
         Run {
             runner,
             signals,
@@ -199,6 +258,9 @@ impl Run {
             shutdown_errors: Vec::new(),
             deadline: None,
             table,
+            supervisor,
+            instances,
+            early: Vec::new(),
             notes: Notes::new(),
             watchdog: None,
         }
@@ -321,7 +383,12 @@ impl Run {
         if let Ok(signal) = self.signals.try_recv() {
             return Some(self.on_signal(signal));
         }
-        self.runner.requests.try_recv().ok().map(|r| self.take(r))
+        while let Ok(r) = self.runner.requests.try_recv() {
+            if let Some(cause) = self.take(r) {
+                return Some(cause);
+            }
+        }
+        None
     }
 
     fn on_signal(&self, signal: i32) -> ShutdownCause {
@@ -329,14 +396,34 @@ impl Run {
         ShutdownCause::Signal
     }
 
-    fn take(&mut self, request: Request) -> ShutdownCause {
+    /// A request taken in the start phase: the cause that ends it, if it does. The reports of
+    /// restartable services' instances are kept for the run phase, which restarts them (an
+    /// instance that fails before it is ready has its start cancelled, and counts as up).
+    fn take(&mut self, request: Request) -> Option<ShutdownCause> {
         match request {
-            Request::Shutdown => ShutdownCause::Requested,
-            Request::Fatal(e) => {
-                relay::error!("fatal: {e}");
-                self.run_errors.push(e);
-                ShutdownCause::Fatal
+            Request::Shutdown => Some(ShutdownCause::Requested),
+            Request::Fatal(e) => Some(self.fatal(e)),
+            early @ (Request::Failed { .. } | Request::Finished { .. }) => {
+                self.early.push(early);
+                None
             }
+        }
+    }
+
+    /// A fatal error: the program shuts down with it.
+    fn fatal(&mut self, e: Error) -> ShutdownCause {
+        relay::error!("fatal: {e}");
+        self.run_errors.push(e);
+        ShutdownCause::Fatal
+    }
+
+    /// The handle service `index`'s start gets: its instance's, for a restartable service.
+    fn handle_for(&self, index: usize) -> super::RunHandle {
+        if self.supervisor.is_restartable(index) {
+            let generation = self.supervisor.generation(index);
+            self.runner.handle.scoped(index, generation)
+        } else {
+            self.runner.handle()
         }
     }
 
@@ -346,30 +433,12 @@ impl Run {
         let Some(health) = &mut self.health else {
             return Ok(());
         };
-        let services: Vec<_> = self
-            .runner
-            .entries
-            .iter()
-            .map(|e| e.service.clone())
+        let services: Vec<_> = (self.instances.iter().zip(&self.runner.entries))
+            .map(|(instance, e)| (instance.clone(), e.options.restart.unhealthy_polls))
             .collect();
         let shutting_down = self.runner.handle.shutting_down.clone();
         health.start(services, &self.table, shutting_down)?;
         *self.runner.handle.health_addr.lock() = health.local_addr();
         Ok(())
-    }
-
-    /// Waits in the run phase until a signal, a request or a fatal error.
-    fn wait_for_end(&mut self) -> ShutdownCause {
-        select! {
-            recv(self.signals) -> signal => match signal {
-                Ok(s) => self.on_signal(s),
-                Err(_) => ShutdownCause::Signal,
-            },
-            recv(self.runner.requests) -> request => match request {
-                Ok(r) => self.take(r),
-                // Unreachable while the runner holds a handle; treat it as a request.
-                Err(_) => ShutdownCause::Requested,
-            },
-        }
     }
 }

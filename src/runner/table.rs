@@ -4,8 +4,8 @@
 //! each service's check (see `health.rs`) and, with feature `metrics`, each scrape read it
 //! without a lock, so the two can never disagree.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::state::State;
 
@@ -20,6 +20,20 @@ const MAX_NAMED: usize = 8;
 #[derive(Debug)]
 pub(crate) struct ServiceTable {
     rows: Vec<Row>,
+    /// What the rows' instants count from.
+    origin: Instant,
+}
+
+/// Where a restart is (see [`ServiceTable::restarting`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum RestartStage {
+    /// The failed instance is closing.
+    Closing = 1,
+    /// The backoff runs.
+    Waiting = 2,
+    /// The fresh instance is starting.
+    Starting = 3,
 }
 
 /// One service's row of a [`ServiceTable`].
@@ -40,6 +54,14 @@ pub(crate) struct Row {
     /// [`ServiceReport::skipped_because`](crate::ServiceReport::skipped_because)), by index;
     /// [`NO_INDEX`] for none.
     skipped_because: AtomicUsize,
+    /// How many times it was restarted.
+    restarts: AtomicU64,
+    /// The attempt of the restart in progress; 0 when none is.
+    restart_attempt: AtomicU32,
+    /// The [`RestartStage`] of the restart in progress, as a `u8`.
+    restart_stage: AtomicU8,
+    /// When its backoff ends, in nanoseconds from the table's origin.
+    restart_at: AtomicU64,
 }
 
 impl Row {
@@ -62,6 +84,17 @@ impl Row {
     #[cfg(feature = "metrics")]
     pub(crate) fn close_duration(&self) -> Option<Duration> {
         load(&self.close_nanos)
+    }
+
+    /// How many times it was restarted (read by the metrics).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Acquire)
+    }
+
+    /// Whether a restart of it is in progress.
+    fn is_restarting(&self) -> bool {
+        self.restart_attempt.load(Ordering::Acquire) != 0
     }
 
     /// Whether the runner saw it ready in the start phase (a start cut short by a shutdown is
@@ -97,8 +130,13 @@ impl ServiceTable {
                     start_nanos: AtomicU64::new(NONE),
                     close_nanos: AtomicU64::new(NONE),
                     skipped_because: AtomicUsize::new(NO_INDEX),
+                    restarts: AtomicU64::new(0),
+                    restart_attempt: AtomicU32::new(0),
+                    restart_stage: AtomicU8::new(0),
+                    restart_at: AtomicU64::new(NONE),
                 })
                 .collect(),
+            origin: Instant::now(),
         }
     }
 
@@ -146,6 +184,79 @@ impl ServiceTable {
         if let (Some(row), Some(cause)) = (self.rows.get(index), cause) {
             row.skipped_because.store(cause, Ordering::Release);
         }
+    }
+
+    /// Service `index` is being restarted, attempt `attempt` (from 1), now at `stage`; its
+    /// backoff ends at `at` (for [`RestartStage::Waiting`]).
+    pub(crate) fn restarting(&self, index: usize, attempt: u32, stage: RestartStage, at: Instant) {
+        let Some(row) = self.rows.get(index) else {
+            return;
+        };
+        let at = at.saturating_duration_since(self.origin);
+        store(&row.restart_at, at);
+        row.restart_stage.store(stage as u8, Ordering::Release);
+        // Last: a reader that sees the attempt sees the rest.
+        row.restart_attempt.store(attempt.max(1), Ordering::Release);
+    }
+
+    /// Service `index`'s restart has begun: counted.
+    pub(crate) fn count_restart(&self, index: usize) {
+        if let Some(row) = self.rows.get(index) {
+            row.restarts.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Service `index`'s restart is over (its instance is ready, or the shutdown ended it).
+    pub(crate) fn restarted(&self, index: usize) {
+        if let Some(row) = self.rows.get(index) {
+            row.restart_attempt.store(0, Ordering::Release);
+        }
+    }
+
+    /// How many times service `index` was restarted.
+    pub(crate) fn restarts(&self, index: usize) -> u64 {
+        (self.rows.get(index)).map_or(0, |r| r.restarts.load(Ordering::Acquire))
+    }
+
+    /// What service `index`'s restart in progress is doing, as its check says it at `now`:
+    /// `restarting (attempt 3, next in 2.1s)`, `restarting (attempt 3, closing)`,
+    /// `restarting (attempt 3, starting)`; `None` when no restart is in progress.
+    pub(crate) fn restart_status(&self, index: usize, now: Instant) -> Option<String> {
+        let row = self.rows.get(index)?;
+        let attempt = row.restart_attempt.load(Ordering::Acquire);
+        if attempt == 0 {
+            return None;
+        }
+        let stage = row.restart_stage.load(Ordering::Acquire);
+        let what = if stage == RestartStage::Closing as u8 {
+            "closing".to_owned()
+        } else if stage == RestartStage::Starting as u8 {
+            "starting".to_owned()
+        } else {
+            let at = load(&row.restart_at).unwrap_or(Duration::MAX);
+            let left = at.saturating_sub(now.saturating_duration_since(self.origin));
+            format!("next in {left:.1?}")
+        };
+        Some(format!("restarting (attempt {attempt}, {what})"))
+    }
+
+    /// A service that service `index` needs, directly or through others, whose restart is in
+    /// progress (the first found, nearest first, in the order declared).
+    pub(crate) fn restarting_need(&self, index: usize) -> Option<usize> {
+        let mut seen = vec![false; self.rows.len()];
+        let mut next: std::collections::VecDeque<usize> =
+            self.rows.get(index)?.needs.iter().copied().collect();
+        while let Some(n) = next.pop_front() {
+            if std::mem::replace(seen.get_mut(n)?, true) {
+                continue;
+            }
+            let row = &self.rows[n];
+            if row.is_restarting() {
+                return Some(n);
+            }
+            next.extend(row.needs.iter().copied());
+        }
+        None
     }
 
     /// Why service `index` is not started, as its check says it: `None` once it has started
@@ -252,6 +363,48 @@ mod tests {
             t.not_started(2, true).unwrap(),
             "not started: shutting down"
         );
+    }
+
+    #[test]
+    fn a_restart_says_where_it_is_and_its_dependants_wait_for_it() {
+        let t = table();
+        let now = Instant::now();
+        assert_eq!(t.restart_status(0, now), None);
+        assert_eq!(t.restarting_need(3), None);
+        t.count_restart(0);
+        t.restarting(0, 3, RestartStage::Closing, now);
+        assert_eq!(
+            t.restart_status(0, now).unwrap(),
+            "restarting (attempt 3, closing)"
+        );
+        let at = now + Duration::from_millis(2100);
+        t.restarting(0, 3, RestartStage::Waiting, at);
+        assert_eq!(
+            t.restart_status(0, now).unwrap(),
+            "restarting (attempt 3, next in 2.1s)"
+        );
+        // Past its end, and at an instant before the table's origin: no panic.
+        let later = at + Duration::from_secs(5);
+        assert_eq!(
+            t.restart_status(0, later).unwrap(),
+            "restarting (attempt 3, next in 0.0ns)"
+        );
+        t.restarting(0, 3, RestartStage::Starting, now);
+        assert_eq!(
+            t.restart_status(0, now).unwrap(),
+            "restarting (attempt 3, starting)"
+        );
+        // api needs db directly, web through api; cache needs nothing.
+        assert_eq!(t.restarting_need(2), Some(0));
+        assert_eq!(t.restarting_need(3), Some(0));
+        assert_eq!(t.restarting_need(1), None);
+        assert_eq!(t.restarting_need(0), None);
+        assert_eq!(t.restarting_need(9), None);
+        t.restarted(0);
+        assert_eq!(t.restart_status(0, now), None);
+        assert_eq!(t.restarting_need(3), None);
+        assert_eq!(t.restarts(0), 1);
+        assert_eq!(t.restarts(9), 0);
     }
 
     #[test]

@@ -46,12 +46,8 @@ impl Backoff {
         }
     }
 
-    /// The first delay.
-    pub(crate) fn initial(&self) -> Duration {
-        self.initial
-    }
-
     /// The cap as given (see [`cap_within`](Backoff::cap_within) for the one in force).
+    #[cfg(test)]
     pub(crate) fn cap(&self) -> Duration {
         self.cap
     }

@@ -144,11 +144,6 @@ impl Supervisor {
         self.slot(index).is_some()
     }
 
-    /// Whether any service is.
-    pub(crate) fn any_restartable(&self) -> bool {
-        self.slots.iter().any(Option::is_some)
-    }
-
     /// Service `index`'s supervision options, if it is restartable.
     pub(crate) fn options(&self, index: usize) -> Option<&RestartOptions> {
         self.slot(index).map(|s| &s.options)
@@ -168,6 +163,7 @@ impl Supervisor {
     }
 
     /// Every restart of service `index` so far, with its cause.
+    #[cfg(test)]
     pub(crate) fn causes(&self, index: usize) -> &[Error] {
         self.slot(index).map_or(&[], |s| &s.causes)
     }
@@ -292,7 +288,6 @@ mod tests {
     fn each_policy_decides_on_a_failure_and_on_a_clean_finish() {
         let t0 = Instant::now();
         let mut s = supervisor(Window::default());
-        assert!(s.any_restartable());
         assert!(s.is_restartable(0) && !s.is_restartable(2));
         // On failure: a failure restarts, a finish stays.
         assert!(matches!(s.ended(0, 0, Exit::Finished, t0), Decision::Stays));

@@ -72,6 +72,7 @@ impl Window {
     }
 
     /// How many restarts are counted in the `within` before `now`.
+    #[cfg(test)]
     pub(crate) fn count(&mut self, now: Instant) -> usize {
         self.forget(now);
         self.times.len()

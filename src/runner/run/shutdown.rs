@@ -242,11 +242,25 @@ impl Run {
         }
         // Fatal errors reported after the run phase ended (a worker failing during the drain or
         // while the others close): nothing waits for requests any more, but none is lost.
-        while let Ok(request) = self.runner.requests.try_recv() {
-            if let Request::Fatal(e) = request {
-                relay::error!("fatal: {e}");
-                self.run_errors.push(e);
-            }
+        // A restartable service's instance that failed since is not restarted: its error is
+        // the run's, as a fatal one (an instance replaced since is not).
+        let early = std::mem::take(&mut self.early).into_iter();
+        let requests: Vec<Request> = early.chain(self.runner.requests.try_iter()).collect();
+        for request in requests {
+            let e = match request {
+                Request::Fatal(e) => e,
+                Request::Failed {
+                    index,
+                    generation,
+                    error,
+                } if generation == self.supervisor.generation(index) => error,
+                _ => continue,
+            };
+            relay::error!("fatal: {e}");
+            self.run_errors.push(e);
+        }
+        for (report, causes) in self.reports.iter_mut().zip(self.supervisor.take_causes()) {
+            report.restarts = causes;
         }
         // Threads abandoned earlier may have ended since: join those.
         let mut still_running = Vec::new();

@@ -36,6 +36,9 @@ struct Meta {
     give_up_at: Instant,
     timeout: Duration,
     close_timeout: Duration,
+    /// A restartable service's own cancellation (fired with the phase's, and when its instance
+    /// reports a failure before it is ready).
+    own_cancel: Option<StopSignal>,
 }
 
 /// What the runner thread woke up for.
@@ -69,6 +72,7 @@ impl Run {
                 end = Some(cause);
                 break;
             }
+            self.cancel_failed(&pending);
             while let Some(index) = startable.pop_front() {
                 pending.push(self.begin_start(index, &cancel));
             }
@@ -83,8 +87,18 @@ impl Run {
                     break;
                 }
                 Event::Request(request) => {
-                    end = Some(request.map_or(ShutdownCause::Requested, |r| self.take(r)));
-                    break;
+                    // Unreachable while the runner holds a handle; taken as a request.
+                    let Some(request) = request else {
+                        end = Some(ShutdownCause::Requested);
+                        break;
+                    };
+                    match self.take(request) {
+                        Some(cause) => {
+                            end = Some(cause);
+                            break;
+                        }
+                        None => continue,
+                    }
                 }
                 Event::GiveUp => {
                     let now = Instant::now();
@@ -178,8 +192,10 @@ impl Run {
         relay::info!("{name}: starting");
         self.mark(index, State::Starting, None);
         let began = Instant::now();
+        let own_cancel = self.supervisor.is_restartable(index).then(StopSignal::new);
+        let cancel = own_cancel.as_ref().unwrap_or(cancel);
         let ctx =
-            StartContext::new(cancel.clone(), Some(timeout)).with_handle(self.runner.handle());
+            StartContext::new(cancel.clone(), Some(timeout)).with_handle(self.handle_for(index));
         let call = (self.calls).call(format!("start {name}"), move || {
             start_until_ready(&*service, &ctx)
         });
@@ -193,9 +209,31 @@ impl Run {
                 give_up_at: later(later(began, timeout), START_GRACE),
                 timeout,
                 close_timeout,
+                own_cancel,
             },
             call,
         }
+    }
+
+    /// Cancels the start of each restartable service whose instance reported a failure before
+    /// it was ready: it is then taken as up, to be restarted once the run phase begins (see
+    /// [`failed_as_it_started`](Run::failed_as_it_started)).
+    fn cancel_failed(&self, pending: &[Pending]) {
+        for p in pending {
+            if let Some(own) = &p.meta.own_cancel {
+                if self.failed_as_it_started(p.meta.index) {
+                    own.stop();
+                }
+            }
+        }
+    }
+
+    /// Whether the current instance of service `index` reported a failure in the start phase.
+    fn failed_as_it_started(&self, index: usize) -> bool {
+        let generation = self.supervisor.generation(index);
+        (self.early.iter()).any(|r| {
+            matches!(r, Request::Failed { index: i, generation: g, .. } if *i == index && *g == generation)
+        })
     }
 
     /// Records what became of a start (`None`: it was abandoned, or its call ended without a
@@ -225,6 +263,21 @@ impl Run {
                 self.reports[index].ready_in = Some(took);
                 self.mark(index, State::Started, Some(took));
                 relay::info!("{name}: ready in {took:?}");
+                true
+            }
+            Some(StartOutcome {
+                started: true,
+                result: Err(e),
+            }) if !interrupted && self.failed_as_it_started(index) => {
+                // Started, then failed (its start cancelled for it): up as far as the start
+                // phase goes, restarted once the run phase begins.
+                self.reports[index].started = true;
+                self.started.push(index);
+                let took = Instant::now().saturating_duration_since(meta.began);
+                self.mark(index, State::Started, Some(took));
+                relay::info!(
+                    "{name}: failed as it started ({e}); restarted once every service is up"
+                );
                 true
             }
             Some(StartOutcome {
@@ -290,6 +343,11 @@ impl Run {
             return;
         }
         cancel.stop();
+        for p in &pending {
+            if let Some(own) = &p.meta.own_cancel {
+                own.stop();
+            }
+        }
         if self.notes.is_enabled() {
             pending.sort_unstable_by_key(|p| p.meta.index);
             let names: Vec<&str> = pending.iter().map(|p| p.meta.name.as_str()).collect();

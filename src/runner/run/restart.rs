@@ -1,0 +1,315 @@
+//! The run phase of a run: the runner waits for a signal, a shutdown request or a fatal error,
+//! and meanwhile restarts the restartable services whose instances fail (see
+//! [`Supervisor`](crate::supervise::Supervisor) for the decisions). A restart closes the failed
+//! instance (a call `close NAME` on the run's pool, within its close timeout), waits its
+//! backoff, then builds a fresh instance and starts it (a call `start NAME`, within its start
+//! timeout and the grace). The runner thread waits on one `select` over the signals, the
+//! requests, every call in progress, the liveness events and the earliest timer, so it never
+//! waits on user code, and a shutdown asked for during a backoff begins at once.
+
+mod stages;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Select};
+
+use crate::checker::{HealthEvent, Probe, Status};
+use crate::error::{Error, Phase, Result};
+use crate::pool::Call;
+use crate::relay;
+use crate::service::{Service, StartOutcome};
+use crate::stop::StopSignal;
+use crate::supervise::{Decision, Exit};
+use crate::thread::later;
+
+use super::super::table::RestartStage;
+use super::super::{Request, ShutdownCause};
+use super::Run;
+
+/// What a restart's start call came to.
+struct Built {
+    /// The fresh instance, if the factory built one of the service's name.
+    instance: Option<Arc<dyn Service>>,
+    outcome: StartOutcome,
+    /// The name of an instance the factory built under another name.
+    misnamed: Option<String>,
+}
+
+/// A restart in progress, of one service.
+struct Restart {
+    attempt: u32,
+    /// The generation of the instance it starts.
+    generation: u64,
+    /// When its backoff ends.
+    at: Instant,
+    stage: Stage,
+}
+
+/// Where a restart is.
+enum Stage {
+    /// The failed instance closes.
+    Closing {
+        call: Call<Option<Result<()>>>,
+        began: Instant,
+        until: Instant,
+        timeout: Duration,
+    },
+    /// The backoff runs.
+    Waiting,
+    /// The fresh instance starts.
+    Starting {
+        call: Call<Built>,
+        cancel: StopSignal,
+        began: Instant,
+        give_up_at: Instant,
+        /// A failure its instance reported before it was ready: its start is cancelled.
+        failed: Option<Error>,
+    },
+}
+
+impl Restart {
+    /// When the runner must act on it, unless a call returns first: abandon the close, begin
+    /// the start, abandon the start.
+    fn due(&self) -> Instant {
+        match &self.stage {
+            Stage::Closing { until, .. } => *until,
+            Stage::Waiting => self.at,
+            Stage::Starting { give_up_at, .. } => *give_up_at,
+        }
+    }
+}
+
+/// The restarts in progress, by service.
+type Restarts = Vec<Option<Restart>>;
+
+/// What the runner thread woke up for in the run phase.
+enum Event {
+    Signal(Option<i32>),
+    Request(Option<Request>),
+    /// The close of service `.0`'s failed instance returned (`None`: without a value).
+    Closed(usize, Option<Option<Result<()>>>),
+    /// The start of service `.0`'s fresh instance returned.
+    Started(usize, Option<Built>),
+    Health(Option<HealthEvent>),
+    /// The earliest timer passed.
+    Due,
+}
+
+impl Run {
+    /// Waits in the run phase until a signal, a request, a fatal error or a spent restart
+    /// budget, restarting failed instances meanwhile; once the loop ends, ends the restarts in
+    /// progress (see [`end_restarts`](Run::end_restarts)).
+    pub(super) fn wait_for_end(&mut self) -> ShutdownCause {
+        let mut restarts: Restarts = (0..self.graph.len()).map(|_| None).collect();
+        let mut health = self.liveness();
+        let mut end = None;
+        for request in std::mem::take(&mut self.early) {
+            if end.is_none() {
+                end = self.on_request(request, &mut restarts);
+            }
+        }
+        while end.is_none() {
+            end = match self.next_run_event(&restarts, health.as_ref()) {
+                Event::Signal(signal) => {
+                    Some(signal.map_or(ShutdownCause::Signal, |s| self.on_signal(s)))
+                }
+                // Unreachable while the runner holds a handle; taken as a request.
+                Event::Request(None) => Some(ShutdownCause::Requested),
+                Event::Request(Some(request)) => self.on_request(request, &mut restarts),
+                Event::Closed(index, value) => {
+                    self.failed_instance_closed(index, value.flatten(), &mut restarts);
+                    None
+                }
+                Event::Started(index, built) => self.restart_started(index, built, &mut restarts),
+                Event::Health(Some(event)) => self.on_health(&event, &mut restarts),
+                Event::Health(None) => {
+                    health = None;
+                    None
+                }
+                Event::Due => self.on_due(&mut restarts),
+            };
+        }
+        self.end_restarts(restarts);
+        end.unwrap_or(ShutdownCause::Requested)
+    }
+
+    /// The checker's events, when a service is restarted on failed health polls.
+    fn liveness(&self) -> Option<Receiver<HealthEvent>> {
+        let wanted = (0..self.graph.len())
+            .any(|i| (self.supervisor.options(i)).is_some_and(|o| o.unhealthy_polls.is_some()));
+        let health = self.health.as_ref().filter(|_| wanted)?;
+        Some(health.checker().subscribe())
+    }
+
+    /// What comes first: a signal, a request, a call's return, a liveness event, or the
+    /// earliest timer.
+    fn next_run_event(&self, restarts: &Restarts, health: Option<&Receiver<HealthEvent>>) -> Event {
+        let mut select = Select::new();
+        let mut calls = Vec::new();
+        for (index, restart) in restarts.iter().enumerate() {
+            match restart.as_ref().map(|r| &r.stage) {
+                Some(Stage::Closing { call, .. }) => {
+                    calls.push(index);
+                    select.recv(call.receiver());
+                }
+                Some(Stage::Starting { call, .. }) => {
+                    calls.push(index);
+                    select.recv(call.receiver());
+                }
+                Some(Stage::Waiting) | None => {}
+            }
+        }
+        let signals = select.recv(&self.signals);
+        let requests = select.recv(&self.runner.requests);
+        let events = health.map(|h| select.recv(h));
+        let due = (restarts.iter().enumerate())
+            .filter_map(|(i, r)| Some((i, r.as_ref()?)))
+            .filter(|(i, r)| {
+                !matches!(r.stage, Stage::Waiting) || !self.needs_restarting(*i, restarts)
+            })
+            .map(|(_, r)| r.due())
+            .min();
+        let due = due.unwrap_or_else(|| later(Instant::now(), Duration::MAX));
+        let Ok(oper) = select.select_deadline(due) else {
+            return Event::Due;
+        };
+        match oper.index() {
+            i if i == signals => Event::Signal(oper.recv(&self.signals).ok()),
+            i if i == requests => Event::Request(oper.recv(&self.runner.requests).ok()),
+            i if Some(i) == events => match health {
+                Some(h) => Event::Health(oper.recv(h).ok()),
+                None => Event::Due,
+            },
+            k => {
+                let index = calls[k];
+                match restarts[index].as_ref().map(|r| &r.stage) {
+                    Some(Stage::Closing { call, .. }) => {
+                        Event::Closed(index, oper.recv(call.receiver()).ok())
+                    }
+                    Some(Stage::Starting { call, .. }) => {
+                        Event::Started(index, oper.recv(call.receiver()).ok())
+                    }
+                    _ => Event::Due,
+                }
+            }
+        }
+    }
+
+    /// A request of the run phase: the cause that ends it, if it does.
+    fn on_request(&mut self, request: Request, restarts: &mut Restarts) -> Option<ShutdownCause> {
+        match request {
+            Request::Shutdown => Some(ShutdownCause::Requested),
+            Request::Fatal(e) => Some(self.fatal(e)),
+            Request::Failed {
+                index,
+                generation,
+                error,
+            } => match restarts.get_mut(index) {
+                Some(Some(restart)) => {
+                    // The instance now starting failed: its start is cancelled, and fails.
+                    if let Stage::Starting { cancel, failed, .. } = &mut restart.stage {
+                        if generation == restart.generation && failed.is_none() {
+                            cancel.stop();
+                            *failed = Some(error);
+                        }
+                    }
+                    // Else the instance that is being replaced, again: nothing more.
+                    None
+                }
+                Some(None) => self.instance_ended(index, generation, Exit::Failed(error), restarts),
+                None => None,
+            },
+            Request::Finished { index, generation } => match restarts.get(index) {
+                Some(None) => self.instance_ended(index, generation, Exit::Finished, restarts),
+                _ => None,
+            },
+        }
+    }
+
+    /// Instance `generation` of service `index` ended as `exit`: restarts it, or not, as the
+    /// supervisor decides; the cause that ends the run phase, if it does.
+    fn instance_ended(
+        &mut self,
+        index: usize,
+        generation: u64,
+        exit: Exit,
+        restarts: &mut Restarts,
+    ) -> Option<ShutdownCause> {
+        let now = Instant::now();
+        let name = self.reports[index].name.clone();
+        let said = exit.to_string();
+        match self.supervisor.ended(index, generation, exit, now) {
+            Decision::Stale => {
+                relay::debug!("{name}: a report of an instance replaced since: {said}");
+                None
+            }
+            Decision::Stays => {
+                relay::info!("{name}: finished; it is restarted only when it fails");
+                None
+            }
+            Decision::Fatal(e) => Some(self.fatal(e)),
+            Decision::Exhausted(e) => {
+                relay::error!("{e}");
+                self.run_errors.push(e);
+                Some(ShutdownCause::RestartBudgetSpent)
+            }
+            Decision::Restart {
+                attempt,
+                delay,
+                generation,
+            } => {
+                self.table.count_restart(index);
+                let n = self.table.restarts(index);
+                relay::warn!(
+                    "{name}: restarting in {delay:.1?} (attempt {attempt}, restart {n} of the \
+                     run): {said}"
+                );
+                self.notes
+                    .status(format!("running; restarting {name} (attempt {attempt})"));
+                let at = later(now, delay);
+                // This restart closes the instance: the shutdown does not any more.
+                let up = self.started.iter().position(|&i| i == index);
+                let stage = match up.map(|k| self.started.remove(k)) {
+                    Some(_) => {
+                        self.table
+                            .restarting(index, attempt, RestartStage::Closing, at);
+                        self.close_failed_instance(index)
+                    }
+                    None => {
+                        self.table
+                            .restarting(index, attempt, RestartStage::Waiting, at);
+                        Stage::Waiting
+                    }
+                };
+                restarts[index] = Some(Restart {
+                    attempt,
+                    generation,
+                    at,
+                    stage,
+                });
+                None
+            }
+        }
+    }
+
+    /// A change of a check's status: a service restarted on failed health polls whose health
+    /// now fails (after its threshold of polls in a row) is restarted.
+    fn on_health(&mut self, event: &HealthEvent, restarts: &mut Restarts) -> Option<ShutdownCause> {
+        if event.probe() != Probe::Health || event.new_status() != Status::Failing {
+            return None;
+        }
+        let index = self.reports.iter().position(|r| r.name == event.check())?;
+        let polls = self.supervisor.options(index)?.unhealthy_polls?;
+        if restarts.get(index)?.is_some() || !self.started.contains(&index) {
+            return None;
+        }
+        let reason = (event.reason()).map_or_else(|| "failing".to_owned(), ToString::to_string);
+        let e = Error::msg(format!(
+            "its health failed {polls} poll(s) in a row: {reason}"
+        ))
+        .in_service(&self.reports[index].name, Phase::Health);
+        let generation = self.supervisor.generation(index);
+        self.instance_ended(index, generation, Exit::Failed(e), restarts)
+    }
+}

@@ -1,0 +1,405 @@
+//! The stages of a restart, each a call on the run's pool or a timer: the failed instance's
+//! close (abandoned past its close timeout), the backoff, the fresh instance's build and
+//! start (abandoned past its start timeout and the grace); and, once a shutdown has begun, the
+//! end of the restarts in progress.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Phase, Result};
+use crate::relay;
+use crate::service::{close_guarded, start_until_ready, StartOutcome};
+use crate::state::State;
+use crate::stop::{StartContext, StopSignal};
+use crate::supervise::Exit;
+use crate::thread::later;
+
+use super::super::super::table::RestartStage;
+use super::super::super::{Factory, ShutdownCause, START_GRACE};
+use super::super::Run;
+use super::{Built, Restart, Restarts, Stage};
+
+/// Builds an instance with `factory` and starts it until it is ready, on a thread of the pool.
+fn build_and_start(factory: Option<Factory>, name: &str, ctx: &StartContext) -> Built {
+    let failed = |e: Error, misnamed| Built {
+        instance: None,
+        outcome: StartOutcome {
+            started: false,
+            result: Err(e),
+        },
+        misnamed,
+    };
+    let Some(factory) = factory else {
+        return failed(
+            Error::msg("it has no factory").in_service(name, Phase::Start),
+            None,
+        );
+    };
+    let instance = match catch_unwind(AssertUnwindSafe(|| factory())) {
+        Ok(instance) => instance,
+        Err(panic) => return failed(Error::panicked(name, Phase::Start, &*panic), None),
+    };
+    if instance.name() != name {
+        let other = instance.name().to_owned();
+        let e = Error::invalid_input(
+            name,
+            format!(
+                "its factory built an instance named {other:?}: every instance of a \
+                 restartable service must bear the name of the first"
+            ),
+        );
+        return failed(e, Some(other));
+    }
+    let outcome = start_until_ready(&*instance, ctx);
+    Built {
+        instance: Some(instance),
+        outcome,
+        misnamed: None,
+    }
+}
+
+impl Run {
+    /// Begins closing service `index`'s failed instance, within its close timeout.
+    pub(super) fn close_failed_instance(&mut self, index: usize) -> Stage {
+        let service = self.runner.entries[index].service.clone();
+        let name = self.reports[index].name.clone();
+        let timeout = self.close_timeout(index);
+        self.mark(index, State::Closing, None);
+        relay::info!("{name}: closing the failed instance");
+        let began = Instant::now();
+        let call = (self.calls).call(format!("{} {name}", Phase::Close), move || {
+            catch_unwind(AssertUnwindSafe(|| close_guarded(&*service))).ok()
+        });
+        Stage::Closing {
+            call,
+            began,
+            until: later(began, timeout),
+            timeout,
+        }
+    }
+
+    /// Records how the close of service `index`'s failed instance ended (`None`: without a
+    /// value); its backoff runs on.
+    pub(super) fn failed_instance_closed(
+        &mut self,
+        index: usize,
+        value: Option<Result<()>>,
+        restarts: &mut Restarts,
+    ) {
+        let Some(restart) = restarts.get_mut(index).and_then(Option::as_mut) else {
+            return;
+        };
+        let Stage::Closing { began, .. } = &restart.stage else {
+            return;
+        };
+        let took = began.elapsed();
+        let name = &self.reports[index].name;
+        let state = match value {
+            Some(Ok(())) => {
+                relay::info!("{name}: the failed instance closed in {took:?}");
+                State::Closed
+            }
+            Some(Err(e)) => {
+                relay::warn!("{name}: the failed instance's close failed: {e}");
+                State::CloseFailed
+            }
+            None => {
+                relay::warn!("{name}: the failed instance's close ended without a result");
+                State::CloseFailed
+            }
+        };
+        restart.stage = Stage::Waiting;
+        let (attempt, at) = (restart.attempt, restart.at);
+        self.mark(index, state, None);
+        self.table
+            .restarting(index, attempt, RestartStage::Waiting, at);
+    }
+
+    /// The timers that passed: a close abandoned, a start begun, a start abandoned; the cause
+    /// that ends the run phase, if one does.
+    pub(super) fn on_due(&mut self, restarts: &mut Restarts) -> Option<ShutdownCause> {
+        let now = Instant::now();
+        for index in 0..restarts.len() {
+            let Some(restart) = restarts[index].take_if(|r| r.due() <= now) else {
+                continue;
+            };
+            let Restart {
+                attempt,
+                generation,
+                at,
+                stage,
+            } = restart;
+            let name = self.reports[index].name.clone();
+            let stage = match stage {
+                Stage::Closing { call, .. } if call.has_ended() => {
+                    // Its value is on its way: taken at the next wait.
+                    restarts[index] = Some(Restart {
+                        attempt,
+                        generation,
+                        at,
+                        stage: Stage::Closing {
+                            call,
+                            began: now,
+                            until: now,
+                            timeout: Duration::ZERO,
+                        },
+                    });
+                    continue;
+                }
+                Stage::Closing { call, timeout, .. } => {
+                    let note = format!("thread {:?} is left running", call.label());
+                    let e = Error::timed_out_noting(&name, Phase::Close, timeout, note);
+                    relay::error!("{e}: abandoning the failed instance's close");
+                    self.abandoned.push(call.abandon());
+                    self.mark(index, State::CloseFailed, None);
+                    self.table
+                        .restarting(index, attempt, RestartStage::Waiting, at);
+                    Stage::Waiting
+                }
+                Stage::Waiting if self.needs_restarting(index, restarts) => Stage::Waiting,
+                Stage::Waiting => {
+                    self.table
+                        .restarting(index, attempt, RestartStage::Starting, at);
+                    self.start_fresh_instance(index, generation, attempt)
+                }
+                Stage::Starting {
+                    call,
+                    cancel,
+                    began,
+                    failed,
+                    ..
+                } if call.has_ended() => {
+                    restarts[index] = Some(Restart {
+                        attempt,
+                        generation,
+                        at,
+                        stage: Stage::Starting {
+                            call,
+                            cancel,
+                            began,
+                            give_up_at: later(now, START_GRACE),
+                            failed,
+                        },
+                    });
+                    continue;
+                }
+                Stage::Starting { call, cancel, .. } => {
+                    cancel.stop();
+                    self.abandoned.push(call.abandon());
+                    let timeout = self.start_timeout(index);
+                    let e = Error::timed_out_noting(
+                        &name,
+                        Phase::Start,
+                        timeout,
+                        format!("abandoned {START_GRACE:?} later: its start did not return"),
+                    );
+                    self.mark(index, State::StartFailed, None);
+                    if let Some(cause) =
+                        self.instance_ended(index, generation, Exit::Failed(e), restarts)
+                    {
+                        return Some(cause);
+                    }
+                    continue;
+                }
+            };
+            restarts[index] = Some(Restart {
+                attempt,
+                generation,
+                at,
+                stage,
+            });
+        }
+        None
+    }
+
+    /// Whether a service that service `index` needs is restarting: its fresh instance then
+    /// starts, once its backoff is over, when they are all up again, as in the start phase.
+    pub(super) fn needs_restarting(&self, index: usize, restarts: &Restarts) -> bool {
+        (self.graph.needs(index).iter()).any(|&n| restarts.get(n).is_some_and(Option::is_some))
+    }
+
+    /// Service `index`'s start timeout.
+    fn start_timeout(&self, index: usize) -> Duration {
+        let options = &self.runner.entries[index].options;
+        options.start_timeout.unwrap_or(self.runner.start_timeout)
+    }
+
+    /// Builds and starts instance `generation` of service `index`, a call `start NAME` on the
+    /// pool, within its start timeout (the factory's call included).
+    fn start_fresh_instance(&mut self, index: usize, generation: u64, attempt: u32) -> Stage {
+        let factory = self.runner.entries[index].factory.clone();
+        let name = self.reports[index].name.clone();
+        let timeout = self.start_timeout(index);
+        relay::info!("{name}: starting a fresh instance (attempt {attempt})");
+        self.mark(index, State::Starting, None);
+        let cancel = StopSignal::new();
+        let handle = self.runner.handle.scoped(index, generation);
+        let ctx = StartContext::new(cancel.clone(), Some(timeout)).with_handle(handle);
+        let began = Instant::now();
+        let label = format!("{} {name}", Phase::Start);
+        let call = (self.calls).call(label, move || build_and_start(factory, &name, &ctx));
+        Stage::Starting {
+            call,
+            cancel,
+            began,
+            give_up_at: later(later(began, timeout), START_GRACE),
+            failed: None,
+        }
+    }
+
+    /// The start of service `index`'s fresh instance returned `built` (`None`: without a
+    /// value): it is ready, or its restart failed; the cause that ends the run phase, if one
+    /// does.
+    pub(super) fn restart_started(
+        &mut self,
+        index: usize,
+        built: Option<Built>,
+        restarts: &mut Restarts,
+    ) -> Option<ShutdownCause> {
+        let restart = restarts.get_mut(index)?.take()?;
+        let Restart {
+            attempt,
+            generation,
+            stage: Stage::Starting { began, failed, .. },
+            ..
+        } = restart
+        else {
+            restarts[index] = Some(restart);
+            return None;
+        };
+        let now = Instant::now();
+        let took = now.saturating_duration_since(began);
+        let name = self.reports[index].name.clone();
+        let error = match built {
+            Some(Built {
+                misnamed: Some(_),
+                outcome,
+                ..
+            }) => {
+                // Restarting it again would build the same: the program shuts down.
+                self.table.restarted(index);
+                self.mark(index, State::StartFailed, None);
+                let e = outcome.result.err()?;
+                return Some(self.fatal(e));
+            }
+            Some(Built {
+                instance: Some(instance),
+                outcome,
+                ..
+            }) => {
+                if outcome.started {
+                    // Up, ready or not: the shutdown (or the next restart) closes it.
+                    self.runner.entries[index].service = instance.clone();
+                    self.instances[index].set(instance);
+                    self.started.push(index);
+                }
+                match (outcome.result, failed) {
+                    (Ok(()), None) => {
+                        self.supervisor.ready(index, generation, now);
+                        self.table.started_in(index, took);
+                        self.mark(index, State::Started, None);
+                        self.table.restarted(index);
+                        relay::info!("{name}: restarted, ready in {took:?} (attempt {attempt})");
+                        if restarts.iter().all(Option::is_none) {
+                            self.notes.status("running".to_owned());
+                        }
+                        return None;
+                    }
+                    // A failure it reported while starting comes first: the start's own error
+                    // is then its cancellation.
+                    (_, Some(e)) | (Err(e), None) => e,
+                }
+            }
+            Some(Built { outcome, .. }) => outcome.result.err().unwrap_or_else(|| {
+                Error::msg("its factory built no instance").in_service(&name, Phase::Start)
+            }),
+            None => Error::msg("its start's thread ended without a result")
+                .in_service(&name, Phase::Start),
+        };
+        relay::warn!("{name}: its restart failed: {error}");
+        if !self.started.contains(&index) {
+            self.mark(index, State::StartFailed, None);
+        }
+        self.instance_ended(index, generation, Exit::Failed(error), restarts)
+    }
+
+    /// The shutdown has begun: no restart begins any more. A backoff in progress ends (nothing
+    /// of that service is up); a close of a failed instance is waited for within its bound, a
+    /// start in progress is cancelled and waited for as in the start phase (at most its close
+    /// timeout), each at most half the shutdown timeout from now; a fresh instance that started
+    /// is closed by the shutdown with the others.
+    pub(super) fn end_restarts(&mut self, restarts: Restarts) {
+        let now = Instant::now();
+        let pending: Vec<(usize, Restart)> = (restarts.into_iter().enumerate())
+            .filter_map(|(i, r)| Some((i, r?)))
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        let timeout = self.runner.shutdown_timeout;
+        self.deadline.get_or_insert_with(|| later(now, timeout));
+        let most = later(now, timeout / 2);
+        for (index, restart) in pending {
+            self.table.restarted(index);
+            let name = self.reports[index].name.clone();
+            match restart.stage {
+                Stage::Waiting => {
+                    relay::info!("{name}: not restarted: shutting down");
+                }
+                Stage::Closing { call, until, .. } => match call.wait_until(until.min(most)) {
+                    Ok(value) => {
+                        let ok = matches!(value, Some(Some(Ok(()))));
+                        let state = if ok {
+                            State::Closed
+                        } else {
+                            State::CloseFailed
+                        };
+                        self.mark(index, state, None);
+                    }
+                    Err(call) => {
+                        let e = Error::timed_out(&name, Phase::Close, self.close_timeout(index));
+                        relay::error!("{e}: abandoning the failed instance's close");
+                        self.abandoned.push(call.abandon());
+                        self.shutdown_errors.push(e);
+                        self.mark(index, State::CloseFailed, None);
+                    }
+                },
+                Stage::Starting {
+                    call,
+                    cancel,
+                    give_up_at,
+                    ..
+                } => {
+                    cancel.stop();
+                    let until = later(now, self.close_timeout(index))
+                        .min(give_up_at)
+                        .min(most);
+                    match call.wait_until(until) {
+                        Ok(Some(Built {
+                            instance: Some(instance),
+                            outcome: StartOutcome { started: true, .. },
+                            ..
+                        })) => {
+                            self.runner.entries[index].service = instance.clone();
+                            self.instances[index].set(instance);
+                            self.started.push(index);
+                            self.mark(index, State::Started, None);
+                        }
+                        Ok(_) => {
+                            relay::info!("{name}: its restart was interrupted by the shutdown");
+                            self.mark(index, State::Closed, None);
+                        }
+                        Err(call) => {
+                            relay::warn!(
+                                "{name}: its restart was cancelled and did not return in time: \
+                                 abandoned"
+                            );
+                            self.abandoned.push(call.abandon());
+                            self.mark(index, State::StartFailed, None);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
