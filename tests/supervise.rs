@@ -492,20 +492,35 @@ fn a_service_whose_health_fails_its_polls_in_a_row_is_restarted() {
             .build(),
     );
     let options = fast().restart_on_failure().restart_on_unhealthy(3);
-    let runner = runner().health(checker).restartable(factory, options);
+    let runner = runner()
+        .health(checker.clone())
+        .restartable(factory, options);
     let (handle, reports) = spawn_run(runner);
     let first = flags.recv_timeout(WATCHDOG).unwrap();
     first.store(false, Ordering::SeqCst);
-    // The second instance: built by the restart.
+    // The second instance: built by the restart. Unhealthy too, it is restarted in turn
+    // (its check, failing while it restarted, counts its own polls from its readiness).
     let second = flags
         .recv_timeout(WATCHDOG)
         .expect("a restart on failed health");
     assert!(second.load(Ordering::SeqCst));
+    // Once it is up and seen ready (unready, its start would wait for it).
+    common::eventually("the second instance ready", || {
+        let snapshot = checker.snapshot();
+        snapshot
+            .check("cache")
+            .is_some_and(|c| c.ready().is_passing())
+    });
+    second.store(false, Ordering::SeqCst);
+    let third = flags
+        .recv_timeout(WATCHDOG)
+        .expect("a second restart on failed health");
+    assert!(third.load(Ordering::SeqCst));
     handle.shutdown();
     let report = report(&reports);
     assert!(report.is_success(), "{report:?}");
     let causes = report.services()[0].restarts();
-    assert_eq!(causes.len(), 1, "{causes:?}");
+    assert_eq!(causes.len(), 2, "{causes:?}");
     let cause = causes[0].to_string();
     assert!(
         cause.contains("its health failed 3 poll(s) in a row"),

@@ -154,6 +154,8 @@ pub(super) struct RunnerHealth {
     endpoint: Option<Arc<HealthEndpoint>>,
     phase: Arc<PhaseCheck>,
     reporter: Option<Reporter>,
+    /// The reporters of the services restarted on failed health polls, by index.
+    liveness: Vec<Option<Reporter>>,
     started: Vec<Arc<dyn Service>>,
 }
 
@@ -191,6 +193,7 @@ impl RunnerHealth {
                 running: AtomicBool::new(false),
             }),
             reporter: None,
+            liveness: Vec::new(),
             started: Vec::new(),
         })
     }
@@ -222,15 +225,27 @@ impl RunnerHealth {
                 Some(k) => CheckOptions::new().failure_threshold(k),
                 None => CheckOptions::new(),
             };
-            self.checker
+            let reporter = (self.checker)
                 .register_with(check, options)
                 .map_err(|e| e.in_service(&name, Phase::Start))?;
+            self.liveness.push(threshold.map(|_| reporter));
         }
         if let Some(endpoint) = &self.endpoint {
             start_guarded(&**endpoint, &ctx)?;
             self.started.push(endpoint.clone());
         }
         Ok(())
+    }
+
+    /// Service `index`'s fresh instance is ready: for a service restarted on failed health
+    /// polls, its health is pushed passing, so that its own polls count from there (its check
+    /// failed while it restarted, and a check that stays failing sends no event).
+    pub(super) fn restarted(&self, index: usize) {
+        if let Some(Some(reporter)) = self.liveness.get(index) {
+            if let Err(e) = reporter.report(Probe::Health, Ok(())) {
+                crate::relay::debug!("cannot report {}'s health: {e}", reporter.name());
+            }
+        }
     }
 
     /// The run's health checker.

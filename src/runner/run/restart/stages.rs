@@ -131,7 +131,12 @@ impl Run {
             } = restart;
             let name = self.reports[index].name.clone();
             let stage = match stage {
-                Stage::Closing { call, .. } if call.has_ended() => {
+                Stage::Closing {
+                    call,
+                    began,
+                    timeout,
+                    ..
+                } if call.has_ended() => {
                     // Its value is on its way: taken at the next wait.
                     restarts[index] = Some(Restart {
                         attempt,
@@ -139,9 +144,9 @@ impl Run {
                         at,
                         stage: Stage::Closing {
                             call,
-                            began: now,
-                            until: now,
-                            timeout: Duration::ZERO,
+                            began,
+                            until: later(now, Duration::from_millis(1)),
+                            timeout,
                         },
                     });
                     continue;
@@ -299,6 +304,9 @@ impl Run {
                         self.table.started_in(index, took);
                         self.mark(index, State::Started, None);
                         self.table.restarted(index);
+                        if let Some(health) = &self.health {
+                            health.restarted(index);
+                        }
                         relay::info!("{name}: restarted, ready in {took:?} (attempt {attempt})");
                         if restarts.iter().all(Option::is_none) {
                             self.notes.status("running".to_owned());
