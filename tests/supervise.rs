@@ -340,6 +340,9 @@ fn a_shutdown_during_a_backoff_is_at_once_and_the_checks_say_restarting() {
         panic!("two services");
     };
     assert_eq!(db.restarts().len(), 1);
+    // Its failed instance was closed by the restart; nothing of it was up at the shutdown.
+    assert_eq!(db.state(), State::Closed);
+    assert!(db.closed(), "{db:?}");
     assert!(api.restarts().is_empty());
     assert_eq!(api.state(), State::Closed);
 }

@@ -109,6 +109,9 @@ impl Run {
             }
         };
         restart.stage = Stage::Waiting;
+        // Closed as far as the report goes, unless a fresh instance starts (and closes) later.
+        self.reports[index].closed = true;
+        self.reports[index].closed_in = Some(took);
         let (attempt, at) = (restart.attempt, restart.at);
         self.mark(index, state, None);
         self.table
@@ -236,6 +239,8 @@ impl Run {
         let name = self.reports[index].name.clone();
         let timeout = self.start_timeout(index);
         relay::info!("{name}: starting a fresh instance (attempt {attempt})");
+        self.reports[index].closed = false;
+        self.reports[index].closed_in = None;
         self.mark(index, State::Starting, None);
         let cancel = StopSignal::new();
         let handle = self.runner.handle.scoped(index, generation);
@@ -356,6 +361,7 @@ impl Run {
                 }
                 Stage::Closing { call, until, .. } => match call.wait_until(until.min(most)) {
                     Ok(value) => {
+                        self.reports[index].closed = matches!(value, Some(Some(_)));
                         let ok = matches!(value, Some(Some(Ok(()))));
                         let state = if ok {
                             State::Closed
