@@ -248,7 +248,10 @@ type CleanupFn = Box<dyn FnOnce() -> Result<()> + Send + 'static>;
 /// most one restart every 6 s; with the default backoff (100 ms doubling to 5 s) a service
 /// that fails at once on every start spends it in 21 to 27 s. (OTP's own default, 1 in 5 s,
 /// suits deep supervision trees, where every level multiplies the restarts; here there is one
-/// level, and the program's own supervisor, systemd or Kubernetes, is the next.)
+/// level, and the program's own supervisor, systemd or Kubernetes, is the next. suture v4
+/// tolerates 5 failures whose count decays over 30 s, then pauses 15 s and starts over, never
+/// giving up; giving up, as OTP does, hands the decision to that next supervisor, which sees
+/// the exit code.)
 ///
 /// The restart past the budget is refused: the program shuts down gracefully, with
 /// [`ShutdownCause::RestartBudgetSpent`] and the exit code
