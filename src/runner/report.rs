@@ -66,6 +66,8 @@ pub struct ServiceReport {
     pub(crate) closed: bool,
     pub(crate) skipped_because: Option<String>,
     pub(crate) restarts: Vec<Error>,
+    /// How many times it was restarted (all of them, where `restarts` keeps the latest).
+    pub(crate) restart_count: u64,
 }
 
 impl ServiceReport {
@@ -110,8 +112,10 @@ impl ServiceReport {
     }
 
     /// Each restart of a [restartable](crate::Runner::restartable) service, in order, by its
-    /// cause: the error its instance failed with (or, restarted always, that it ended). Empty
-    /// for a service that was never restarted. A restart that recovered is no error of the run.
+    /// cause: the error its instance failed with (or, restarted always, that it ended); the
+    /// latest 256 when there were more (`lifecycle_service_restarts_total` counts them all).
+    /// Empty for a service that was never restarted. A restart that recovered is no error of the
+    /// run.
     pub fn restarts(&self) -> &[Error] {
         &self.restarts
     }
@@ -296,8 +300,8 @@ impl RunReport {
                     " (skipped: it needs {cause}, which failed to start)"
                 ));
             }
-            if !service.restarts.is_empty() {
-                line.push_str(&format!(" (restarted {} time(s))", service.restarts.len()));
+            if service.restart_count > 0 {
+                line.push_str(&format!(" (restarted {} time(s))", service.restart_count));
             }
             if let Some(took) = service.closed_in {
                 line.push_str(&format!(" in {took:?}"));
@@ -365,6 +369,7 @@ mod tests {
             closed: false,
             skipped_because: skipped_because.map(str::to_owned),
             restarts: Vec::new(),
+            restart_count: 0,
         }
     }
 

@@ -217,6 +217,7 @@ impl Run {
                 closed: false,
                 skipped_because: None,
                 restarts: Vec::new(),
+                restart_count: 0,
             })
             .collect();
         let unblocked_by = vec![None; graph.len()];

@@ -89,6 +89,10 @@ pub(crate) enum Decision {
     Exhausted(Error),
 }
 
+/// The most restart causes kept per service (the latest): a service that restarts every 6 s
+/// for months must not grow the report without bound. The count of all is in the metrics.
+pub(crate) const MAX_CAUSES: usize = 256;
+
 /// One service's supervision.
 #[derive(Debug, Clone)]
 struct Slot {
@@ -225,6 +229,9 @@ impl Supervisor {
         }
         slot.attempt = slot.attempt.saturating_add(1);
         slot.generation += 1;
+        if slot.causes.len() >= MAX_CAUSES {
+            slot.causes.remove(0);
+        }
         slot.causes.push(cause);
         let unit = self.jitter.next_unit();
         Decision::Restart {
@@ -408,6 +415,26 @@ mod tests {
         let all = s.take_causes();
         assert_eq!(all.iter().map(Vec::len).collect::<Vec<_>>(), [1, 1, 0, 0]);
         assert!(s.causes(0).is_empty());
+    }
+
+    #[test]
+    fn the_causes_kept_are_the_latest_and_bounded() {
+        let t0 = Instant::now();
+        let mut s = supervisor(Window::new(u32::MAX, S));
+        for g in 0..(MAX_CAUSES as u64 + 10) {
+            let what = format!("failure {g}");
+            assert!(matches!(
+                s.ended(0, g, failed(&what), t0),
+                Decision::Restart { .. }
+            ));
+        }
+        let causes = s.causes(0);
+        assert_eq!(causes.len(), MAX_CAUSES);
+        assert!(
+            causes[0].to_string().ends_with("failure 10"),
+            "{}",
+            causes[0]
+        );
     }
 
     #[test]

@@ -259,8 +259,10 @@ impl Run {
             relay::error!("fatal: {e}");
             self.run_errors.push(e);
         }
-        for (report, causes) in self.reports.iter_mut().zip(self.supervisor.take_causes()) {
+        let causes = self.supervisor.take_causes();
+        for (index, (report, causes)) in self.reports.iter_mut().zip(causes).enumerate() {
             report.restarts = causes;
+            report.restart_count = self.table.restarts(index);
         }
         // Threads abandoned earlier may have ended since: join those.
         let mut still_running = Vec::new();
