@@ -210,16 +210,16 @@ impl Registry {
             }
             if !self.paused && now >= entry.next_due {
                 match entry.call {
-                    None if entry.worker.request() => {
-                        entry.call = Some(Call {
-                            deadline: later(now, entry.timeout),
-                            stuck: false,
-                        });
-                    }
-                    None => {
-                        let e = Error::msg("the checker is closing: no more polls");
-                        Registry::fail_both(entry, &e, stamp, &mut events);
-                    }
+                    None => match entry.worker.request() {
+                        Ok(()) => {
+                            entry.call = Some(Call {
+                                deadline: later(now, entry.timeout),
+                                stuck: false,
+                            });
+                        }
+                        // Asked again at the next interval.
+                        Err(e) => Registry::fail_both(entry, &e, stamp, &mut events),
+                    },
                     Some(call) if call.stuck => {
                         // Still stuck: the poller is alive and the check is still failing.
                         let e = Error::timed_out(&name, entry.worker.phase(), entry.timeout);

@@ -160,12 +160,22 @@ impl Run {
         }
         relay::info!("{name}: closing");
         let began = Instant::now();
-        let results = results.clone();
+        let sender = results.clone();
         let call = (self.calls).call(format!("{} {name}", Phase::Close), move || {
             let value = catch_unwind(AssertUnwindSafe(|| close_guarded(&*service))).ok();
             drop(service);
-            let _ = results.send((index, value));
+            let _ = sender.send((index, value));
         });
+        let call = match call {
+            Ok(call) => call,
+            Err(e) => {
+                let e = Error::from(e).in_service(&name, Phase::Close);
+                relay::error!("{e}");
+                self.shutdown_errors.push(e);
+                self.mark(index, State::CloseFailed, None);
+                return None;
+            }
+        };
         Some(Closing {
             name,
             call,
@@ -188,35 +198,34 @@ impl Run {
             earliest.unwrap_or_else(|| crate::thread::later(Instant::now(), Duration::MAX));
         // Under systemd, woken in time to extend its stop timeout again.
         let earliest = self.notes.wake_by(earliest);
-        let mut ended = Vec::new();
         let results = running.results.1.clone();
         // Every close that has returned by now, at one wake-up.
-        let mut next = results.recv_deadline(earliest).ok();
-        while let Some((index, value)) = next {
-            // A close abandoned earlier that has returned since: already recorded.
-            if let Some(closing) = running.remove(index) {
-                let now = Instant::now();
-                let took = now.saturating_duration_since(closing.began);
-                self.closed(index, &closing.name, value, took);
-                ended.push((index, Some((closing.began, now))));
-            }
-            next = results.try_recv().ok();
-        }
+        let first = results.recv_deadline(earliest).ok();
+        let mut ended = self.take_closed(running, first);
         if !ended.is_empty() {
             return ended;
         }
-        // Every close past its bound is abandoned, unless it has returned at this moment: its
-        // value is then on its way, and is taken at the next wait.
+        // Every close past its bound is abandoned, unless it has returned at this moment: a
+        // close sends its value before it ends, so what has ended by now has sent it, and is
+        // taken first; one that ended without a value (a panic past its guard) says so.
         let now = Instant::now();
-        let due: Vec<usize> = (running.by_bound.iter())
+        // Whether each has ended is read before the outcomes are taken: one that had ended
+        // then and sent nothing by now never will.
+        let due: Vec<(usize, bool)> = (running.by_bound.iter())
             .take_while(|&&(until, _)| until <= now)
-            .map(|&(_, index)| index)
+            .map(|&(_, index)| {
+                let closing = running.closing[index].as_ref();
+                (index, closing.is_some_and(|c| c.call.has_ended()))
+            })
             .collect();
-        for index in due {
-            if running.closing[index]
-                .as_ref()
-                .is_some_and(|c| c.call.has_ended())
-            {
+        ended = self.take_closed(running, None);
+        for (index, has_ended) in due {
+            if has_ended {
+                if let Some(c) = running.remove(index) {
+                    let took = now.saturating_duration_since(c.began);
+                    self.closed(index, &c.name, None, took);
+                    ended.push((index, Some((c.began, now))));
+                }
                 continue;
             }
             let Some(c) = running.remove(index) else {
@@ -239,10 +248,32 @@ impl Run {
                 Error::timed_out_noting(&c.name, Phase::Close, c.bound, note)
             };
             relay::error!("{e}: abandoning its close");
-            self.abandoned.push(c.call.abandon());
+            self.abandon(Some(c.call));
             self.shutdown_errors.push(e);
             self.mark(index, State::CloseFailed, None);
             ended.push((index, Some((c.began, now))));
+        }
+        ended
+    }
+
+    /// Records `first` (if any) and every close outcome already sent, and returns their
+    /// services, each with when its close began and ended.
+    fn take_closed(
+        &mut self,
+        running: &mut InProgress,
+        first: Option<Closed>,
+    ) -> Vec<(usize, Option<(Instant, Instant)>)> {
+        let mut ended = Vec::new();
+        let mut next = first.or_else(|| running.results.1.try_recv().ok());
+        while let Some((index, value)) = next {
+            // A close abandoned earlier that has returned since: already recorded.
+            if let Some(closing) = running.remove(index) {
+                let now = Instant::now();
+                let took = now.saturating_duration_since(closing.began);
+                self.closed(index, &closing.name, value, took);
+                ended.push((index, Some((closing.began, now))));
+            }
+            next = running.results.1.try_recv().ok();
         }
         ended
     }
