@@ -4,6 +4,7 @@
 //! without spawning a thread per call.
 
 mod close;
+mod in_flight;
 mod shutdown;
 mod start;
 

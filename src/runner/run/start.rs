@@ -5,11 +5,11 @@
 //! signal route, the handle's requests and the earliest deadline at which a start is
 //! abandoned.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select, Sender};
+use crossbeam_channel::{Select, Sender};
 
 use crate::error::{Error, ErrorKind, Phase};
 use crate::pool::Call;
@@ -21,6 +21,7 @@ use crate::thread::later;
 
 use super::super::notify::doing;
 use super::super::{Request, ShutdownCause, START_GRACE};
+use super::in_flight::InFlight;
 use super::Run;
 
 /// A start in progress.
@@ -45,50 +46,8 @@ struct Meta {
 /// past its guard).
 type Started = (usize, Option<StartOutcome>);
 
-/// The starts in progress, by service, with the earliest time to give one up at hand, and the
-/// one channel they all send their outcomes on: a wake-up of the runner thread costs the same
-/// however many starts are in progress.
-struct InFlight {
-    pending: Vec<Option<Pending>>,
-    by_give_up: BTreeSet<(Instant, usize)>,
-    results: (Sender<Started>, Receiver<Started>),
-}
-
-impl InFlight {
-    fn new(n: usize) -> InFlight {
-        InFlight {
-            pending: (0..n).map(|_| None).collect(),
-            by_give_up: BTreeSet::new(),
-            results: crossbeam_channel::unbounded(),
-        }
-    }
-
-    fn insert(&mut self, pending: Pending) {
-        let index = pending.meta.index;
-        self.by_give_up.insert((pending.meta.give_up_at, index));
-        self.pending[index] = Some(pending);
-    }
-
-    fn remove(&mut self, index: usize) -> Option<Pending> {
-        let pending = self.pending.get_mut(index)?.take()?;
-        self.by_give_up.remove(&(pending.meta.give_up_at, index));
-        Some(pending)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.by_give_up.is_empty()
-    }
-
-    /// The starts in progress, in the order of the services.
-    fn iter(&self) -> impl Iterator<Item = &Pending> {
-        self.pending.iter().flatten()
-    }
-
-    /// The earliest time to give a start up, and its service.
-    fn first_give_up(&self) -> Option<(Instant, usize)> {
-        self.by_give_up.first().copied()
-    }
-}
+/// The starts in progress, each until it is given up.
+type InProgress = InFlight<Pending, Option<StartOutcome>>;
 
 /// What the runner thread woke up for.
 enum Event {
@@ -112,7 +71,7 @@ impl Run {
         let n = self.graph.len();
         let mut waiting: Vec<usize> = (0..n).map(|i| self.graph.needs(i).len()).collect();
         let mut startable: VecDeque<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
-        let mut flight = InFlight::new(n);
+        let mut flight = InProgress::new(n);
         let mut failed: Vec<usize> = Vec::new();
         let mut end: Option<ShutdownCause> = None;
         while end.is_none() {
@@ -123,8 +82,8 @@ impl Run {
             }
             let began_some = !startable.is_empty();
             while let Some(index) = startable.pop_front() {
-                let pending = self.begin_start(index, &cancel, &flight.results.0);
-                flight.insert(pending);
+                let pending = self.begin_start(index, &cancel, flight.sender());
+                flight.insert(index, pending.meta.give_up_at, pending);
             }
             if flight.is_empty() {
                 break;
@@ -148,14 +107,14 @@ impl Run {
                 }
                 Event::GiveUp => {
                     let now = Instant::now();
-                    let Some((give_up_at, index)) = flight.first_give_up() else {
+                    let Some((give_up_at, index)) = flight.first() else {
                         continue;
                     };
                     // Woken a moment early, or to extend systemd's start timeout; or the start
                     // returned at this very moment, its outcome on its way: wait again. One
                     // that did not return is a failure, and the end of the phase cancels the
                     // others.
-                    let ended = (flight.pending[index].as_ref())
+                    let ended = (flight.get(index))
                         .is_some_and(|p| p.call.as_ref().is_none_or(Call::has_ended));
                     if give_up_at > now || ended {
                         self.notify_starts(&flight);
@@ -190,7 +149,7 @@ impl Run {
     /// Tells systemd which starts are in progress (`starting db, cache (2/5 ready)`), and
     /// extends its start timeout to the latest bound among them (see
     /// [`Notes::extend_until`](super::super::notify::Notes::extend_until)).
-    fn notify_starts(&mut self, flight: &InFlight) {
+    fn notify_starts(&mut self, flight: &InProgress) {
         if !self.notes.is_enabled() {
             return;
         }
@@ -203,20 +162,20 @@ impl Run {
             "ready",
         );
         self.notes.status(status);
-        if let Some(latest) = flight.by_give_up.last().map(|&(at, _)| at) {
+        if let Some(latest) = flight.last_deadline() {
             self.notes.extend_until(latest);
         }
     }
 
     /// What comes first: a start's outcome, a signal, a request, or the earliest deadline to
     /// abandon a start.
-    fn next_event(&self, flight: &InFlight) -> Event {
-        let results = &flight.results.1;
+    fn next_event(&self, flight: &InProgress) -> Event {
+        let results = flight.outcomes();
         let mut select = Select::new();
         let done = select.recv(results);
         let signals = select.recv(&self.signals);
         let requests = select.recv(&self.runner.requests);
-        let give_up = flight.first_give_up().map(|(at, _)| at);
+        let give_up = flight.first().map(|(at, _)| at);
         let give_up = give_up.unwrap_or_else(|| later(Instant::now(), Duration::MAX));
         // Under systemd, woken in time to extend its start timeout again.
         let Ok(oper) = select.select_deadline(self.notes.wake_by(give_up)) else {
@@ -374,7 +333,7 @@ impl Run {
     /// the shutdown begins here (`STOPPING=1`, `cancelling db, cache (2/5 ready): signal`).
     fn cancel_all(
         &mut self,
-        mut flight: InFlight,
+        mut flight: InProgress,
         cancel: &StopSignal,
         cause: Option<&ShutdownCause>,
     ) {
@@ -393,7 +352,7 @@ impl Run {
         }
         let now = Instant::now();
         let mut until: Vec<(Instant, usize)> = Vec::new();
-        for p in flight.pending.iter().flatten() {
+        for p in flight.iter() {
             let grace = self.interrupted_start_grace(p.meta.close_timeout, p.meta.give_up_at);
             until.push((later(now, grace), p.meta.index));
         }
@@ -401,10 +360,10 @@ impl Run {
         if let Some(&(latest, _)) = until.last() {
             self.notes.extend_until(latest);
         }
-        let results = flight.results.1.clone();
+        let results = flight.outcomes().clone();
         for (until, index) in until {
             // Every start that returns meanwhile is taken as it comes.
-            while flight.pending[index].is_some() {
+            while flight.get(index).is_some() {
                 match results.recv_deadline(until) {
                     Ok((i, outcome)) => {
                         if let Some(Pending { meta, .. }) = flight.remove(i) {
