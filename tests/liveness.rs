@@ -43,8 +43,8 @@ fn heartbeat(name: &'static str, ok: &Arc<AtomicBool>) -> impl lifecycle::Health
 /// `checker`, with every check registered, served and started, once the first poll of each
 /// check has returned: from then on, each [`poll_then_livez`] is exactly one more poll.
 /// (Waiting for a poll while one is in progress would wait for the next interval, an hour.)
-fn serve(checker: HealthChecker) -> Fixture {
-    let f = Fixture::serving(checker, EndpointOptions::new());
+fn serve(checker: HealthChecker, options: EndpointOptions) -> Fixture {
+    let f = Fixture::serving(checker, options);
     common::eventually("every check's first result", || {
         f.checker
             .snapshot()
@@ -52,6 +52,29 @@ fn serve(checker: HealthChecker) -> Fixture {
             .all(|c| c.last_polled().is_some())
     });
     f
+}
+
+/// The options of an endpoint that serves `/metrics` too, when the crate has them.
+fn with_metrics() -> EndpointOptions {
+    let options = EndpointOptions::new();
+    #[cfg(feature = "metrics")]
+    let options = options.metrics(lifecycle::metrics::Metrics::new());
+    options
+}
+
+/// The value of `lifecycle_health_status{probe="live"}` in a scrape: 1 or 0 (`None` without
+/// the `metrics` feature).
+fn live_metric(f: &Fixture) -> Option<f64> {
+    if cfg!(not(feature = "metrics")) {
+        return None;
+    }
+    let scrape = http::get(f.addr(), "/metrics");
+    assert_eq!(scrape.status, 200, "{scrape:?}");
+    let sample = scrape
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("lifecycle_health_status{probe=\"live\"} "));
+    Some(sample.expect("a live sample").parse().expect("a number"))
 }
 
 /// Polls every check once more, and returns what `/livez` and `/livez?verbose` answer then.
@@ -72,7 +95,7 @@ fn a_liveness_check_fails_livez_after_its_threshold_and_passes_again() {
     checker
         .register_with(heartbeat("ticker", &ticking), options)
         .unwrap();
-    let f = serve(checker);
+    let f = serve(checker, with_metrics());
 
     let (live, verbose) = poll_then_livez(&f);
     assert_eq!(live.status, 200, "{verbose}");
@@ -85,6 +108,8 @@ fn a_liveness_check_fails_livez_after_its_threshold_and_passes_again() {
     let snapshot = f.checker.snapshot();
     assert!(snapshot.check("ticker").unwrap().is_liveness());
     assert!(snapshot.is_live().is_passing());
+    let on = cfg!(feature = "metrics");
+    assert_eq!(live_metric(&f), on.then_some(1.0));
 
     // The loop stops ticking: two failed polls are under the threshold, the third is not.
     ticking.store(false, Ordering::SeqCst);
@@ -118,6 +143,7 @@ fn a_liveness_check_fails_livez_after_its_threshold_and_passes_again() {
         .unwrap()
         .to_string()
         .contains("no tick"));
+    assert_eq!(live_metric(&f), on.then_some(0.0));
     // A liveness check counts toward readiness and health too.
     assert_eq!(http::get(f.addr(), "/readyz").status, 503);
     assert_eq!(http::get(f.addr(), "/healthz").status, 503);
@@ -131,6 +157,7 @@ fn a_liveness_check_fails_livez_after_its_threshold_and_passes_again() {
         "[+]ping ok\n[+]health checker ok\n[+]ticker ok\nlivez check passed\n"
     );
     assert!(f.checker.snapshot().is_live().is_passing());
+    assert_eq!(live_metric(&f), on.then_some(1.0));
     assert_eq!(http::get(f.addr(), "/readyz").status, 200);
     f.close();
 }
@@ -148,7 +175,7 @@ fn no_check_but_a_liveness_check_fails_livez() {
             CheckOptions::new().liveness(true).informational(true),
         )
         .unwrap();
-    let f = serve(checker);
+    let f = serve(checker, EndpointOptions::new());
     for _ in 0..3 {
         let (live, verbose) = poll_then_livez(&f);
         assert_eq!(live.status, 200, "{verbose}");
@@ -211,7 +238,7 @@ fn without_liveness_checks_liveness_is_the_checker_polling() {
     let verdict = checker.snapshot().is_live();
     assert!(!verdict.is_passing());
     assert!(verdict.failure("health checker").is_some(), "{verdict:?}");
-    let f = serve(checker);
+    let f = serve(checker, EndpointOptions::new());
     let (live, verbose) = poll_then_livez(&f);
     assert_eq!(live.status, 200);
     assert_eq!(

@@ -305,8 +305,9 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The last plain `/readyz`, `/healthz` and `/livez` answers (no check named, no `verbose`, nothing
-/// excluded: what probes ask, over and over), each with the snapshot it was rendered from.
+/// The last plain `/readyz`, `/healthz` and `/livez` answers (no check named, no `verbose`,
+/// nothing excluded: what probes ask, over and over), each with the snapshot it was rendered
+/// from.
 ///
 /// A probe's question gets the same answer until the checker publishes a change, so rendering
 /// it anew for every request is wasted work. A cached answer is reused only while a fresh
