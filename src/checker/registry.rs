@@ -12,7 +12,8 @@ use crate::error::{Error, ErrorKind::NotStarted, Phase, Result};
 use crate::service::HealthReport;
 use crate::thread::later;
 
-use super::snapshot::{CheckData, HealthEvent, Probe, Published, Status};
+use super::event::HealthEvent;
+use super::snapshot::{CheckData, Probe, Published, Status};
 use super::worker::{PollResult, Worker};
 
 /// A log line to write once the lock is released.
