@@ -285,6 +285,7 @@ impl HealthChecker {
                 worker,
                 call: None,
                 next_due: Instant::now(),
+                poll_again: false,
                 pushed_at: [None, None],
                 quiet,
             };
@@ -416,7 +417,11 @@ impl HealthChecker {
         {
             let mut reg = self.shared.registry.lock();
             let now = Instant::now();
-            reg.checks.values_mut().for_each(|e| e.next_due = now);
+            for e in reg.checks.values_mut() {
+                e.next_due = now;
+                // A call in progress began before this: its result would not do.
+                e.poll_again = e.call.is_some();
+            }
         }
         self.shared.wake();
     }

@@ -35,6 +35,9 @@ pub(super) struct Entry {
     pub(super) worker: Worker,
     pub(super) call: Option<Call>,
     pub(super) next_due: Instant,
+    /// A poll was asked for ([`poll_now`](super::HealthChecker::poll_now)) while a call was in
+    /// progress: poll again as soon as it returns, not an interval later.
+    pub(super) poll_again: bool,
     /// When each probe ([ready, health]) was last pushed: a poll whose call began before that
     /// read the service's state before the push, so its result must not override the push.
     pub(super) pushed_at: [Option<Instant>; 2],
@@ -252,6 +255,9 @@ impl Registry {
             return;
         };
         let was_stuck = entry.call.take().is_some_and(|c| c.stuck);
+        if std::mem::take(&mut entry.poll_again) {
+            entry.next_due = now;
+        }
         let data = Arc::make_mut(&mut entry.data);
         data.stuck = false;
         data.last_polled = Some(stamp);
