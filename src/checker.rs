@@ -17,6 +17,7 @@
 //!   swapped whole after every change.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod event;
 mod options;
 mod poller;
 mod registry;
@@ -45,12 +46,13 @@ use self::worker::{join_until, PollResult, Worker};
 use crate::thread::later;
 use crate::thread::Thread;
 
+pub use self::event::HealthEvent;
 pub use self::options::{CheckOptions, HealthCheckerBuilder};
 use self::options::{
     DEFAULT_CLOSE_TIMEOUT, DEFAULT_EVENT_CAPACITY, DEFAULT_INTERVAL, DEFAULT_TIMEOUT,
 };
 pub use self::reporter::Reporter;
-pub use self::snapshot::{Check, HealthEvent, Probe, ProbeStatus, Snapshot, Status, Verdict};
+pub use self::snapshot::{Check, Probe, ProbeStatus, Snapshot, Status, Verdict};
 
 /// The checker's own name, as a [`HealthReporter`] and in errors. Also its poller thread's name.
 pub(crate) const CHECKER_NAME: &str = "health checker";
@@ -283,6 +285,7 @@ impl HealthChecker {
                 worker,
                 call: None,
                 next_due: Instant::now(),
+                poll_again: false,
                 pushed_at: [None, None],
                 quiet,
             };
@@ -414,7 +417,11 @@ impl HealthChecker {
         {
             let mut reg = self.shared.registry.lock();
             let now = Instant::now();
-            reg.checks.values_mut().for_each(|e| e.next_due = now);
+            for e in reg.checks.values_mut() {
+                e.next_due = now;
+                // A call in progress began before this: its result would not do.
+                e.poll_again = e.call.is_some();
+            }
         }
         self.shared.wake();
     }

@@ -26,16 +26,24 @@
 //!
 //! | route | counts | for | Kubernetes probe | start | run | drain | close |
 //! | --- | --- | --- | --- | --- | --- | --- | --- |
-//! | `/livez` | no check: the process answers and its checker polls | restarting what a restart would fix | `livenessProbe` (and a `startupProbe`, if any) | 200 | 200 | 200 | 200 |
+//! | `/livez` | the process answers, its checker polls, and the health of each [liveness check](CheckOptions::liveness) (none by default) | restarting what a restart would fix | `livenessProbe` (and a `startupProbe`, if any) | 200 while no liveness check fails | the same | the same | the same |
 //! | `/readyz` | every check's readiness, [traffic gates](CheckOptions::traffic_gate) included: the runner's own `runner` check is one, ready in the run phase only | sending traffic: load balancers, a Service's endpoints | `readinessProbe` | 503 | 200 while every check is ready | 503 | 503 |
 //! | `/healthz` | every check's readiness and health, but not the traffic gates | "is anything wrong?": people, dashboards, monitoring | none (see below) | 503 | 200 while every check is ready and healthy | 200, as in the run | 503 from the first close |
 //! | `/readyz/NAME` | NAME's readiness | one part, for people and tools | none | 503 until NAME is ready (`runner`: until every service is) | NAME's | NAME's (`runner`: 503) | 503 from NAME's close |
 //! | `/healthz/NAME` | NAME's readiness and health; `404` for a traffic gate | one part, for people and tools | none | 503 until NAME is ready | NAME's | NAME's | 503 from NAME's close |
 //!
-//! - `/livez` depends on no check, so a failing dependency (a database down) never gets the
-//!   process restarted, where a restart would not bring the database back.
+//! - `/livez` depends on no check but the liveness checks, and those say only whether this
+//!   process is wedged (a worker loop that stopped ticking, a deadlock detector), never how a
+//!   dependency is: a failing dependency (a database down) must never get the process
+//!   restarted, where a restart would not bring the database back and every copy restarting
+//!   at once would make an outage a restart storm. A liveness check counts toward `/readyz` and
+//!   `/healthz` too, as any check does; `/livez` asks its health alone (after its failure
+//!   threshold), so `/livez` fails while it fails and passes again once it passes, and the
+//!   [`Runner`](crate::Runner)'s systemd watchdog follows (see
+//!   [`Snapshot::is_live`]). With no liveness check, `/livez` passes whenever the checker polls.
 //! - No `startupProbe` is needed: `/livez` passes from the moment the endpoint listens, before
-//!   any service starts, however long the starts take, so a liveness probe never kills a slow
+//!   any service starts, however long the starts take (a liveness check not polled yet does not
+//!   fail it), so a liveness probe never kills a slow
 //!   start; the runner bounds each start itself ([`ServiceOptions::start_timeout`](crate::ServiceOptions::start_timeout)).
 //!   Where a platform asks for one, point it at `/livez`.
 //! - `/readyz` fails from the first moment of a shutdown, through the drain, so that traffic

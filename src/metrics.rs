@@ -15,7 +15,7 @@
 //!   | `lifecycle_service_state` | `service`, `state` | 1 for each service's current [`State`](crate::State), 0 for the others |
 //!   | `lifecycle_service_start_duration_seconds` | `service` | from the call to start until ready |
 //!   | `lifecycle_service_close_duration_seconds` | `service` | how long its close took |
-//!   | `lifecycle_health_status` | `probe` | 1 if the process passes `ready` / `health` overall |
+//!   | `lifecycle_health_status` | `probe` | 1 if the process passes `live` / `ready` / `health` overall |
 //!   | `lifecycle_health_check_status` | `check`, `probe` | 1 if the check passes the probe |
 //!   | `lifecycle_health_check_consecutive_failures` | `check`, `probe` | failures in a row |
 //!   | `lifecycle_health_check_poll_duration_seconds` | `check` | its latest poll |

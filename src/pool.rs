@@ -22,7 +22,8 @@
 //! abandoned thread is.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -97,12 +98,20 @@ struct Worker {
     in_call: Arc<AtomicBool>,
 }
 
-/// A call handed to a [`CallPool`]: its value arrives on [`receiver`](Call::receiver).
+/// A call handed to a [`CallPool`]: its value arrives on its channel, or it sends its outcome
+/// itself.
 pub(crate) struct Call<T> {
     label: String,
     result: Receiver<T>,
     ended: Arc<AtomicBool>,
+    /// [`QUEUED`], then [`RUNNING`] once a thread has taken it, or [`DROPPED`] if it was
+    /// abandoned first (it then never runs).
+    phase: Arc<AtomicU8>,
 }
+
+const QUEUED: u8 = 0;
+const RUNNING: u8 = 1;
+const DROPPED: u8 = 2;
 
 /// Set when a call's function has returned (or unwound), or when the call is dropped unrun.
 struct EndGuard(Arc<AtomicBool>);
@@ -139,24 +148,37 @@ impl CallPool {
     /// owner then sees as a call that ended without one. The value is sent after `f` and
     /// everything it captured are gone. A call queued after the pool has begun to close is
     /// dropped unrun: it ends without a value.
+    ///
+    /// # Errors
+    ///
+    /// When the pool has no manager thread yet and the system refuses to spawn one: nothing
+    /// would ever run the call. (Once the manager runs, a call that finds no thread waits
+    /// while the manager tries again, within its owner's bound.)
     pub(crate) fn call<T: Send + 'static>(
         &self,
         label: String,
         f: impl FnOnce() -> T + Send + 'static,
-    ) -> Call<T> {
+    ) -> io::Result<Call<T>> {
+        self.ensure_manager()?;
         let label = thread_name(label);
         let (tx, result) = crossbeam_channel::bounded(1);
         let ended = Arc::new(AtomicBool::new(false));
+        let phase = Arc::new(AtomicU8::new(QUEUED));
         let guard = EndGuard(Arc::clone(&ended));
-        let name = label.clone();
+        let (name, taken) = (label.clone(), Arc::clone(&phase));
         let job: Job = Box::new(move || {
+            let begins =
+                taken.compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire);
+            if begins.is_err() {
+                // Abandoned before a thread was free for it: it never runs.
+                return;
+            }
             set_os_name(&name);
             let value = f();
             drop(guard);
             // The receiver may be gone (an abandoned call): the value is dropped with the error.
             let _ = tx.send(value);
         });
-        self.ensure_manager();
         {
             let mut state = self.shared.state.lock();
             if !state.closing {
@@ -172,11 +194,12 @@ impl CallPool {
                 }
             }
         }
-        Call {
+        Ok(Call {
             label,
             result,
             ended,
-        }
+            phase,
+        })
     }
 
     /// How many threads the pool has running (idle or in a call).
@@ -186,20 +209,17 @@ impl CallPool {
     }
 
     /// Spawns the manager thread if it is not running yet.
-    fn ensure_manager(&self) {
+    fn ensure_manager(&self) -> io::Result<()> {
         let mut manager = self.manager.lock();
         if manager.is_some() {
-            return;
+            return Ok(());
         }
         let shared = Arc::clone(&self.shared);
-        match std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name(self.shared.name.clone())
-            .spawn(move || shared.manage())
-        {
-            Ok(handle) => *manager = Some(handle),
-            // Calls stay queued; the next call tries again, and their owners' bounds hold.
-            Err(e) => crate::relay::warn!("{}: cannot spawn its thread: {e}", self.shared.name),
-        }
+            .spawn(move || shared.manage())?;
+        *manager = Some(handle);
+        Ok(())
     }
 }
 
@@ -360,8 +380,8 @@ impl<T> Call<T> {
         &self.label
     }
 
-    /// The channel the value arrives on, for `select!`; it disconnects when the call has ended
-    /// without a value.
+    /// The channel the value arrives on; it disconnects when the call has ended without a value.
+    #[cfg(test)]
     pub(crate) fn receiver(&self) -> &Receiver<T> {
         &self.result
     }
@@ -382,9 +402,17 @@ impl<T> Call<T> {
         self.ended.load(Ordering::Acquire)
     }
 
-    /// Gives up waiting: the call is still running user code that did not return in time.
-    pub(crate) fn abandon(self) -> Abandoned {
-        Abandoned::call(self.label, self.ended)
+    /// Gives up waiting. A call still running user code that did not return in time is
+    /// handed back, to be named in reports and joined if it ends later; one that no thread had
+    /// taken yet (every thread busy, none could be spawned) is dropped, never to run: `None`.
+    pub(crate) fn abandon(self) -> Option<Abandoned> {
+        let dropped =
+            self.phase
+                .compare_exchange(QUEUED, DROPPED, Ordering::AcqRel, Ordering::Acquire);
+        match dropped {
+            Ok(_) => None,
+            Err(_) => Some(Abandoned::call(self.label, self.ended)),
+        }
     }
 }
 
@@ -419,12 +447,20 @@ mod tests {
         Instant::now() + FAR
     }
 
+    fn call<T: Send + 'static>(
+        pool: &CallPool,
+        label: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Call<T> {
+        pool.call(label.to_owned(), f).expect("the pool's manager")
+    }
+
     #[test]
     fn a_call_returns_its_value_and_calls_reuse_threads() {
         let pool = CallPool::new("pool test");
         for i in 0..50 {
-            let call = pool.call(format!("call {i}"), move || i * 2);
-            assert_eq!(call.wait_until(far()).ok(), Some(Some(i * 2)));
+            let c = call(&pool, &format!("call {i}"), move || i * 2);
+            assert_eq!(c.wait_until(far()).ok(), Some(Some(i * 2)));
         }
         // Calls one after the other need no more than the floor.
         assert!(pool.threads() <= 8, "{} threads", pool.threads());
@@ -439,7 +475,7 @@ mod tests {
         let calls: Vec<_> = (0..n)
             .map(|i| {
                 let barrier = Arc::clone(&barrier);
-                pool.call(format!("wait {i}"), move || {
+                call(&pool, &format!("wait {i}"), move || {
                     barrier.wait();
                     i
                 })
@@ -464,17 +500,20 @@ mod tests {
     fn a_hung_call_is_abandoned_and_its_thread_serves_again_once_it_returns() {
         let pool = CallPool::new("pool hang");
         let (release, hold) = crossbeam_channel::bounded::<()>(0);
-        let hung = pool.call("hung".into(), move || {
+        let (began_tx, began) = crossbeam_channel::bounded::<()>(1);
+        let hung = call(&pool, "hung", move || {
+            began_tx.send(()).unwrap();
             let _ = hold.recv_timeout(FAR);
             1
         });
+        began.recv_timeout(FAR).unwrap();
         let hung = hung.wait_until(Instant::now()).unwrap_err();
         assert_eq!(hung.label(), "hung");
         let result = hung.receiver().clone();
-        let mut abandoned = hung.abandon();
+        let mut abandoned = hung.abandon().expect("a call that runs");
         assert_eq!(abandoned.name, "hung");
         // Other calls are served meanwhile.
-        let other = pool.call("other".into(), || 2);
+        let other = call(&pool, "other", || 2);
         assert_eq!(other.wait_until(far()).ok(), Some(Some(2)));
         release.send(()).unwrap();
         // The abandoned call's value is dropped (its receiver is a clone here, so it arrives).
@@ -493,22 +532,60 @@ mod tests {
     }
 
     #[test]
+    fn a_call_abandoned_before_a_thread_took_it_never_runs() {
+        let pool = CallPool::new("pool queue");
+        // Every thread of the floor held, so that the next call waits in the queue.
+        let floor = pool.shared.floor;
+        let (release, hold) = crossbeam_channel::bounded::<()>(0);
+        let (began_tx, began) = crossbeam_channel::unbounded::<()>();
+        let held: Vec<_> = (0..floor)
+            .map(|i| {
+                let (hold, began_tx) = (hold.clone(), began_tx.clone());
+                call(&pool, &format!("hold {i}"), move || {
+                    began_tx.send(()).unwrap();
+                    let _ = hold.recv_timeout(FAR);
+                })
+            })
+            .collect();
+        for _ in 0..floor {
+            began.recv_timeout(FAR).unwrap();
+        }
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&ran);
+        let queued = call(&pool, "queued", move || flag.store(true, Ordering::SeqCst));
+        // Abandoned at once: within 1 ms no thread is spawned past the floor.
+        assert!(queued.abandon().is_none(), "it had not begun");
+        for _ in 0..floor {
+            release.send(()).unwrap();
+        }
+        for h in held {
+            assert!(h.wait_until(far()).is_ok());
+        }
+        // The pool serves again, and the abandoned call was dropped, not run.
+        assert_eq!(
+            call(&pool, "after", || 4).wait_until(far()).ok(),
+            Some(Some(4))
+        );
+        assert!(!ran.load(Ordering::SeqCst));
+    }
+
+    #[test]
     fn a_panicking_call_ends_without_a_value_and_the_thread_survives() {
         let pool = CallPool::new("pool panic");
-        let call = pool.call("panic".into(), || -> u8 { panic!("boom") });
-        assert!(matches!(call.wait_until(far()), Ok(None)));
-        let call = pool.call("after".into(), || 3);
-        assert_eq!(call.wait_until(far()).ok(), Some(Some(3)));
+        let panicked = call(&pool, "panic", || -> u8 { panic!("boom") });
+        assert!(matches!(panicked.wait_until(far()), Ok(None)));
+        let after = call(&pool, "after", || 3);
+        assert_eq!(after.wait_until(far()).ok(), Some(Some(3)));
     }
 
     #[test]
     fn closing_joins_idle_threads_and_leaves_a_hung_one() {
         let pool = CallPool::new("pool close");
-        let ok = pool.call("ok".into(), || ());
+        let ok = call(&pool, "ok", || ());
         assert!(ok.wait_until(far()).is_ok());
         let (release, hold) = crossbeam_channel::bounded::<()>(0);
         let (began_tx, began) = crossbeam_channel::bounded::<()>(1);
-        let hung = pool.call("hung".into(), move || {
+        let hung = call(&pool, "hung", move || {
             began_tx.send(()).unwrap();
             let _ = hold.recv_timeout(FAR);
         });

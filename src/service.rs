@@ -50,6 +50,11 @@ pub trait HealthReporter: Send + Sync {
 /// so that its start and close run exactly once; a service that runs a loop spawns a named
 /// thread in `start` and joins it in `close` (see [`StopSignal`](crate::StopSignal) for the
 /// canonical shape).
+///
+/// The [`Runner`](crate::Runner) calls `start` and `close` on threads it reuses from call to
+/// call (named after the call on Linux, `start db`, as the system shows them; the standard
+/// library's [`std::thread::current`] name is the pool's): a service keeps nothing in a
+/// thread-local from its start to its close, nor expects a fresh thread.
 pub trait Service: HealthReporter {
     /// Starts the service and returns once it is started.
     ///

@@ -383,3 +383,22 @@ fn groups_are_judged_apart() {
     assert_eq!(snap.check("db").unwrap().group(), Some("core"));
     checker.close().unwrap();
 }
+
+#[test]
+fn a_poll_asked_for_during_a_call_in_progress_follows_it_at_once() {
+    // Polled once an hour: only a poll asked for can come in time.
+    let checker = started(NEVER, WATCHDOG);
+    let (fake, calls) = Fake::new("slow");
+    let gate = fake.block();
+    checker.register(fake.clone()).unwrap();
+    // The first poll is in progress, held, when a poll is asked for (as `wait_for_poll`
+    // does): its result began before the asking, so it will not do.
+    recv_call(&calls);
+    checker.poll_now();
+    fake.unblock(gate);
+    // The next call follows the held one at once, not an hour later.
+    assert_eq!(recv_call(&calls), 2);
+    let snapshot = checker.wait_for_poll(WATCHDOG).unwrap();
+    assert!(snapshot.check("slow").unwrap().ready().is_passing());
+    checker.close().unwrap();
+}

@@ -3,8 +3,9 @@
 //! datagram socket bound here (at a path, or at an abstract name) and `WATCHDOG_USEC` set; every
 //! datagram it sends is received in order and checked: the start (statuses, then `READY=1`),
 //! a slow start (`EXTEND_TIMEOUT_USEC` repeated while it is within its start timeout), the
-//! watchdog (which a failing readiness does not stop, and which stops once liveness fails),
-//! and the shutdown (`STOPPING=1`, the drain, the closes, a slow close extended too).
+//! watchdog (which a failing readiness does not stop, and which stops once liveness fails:
+//! the checker closed, or a liveness check failing, after which it resumes once the check
+//! passes again), and the shutdown (`STOPPING=1`, the drain, the closes, a slow close extended too).
 //!
 //! The child's services wait for files this test creates, so every step happens when the test
 //! has seen what it must see before it, never after a sleep. Every wait is bounded.
@@ -19,9 +20,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::notify::{NotifySocket, TempDir};
+use common::notify::{extensions, pings, steps, NotifySocket, Received, TempDir, EXTEND, PING};
 use common::process::Proc;
 use common::WATCHDOG;
+use lifecycle::health::CheckOptions;
 use lifecycle::{HealthChecker, HealthReporter, Result, Runner, Service, StartContext, Worker};
 
 /// The variable that makes [`child`] run, and says what.
@@ -50,6 +52,7 @@ fn child() {
     match role.as_str() {
         "services" => services(PathBuf::from(std::env::var(DIR).unwrap())),
         "bare" => bare(),
+        "wedge" => wedge(PathBuf::from(std::env::var(DIR).unwrap())),
         "absent" => absent(),
         other => panic!("unknown role {other:?}"),
     }
@@ -104,6 +107,29 @@ fn services(dir: PathBuf) {
 /// One service, no health: the watchdog pings while the run runs.
 fn bare() {
     let report = Runner::new().service(idle("w")).run();
+    assert!(report.is_success(), "{:?}", report.error());
+}
+
+/// One service and a liveness check, `ticker`, whose health fails while the file `wedged`
+/// exists (after two polls in a row): a worker loop that stops ticking, and starts again.
+fn wedge(dir: PathBuf) {
+    let checker = HealthChecker::builder("test", "test")
+        .interval(Duration::from_millis(20))
+        .build();
+    let wedged = dir.join("wedged");
+    let ticker = lifecycle::health::from_fn("ticker", move || {
+        if wedged.exists() {
+            Err(lifecycle::Error::msg("the loop has not ticked"))
+        } else {
+            Ok(())
+        }
+    });
+    let options = CheckOptions::new().liveness(true).failure_threshold(2);
+    checker.register_with(ticker, options).unwrap();
+    let report = Runner::new()
+        .health(Arc::new(checker))
+        .service(idle("w"))
+        .run();
     assert!(report.is_success(), "{:?}", report.error());
 }
 
@@ -227,75 +253,6 @@ fn spawn_child(role: &str, env: &[(&str, &str)]) -> Proc {
         }
         c.env(ROLE, role).envs(env.iter().copied());
     })
-}
-
-/// Everything the child sent, in order, and where the test has read up to.
-struct Received<'a> {
-    socket: &'a NotifySocket,
-    all: Vec<String>,
-}
-
-const PING: &str = "WATCHDOG=1";
-const EXTEND: &str = "EXTEND_TIMEOUT_USEC=";
-
-impl Received<'_> {
-    /// Receives until a datagram equal to `wanted`; returns what came since the last call
-    /// (itself included), failing the test if it has not come within the watchdog.
-    #[track_caller]
-    fn until(&mut self, wanted: &str) -> Vec<String> {
-        self.until_with(|d| d == wanted, wanted)
-    }
-
-    #[track_caller]
-    fn until_with(&mut self, found: impl Fn(&str) -> bool, what: &str) -> Vec<String> {
-        let mut got = Vec::new();
-        // One bound for the whole wait: pings alone must not keep it going.
-        let deadline = Instant::now() + WATCHDOG;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Some(d) = self.socket.next_within(left) else {
-                panic!(
-                    "no {what:?} within {WATCHDOG:?}; since the last step: {got:#?}; in all: {:#?}",
-                    self.all
-                );
-            };
-            self.all.push(d.clone());
-            got.push(d.clone());
-            if found(&d) {
-                return got;
-            }
-        }
-    }
-
-    /// `n` more datagrams equal to `wanted`; returns what came meanwhile.
-    #[track_caller]
-    fn count(&mut self, wanted: &str, n: usize) -> Vec<String> {
-        let mut got = Vec::new();
-        for _ in 0..n {
-            got.extend(self.until_with(|d| d.starts_with(wanted), wanted));
-        }
-        got
-    }
-}
-
-/// The datagrams that are neither pings nor extensions: the statuses, ready and stopping.
-fn steps(got: &[String]) -> Vec<&str> {
-    (got.iter())
-        .map(String::as_str)
-        .filter(|d| *d != PING && !d.starts_with(EXTEND))
-        .collect()
-}
-
-fn pings(got: &[String]) -> usize {
-    got.iter().filter(|d| *d == PING).count()
-}
-
-/// The values of the extensions among `got`, in microseconds.
-fn extensions(got: &[String]) -> Vec<u64> {
-    (got.iter())
-        .filter_map(|d| d.strip_prefix(EXTEND))
-        .map(|v| v.parse().expect("a number of microseconds"))
-        .collect()
 }
 
 /// Touches `name` in `dir`.
@@ -543,6 +500,78 @@ fn without_health_the_watchdog_pings_while_the_run_runs() {
     p.wait_for("child done");
     let (status, log) = p.wait_exit();
     assert!(status.success(), "{status}; log:\n{}", log.join("\n"));
+}
+
+#[test]
+fn the_watchdog_stops_while_a_liveness_check_fails_and_resumes_after() {
+    let socket = NotifySocket::at_path();
+    let dir = TempDir::new("control");
+    let dir_value = dir.0.to_str().unwrap().to_owned();
+    let env = [
+        ("NOTIFY_SOCKET", socket.value.as_str()),
+        ("WATCHDOG_USEC", WATCHDOG_USEC),
+        (DIR, dir_value.as_str()),
+    ];
+    let mut p = spawn_child("wedge", &env);
+    let mut r = Received {
+        socket: &socket,
+        all: Vec::new(),
+    };
+    let got = r.until("READY=1\nSTATUS=running");
+    assert_eq!(
+        steps(&got),
+        [
+            "STATUS=starting w (0/1 ready)",
+            "STATUS=starting: polling health (1/1 ready)",
+            "READY=1\nSTATUS=running",
+        ]
+    );
+    let got = r.count(PING, 3);
+    assert_eq!(steps(&got), Vec::<&str>::new());
+
+    // The loop stops ticking: once the check fails twice in a row, liveness fails, and the
+    // pings stop.
+    create(&dir.0, "wedged");
+    let line = p.wait_for("liveness fails (");
+    assert!(line.contains("ticker"), "named: {line}");
+    assert!(line.contains("the loop has not ticked"), "why: {line}");
+    // At most the pings that judged liveness before it failed are still on their way.
+    let before = r.socket.pending();
+    r.all.extend(before.iter().cloned());
+    assert!(before.iter().all(|d| d == PING), "{before:?}");
+    // Ten intervals without a ping.
+    let late = r.socket.next_within(Duration::from_secs(1));
+    assert_eq!(
+        late, None,
+        "no ping while liveness fails; before: {before:?}"
+    );
+
+    // It ticks again: the next poll passes, and the pings resume, the first of them right
+    // after the gap.
+    std::fs::remove_file(dir.0.join("wedged")).unwrap();
+    p.wait_for("liveness passes again");
+    let got = r.count(PING, 3);
+    assert_eq!(got.first().map(String::as_str), Some(PING), "{got:#?}");
+    assert_eq!(steps(&got), Vec::<&str>::new());
+    assert_eq!(extensions(&got), Vec::<u64>::new());
+
+    p.signal(libc::SIGTERM);
+    let got = r.until("STATUS=shut down cleanly");
+    assert_eq!(
+        steps(&got),
+        [
+            "STOPPING=1\nSTATUS=shutting down (signal)",
+            "STATUS=closing w (0/1 done)",
+            "STATUS=closing health checker",
+            "STATUS=shut down cleanly",
+        ]
+    );
+    p.wait_for("child done");
+    let (status, log) = p.wait_exit();
+    assert!(status.success(), "{status}; log:\n{}", log.join("\n"));
+    // Nothing after the end but the last pings of the run.
+    let after = r.socket.pending();
+    assert!(after.iter().all(|d| d == PING), "{after:?}");
 }
 
 #[test]

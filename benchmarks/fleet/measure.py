@@ -18,6 +18,7 @@ The variants, N independent services (the default; the ceiling is raw parallel):
   raw parallel             raw_threads --services N
   raw sequential           raw_threads --services N --mode sequential
   raw seq + helper         raw_threads --services N --mode helper
+  raw on call threads      raw_threads --services N --mode calls
   tokio-graceful-shutdown  tgs_fleet --services N
 
 With --chain, N services in one chain, each needing the one before it: started one after
@@ -26,6 +27,7 @@ each median is also given per service (median / N):
 
   lifecycle                fleet --services N --chain
   raw sequential           raw_threads --services N --mode sequential
+  raw seq on call threads  raw_threads --services N --mode calls-sequential
   tokio-graceful-shutdown  tgs_fleet --services N --chain   (nested subsystems)
 
 Build the three binaries first (BENCHMARKS.md, "Whole process: N services"):
@@ -72,6 +74,8 @@ def variants(release, chain):
             ("lifecycle", fleet, lambda n: [fleet, "--services", str(n), "--chain"]),
             ("raw sequential", raw,
              lambda n: [raw, "--services", str(n), "--mode", "sequential"]),
+            ("raw seq on call threads", raw,
+             lambda n: [raw, "--services", str(n), "--mode", "calls-sequential"]),
             ("tokio-graceful-shutdown", tgs, lambda n: [tgs, "--services", str(n), "--chain"]),
         ], "raw sequential"
     return [
@@ -79,6 +83,7 @@ def variants(release, chain):
         ("raw parallel", raw, lambda n: [raw, "--services", str(n)]),
         ("raw sequential", raw, lambda n: [raw, "--services", str(n), "--mode", "sequential"]),
         ("raw seq + helper", raw, lambda n: [raw, "--services", str(n), "--mode", "helper"]),
+        ("raw on call threads", raw, lambda n: [raw, "--services", str(n), "--mode", "calls"]),
         ("tokio-graceful-shutdown", tgs, lambda n: [tgs, "--services", str(n)]),
     ], "raw parallel"
 

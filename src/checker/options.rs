@@ -128,13 +128,15 @@ impl HealthCheckerBuilder {
 ///     .timeout(Duration::from_millis(200));
 /// let metrics = CheckOptions::new().informational(true);
 /// let maintenance = CheckOptions::new().traffic_gate(true);
-/// # let _ = (flaky_cache, metrics, maintenance);
+/// let worker_ticks = CheckOptions::new().liveness(true).failure_threshold(3);
+/// # let _ = (flaky_cache, metrics, maintenance, worker_ticks);
 /// ```
 #[derive(Debug, Clone, Default)]
 #[must_use]
 pub struct CheckOptions {
     pub(super) informational: bool,
     pub(super) traffic_gate: bool,
+    pub(super) liveness: bool,
     pub(super) group: Option<String>,
     pub(super) failure_threshold: u32,
     pub(super) timeout: Option<Duration>,
@@ -142,8 +144,8 @@ pub struct CheckOptions {
 }
 
 impl CheckOptions {
-    /// The defaults: counted by every aggregate (not informational, not a traffic gate), in no
-    /// group, failing on the first failure, with the checker's timeout.
+    /// The defaults: counted by readiness and health (not informational, not a traffic gate),
+    /// not by liveness, in no group, failing on the first failure, with the checker's timeout.
     pub fn new() -> CheckOptions {
         CheckOptions::default()
     }
@@ -169,6 +171,33 @@ impl CheckOptions {
     /// [`health`](crate::health#probes) module.
     pub fn traffic_gate(mut self, gate: bool) -> Self {
         self.traffic_gate = gate;
+        self
+    }
+
+    /// A liveness check says whether the process is wedged and only a restart would help: a
+    /// worker loop that stopped ticking, a deadlock detector, an event loop that no longer
+    /// turns. Default `false`: no check counts toward liveness.
+    ///
+    /// [`Snapshot::is_live`](super::Snapshot::is_live), `/livez` and the systemd watchdog
+    /// (`WATCHDOG=1` is sent only while liveness passes) count the *health* of every liveness
+    /// check that is not informational, after its [failure threshold](Self::failure_threshold)
+    /// as for the other probes: `/livez` fails while one fails, and passes again once it passes.
+    /// A liveness check that has not been polled yet does not fail liveness (no result is no
+    /// sign of a wedge, and a liveness probe must never kill a slow start); one whose poll
+    /// times out or goes stale does.
+    ///
+    /// **Never make a dependency a liveness check** (a database, a remote service, a disk):
+    /// restarting this process does not bring the database back, and while it is down every
+    /// copy of the program would fail its liveness and be restarted, again and again, all at
+    /// once: a database outage would become a restart storm. A liveness check asks about this
+    /// process's own state only, cheaply, and fails only when a restart is the cure.
+    ///
+    /// A liveness check is otherwise a normal check: its readiness counts toward `/readyz` and
+    /// its readiness and health toward `/healthz` (a wedged process should get no traffic while
+    /// it waits to be restarted, and something is wrong). It can also be in a group. See the
+    /// table in the [`health`](crate::health#probes) module.
+    pub fn liveness(mut self, liveness: bool) -> Self {
+        self.liveness = liveness;
         self
     }
 

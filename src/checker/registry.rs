@@ -12,7 +12,8 @@ use crate::error::{Error, ErrorKind::NotStarted, Phase, Result};
 use crate::service::HealthReport;
 use crate::thread::later;
 
-use super::snapshot::{CheckData, HealthEvent, Probe, Published, Status};
+use super::event::HealthEvent;
+use super::snapshot::{CheckData, Probe, Published, Status};
 use super::worker::{PollResult, Worker};
 
 /// A log line to write once the lock is released.
@@ -34,6 +35,9 @@ pub(super) struct Entry {
     pub(super) worker: Worker,
     pub(super) call: Option<Call>,
     pub(super) next_due: Instant,
+    /// A poll was asked for ([`poll_now`](super::HealthChecker::poll_now)) while a call was in
+    /// progress: poll again as soon as it returns, not an interval later.
+    pub(super) poll_again: bool,
     /// When each probe ([ready, health]) was last pushed: a poll whose call began before that
     /// read the service's state before the push, so its result must not override the push.
     pub(super) pushed_at: [Option<Instant>; 2],
@@ -210,16 +214,16 @@ impl Registry {
             }
             if !self.paused && now >= entry.next_due {
                 match entry.call {
-                    None if entry.worker.request() => {
-                        entry.call = Some(Call {
-                            deadline: later(now, entry.timeout),
-                            stuck: false,
-                        });
-                    }
-                    None => {
-                        let e = Error::msg("the checker is closing: no more polls");
-                        Registry::fail_both(entry, &e, stamp, &mut events);
-                    }
+                    None => match entry.worker.request() {
+                        Ok(()) => {
+                            entry.call = Some(Call {
+                                deadline: later(now, entry.timeout),
+                                stuck: false,
+                            });
+                        }
+                        // Asked again at the next interval.
+                        Err(e) => Registry::fail_both(entry, &e, stamp, &mut events),
+                    },
                     Some(call) if call.stuck => {
                         // Still stuck: the poller is alive and the check is still failing.
                         let e = Error::timed_out(&name, entry.worker.phase(), entry.timeout);
@@ -251,6 +255,9 @@ impl Registry {
             return;
         };
         let was_stuck = entry.call.take().is_some_and(|c| c.stuck);
+        if std::mem::take(&mut entry.poll_again) {
+            entry.next_due = now;
+        }
         let data = Arc::make_mut(&mut entry.data);
         data.stuck = false;
         data.last_polled = Some(stamp);

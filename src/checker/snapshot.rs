@@ -1,5 +1,5 @@
 //! The read side of the checker: the immutable [`Snapshot`] readers get, its [`Verdict`]s, the
-//! per-check [`Check`] and [`ProbeStatus`] views, and the [`HealthEvent`]s subscribers receive.
+//! per-check [`Check`] and [`ProbeStatus`] views.
 //!
 //! Staleness is decided here, at read time, never by the poller: a result older than its check's
 //! bound reads as failing, so a poller that stalls cannot leave a healthy-looking cache behind.
@@ -101,6 +101,7 @@ pub(super) struct CheckData {
     pub(super) name: Arc<str>,
     pub(super) informational: bool,
     pub(super) traffic_gate: bool,
+    pub(super) liveness: bool,
     pub(super) group: Option<Arc<str>>,
     pub(super) stale_after: Duration,
     pub(super) ready: ProbeState,
@@ -123,6 +124,7 @@ impl CheckData {
             name,
             informational: options.informational,
             traffic_gate: options.traffic_gate,
+            liveness: options.liveness,
             group: options.group.as_deref().map(Arc::from),
             stale_after,
             report: None,
@@ -171,7 +173,8 @@ pub(super) struct Published {
 /// their per-group forms) count every check that is not informational, except that the health
 /// aggregates leave [traffic gates](CheckOptions::traffic_gate) out, and they fail while the
 /// checker itself is not started (under the name `"health checker"`): a checker that does not
-/// poll cannot vouch for anything.
+/// poll cannot vouch for anything. [`is_live`](Snapshot::is_live) counts only the
+/// [liveness checks](CheckOptions::liveness), and the checker itself.
 #[derive(Clone)]
 pub struct Snapshot {
     published: Arc<Published>,
@@ -311,6 +314,35 @@ impl Snapshot {
         self.verdict(Probe::Health, None)
     }
 
+    /// Whether the process is alive, and why not when it is not: what `/livez` answers and what
+    /// the [`Runner`](crate::Runner)'s systemd watchdog follows (`WATCHDOG=1` only while it
+    /// passes).
+    ///
+    /// It fails while the checker itself is not started (under the name `"health checker"`),
+    /// and while the health of a [liveness check](CheckOptions::liveness) that is not
+    /// informational fails (after its failure threshold; stale counts as failing; not polled
+    /// yet does not). No other check counts, readiness never does: with no liveness check,
+    /// liveness is only "the checker polls", so that a failing dependency never gets the
+    /// process restarted.
+    pub fn is_live(&self) -> Verdict {
+        let mut failing = BTreeMap::new();
+        if self.state != State::Started {
+            let e = Error::state(
+                ErrorKind::NotStarted,
+                CHECKER_NAME,
+                Phase::Health,
+                self.state,
+            );
+            failing.insert(CHECKER_NAME.to_owned(), e);
+        }
+        for check in self.checks().filter(|c| c.counts_toward_liveness()) {
+            if let Some(error) = check.liveness_failure() {
+                failing.insert(check.name().to_owned(), error);
+            }
+        }
+        Verdict { failing }
+    }
+
     /// Like [`is_ready`](Snapshot::is_ready), counting only the checks of `group`.
     pub fn is_ready_in(&self, group: &str) -> Verdict {
         self.verdict(Probe::Ready, Some(group))
@@ -383,6 +415,30 @@ impl<'a> Check<'a> {
     /// readiness only (`/readyz`), left out of health (`/healthz`).
     pub fn is_traffic_gate(&self) -> bool {
         self.data.traffic_gate
+    }
+
+    /// Whether the check is a [liveness check](CheckOptions::liveness): its health counts
+    /// toward [`Snapshot::is_live`] and `/livez` (unless it is informational), and it counts
+    /// toward readiness and health as any other check does.
+    pub fn is_liveness(&self) -> bool {
+        self.data.liveness
+    }
+
+    /// Whether [`Snapshot::is_live`] counts the check: a liveness check, not informational.
+    pub(crate) fn counts_toward_liveness(&self) -> bool {
+        self.is_liveness() && !self.is_informational()
+    }
+
+    /// Why the check fails liveness, judged at the snapshot's time, if it does: its health
+    /// fails (a health never polled yet, [`Status::Unknown`], is no sign of a wedge and does
+    /// not). The one per-check rule of liveness, whether or not the check counts toward it.
+    pub(crate) fn liveness_failure(&self) -> Option<Error> {
+        let health = self.health();
+        (health.status == Status::Failing).then(|| {
+            health
+                .error
+                .unwrap_or_else(|| Error::msg("failing").in_service(self.name(), Phase::Health))
+        })
     }
 
     /// Whether the aggregates of `probe` count the check: not informational, and, for
@@ -482,6 +538,7 @@ impl fmt::Debug for Check<'_> {
             .field("name", &self.name())
             .field("informational", &self.is_informational())
             .field("traffic_gate", &self.is_traffic_gate())
+            .field("liveness", &self.is_liveness())
             .field("group", &self.group())
             .field("ready", &self.ready())
             .field("health", &self.health())
@@ -524,74 +581,5 @@ impl ProbeStatus {
     /// When the status last changed; `None` if it never has.
     pub fn last_change(&self) -> Option<SystemTime> {
         self.last_change
-    }
-}
-
-/// A change of status of one probe of one check, sent to every
-/// [`subscriber`](crate::HealthChecker::subscribe).
-#[derive(Debug, Clone)]
-pub struct HealthEvent {
-    pub(super) check: Arc<str>,
-    pub(super) probe: Probe,
-    pub(super) old: Status,
-    pub(super) new: Status,
-    pub(super) reason: Option<Error>,
-    pub(super) at: SystemTime,
-    pub(super) pushed: bool,
-    /// Whether the change is no news (logged at debug level): see `registry::event_level`.
-    pub(super) expected: bool,
-}
-
-impl HealthEvent {
-    /// The name of the check that changed.
-    pub fn check(&self) -> &str {
-        &self.check
-    }
-
-    /// Which of its probes changed.
-    pub fn probe(&self) -> Probe {
-        self.probe
-    }
-
-    /// The status before the change.
-    pub fn old_status(&self) -> Status {
-        self.old
-    }
-
-    /// The status after the change.
-    pub fn new_status(&self) -> Status {
-        self.new
-    }
-
-    /// Why the probe now fails; `None` when it now passes.
-    pub fn reason(&self) -> Option<&Error> {
-        self.reason.as_ref()
-    }
-
-    /// When the change was recorded.
-    pub fn at(&self) -> SystemTime {
-        self.at
-    }
-
-    /// Whether the change came from an active report
-    /// ([`Reporter::report`](super::Reporter::report)) rather than a poll.
-    pub fn is_pushed(&self) -> bool {
-        self.pushed
-    }
-}
-
-impl fmt::Display for HealthEvent {
-    /// The reason, when it names the check (`"db: ready failed: connection refused"`), else
-    /// `"app: health is failing: app.db: health failed: gone"`; `"db: ready passes"` (a first
-    /// result), `"db: ready passes again"` (after failing).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (check, probe) = (&self.check, self.probe);
-        match (self.new, self.old, &self.reason) {
-            (Status::Passing, Status::Failing, _) => write!(f, "{check}: {probe} passes again"),
-            (Status::Passing, _, _) => write!(f, "{check}: {probe} passes"),
-            (_, _, Some(reason)) if reason.service() == Some(check) => write!(f, "{reason}"),
-            (new, _, Some(reason)) => write!(f, "{check}: {probe} is {new}: {reason}"),
-            (new, _, None) => write!(f, "{check}: {probe} is {new}"),
-        }
     }
 }

@@ -65,17 +65,21 @@ impl Worker {
         }
     }
 
-    /// Asks for a poll without waiting; returns whether it was handed over (`false` once
-    /// disconnected).
-    pub(super) fn request(&mut self) -> bool {
+    /// Asks for a poll without waiting.
+    ///
+    /// # Errors
+    ///
+    /// Once disconnected (the checker is closing), or when the pool has no thread and none
+    /// can be spawned: the poll is then not made, and the caller records the failure.
+    pub(super) fn request(&mut self) -> Result<()> {
         let Some(pool) = &self.pool else {
-            return false;
+            return Err(Error::msg("the checker is closing: no more polls"));
         };
         let (id, name) = (self.id, Arc::clone(&self.name));
         let (reporter, results) = (Arc::clone(&self.reporter), self.results.clone());
         let in_call = Arc::clone(&self.phase);
         let label = format!("health {name}");
-        self.call = Some(pool.call(label, move || {
+        let call = pool.call(label, move || {
             let began = Instant::now();
             in_call.store(IN_READY, Ordering::Relaxed);
             let ready = catch_unwind(AssertUnwindSafe(|| reporter.ready()));
@@ -94,8 +98,10 @@ impl Worker {
             };
             // The poller may be gone (the checker closing): the result is not needed then.
             let _ = results.send(result);
-        }));
-        true
+        });
+        let call = call.map_err(|e| Error::msg(format!("no thread to poll it: {e}")))?;
+        self.call = Some(call);
+        Ok(())
     }
 
     /// The call the worker is in: [`Phase::Health`] while in `health_report()`, [`Phase::Ready`]
@@ -163,7 +169,7 @@ mod tests {
         let (results, rx) = crossbeam_channel::unbounded();
         let pool = Arc::new(CallPool::new("worker test"));
         let mut w = Worker::new(pool, 7, "flaky".into(), Arc::new(Flaky), results);
-        assert!(w.request());
+        w.request().unwrap();
         let r = rx.recv_timeout(Duration::from_secs(10)).unwrap();
         assert_eq!(r.id, 7);
         assert_eq!(
@@ -173,6 +179,6 @@ mod tests {
         // The default health_report calls ready() too, and panics with it.
         assert!(r.health.unwrap_err().is_panic());
         assert!(w.join_until(Instant::now() + Duration::from_secs(10)));
-        assert!(!w.request(), "ended");
+        assert!(w.request().is_err(), "ended");
     }
 }

@@ -182,7 +182,7 @@ impl EndpointOptions {
 ///
 /// | path | answers |
 /// | --- | --- |
-/// | `/livez` | liveness: the process is alive and its health checker is polling |
+/// | `/livez` | liveness: the process is alive, its health checker is polling, and every [liveness check](crate::health::CheckOptions::liveness) passes its health |
 /// | `/readyz`, `/ready` | readiness: every check's `ready()` |
 /// | `/healthz`, `/health` | every check's readiness and health, except [traffic gates](crate::health::CheckOptions::traffic_gate), which count toward readiness only |
 /// | `/readyz/NAME`, `/healthz/NAME` | one check (404 if there is none by that name, and for `/healthz/NAME` of a traffic gate) |

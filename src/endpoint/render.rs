@@ -40,9 +40,12 @@ impl Overall {
     }
 }
 
-/// What an answer is about: `/readyz` or `/healthz`, or one check of either.
+/// What an answer is about: `/livez`, `/readyz` or `/healthz`, or one check of one of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Question {
+    /// `/livez`: the health of every [liveness check](crate::health::CheckOptions::liveness),
+    /// as [`Snapshot::is_live`] judges it.
+    Live,
     /// `/readyz`: every check's readiness, traffic gates included.
     Ready,
     /// `/healthz`: every check's readiness and health, except the traffic gates, which count
@@ -51,9 +54,11 @@ pub(super) enum Question {
 }
 
 impl Question {
-    /// The route's name, as the verbose form's last line says it: `readyz` or `healthz`.
+    /// The route's name, as the verbose form's last line says it: `livez`, `readyz` or
+    /// `healthz`.
     pub(super) fn name(self) -> &'static str {
         match self {
+            Question::Live => "livez",
             Question::Ready => "readyz",
             Question::Health => "healthz",
         }
@@ -62,13 +67,27 @@ impl Question {
     fn probes(self) -> &'static [Probe] {
         match self {
             Question::Ready => &[Probe::Ready],
+            Question::Live => &[Probe::Health],
             Question::Health => &[Probe::Ready, Probe::Health],
         }
     }
 
-    /// Whether the answer is about `check` at all: `/healthz` leaves traffic gates out.
+    /// Whether the answer is about `check` at all: `/healthz` leaves traffic gates out,
+    /// `/livez` asks about liveness checks only.
     fn asks_about(self, check: &Check<'_>) -> bool {
-        self == Question::Ready || !check.is_traffic_gate()
+        match self {
+            Question::Ready => true,
+            Question::Live => check.is_liveness(),
+            Question::Health => !check.is_traffic_gate(),
+        }
+    }
+
+    /// Whether the aggregate of this question counts `probe` of `check`.
+    fn counts(self, check: &Check<'_>, probe: Probe) -> bool {
+        match self {
+            Question::Live => check.counts_toward_liveness(),
+            _ => check.counts_toward(probe),
+        }
     }
 }
 
@@ -98,6 +117,9 @@ pub(super) struct Item {
     pub(super) component: String,
     pub(super) probe: &'static str,
     pub(super) status: Status,
+    /// Whether the item passes its question: its status passes, or (for `/livez`) it is not
+    /// known yet, which is no sign of a wedge.
+    pub(super) passes: bool,
     pub(super) counts: bool,
     pub(super) excluded: bool,
     pub(super) error: Option<Error>,
@@ -125,6 +147,7 @@ pub(super) fn collect(
             } else {
                 Status::Failing
             },
+            passes: started,
             counts: true,
             excluded: false,
             error: (!started)
@@ -148,13 +171,22 @@ pub(super) fn collect(
         let is_excluded = excluded.iter().any(|e| e == check.name());
         for &probe in question.probes() {
             let p = check.probe(probe);
+            let (passes, error) = match question {
+                // The one per-check rule of liveness, `Snapshot::is_live`'s.
+                Question::Live => match check.liveness_failure() {
+                    Some(e) => (false, Some(e)),
+                    None => (true, p.error().cloned()),
+                },
+                _ => (p.is_passing(), p.error().cloned()),
+            };
             items.push(Item {
                 component: check.name().to_owned(),
                 probe: probe.as_str(),
                 status: p.status(),
-                counts: only.is_some() || check.counts_toward(probe),
+                passes,
+                counts: only.is_some() || question.counts(&check, probe),
                 excluded: is_excluded,
-                error: p.error().cloned(),
+                error,
                 time: p.last_change(),
                 consecutive_failures: p.consecutive_failures(),
             });
@@ -167,7 +199,7 @@ pub(super) fn collect(
         items
             .iter()
             .filter(|i| !i.excluded && i.counts == counting)
-            .any(|i| i.status != Status::Passing)
+            .any(|i| !i.passes)
     };
     let overall = if fails(true) {
         Overall::Fail
@@ -227,7 +259,7 @@ pub(super) fn json(
             .iter()
             .filter(|i| !i.excluded)
             .zip(&entries)
-            .partition(|(i, _)| i.status != Status::Passing);
+            .partition(|(i, _)| !i.passes);
         let mut used = 0;
         for (_, e) in failing.iter().chain(&passing) {
             if used + e.len() + 1 > budget {
@@ -256,10 +288,10 @@ fn entry(item: &Item, hide_reasons: bool) -> String {
     e.push_str(":[{\"componentId\":");
     push_json_str(&mut e, &item.component);
     e.push_str(",\"status\":\"");
-    e.push_str(match item.status {
-        Status::Passing => "pass",
-        _ if !item.counts => "warn",
-        _ => "fail",
+    e.push_str(match (item.passes, item.counts) {
+        (true, _) => "pass",
+        (false, false) => "warn",
+        (false, true) => "fail",
     });
     e.push('"');
     if let Some(t) = item.time {
@@ -267,7 +299,7 @@ fn entry(item: &Item, hide_reasons: bool) -> String {
         push_rfc3339(&mut e, t);
         e.push('"');
     }
-    if item.status != Status::Passing {
+    if !item.passes {
         e.push_str(",\"output\":");
         push_json_str(&mut e, &reason(item, hide_reasons));
     }
@@ -294,7 +326,9 @@ fn reason(item: &Item, hide_reasons: bool) -> String {
 }
 
 /// The Kubernetes verbose form: a line per check, `[+]name ok`, `[-]name failed: reason`, or
-/// `[+]name excluded: ok`, then `<what> check passed` or `<what> check failed`.
+/// `[+]name excluded: ok`, then `<what> check passed` or `<what> check failed`. `/livez`'s
+/// begins with `[+]ping ok` (the process answers), names its checks plainly (their health is
+/// all it asks), and says `[+]name not checked yet` of a liveness check not polled yet.
 pub(super) fn verbose(
     question: Question,
     overall: Overall,
@@ -302,14 +336,20 @@ pub(super) fn verbose(
     hide_reasons: bool,
 ) -> String {
     let mut out = String::with_capacity(256);
+    if question == Question::Live {
+        out.push_str("[+]ping ok\n");
+    }
     let mut left_out = 0;
     for item in items {
-        let name = if item.probe == "ready" || item.probe == "poll" {
+        let name = if question == Question::Live || item.probe == "ready" || item.probe == "poll" {
             item.component.clone()
         } else {
             format!("{}:{}", item.component, item.probe)
         };
-        let line = match (item.status == Status::Passing, item.excluded) {
+        let line = match (item.passes, item.excluded) {
+            (true, false) if item.status == Status::Unknown => {
+                format!("[+]{name} not checked yet\n")
+            }
             (true, false) => format!("[+]{name} ok\n"),
             (true, true) => format!("[+]{name} excluded: ok\n"),
             (false, true) => format!("[-]{name} excluded: failed\n"),

@@ -62,8 +62,8 @@ pub(crate) struct Routes {
 
 /// Which of the health routes a path names.
 enum Target<'a> {
-    Live,
-    /// `/readyz` or `/healthz`; `only` a check's name, not decoded.
+    /// `/livez`, `/readyz` or `/healthz`; `only` a check's name, not decoded (never for
+    /// `/livez`, which has no per-check form).
     Probes {
         question: Question,
         only: Option<&'a str>,
@@ -117,7 +117,6 @@ impl Routes {
             return Route::Answer(method_not_allowed(ask.method));
         }
         match target {
-            Target::Live => Route::Answer(live(&self.checker, ask.query)),
             Target::Probes { question, only } => {
                 Route::Answer(self.probes(question, only, ask.query))
             }
@@ -132,28 +131,27 @@ impl Routes {
             only: None,
         };
         match path {
-            "/livez" => return Some(Target::Live),
+            "/livez" => return Some(every(Question::Live)),
             "/readyz" | "/ready" => return Some(every(Question::Ready)),
             "/healthz" | "/health" => return Some(every(Question::Health)),
             #[cfg(feature = "metrics")]
             "/metrics" if self.metrics => return Some(Target::Metrics),
             _ => {}
         }
-        let (question, name) = match (
-            path.strip_prefix("/readyz/"),
-            path.strip_prefix("/healthz/"),
-        ) {
-            (Some(name), _) => (Question::Ready, name),
-            (None, Some(name)) => (Question::Health, name),
-            (None, None) => return None,
-        };
+        let prefixes = [
+            ("/readyz/", Question::Ready),
+            ("/healthz/", Question::Health),
+        ];
+        let (question, name) = prefixes
+            .iter()
+            .find_map(|&(prefix, q)| Some((q, path.strip_prefix(prefix)?)))?;
         (!name.is_empty()).then_some(Target::Probes {
             question,
             only: Some(name),
         })
     }
 
-    /// `/readyz`, `/healthz` and their per-check forms.
+    /// `/livez`, `/readyz`, `/healthz` and their per-check forms.
     fn probes(&self, question: Question, only: Option<&str>, query: Option<&str>) -> Response {
         let query = parse_query(query);
         let decoded;
@@ -165,8 +163,12 @@ impl Routes {
             None => None,
         };
         let snapshot = self.checker.snapshot();
-        let slot = (only.is_none() && !query.verbose && query.excluded.is_empty())
-            .then_some(usize::from(question == Question::Health));
+        let plain = only.is_none() && query.excluded.is_empty();
+        let slot = (plain && !query.verbose).then_some(match question {
+            Question::Ready => 0,
+            Question::Health => 1,
+            Question::Live => 2,
+        });
         if let Some(slot) = slot {
             if let Some((rendered_from, response)) = &self.cache.lock().slots[slot] {
                 if rendered_from.shows_the_same_as(&snapshot) {
@@ -174,18 +176,25 @@ impl Routes {
                 }
             }
         }
-        let (overall, items) = match render::collect(&snapshot, question, only, &query.excluded) {
+        let (mut overall, items) = match render::collect(&snapshot, question, only, &query.excluded)
+        {
             Ok(answer) => answer,
             Err(unanswered) => {
                 return Response::text(404, unanswered.explain(only.unwrap_or("")));
             }
         };
+        if question == Question::Live && plain && !snapshot.is_live().is_passing() {
+            // Liveness is `Snapshot::is_live`'s to decide, as for the systemd watchdog; the
+            // items (which follow the same rule per check) only tell pass from warn.
+            overall = Overall::Fail;
+        }
         if query.verbose {
             let body = render::verbose(question, overall, &items, self.hide_reasons);
             return Response::text(overall.http_status(), body);
         }
         let description = match (only, question) {
             (Some(n), _) => format!("check {n}"),
+            (None, Question::Live) => "liveness".to_owned(),
             (None, Question::Ready) => "readiness of every check".to_owned(),
             (None, Question::Health) => {
                 "health and readiness of every check but the traffic gates".to_owned()
@@ -245,37 +254,6 @@ pub(crate) fn scraped(format: Format, outcome: Outcome) -> Response {
     }
 }
 
-/// Liveness: the process answers and its health checker is polling. It does not depend on any
-/// check, so a failing dependency never gets the process restarted.
-fn live(checker: &HealthChecker, query: Option<&str>) -> Response {
-    let snapshot = checker.snapshot();
-    let polling = snapshot.checker_state() == crate::State::Started;
-    let overall = if polling {
-        Overall::Pass
-    } else {
-        Overall::Fail
-    };
-    if parse_query(query).verbose {
-        let body = if polling {
-            "[+]ping ok\n[+]health checker ok\nlivez check passed\n".to_owned()
-        } else {
-            format!(
-                "[+]ping ok\n[-]health checker failed: not polling (state: {})\nlivez check failed\n",
-                snapshot.checker_state()
-            )
-        };
-        return Response::text(overall.http_status(), body);
-    }
-    let mut body = String::from("{\"status\":\"");
-    body.push_str(if polling { "pass" } else { "fail" });
-    body.push_str("\",\"version\":");
-    render::push_json_str(&mut body, snapshot.version());
-    body.push_str(",\"releaseId\":");
-    render::push_json_str(&mut body, snapshot.sha());
-    body.push_str(",\"description\":\"liveness\"}");
-    Response::new(overall.http_status(), HEALTH_JSON, body.into_bytes())
-}
-
 /// What a request's query asks for.
 struct Query {
     verbose: bool,
@@ -327,8 +305,9 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The last plain `/readyz` and `/healthz` answers (no check named, no `verbose`, nothing
-/// excluded: what probes ask, over and over), each with the snapshot it was rendered from.
+/// The last plain `/readyz`, `/healthz` and `/livez` answers (no check named, no `verbose`,
+/// nothing excluded: what probes ask, over and over), each with the snapshot it was rendered
+/// from.
 ///
 /// A probe's question gets the same answer until the checker publishes a change, so rendering
 /// it anew for every request is wasted work. A cached answer is reused only while a fresh
@@ -339,8 +318,8 @@ fn percent_decode(s: &str) -> String {
 /// answer (an `Arc` body), never while rendering.
 #[derive(Default)]
 struct AnswerCache {
-    /// `[readyz, healthz]`.
-    slots: [Option<(Snapshot, Response)>; 2],
+    /// `[readyz, healthz, livez]`.
+    slots: [Option<(Snapshot, Response)>; 3],
 }
 
 #[cfg(test)]
@@ -391,6 +370,9 @@ mod tests {
         check(&routes, "GET", "/livez", Some(503));
         check(&routes, "HEAD", "/readyz?verbose", Some(503));
         check(&routes, "GET", "/healthz/nope", Some(404));
+        // `/livez` has no per-check form: a path under it is no health route (the program's,
+        // under tiny_http).
+        check(&routes, "GET", "/livez/nope", None);
         check(&routes, "POST", "/readyz", Some(405));
         check(&routes, "PROPFIND", "/livez", Some(501));
         check(&routes, "POST", "/jobs", None);

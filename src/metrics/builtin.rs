@@ -289,15 +289,18 @@ fn encode_health(encoder: &mut DescriptorEncoder<'_>, snapshot: &Snapshot) -> fm
     gauges(
         encoder,
         "lifecycle_health_status",
-        "Whether the process passes each probe overall (1) or fails it (0): ready is every check's readiness, as /readyz answers; health is every check's health except traffic gates' (/healthz also asks their readiness).",
+        "Whether the process passes each probe overall (1) or fails it (0): ready is every check's readiness, as /readyz answers; health is every check's health except traffic gates' (/healthz also asks their readiness); live is liveness, as /livez answers (the checker polls and no liveness check's health fails).",
         None,
-        probes.map(|probe| {
-            let verdict = match probe {
-                Probe::Ready => snapshot.is_ready(),
-                Probe::Health => snapshot.is_healthy(),
-            };
-            (vec![("probe", probe.as_str())], bit(verdict.is_passing()))
-        }),
+        probes
+            .map(|probe| {
+                let verdict = match probe {
+                    Probe::Ready => snapshot.is_ready(),
+                    Probe::Health => snapshot.is_healthy(),
+                };
+                (vec![("probe", probe.as_str())], bit(verdict.is_passing()))
+            })
+            .into_iter()
+            .chain([(vec![("probe", "live")], bit(snapshot.is_live().is_passing()))]),
     )?;
     gauges(
         encoder,

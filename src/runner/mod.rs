@@ -309,11 +309,14 @@ type CleanupFn = Box<dyn FnOnce() -> Result<()> + Send + 'static>;
 /// **Watchdog.** When systemd sets `WATCHDOG_USEC` for the process (`WatchdogSec=`), a thread of
 /// the run's, `sd watchdog`, sends `WATCHDOG=1` at once and then every half of it, from the
 /// run's beginning to its end, through the start and the shutdown alike, as long as liveness
-/// passes as `/livez` judges it: the health checker is polling (started). It never depends on a
-/// check, ready or healthy: a database outage must not become a restart loop. Before the runner
+/// passes as `/livez` judges it ([`Snapshot::is_live`](crate::health::Snapshot::is_live)): the
+/// health checker is polling (started) and no [liveness check](crate::health::CheckOptions::liveness)'s
+/// health fails. It never depends on any other check, nor on readiness: a database outage must
+/// not become a restart loop. Before the runner
 /// has started its checker, once it begins closing it (the shutdown's last steps), and in a run
 /// without health, liveness is the run's own: the pings go on while it runs. When liveness
-/// fails (the checker closed or failed under the runner), the pings stop, with a warning, and
+/// fails (the checker closed or failed under the runner, or a liveness check fails: the process
+/// is wedged), the pings stop, with a warning, and
 /// systemd restarts the unit after `WatchdogSec` (with `Restart=on-failure`); they resume if it
 /// passes again. The thread waits on nothing but its interval and its stop, and the end of the
 /// run joins it.

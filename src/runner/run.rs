@@ -4,6 +4,7 @@
 //! without spawning a thread per call.
 
 mod close;
+mod in_flight;
 mod restart;
 mod shutdown;
 mod start;
@@ -67,6 +68,8 @@ pub(super) struct Run {
     /// The reports of restartable services' instances taken during the start phase, for the
     /// run phase.
     early: Vec<Request>,
+    /// The outcomes of the restarts' calls.
+    restart_calls: restart::Outcomes,
     /// What the run tells systemd (nothing, when not under it).
     notes: Notes,
     /// The systemd watchdog's thread, while the run has one.
@@ -262,6 +265,7 @@ impl Run {
             supervisor,
             instances,
             early: Vec::new(),
+            restart_calls: restart::Outcomes::new(),
             notes: Notes::new(),
             watchdog: None,
         }

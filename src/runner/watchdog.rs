@@ -1,12 +1,14 @@
 //! The systemd watchdog of a run: a thread `sd watchdog` that sends `WATCHDOG=1` every
 //! [`Notifier::watchdog_interval`] (half of `WATCHDOG_USEC`) while liveness passes, as
-//! `/livez` judges it. It exists only when the watchdog is on for this process.
+//! `/livez` judges it ([`Snapshot::is_live`]: the checker polls, and no
+//! [liveness check](crate::health::CheckOptions::liveness) fails). It exists only when the
+//! watchdog is on for this process.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::checker::{HealthChecker, Snapshot};
+use crate::checker::{HealthChecker, Snapshot, Verdict};
 use crate::relay;
 use crate::state::State;
 use crate::stop::StopSignal;
@@ -20,13 +22,6 @@ const THREAD: &str = "sd watchdog";
 /// stop signal (it calls no user code and takes no lock user code holds).
 const JOIN: Duration = Duration::from_secs(1);
 
-/// Liveness as `/livez` answers it from `snapshot`: the health checker is polling (started).
-/// It counts no check, so that no failing dependency, a database down, ever gets the process
-/// restarted (the endpoint's `live` route applies the same rule).
-pub(crate) fn is_live(snapshot: &Snapshot) -> bool {
-    snapshot.checker_state() == State::Started
-}
-
 /// What the watchdog judges liveness from.
 struct Liveness {
     /// The run's health checker, if it has one.
@@ -37,20 +32,33 @@ struct Liveness {
 }
 
 impl Liveness {
-    /// Whether liveness passes now, and the checker's state when it does not.
-    fn passes(&self) -> Result<(), State> {
+    /// Whether liveness passes now ([`Snapshot::is_live`], the rule `/livez` answers by), and
+    /// why not when it does not.
+    fn passes(&self) -> Result<(), String> {
         match &self.checker {
             Some(checker) if self.judged.load(Ordering::Acquire) => {
                 let snapshot = checker.snapshot();
-                if is_live(&snapshot) {
+                let verdict = snapshot.is_live();
+                if verdict.is_passing() {
                     Ok(())
                 } else {
-                    Err(snapshot.checker_state())
+                    Err(why(&snapshot, &verdict))
                 }
             }
             _ => Ok(()),
         }
     }
+}
+
+/// Why liveness fails, in a few words: the checker's state when it does not poll, else each
+/// failing liveness check's error.
+fn why(snapshot: &Snapshot, verdict: &Verdict) -> String {
+    let state = snapshot.checker_state();
+    if state != State::Started {
+        return format!("the health checker is {state}, not polling");
+    }
+    let failures: Vec<String> = verdict.failures().map(|(_, e)| e.to_string()).collect();
+    failures.join("; ")
 }
 
 /// The run's watchdog thread: stopped and joined at the end of the run.
@@ -118,11 +126,8 @@ fn ping(notifier: &Notifier, liveness: &Liveness, stop: &StopSignal, every: Dura
                 }
                 notifier.watchdog();
             }
-            Err(state) if !failing => {
-                relay::warn!(
-                    "systemd: liveness fails (the health checker is {state}, not polling): \
-                     WATCHDOG=1 is no longer sent"
-                );
+            Err(why) if !failing => {
+                relay::warn!("systemd: liveness fails ({why}): WATCHDOG=1 is no longer sent");
                 failing = true;
             }
             Err(_) => {}

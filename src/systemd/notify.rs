@@ -10,6 +10,11 @@ use std::time::Duration;
 /// datagram is ignored whole, so a status is cut to fit.
 pub(crate) const MAX_MESSAGE: usize = 4096;
 
+/// The longest a change of state (`READY=1`, `STOPPING=1`) waits for room in a full notify
+/// socket's queue before it is dropped: 31 ms.
+#[cfg(test)]
+pub(crate) const STATE_PATIENCE: std::time::Duration = std::time::Duration::from_millis(31);
+
 /// The process's notifier, made from the environment the first time it is asked for.
 static NOTIFIER: OnceLock<Notifier> = OnceLock::new();
 
@@ -115,13 +120,18 @@ impl Notifier {
 
     /// `READY=1`: the program has started and serves. Returns whether it was sent (as every
     /// method here does): `false` when not under systemd, or when it was dropped.
+    ///
+    /// A change of state that systemd must not miss (`READY=1`, `STOPPING=1`) is tried again a
+    /// few times, for at most 31 ms in all, when the socket's queue is full (it is shared by
+    /// every unit); the other notifications are dropped at once.
     pub fn ready(&self) -> bool {
-        self.send("READY=1")
+        self.send_patiently("READY=1")
     }
 
-    /// `STOPPING=1`: the program is shutting down.
+    /// `STOPPING=1`: the program is shutting down (tried again as [`ready`](Notifier::ready)
+    /// is).
     pub fn shutting_down(&self) -> bool {
-        self.send("STOPPING=1")
+        self.send_patiently("STOPPING=1")
     }
 
     /// `STATUS=status`, the line `systemctl status` shows. Control characters (line ends
@@ -168,9 +178,10 @@ impl Notifier {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Sends `line` (a `KEY=value` of the crate's own, such as `READY=1`) and `STATUS=status`
-    /// in one datagram, so that systemd takes both at once; `status` is made one line and cut
-    /// to fit, as [`status`](Notifier::status) does.
+    /// Sends `line` (a change of state of the crate's own, `READY=1` or `STOPPING=1`) and
+    /// `STATUS=status` in one datagram, so that systemd takes both at once, tried again as
+    /// [`ready`](Notifier::ready) is; `status` is made one line and cut to fit, as
+    /// [`status`](Notifier::status) does.
     pub(crate) fn send_with_status(&self, line: &str, status: &str) -> bool {
         let status = assignment("STATUS", status);
         let fits = MAX_MESSAGE.saturating_sub(line.len() + 1);
@@ -178,15 +189,37 @@ impl Notifier {
         while !status.is_char_boundary(cut) {
             cut -= 1;
         }
-        self.send(&format!("{line}\n{}", &status[..cut]))
+        self.send_patiently(&format!("{line}\n{}", &status[..cut]))
     }
 
     /// Sends `message` (one or more `KEY=value` lines) in one datagram, never blocking.
     pub(crate) fn send(&self, message: &str) -> bool {
+        self.send_within(message, &[])
+    }
+
+    /// Sends `message`, trying again after 1, 2, 4, 8 and 16 ms while the socket's queue is
+    /// full: a wait of 31 ms at most.
+    fn send_patiently(&self, message: &str) -> bool {
+        self.send_within(message, &[1, 2, 4, 8, 16])
+    }
+
+    /// Sends `message`; while the socket's queue is full, tries again after each of `pauses`
+    /// (in milliseconds).
+    fn send_within(&self, message: &str, pauses: &[u64]) -> bool {
         let Some(socket) = &self.socket else {
             return false;
         };
-        match socket.send(message.as_bytes()) {
+        let mut sent = socket.send(message.as_bytes());
+        for &pause in pauses {
+            match &sent {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(pause));
+                    sent = socket.send(message.as_bytes());
+                }
+                _ => break,
+            }
+        }
+        match sent {
             Ok(()) => {
                 self.sent.fetch_add(1, Ordering::Relaxed);
                 true
@@ -443,6 +476,46 @@ mod tests {
         assert!(k <= MAX_MESSAGE && k > MAX_MESSAGE - 2, "{k}");
         let long = std::str::from_utf8(&buf[..k]).unwrap();
         assert!(long.starts_with("STOPPING=1\nSTATUS=éé"), "{long}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_change_of_state_waits_a_little_for_a_full_queue_and_a_status_does_not() {
+        use std::os::unix::net::UnixDatagram;
+        use std::time::Instant;
+
+        use super::STATE_PATIENCE;
+        let dir =
+            std::env::temp_dir().join(format!("lifecycle-notify-full-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify.sock");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        let n = Notifier::from_vars(Some(path.as_os_str()), None, None, 1);
+        // Fill the receiver's queue.
+        let mut filled = 0;
+        while n.status("fill") {
+            filled += 1;
+            assert!(filled < 100_000, "the queue never filled");
+        }
+        let drops = n.dropped();
+        assert!(!n.status("more"), "a status is dropped at once");
+        // A change of state tries again for a while, then is dropped, counted, and returns.
+        let began = Instant::now();
+        assert!(!n.ready());
+        let waited = began.elapsed();
+        assert!(waited >= STATE_PATIENCE, "{waited:?}");
+        assert_eq!(n.dropped(), drops + 2);
+        // Room made: it goes through.
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            let k = rx.recv(&mut buf).unwrap();
+            (rx, buf[..k].to_vec())
+        });
+        let (rx, first) = reader.join().unwrap();
+        assert_eq!(first, b"STATUS=fill");
+        assert!(n.ready(), "sent once the queue had room");
+        drop(rx);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -8,7 +8,8 @@
 //! - [`fixture`]: a started checker and endpoint on 127.0.0.1:0.
 //! - [`prom`]: an exposition parsed by Python's `prometheus_client`.
 //! - [`process`]: an example run as a child process, under the watchdog.
-//! - `notify` (Linux): a real datagram socket for a child's `NOTIFY_SOCKET`.
+//! - `notify` (Linux): a real datagram socket for a child's `NOTIFY_SOCKET`, and what it
+//!   received, in order.
 //! - [`recorder`]: services that record their lifecycle in order.
 #![allow(dead_code)]
 

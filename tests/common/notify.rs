@@ -1,11 +1,14 @@
 //! A real `AF_UNIX` datagram socket for a child's `NOTIFY_SOCKET`, bound at a path or at an
 //! abstract name, as systemd binds its own; what the child sends is received with timeouts.
+//! [`Received`] keeps what came, in order, and [`steps`], [`pings`] and [`extensions`] sort it.
 #![cfg(target_os = "linux")]
 
 use std::io::ErrorKind;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use super::WATCHDOG;
 
 /// A directory removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -111,4 +114,73 @@ impl NotifySocket {
         self.socket.set_nonblocking(false).unwrap();
         out
     }
+}
+
+/// Everything a child sent to a [`NotifySocket`], in order, and where the test has read up to.
+pub struct Received<'a> {
+    pub socket: &'a NotifySocket,
+    pub all: Vec<String>,
+}
+
+pub const PING: &str = "WATCHDOG=1";
+pub const EXTEND: &str = "EXTEND_TIMEOUT_USEC=";
+
+impl Received<'_> {
+    /// Receives until a datagram equal to `wanted`; returns what came since the last call
+    /// (itself included), failing the test if it has not come within the watchdog.
+    #[track_caller]
+    pub fn until(&mut self, wanted: &str) -> Vec<String> {
+        self.until_with(|d| d == wanted, wanted)
+    }
+
+    #[track_caller]
+    pub fn until_with(&mut self, found: impl Fn(&str) -> bool, what: &str) -> Vec<String> {
+        let mut got = Vec::new();
+        // One bound for the whole wait: pings alone must not keep it going.
+        let deadline = Instant::now() + WATCHDOG;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(d) = self.socket.next_within(left) else {
+                panic!(
+                    "no {what:?} within {WATCHDOG:?}; since the last step: {got:#?}; in all: {:#?}",
+                    self.all
+                );
+            };
+            self.all.push(d.clone());
+            got.push(d.clone());
+            if found(&d) {
+                return got;
+            }
+        }
+    }
+
+    /// `n` more datagrams equal to `wanted`; returns what came meanwhile.
+    #[track_caller]
+    pub fn count(&mut self, wanted: &str, n: usize) -> Vec<String> {
+        let mut got = Vec::new();
+        for _ in 0..n {
+            got.extend(self.until_with(|d| d.starts_with(wanted), wanted));
+        }
+        got
+    }
+}
+
+/// The datagrams that are neither pings nor extensions: the statuses, ready and stopping.
+pub fn steps(got: &[String]) -> Vec<&str> {
+    (got.iter())
+        .map(String::as_str)
+        .filter(|d| *d != PING && !d.starts_with(EXTEND))
+        .collect()
+}
+
+pub fn pings(got: &[String]) -> usize {
+    got.iter().filter(|d| *d == PING).count()
+}
+
+/// The values of the extensions among `got`, in microseconds.
+pub fn extensions(got: &[String]) -> Vec<u64> {
+    (got.iter())
+        .filter_map(|d| d.strip_prefix(EXTEND))
+        .map(|v| v.parse().expect("a number of microseconds"))
+        .collect()
 }

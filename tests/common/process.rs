@@ -149,41 +149,7 @@ impl Proc {
     /// program logged later.
     #[track_caller]
     pub fn wait_for(&mut self, needle: &str) -> String {
-        let found = (self.log.iter().enumerate())
-            .find(|(i, line)| !self.returned.contains(i) && line.contains(needle))
-            .map(|(i, line)| (i, line.clone()));
-        if let Some((i, line)) = found {
-            self.returned.push(i);
-            return line;
-        }
-        let deadline = Instant::now() + WATCHDOG;
-        loop {
-            match self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(line) => {
-                    self.log.push(line.clone());
-                    if line.contains(needle) {
-                        self.returned.push(self.log.len() - 1);
-                        return line;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    self.kill();
-                    panic!(
-                        "watchdog: no line with {needle:?}; log:\n{}",
-                        self.log.join("\n")
-                    )
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!(
-                        "output ended before {needle:?}; log:\n{}",
-                        self.log.join("\n")
-                    )
-                }
-            }
-        }
+        self.wait_for_any(&[needle])
     }
 
     /// Waits for a log line containing any of `needles`, as [`wait_for`](Proc::wait_for) waits

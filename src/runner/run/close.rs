@@ -3,11 +3,11 @@
 //! services close at the same time. Each close is bounded by the [budget](super::super::budget)'s rule; the runner thread waits
 //! on one `select` over every close in progress and the earliest of their bounds.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 
 use crate::error::{Error, Phase, Result};
 use crate::pool::Call;
@@ -17,6 +17,7 @@ use crate::state::State;
 
 use super::super::budget::Budget;
 use super::super::notify::doing;
+use super::in_flight::InFlight;
 use super::Run;
 
 /// A close in progress.
@@ -34,37 +35,8 @@ struct Closing {
 /// past its guard).
 type Closed = (usize, Option<Result<()>>);
 
-/// The closes in progress, by service, with the earliest of their bounds at hand.
-struct InProgress {
-    closing: Vec<Option<Closing>>,
-    by_bound: BTreeSet<(Instant, usize)>,
-    results: (Sender<Closed>, Receiver<Closed>),
-}
-
-impl InProgress {
-    fn new(n: usize) -> InProgress {
-        InProgress {
-            closing: (0..n).map(|_| None).collect(),
-            by_bound: BTreeSet::new(),
-            results: crossbeam_channel::unbounded(),
-        }
-    }
-
-    fn insert(&mut self, index: usize, closing: Closing) {
-        self.by_bound.insert((closing.until, index));
-        self.closing[index] = Some(closing);
-    }
-
-    fn remove(&mut self, index: usize) -> Option<Closing> {
-        let closing = self.closing.get_mut(index)?.take()?;
-        self.by_bound.remove(&(closing.until, index));
-        Some(closing)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.by_bound.is_empty()
-    }
-}
+/// The closes in progress.
+type InProgress = InFlight<Closing, Option<Result<()>>>;
 
 impl Run {
     /// Closes the started services `order` (each after those that need it), where service
@@ -96,8 +68,8 @@ impl Run {
         loop {
             let mut ended = Vec::new();
             while let Some(index) = closable.pop_front() {
-                match self.begin_close(index, step[index], budget, &running.results.0) {
-                    Some(closing) => running.insert(index, closing),
+                match self.begin_close(index, step[index], budget, running.sender()) {
+                    Some(closing) => running.insert(index, closing.until, closing),
                     None => ended.push((index, None)),
                 }
             }
@@ -131,9 +103,9 @@ impl Run {
         if !self.notes.is_enabled() {
             return;
         }
-        let names = (running.closing.iter().flatten()).map(|c| c.name.as_str());
+        let names = running.iter().map(|c| c.name.as_str());
         self.notes.status(doing("closing", names, done, of, "done"));
-        if let Some(&(latest, _)) = running.by_bound.last() {
+        if let Some(latest) = running.last_deadline() {
             self.notes.extend_until(latest);
         }
     }
@@ -160,12 +132,22 @@ impl Run {
         }
         relay::info!("{name}: closing");
         let began = Instant::now();
-        let results = results.clone();
+        let sender = results.clone();
         let call = (self.calls).call(format!("{} {name}", Phase::Close), move || {
             let value = catch_unwind(AssertUnwindSafe(|| close_guarded(&*service))).ok();
             drop(service);
-            let _ = results.send((index, value));
+            let _ = sender.send((index, value));
         });
+        let call = match call {
+            Ok(call) => call,
+            Err(e) => {
+                let e = Error::from(e).in_service(&name, Phase::Close);
+                relay::error!("{e}");
+                self.shutdown_errors.push(e);
+                self.mark(index, State::CloseFailed, None);
+                return None;
+            }
+        };
         Some(Closing {
             name,
             call,
@@ -183,40 +165,37 @@ impl Run {
         &mut self,
         running: &mut InProgress,
     ) -> Vec<(usize, Option<(Instant, Instant)>)> {
-        let earliest = running.by_bound.first().map(|&(until, _)| until);
+        let earliest = running.first().map(|(until, _)| until);
         let earliest =
             earliest.unwrap_or_else(|| crate::thread::later(Instant::now(), Duration::MAX));
         // Under systemd, woken in time to extend its stop timeout again.
         let earliest = self.notes.wake_by(earliest);
-        let mut ended = Vec::new();
-        let results = running.results.1.clone();
         // Every close that has returned by now, at one wake-up.
-        let mut next = results.recv_deadline(earliest).ok();
-        while let Some((index, value)) = next {
-            // A close abandoned earlier that has returned since: already recorded.
-            if let Some(closing) = running.remove(index) {
-                let now = Instant::now();
-                let took = now.saturating_duration_since(closing.began);
-                self.closed(index, &closing.name, value, took);
-                ended.push((index, Some((closing.began, now))));
-            }
-            next = results.try_recv().ok();
-        }
+        let first = running.outcomes().recv_deadline(earliest).ok();
+        let mut ended = self.take_closed(running, first);
         if !ended.is_empty() {
             return ended;
         }
-        // Every close past its bound is abandoned, unless it has returned at this moment: its
-        // value is then on its way, and is taken at the next wait.
+        // Every close past its bound is abandoned, unless it has returned at this moment: a
+        // close sends its value before it ends, so what has ended by now has sent it, and is
+        // taken first; one that ended without a value (a panic past its guard) says so.
         let now = Instant::now();
-        let due: Vec<usize> = (running.by_bound.iter())
-            .take_while(|&&(until, _)| until <= now)
-            .map(|&(_, index)| index)
+        // Whether each has ended is read before the outcomes are taken: one that had ended
+        // then and sent nothing by now never will.
+        let due: Vec<(usize, bool)> = (running.due(now).into_iter())
+            .map(|index| {
+                let closing = running.get(index);
+                (index, closing.is_some_and(|c| c.call.has_ended()))
+            })
             .collect();
-        for index in due {
-            if running.closing[index]
-                .as_ref()
-                .is_some_and(|c| c.call.has_ended())
-            {
+        ended = self.take_closed(running, None);
+        for (index, has_ended) in due {
+            if has_ended {
+                if let Some(c) = running.remove(index) {
+                    let took = now.saturating_duration_since(c.began);
+                    self.closed(index, &c.name, None, took);
+                    ended.push((index, Some((c.began, now))));
+                }
                 continue;
             }
             let Some(c) = running.remove(index) else {
@@ -239,10 +218,32 @@ impl Run {
                 Error::timed_out_noting(&c.name, Phase::Close, c.bound, note)
             };
             relay::error!("{e}: abandoning its close");
-            self.abandoned.push(c.call.abandon());
+            self.abandon(Some(c.call));
             self.shutdown_errors.push(e);
             self.mark(index, State::CloseFailed, None);
             ended.push((index, Some((c.began, now))));
+        }
+        ended
+    }
+
+    /// Records `first` (if any) and every close outcome already sent, and returns their
+    /// services, each with when its close began and ended.
+    fn take_closed(
+        &mut self,
+        running: &mut InProgress,
+        first: Option<Closed>,
+    ) -> Vec<(usize, Option<(Instant, Instant)>)> {
+        let mut ended = Vec::new();
+        let mut next = first.or_else(|| running.outcomes().try_recv().ok());
+        while let Some((index, value)) = next {
+            // A close abandoned earlier that has returned since: already recorded.
+            if let Some(closing) = running.remove(index) {
+                let now = Instant::now();
+                let took = now.saturating_duration_since(closing.began);
+                self.closed(index, &closing.name, value, took);
+                ended.push((index, Some((closing.began, now))));
+            }
+            next = running.outcomes().try_recv().ok();
         }
         ended
     }

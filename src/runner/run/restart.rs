@@ -12,7 +12,7 @@ mod stages;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select};
+use crossbeam_channel::{Receiver, Select, Sender};
 
 use crate::checker::{HealthEvent, Probe, Status};
 use crate::error::{Error, Phase, Result};
@@ -46,11 +46,34 @@ struct Restart {
     stage: Stage,
 }
 
+/// What a restart's call sends back, with its service and the generation of the restart.
+enum Outcome {
+    /// The failed instance's close returned this (`None`: it panicked past its guard).
+    Closed(Option<Result<()>>),
+    /// The fresh instance's build and start came to this (`None`: they panicked past their
+    /// guards).
+    Built(Option<Built>),
+}
+
+/// The restarts' calls' outcomes: one channel for them all, so that the runner thread's
+/// `select` has one operation for every call in progress.
+pub(super) struct Outcomes {
+    tx: Sender<(usize, u64, Outcome)>,
+    rx: Receiver<(usize, u64, Outcome)>,
+}
+
+impl Outcomes {
+    pub(super) fn new() -> Outcomes {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Outcomes { tx, rx }
+    }
+}
+
 /// Where a restart is.
 enum Stage {
     /// The failed instance closes.
     Closing {
-        call: Call<Option<Result<()>>>,
+        call: Call<()>,
         began: Instant,
         until: Instant,
         timeout: Duration,
@@ -59,7 +82,7 @@ enum Stage {
     Waiting,
     /// The fresh instance starts.
     Starting {
-        call: Call<Built>,
+        call: Call<()>,
         cancel: StopSignal,
         began: Instant,
         give_up_at: Instant,
@@ -87,10 +110,8 @@ type Restarts = Vec<Option<Restart>>;
 enum Event {
     Signal(Option<i32>),
     Request(Option<Request>),
-    /// The close of service `.0`'s failed instance returned (`None`: without a value).
-    Closed(usize, Option<Option<Result<()>>>),
-    /// The start of service `.0`'s fresh instance returned.
-    Started(usize, Option<Built>),
+    /// A call of restart `.1` of service `.0` returned.
+    Call(usize, u64, Outcome),
     Health(Option<HealthEvent>),
     /// The earliest timer passed.
     Due,
@@ -117,11 +138,23 @@ impl Run {
                 // Unreachable while the runner holds a handle; taken as a request.
                 Event::Request(None) => Some(ShutdownCause::Requested),
                 Event::Request(Some(request)) => self.on_request(request, &mut restarts),
-                Event::Closed(index, value) => {
-                    self.failed_instance_closed(index, value.flatten(), &mut restarts);
-                    None
+                Event::Call(index, generation, outcome) => {
+                    // An outcome of a call given up earlier: already recorded.
+                    let current = restarts.get(index).and_then(Option::as_ref);
+                    match (current.filter(|r| r.generation == generation), outcome) {
+                        (None, outcome) => {
+                            self.discard(index, outcome);
+                            None
+                        }
+                        (Some(_), Outcome::Closed(value)) => {
+                            self.failed_instance_closed(index, value, &mut restarts);
+                            None
+                        }
+                        (Some(_), Outcome::Built(built)) => {
+                            self.restart_started(index, built, &mut restarts)
+                        }
+                    }
                 }
-                Event::Started(index, built) => self.restart_started(index, built, &mut restarts),
                 Event::Health(Some(event)) => self.on_health(&event, &mut restarts),
                 Event::Health(None) => {
                     health = None;
@@ -132,6 +165,26 @@ impl Run {
         }
         self.end_restarts(restarts);
         end.unwrap_or(ShutdownCause::Requested)
+    }
+
+    /// An outcome of a restart's call given up earlier: a fresh instance it built is closed and
+    /// dropped on the pool, never on the runner thread (a worker's drop joins its thread).
+    fn discard(&mut self, index: usize, outcome: Outcome) {
+        let Outcome::Built(Some(Built {
+            instance: Some(instance),
+            ..
+        })) = outcome
+        else {
+            return;
+        };
+        let name = self.reports[index].name.clone();
+        relay::warn!("{name}: a restart given up on has returned since: closing its instance");
+        let label = format!("{} {name}", crate::error::Phase::Close);
+        if let Err(e) = (self.calls).call(label, move || {
+            let _ = crate::service::close_guarded(&*instance);
+        }) {
+            relay::warn!("{name}: cannot close the instance of a restart given up on: {e}");
+        }
     }
 
     /// The checker's events, when a service is restarted on failed health polls.
@@ -146,20 +199,7 @@ impl Run {
     /// earliest timer.
     fn next_run_event(&self, restarts: &Restarts, health: Option<&Receiver<HealthEvent>>) -> Event {
         let mut select = Select::new();
-        let mut calls = Vec::new();
-        for (index, restart) in restarts.iter().enumerate() {
-            match restart.as_ref().map(|r| &r.stage) {
-                Some(Stage::Closing { call, .. }) => {
-                    calls.push(index);
-                    select.recv(call.receiver());
-                }
-                Some(Stage::Starting { call, .. }) => {
-                    calls.push(index);
-                    select.recv(call.receiver());
-                }
-                Some(Stage::Waiting) | None => {}
-            }
-        }
+        let calls = select.recv(&self.restart_calls.rx);
         let signals = select.recv(&self.signals);
         let requests = select.recv(&self.runner.requests);
         let events = health.map(|h| select.recv(h));
@@ -175,24 +215,18 @@ impl Run {
             return Event::Due;
         };
         match oper.index() {
+            i if i == calls => match oper.recv(&self.restart_calls.rx) {
+                Ok((index, generation, outcome)) => Event::Call(index, generation, outcome),
+                // Unreachable: the run holds a sender.
+                Err(_) => Event::Due,
+            },
             i if i == signals => Event::Signal(oper.recv(&self.signals).ok()),
             i if i == requests => Event::Request(oper.recv(&self.runner.requests).ok()),
             i if Some(i) == events => match health {
                 Some(h) => Event::Health(oper.recv(h).ok()),
                 None => Event::Due,
             },
-            k => {
-                let index = calls[k];
-                match restarts[index].as_ref().map(|r| &r.stage) {
-                    Some(Stage::Closing { call, .. }) => {
-                        Event::Closed(index, oper.recv(call.receiver()).ok())
-                    }
-                    Some(Stage::Starting { call, .. }) => {
-                        Event::Started(index, oper.recv(call.receiver()).ok())
-                    }
-                    _ => Event::Due,
-                }
-            }
+            _ => Event::Due,
         }
     }
 
@@ -271,17 +305,14 @@ impl Run {
                 // This restart closes the instance: the shutdown does not any more.
                 let up = self.started.iter().position(|&i| i == index);
                 let stage = match up.map(|k| self.started.remove(k)) {
-                    Some(_) => {
-                        self.table
-                            .restarting(index, attempt, RestartStage::Closing, at);
-                        self.close_failed_instance(index)
-                    }
-                    None => {
-                        self.table
-                            .restarting(index, attempt, RestartStage::Waiting, at);
-                        Stage::Waiting
-                    }
+                    Some(_) => self.close_failed_instance(index, generation),
+                    None => Stage::Waiting,
                 };
+                let shown = match stage {
+                    Stage::Closing { .. } => RestartStage::Closing,
+                    _ => RestartStage::Waiting,
+                };
+                self.table.restarting(index, attempt, shown, at);
                 restarts[index] = Some(Restart {
                     attempt,
                     generation,

@@ -286,11 +286,15 @@ impl Run {
             shutdown_duration: durations[2],
         };
         let failed = report.error();
-        for line in report.summary() {
-            if failed.is_some() {
-                relay::warn!("{line}");
-            } else {
-                relay::info!("{line}");
+        let level = if failed.is_some() {
+            log::Level::Warn
+        } else {
+            log::Level::Info
+        };
+        // Built only when it is logged: a line per service.
+        if relay::enabled(level) {
+            for line in report.summary() {
+                relay::log_at!(level, "{line}");
             }
         }
         match failed {

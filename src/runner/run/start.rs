@@ -1,15 +1,17 @@
 //! The start phase of a run: each service starts, a call `start NAME` on a thread of the run's
-//! [pool](crate::pool), as soon as every service it needs is ready (see [`Graph`](super::super::graph::Graph)), so
-//! independent services start at the same time. The runner thread waits on one `select` over
-//! every start in progress, the signal route, the handle's requests and the earliest deadline
-//! at which a start is abandoned.
+//! [pool](crate::pool), as soon as every service it needs is ready (see
+//! [`Graph`](super::super::graph::Graph)), so independent services start at the same time. The
+//! runner thread waits on one `select` over the channel every start sends its outcome on, the
+//! signal route, the handle's requests and the earliest deadline at which a start is
+//! abandoned.
 
 use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Select;
+use crossbeam_channel::{Select, Sender};
 
-use crate::error::{Error, Phase};
+use crate::error::{Error, ErrorKind, Phase};
 use crate::pool::Call;
 use crate::relay;
 use crate::service::{start_until_ready, StartOutcome};
@@ -19,15 +21,17 @@ use crate::thread::later;
 
 use super::super::notify::doing;
 use super::super::{Request, ShutdownCause, START_GRACE};
+use super::in_flight::InFlight;
 use super::Run;
 
 /// A start in progress.
 struct Pending {
     meta: Meta,
-    call: Call<StartOutcome>,
+    /// `None` when no thread could be had for it: its failure is then on the channel.
+    call: Option<Call<()>>,
 }
 
-/// What the runner knows of a start in progress, besides its thread.
+/// What the runner knows of a start in progress, besides its call.
 struct Meta {
     index: usize,
     name: String,
@@ -41,14 +45,21 @@ struct Meta {
     own_cancel: Option<StopSignal>,
 }
 
+/// What a start sends back: its service, and what the start returned (`None`: it panicked
+/// past its guard).
+type Started = (usize, Option<StartOutcome>);
+
+/// The starts in progress, each until it is given up.
+type InProgress = InFlight<Pending, Option<StartOutcome>>;
+
 /// What the runner thread woke up for.
 enum Event {
-    /// Start `k` (in the list of those in progress) returned, or its call ended without a
-    /// value.
-    Done(usize, Option<StartOutcome>),
+    /// A start returned (or ended without a value).
+    Done(Started),
     Signal(Option<i32>),
     Request(Option<Request>),
-    /// The earliest deadline to abandon a start has passed.
+    /// The earliest deadline to abandon a start has passed (or systemd's start timeout is to be
+    /// extended).
     GiveUp,
 }
 
@@ -63,7 +74,7 @@ impl Run {
         let n = self.graph.len();
         let mut waiting: Vec<usize> = (0..n).map(|i| self.graph.needs(i).len()).collect();
         let mut startable: VecDeque<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
-        let mut pending: Vec<Pending> = Vec::new();
+        let mut flight = InProgress::new(n);
         let mut failed: Vec<usize> = Vec::new();
         let mut end: Option<ShutdownCause> = None;
         while end.is_none() {
@@ -72,16 +83,24 @@ impl Run {
                 end = Some(cause);
                 break;
             }
-            self.cancel_failed(&pending);
+            self.cancel_failed(&flight);
+            let began_some = !startable.is_empty();
             while let Some(index) = startable.pop_front() {
-                pending.push(self.begin_start(index, &cancel));
+                let pending = self.begin_start(index, &cancel, flight.sender());
+                flight.insert(index, pending.meta.give_up_at, pending);
             }
-            if pending.is_empty() {
+            if flight.is_empty() {
                 break;
             }
-            self.notify_starts(&pending);
-            let (meta, outcome) = match self.next_event(&pending) {
-                Event::Done(k, outcome) => (pending.swap_remove(k).meta, outcome),
+            if began_some {
+                self.notify_starts(&flight);
+            }
+            let (meta, outcome) = match self.next_event(&flight) {
+                Event::Done((index, outcome)) => match flight.remove(index) {
+                    Some(pending) => (pending.meta, outcome),
+                    // A start given up earlier that has returned since: already recorded.
+                    None => continue,
+                },
                 Event::Signal(signal) => {
                     end = Some(signal.map_or(ShutdownCause::Signal, |s| self.on_signal(s)));
                     break;
@@ -102,17 +121,24 @@ impl Run {
                 }
                 Event::GiveUp => {
                     let now = Instant::now();
-                    let Some(k) = pending.iter().position(|p| p.meta.give_up_at <= now) else {
-                        // Woken a moment early, or to extend systemd's start timeout: wait
-                        // again.
+                    let Some((give_up_at, index)) = flight.first() else {
                         continue;
                     };
-                    let Pending { meta, call } = pending.swap_remove(k);
-                    // Not cancelled first: a start that returns at this very moment is taken as
-                    // it is, and the others go on. One that did not return is a failure, and
-                    // the end of the phase cancels the others.
-                    let outcome = self.join_start(call, now);
-                    (meta, outcome)
+                    // Woken a moment early, or to extend systemd's start timeout; or the start
+                    // returned at this very moment, its outcome on its way: wait again. One
+                    // that did not return is a failure, and the end of the phase cancels the
+                    // others.
+                    let ended = (flight.get(index))
+                        .is_some_and(|p| p.call.as_ref().is_none_or(Call::has_ended));
+                    if give_up_at > now || ended {
+                        self.notify_starts(&flight);
+                        continue;
+                    }
+                    let Some(Pending { meta, call }) = flight.remove(index) else {
+                        continue;
+                    };
+                    self.abandon(call);
+                    (meta, None)
                 }
             };
             let index = meta.index;
@@ -129,7 +155,7 @@ impl Run {
                 end = Some(ShutdownCause::StartFailed);
             }
         }
-        self.cancel_all(pending, &cancel, end.as_ref());
+        self.cancel_all(flight, &cancel, end.as_ref());
         self.mark_skipped(&failed);
         end
     }
@@ -137,15 +163,11 @@ impl Run {
     /// Tells systemd which starts are in progress (`starting db, cache (2/5 ready)`), and
     /// extends its start timeout to the latest bound among them (see
     /// [`Notes::extend_until`](super::super::notify::Notes::extend_until)).
-    fn notify_starts(&mut self, pending: &[Pending]) {
+    fn notify_starts(&mut self, flight: &InProgress) {
         if !self.notes.is_enabled() {
             return;
         }
-        let mut names: Vec<(usize, &str)> = (pending.iter())
-            .map(|p| (p.meta.index, p.meta.name.as_str()))
-            .collect();
-        names.sort_unstable();
-        let names = names.into_iter().map(|(_, name)| name);
+        let names = flight.iter().map(|p| p.meta.name.as_str());
         let status = doing(
             "starting",
             names,
@@ -154,35 +176,47 @@ impl Run {
             "ready",
         );
         self.notes.status(status);
-        if let Some(latest) = pending.iter().map(|p| p.meta.give_up_at).max() {
+        if let Some(latest) = flight.last_deadline() {
             self.notes.extend_until(latest);
         }
     }
 
     /// What comes first: a start's outcome, a signal, a request, or the earliest deadline to
     /// abandon a start.
-    fn next_event(&self, pending: &[Pending]) -> Event {
+    fn next_event(&self, flight: &InProgress) -> Event {
+        let results = flight.outcomes();
         let mut select = Select::new();
-        for p in pending {
-            select.recv(p.call.receiver());
-        }
+        let done = select.recv(results);
         let signals = select.recv(&self.signals);
         let requests = select.recv(&self.runner.requests);
-        let give_up = pending.iter().map(|p| p.meta.give_up_at).min();
+        let give_up = flight.first().map(|(at, _)| at);
         let give_up = give_up.unwrap_or_else(|| later(Instant::now(), Duration::MAX));
         // Under systemd, woken in time to extend its start timeout again.
         let Ok(oper) = select.select_deadline(self.notes.wake_by(give_up)) else {
             return Event::GiveUp;
         };
         match oper.index() {
+            i if i == done => match oper.recv(results) {
+                Ok(started) => Event::Done(started),
+                // The runner holds a sender: never disconnected.
+                Err(_) => Event::GiveUp,
+            },
             i if i == signals => Event::Signal(oper.recv(&self.signals).ok()),
-            i if i == requests => Event::Request(oper.recv(&self.runner.requests).ok()),
-            k => Event::Done(k, oper.recv(pending[k].call.receiver()).ok()),
+            i => {
+                debug_assert_eq!(i, requests);
+                Event::Request(oper.recv(&self.runner.requests).ok())
+            }
         }
     }
 
-    /// Starts service `index`, a call `start NAME` on a thread of the run's pool.
-    fn begin_start(&mut self, index: usize, cancel: &StopSignal) -> Pending {
+    /// Starts service `index`, a call `start NAME` on a thread of the run's pool that sends its
+    /// outcome on `results`.
+    fn begin_start(
+        &mut self,
+        index: usize,
+        cancel: &StopSignal,
+        results: &Sender<Started>,
+    ) -> Pending {
         let entry = &self.runner.entries[index];
         let service = entry.service.clone();
         let name = service.name().to_owned();
@@ -196,9 +230,25 @@ impl Run {
         let cancel = own_cancel.as_ref().unwrap_or(cancel);
         let ctx =
             StartContext::new(cancel.clone(), Some(timeout)).with_handle(self.handle_for(index));
+        let sender = results.clone();
         let call = (self.calls).call(format!("start {name}"), move || {
-            start_until_ready(&*service, &ctx)
+            let outcome = catch_unwind(AssertUnwindSafe(|| start_until_ready(&*service, &ctx)));
+            drop((service, ctx));
+            let _ = sender.send((index, outcome.ok()));
         });
+        let call = match call {
+            Ok(call) => Some(call),
+            Err(e) => {
+                // Nothing can run it: it fails now, as a start whose thread cannot be spawned.
+                let e = Error::from(e).in_service(&name, Phase::Start);
+                let failed = StartOutcome {
+                    started: false,
+                    result: Err(e),
+                };
+                let _ = results.send((index, Some(failed)));
+                None
+            }
+        };
         Pending {
             meta: Meta {
                 index,
@@ -218,8 +268,8 @@ impl Run {
     /// Cancels the start of each restartable service whose instance reported a failure before
     /// it was ready: it is then taken as up, to be restarted once the run phase begins (see
     /// [`failed_as_it_started`](Run::failed_as_it_started)).
-    fn cancel_failed(&self, pending: &[Pending]) {
-        for p in pending {
+    fn cancel_failed(&self, flight: &InProgress) {
+        for p in flight.iter() {
             if let Some(own) = &p.meta.own_cancel {
                 if self.failed_as_it_started(p.meta.index) {
                     own.stop();
@@ -297,9 +347,10 @@ impl Run {
                     (false, _) => State::StartFailed,
                 };
                 self.mark(index, state, None);
-                if interrupted {
+                if interrupted && e.has_kind(ErrorKind::Cancelled) {
                     relay::info!("{name}: start interrupted: {e}");
                 } else {
+                    // A start that failed on its own, cancelled or not, is an error of the run.
                     relay::error!("{e}");
                     self.start_errors.push(e);
                 }
@@ -335,22 +386,21 @@ impl Run {
     /// the shutdown begins here (`STOPPING=1`, `cancelling db, cache (2/5 ready): signal`).
     fn cancel_all(
         &mut self,
-        mut pending: Vec<Pending>,
+        mut flight: InProgress,
         cancel: &StopSignal,
         cause: Option<&ShutdownCause>,
     ) {
-        if pending.is_empty() {
+        if flight.is_empty() {
             return;
         }
         cancel.stop();
-        for p in &pending {
+        for p in flight.iter() {
             if let Some(own) = &p.meta.own_cancel {
                 own.stop();
             }
         }
         if self.notes.is_enabled() {
-            pending.sort_unstable_by_key(|p| p.meta.index);
-            let names: Vec<&str> = pending.iter().map(|p| p.meta.name.as_str()).collect();
+            let names: Vec<&str> = flight.iter().map(|p| p.meta.name.as_str()).collect();
             let (ready, n) = (self.started.len(), self.graph.len());
             let mut status = doing("cancelling", names, ready, n, "ready");
             if let Some(cause) = cause {
@@ -359,18 +409,39 @@ impl Run {
             self.notes.stopping(status);
         }
         let now = Instant::now();
-        let until: Vec<Instant> = (pending.iter())
-            .map(|p| {
-                let grace = self.interrupted_start_grace(p.meta.close_timeout, p.meta.give_up_at);
-                later(now, grace)
-            })
-            .collect();
-        if let Some(&latest) = until.iter().max() {
+        let mut until: Vec<(Instant, usize)> = Vec::new();
+        for p in flight.iter() {
+            let grace = self.interrupted_start_grace(p.meta.close_timeout, p.meta.give_up_at);
+            until.push((later(now, grace), p.meta.index));
+        }
+        until.sort_unstable();
+        if let Some(&(latest, _)) = until.last() {
             self.notes.extend_until(latest);
         }
-        for (Pending { meta, call }, until) in pending.into_iter().zip(until) {
-            let outcome = self.join_start(call, until);
-            self.finish_start(&meta, outcome, true);
+        let results = flight.outcomes().clone();
+        for (until, index) in until {
+            // Every start that returns meanwhile is taken as it comes.
+            while flight.get(index).is_some() {
+                match results.recv_deadline(until) {
+                    Ok((i, outcome)) => {
+                        if let Some(Pending { meta, .. }) = flight.remove(i) {
+                            self.finish_start(&meta, outcome, true);
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            // Past its grace: its outcome, if it ended at this moment, is on the channel;
+            // otherwise it is abandoned.
+            while let Ok((i, outcome)) = results.try_recv() {
+                if let Some(Pending { meta, .. }) = flight.remove(i) {
+                    self.finish_start(&meta, outcome, true);
+                }
+            }
+            if let Some(Pending { meta, call }) = flight.remove(index) {
+                self.abandon(call);
+                self.finish_start(&meta, None, true);
+            }
         }
     }
 
@@ -391,14 +462,16 @@ impl Run {
             .min(self.runner.shutdown_timeout / 2)
     }
 
-    /// Waits until `until` for a cancelled start to return; abandons it past that.
-    fn join_start(&mut self, call: Call<StartOutcome>, until: Instant) -> Option<StartOutcome> {
-        match call.wait_until(until) {
-            Ok(outcome) => outcome,
-            Err(call) => {
-                self.abandoned.push(call.abandon());
-                None
-            }
+    /// Gives up on a call: one still running is named among the abandoned threads; one no
+    /// thread had taken is dropped (it never runs).
+    pub(super) fn abandon(&mut self, call: Option<Call<()>>) {
+        let Some(call) = call else {
+            return;
+        };
+        let label = call.label().to_owned();
+        match call.abandon() {
+            Some(running) => self.abandoned.push(running),
+            None => relay::warn!("{label:?} never began: no thread was free to run it"),
         }
     }
 

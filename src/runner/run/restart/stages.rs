@@ -7,6 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Phase, Result};
+use crate::pool::Call;
 use crate::relay;
 use crate::service::{close_guarded, start_until_ready, StartOutcome};
 use crate::state::State;
@@ -17,7 +18,7 @@ use crate::thread::later;
 use super::super::super::table::RestartStage;
 use super::super::super::{Factory, ShutdownCause, START_GRACE};
 use super::super::Run;
-use super::{Built, Restart, Restarts, Stage};
+use super::{Built, Outcome, Restart, Restarts, Stage};
 
 /// Builds an instance with `factory` and starts it until it is ready, on a thread of the pool.
 fn build_and_start(factory: Option<Factory>, name: &str, ctx: &StartContext) -> Built {
@@ -60,21 +61,43 @@ fn build_and_start(factory: Option<Factory>, name: &str, ctx: &StartContext) -> 
 
 impl Run {
     /// Begins closing service `index`'s failed instance, within its close timeout.
-    pub(super) fn close_failed_instance(&mut self, index: usize) -> Stage {
+    pub(super) fn close_failed_instance(&mut self, index: usize, generation: u64) -> Stage {
         let service = self.runner.entries[index].service.clone();
         let name = self.reports[index].name.clone();
         let timeout = self.close_timeout(index);
         self.mark(index, State::Closing, None);
         relay::info!("{name}: closing the failed instance");
         let began = Instant::now();
+        let results = self.restart_calls.tx.clone();
         let call = (self.calls).call(format!("{} {name}", Phase::Close), move || {
-            catch_unwind(AssertUnwindSafe(|| close_guarded(&*service))).ok()
+            let value = catch_unwind(AssertUnwindSafe(|| close_guarded(&*service))).ok();
+            drop(service);
+            let _ = results.send((index, generation, Outcome::Closed(value)));
         });
-        Stage::Closing {
-            call,
-            began,
-            until: later(began, timeout),
-            timeout,
+        match call {
+            Ok(call) => Stage::Closing {
+                call,
+                began,
+                until: later(began, timeout),
+                timeout,
+            },
+            Err(e) => {
+                // Nothing can run it: the instance is left as it is, the restart goes on.
+                let e = Error::from(e).in_service(&name, Phase::Close);
+                relay::error!("{e}: the failed instance is not closed");
+                self.mark(index, State::CloseFailed, None);
+                Stage::Waiting
+            }
+        }
+    }
+
+    /// Gives up on a call of a restart: one still running is named among the abandoned
+    /// threads; one no thread had taken is dropped (it never runs).
+    fn give_up<T>(&mut self, call: Call<T>) {
+        let label = call.label().to_owned();
+        match call.abandon() {
+            Some(running) => self.abandoned.push(running),
+            None => relay::warn!("{label:?} never began: no thread was free to run it"),
         }
     }
 
@@ -158,18 +181,28 @@ impl Run {
                     let note = format!("thread {:?} is left running", call.label());
                     let e = Error::timed_out_noting(&name, Phase::Close, timeout, note);
                     relay::error!("{e}: abandoning the failed instance's close");
-                    self.abandoned.push(call.abandon());
+                    self.give_up(call);
                     self.mark(index, State::CloseFailed, None);
                     self.table
                         .restarting(index, attempt, RestartStage::Waiting, at);
                     Stage::Waiting
                 }
                 Stage::Waiting if self.needs_restarting(index, restarts) => Stage::Waiting,
-                Stage::Waiting => {
-                    self.table
-                        .restarting(index, attempt, RestartStage::Starting, at);
-                    self.start_fresh_instance(index, generation, attempt)
-                }
+                Stage::Waiting => match self.start_fresh_instance(index, generation, attempt) {
+                    Ok(stage) => {
+                        self.table
+                            .restarting(index, attempt, RestartStage::Starting, at);
+                        stage
+                    }
+                    Err(e) => {
+                        let exit = Exit::Failed(e);
+                        if let Some(cause) = self.instance_ended(index, generation, exit, restarts)
+                        {
+                            return Some(cause);
+                        }
+                        continue;
+                    }
+                },
                 Stage::Starting {
                     call,
                     cancel,
@@ -193,7 +226,7 @@ impl Run {
                 }
                 Stage::Starting { call, cancel, .. } => {
                     cancel.stop();
-                    self.abandoned.push(call.abandon());
+                    self.give_up(call);
                     let timeout = self.start_timeout(index);
                     let e = Error::timed_out_noting(
                         &name,
@@ -234,7 +267,12 @@ impl Run {
 
     /// Builds and starts instance `generation` of service `index`, a call `start NAME` on the
     /// pool, within its start timeout (the factory's call included).
-    fn start_fresh_instance(&mut self, index: usize, generation: u64, attempt: u32) -> Stage {
+    fn start_fresh_instance(
+        &mut self,
+        index: usize,
+        generation: u64,
+        attempt: u32,
+    ) -> Result<Stage> {
         let factory = self.runner.entries[index].factory.clone();
         let name = self.reports[index].name.clone();
         let timeout = self.start_timeout(index);
@@ -247,14 +285,22 @@ impl Run {
         let ctx = StartContext::new(cancel.clone(), Some(timeout)).with_handle(handle);
         let began = Instant::now();
         let label = format!("{} {name}", Phase::Start);
-        let call = (self.calls).call(label, move || build_and_start(factory, &name, &ctx));
-        Stage::Starting {
+        let called = name.clone();
+        let results = self.restart_calls.tx.clone();
+        let call = (self.calls).call(label, move || {
+            let built = catch_unwind(AssertUnwindSafe(|| build_and_start(factory, &called, &ctx)));
+            drop(ctx);
+            let _ = results.send((index, generation, Outcome::Built(built.ok())));
+        });
+        // Nothing can run it: a failed restart.
+        let call = call.map_err(|e| Error::from(e).in_service(&name, Phase::Start))?;
+        Ok(Stage::Starting {
             call,
             cancel,
             began,
             give_up_at: later(later(began, timeout), START_GRACE),
             failed: None,
-        }
+        })
     }
 
     /// The start of service `index`'s fresh instance returned `built` (`None`: without a
@@ -343,77 +389,107 @@ impl Run {
     /// is closed by the shutdown with the others.
     pub(super) fn end_restarts(&mut self, restarts: Restarts) {
         let now = Instant::now();
-        let pending: Vec<(usize, Restart)> = (restarts.into_iter().enumerate())
-            .filter_map(|(i, r)| Some((i, r?)))
-            .collect();
-        if pending.is_empty() {
-            return;
-        }
         let timeout = self.runner.shutdown_timeout;
-        self.deadline.get_or_insert_with(|| later(now, timeout));
         let most = later(now, timeout / 2);
-        for (index, restart) in pending {
+        // The calls in progress, each with how long it is waited for.
+        let mut waiting: Vec<(usize, Restart, Instant)> = Vec::new();
+        for (index, restart) in restarts.into_iter().enumerate() {
+            let Some(restart) = restart else {
+                continue;
+            };
+            self.deadline.get_or_insert_with(|| later(now, timeout));
             self.table.restarted(index);
-            let name = self.reports[index].name.clone();
-            match restart.stage {
+            let until = match &restart.stage {
                 Stage::Waiting => {
+                    let name = &self.reports[index].name;
                     relay::info!("{name}: not restarted: shutting down");
+                    continue;
                 }
-                Stage::Closing { call, until, .. } => match call.wait_until(until.min(most)) {
-                    Ok(value) => {
-                        self.reports[index].closed = matches!(value, Some(Some(_)));
-                        let ok = matches!(value, Some(Some(Ok(()))));
-                        let state = if ok {
-                            State::Closed
-                        } else {
-                            State::CloseFailed
-                        };
-                        self.mark(index, state, None);
-                    }
-                    Err(call) => {
-                        let e = Error::timed_out(&name, Phase::Close, self.close_timeout(index));
-                        relay::error!("{e}: abandoning the failed instance's close");
-                        self.abandoned.push(call.abandon());
-                        self.shutdown_errors.push(e);
-                        self.mark(index, State::CloseFailed, None);
-                    }
-                },
+                Stage::Closing { until, .. } => (*until).min(most),
                 Stage::Starting {
-                    call,
-                    cancel,
-                    give_up_at,
-                    ..
+                    cancel, give_up_at, ..
                 } => {
                     cancel.stop();
-                    let until = later(now, self.close_timeout(index))
-                        .min(give_up_at)
-                        .min(most);
-                    match call.wait_until(until) {
-                        Ok(Some(Built {
-                            instance: Some(instance),
-                            outcome: StartOutcome { started: true, .. },
-                            ..
-                        })) => {
-                            self.runner.entries[index].service = instance.clone();
-                            self.instances[index].set(instance);
-                            self.started.push(index);
-                            self.mark(index, State::Started, None);
-                        }
-                        Ok(_) => {
-                            relay::info!("{name}: its restart was interrupted by the shutdown");
-                            self.mark(index, State::Closed, None);
-                        }
-                        Err(call) => {
-                            relay::warn!(
-                                "{name}: its restart was cancelled and did not return in time: \
-                                 abandoned"
-                            );
-                            self.abandoned.push(call.abandon());
-                            self.mark(index, State::StartFailed, None);
-                        }
+                    let close = later(now, self.close_timeout(index));
+                    close.min(*give_up_at).min(most)
+                }
+            };
+            waiting.push((index, restart, until));
+        }
+        while let Some(first) = waiting.iter().map(|w| w.2).min() {
+            match self.restart_calls.rx.recv_deadline(first) {
+                Ok((index, generation, outcome)) => {
+                    let k = waiting
+                        .iter()
+                        .position(|(i, r, _)| *i == index && r.generation == generation);
+                    if let Some(k) = k {
+                        waiting.swap_remove(k);
+                        self.ended_in_shutdown(index, outcome);
+                    }
+                }
+                Err(_) => {
+                    let now = Instant::now();
+                    let (due, rest) = waiting.into_iter().partition(|w| w.2 <= now);
+                    waiting = rest;
+                    for (index, restart, _) in due {
+                        self.given_up_in_shutdown(index, restart.stage);
                     }
                 }
             }
+        }
+    }
+
+    /// Records how a restart's call ended once the shutdown had begun: a fresh instance that
+    /// started is closed by the shutdown with the others.
+    fn ended_in_shutdown(&mut self, index: usize, outcome: Outcome) {
+        let name = self.reports[index].name.clone();
+        match outcome {
+            Outcome::Closed(value) => {
+                self.reports[index].closed = value.is_some();
+                let ok = matches!(value, Some(Ok(())));
+                let state = if ok {
+                    State::Closed
+                } else {
+                    State::CloseFailed
+                };
+                self.mark(index, state, None);
+            }
+            Outcome::Built(Some(Built {
+                instance: Some(instance),
+                outcome: StartOutcome { started: true, .. },
+                ..
+            })) => {
+                self.runner.entries[index].service = instance.clone();
+                self.instances[index].set(instance);
+                self.started.push(index);
+                self.mark(index, State::Started, None);
+            }
+            Outcome::Built(_) => {
+                relay::info!("{name}: its restart was interrupted by the shutdown");
+                self.mark(index, State::Closed, None);
+            }
+        }
+    }
+
+    /// A restart's call that did not return in time once the shutdown had begun: abandoned.
+    fn given_up_in_shutdown(&mut self, index: usize, stage: Stage) {
+        let name = self.reports[index].name.clone();
+        match stage {
+            Stage::Closing { call, .. } => {
+                let e = Error::timed_out(&name, Phase::Close, self.close_timeout(index));
+                relay::error!("{e}: abandoning the failed instance's close");
+                self.give_up(call);
+                self.shutdown_errors.push(e);
+                self.mark(index, State::CloseFailed, None);
+            }
+            Stage::Starting { call, .. } => {
+                relay::warn!(
+                    "{name}: its restart was cancelled and did not return in time: abandoned"
+                );
+                self.give_up(call);
+                self.mark(index, State::StartFailed, None);
+            }
+            Stage::Waiting => {}
         }
     }
 }
