@@ -600,3 +600,57 @@ fn a_service_that_fails_at_once_on_every_start_spends_the_budget_from_the_first(
         assert!(report.errors(RunPhase::Start).is_empty(), "{report:?}");
     }
 }
+
+#[test]
+fn a_replaced_instance_s_handle_is_ignored_and_is_no_shutdown() {
+    use lifecycle::{HealthReporter, Result, RunHandle, Service, StartContext, StateMachine};
+    /// A service that hands the handle its start gets to the test.
+    struct Keeper {
+        sm: StateMachine,
+        handles: Sender<RunHandle>,
+    }
+    impl HealthReporter for Keeper {
+        fn name(&self) -> &str {
+            "keeper"
+        }
+        fn ready(&self) -> Result<()> {
+            self.sm.ready()
+        }
+    }
+    impl Service for Keeper {
+        fn start(&self, ctx: &StartContext) -> Result<()> {
+            let handle = ctx.run_handle().cloned();
+            self.sm.start_once(|| {
+                let _ = self.handles.send(handle.expect("a runner's handle"));
+                Ok(())
+            })
+        }
+        fn close(&self) -> Result<()> {
+            self.sm.close_once(|| Ok(()))
+        }
+    }
+    let (handles_tx, handles) = crossbeam_channel::unbounded();
+    let factory = move || Keeper {
+        sm: StateMachine::new(),
+        handles: handles_tx.clone(),
+    };
+    let (handle, reports) = spawn_run(runner().restartable(factory, fast().restart_on_failure()));
+    let first = handles.recv_timeout(WATCHDOG).unwrap();
+    first.fatal(lifecycle::Error::msg("first instance failed"));
+    let second = handles.recv_timeout(WATCHDOG).expect("a restart");
+    // The first instance's handle again: it was replaced, nothing happens.
+    first.fatal(lifecycle::Error::msg("stale"));
+    assert!(!first.is_shutting_down() && !handle.is_shutting_down());
+    // The second instance's own failure is a restart again: requests are taken in order, so
+    // the stale one was seen before it.
+    second.fatal(lifecycle::Error::msg("second instance failed"));
+    let _third = handles.recv_timeout(WATCHDOG).expect("a second restart");
+    handle.shutdown();
+    let report = report(&reports);
+    assert!(report.is_success(), "{report:?}");
+    let causes: Vec<String> = (report.services()[0].restarts().iter())
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(causes.len(), 2, "{causes:?}");
+    assert!(causes.iter().all(|c| !c.contains("stale")), "{causes:?}");
+}
