@@ -120,7 +120,10 @@ impl ServiceOptions {
     /// [`health_report`](crate::HealthReporter::health_report), polled by the runner's health
     /// checker) fails `polls` polls in a row, as the kubelet does with a liveness probe. `0`
     /// counts as 1. Its check is registered with that
-    /// [failure threshold](crate::health::CheckOptions::failure_threshold).
+    /// [failure threshold](crate::health::CheckOptions::failure_threshold), and its health is
+    /// taken as passing again once a fresh instance is ready. It is not a
+    /// [liveness check](crate::health::CheckOptions::liveness): `/livez` and the systemd
+    /// watchdog, which would restart the whole process, do not count it.
     ///
     /// # Errors
     ///
