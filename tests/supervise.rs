@@ -654,3 +654,49 @@ fn a_replaced_instance_s_handle_is_ignored_and_is_no_shutdown() {
     assert_eq!(causes.len(), 2, "{causes:?}");
     assert!(causes.iter().all(|c| !c.contains("stale")), "{causes:?}");
 }
+
+#[test]
+fn restart_dependants_closes_them_first_and_starts_them_after_counted_once() {
+    let (notes_tx, notes) = crossbeam_channel::unbounded();
+    let (db_tx, db_orders) = crossbeam_channel::unbounded();
+    let (_api_tx, api_orders) = crossbeam_channel::unbounded();
+    let db = factory("db", &notes_tx, &db_orders, |_| false);
+    let api = factory("api", &notes_tx, &api_orders, |_| false);
+    let web = Worker::new("web", |stop| {
+        stop.wait();
+        Ok(())
+    });
+    // One restart allowed: db's, with api along, counts once.
+    let runner = runner()
+        .restart_budget(1, Duration::from_secs(600))
+        .restartable(db, fast().restart_on_failure().restart_dependants())
+        .restartable(api, fast().restart_on_failure())
+        .service(web);
+    let (handle, reports) = spawn_run(runner);
+    db_tx.send(Order::Fail).unwrap();
+    // api's instance ends (its close) before db's fresh one is built, which comes before
+    // api's fresh one.
+    let mut seen = Vec::new();
+    while !seen.contains(&"api built") {
+        match next(&notes) {
+            Note::Ended("api", 0, _) => seen.push("api closed"),
+            Note::Built("db", 1) => seen.push("db built"),
+            Note::Built("api", 1) => seen.push("api built"),
+            _ => {}
+        }
+    }
+    assert_eq!(seen, ["api closed", "db built", "api built"]);
+    wait_running(&notes, "api", 1);
+    handle.shutdown();
+    let report = report(&reports);
+    assert!(report.is_success(), "{report:?}");
+    let [db, api, web] = report.services() else {
+        panic!("three services");
+    };
+    assert_eq!(db.restarts().len(), 1);
+    assert_eq!(api.restarts().len(), 1);
+    let cause = api.restarts()[0].to_string();
+    assert!(cause.contains("restarted with db"), "{cause}");
+    assert!(web.restarts().is_empty());
+    assert_eq!(web.state(), State::Closed);
+}

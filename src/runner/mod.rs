@@ -228,6 +228,10 @@ type CleanupFn = Box<dyn FnOnce() -> Result<()> + Send + 'static>;
 ///    `start NAME`, within its start timeout), until it is ready. A start that fails is a
 ///    failure of its own, restarted in turn.
 ///
+/// With [`ServiceOptions::restart_dependants`] (OTP's rest_for_one), the restartable services
+/// that need it restart along: closed before it, started after it, counted once in the budget.
+/// A fresh instance starts only once every service it needs, directly or not, is up again.
+///
 /// Meanwhile its check says `restarting (attempt 3, next in 2.1s)` (or `closing`, `starting`),
 /// and the check of each service that needs it, directly or not, `waiting for db
 /// (restarting)`; `/metrics` counts `lifecycle_service_restarts_total{service}`;

@@ -134,6 +134,22 @@ impl ServiceOptions {
         self.restart.unhealthy_polls = Some(polls.max(1));
         self
     }
+
+    /// Restarts along with this service the restartable services that need it, directly or
+    /// through others, and are up (OTP's *rest_for_one*): they are closed before it, each once
+    /// those that need it have closed, and started after it is ready, each once those it needs
+    /// are up, as in a run's shutdown and start. The restart counts once in the budget; each
+    /// of them lists `restarted with db` among its [restarts](crate::ServiceReport::restarts).
+    /// Services that need it and cannot restart stay up (not ready meanwhile).
+    ///
+    /// # Errors
+    ///
+    /// As [`restart_on_failure`](Self::restart_on_failure): only for a service added with
+    /// [`Runner::restartable`].
+    pub fn restart_dependants(mut self) -> ServiceOptions {
+        self.restart.dependants = true;
+        self
+    }
 }
 
 /// The restartable services (see [Restarts](Runner#restarts)).

@@ -46,6 +46,8 @@ pub(crate) struct RestartOptions {
     pub(crate) backoff: Backoff,
     /// Restarted once its health fails this many polls in a row, if set.
     pub(crate) unhealthy_polls: Option<u32>,
+    /// Its restart restarts the restartable services that need it too (OTP's rest_for_one).
+    pub(crate) dependants: bool,
 }
 
 /// How an instance ended while the program ran.
@@ -241,6 +243,28 @@ impl Supervisor {
         }
     }
 
+    /// Service `index` is restarted along with another (`cause` says which), outside the
+    /// budget (the restart that took it along was counted) and without a backoff of its own:
+    /// its generation is bumped, its cause recorded. Returns the new generation, or `None` for
+    /// a service that is not restartable.
+    pub(crate) fn restart_along(&mut self, index: usize, cause: Error) -> Option<u64> {
+        let slot = self.slot_mut(index)?;
+        slot.ready_since = None;
+        slot.attempt = slot.attempt.saturating_add(1);
+        slot.generation += 1;
+        if slot.causes.len() >= MAX_CAUSES {
+            slot.causes.remove(0);
+        }
+        slot.causes.push(cause);
+        Some(slot.generation)
+    }
+
+    /// Service `index`'s restart attempt in progress (1 for the first since it was last up
+    /// long enough).
+    pub(crate) fn attempt(&self, index: usize) -> u32 {
+        self.slot(index).map_or(0, |s| s.attempt)
+    }
+
     fn slot(&self, index: usize) -> Option<&Slot> {
         self.slots.get(index).and_then(Option::as_ref)
     }
@@ -262,6 +286,7 @@ mod tests {
             policy,
             backoff: Backoff::new(100 * MS, 10 * S),
             unhealthy_polls: None,
+            dependants: false,
         })
     }
 
@@ -435,6 +460,26 @@ mod tests {
             "{}",
             causes[0]
         );
+    }
+
+    #[test]
+    fn a_restart_along_another_is_outside_the_budget_and_makes_the_old_instance_stale() {
+        let t0 = Instant::now();
+        let mut s = supervisor(Window::new(1, 10 * S));
+        let cause = Error::msg("restarted with db").in_service("cache", Phase::Run);
+        assert_eq!(s.restart_along(1, cause.clone()), Some(1));
+        assert_eq!(s.restart_along(2, cause), None);
+        assert_eq!(s.attempt(1), 1);
+        assert!(matches!(s.ended(1, 0, failed("old"), t0), Decision::Stale));
+        // The budget is untouched: one restart is still allowed.
+        assert!(matches!(
+            s.ended(0, 0, failed("a"), t0),
+            Decision::Restart { .. }
+        ));
+        assert!(matches!(
+            s.ended(0, 1, failed("b"), t0),
+            Decision::Exhausted(_)
+        ));
     }
 
     #[test]

@@ -71,6 +71,9 @@ impl Outcomes {
 
 /// Where a restart is.
 enum Stage {
+    /// The failed instance (or one restarted along with another) is up, and closes once every
+    /// restarting service that needs it has closed.
+    Queued,
     /// The failed instance closes.
     Closing {
         call: Call<()>,
@@ -94,11 +97,12 @@ enum Stage {
 impl Restart {
     /// When the runner must act on it, unless a call returns first: abandon the close, begin
     /// the start, abandon the start.
-    fn due(&self) -> Instant {
+    fn due(&self) -> Option<Instant> {
         match &self.stage {
-            Stage::Closing { until, .. } => *until,
-            Stage::Waiting => self.at,
-            Stage::Starting { give_up_at, .. } => *give_up_at,
+            Stage::Queued => None,
+            Stage::Closing { until, .. } => Some(*until),
+            Stage::Waiting => Some(self.at),
+            Stage::Starting { give_up_at, .. } => Some(*give_up_at),
         }
     }
 }
@@ -208,7 +212,7 @@ impl Run {
             .filter(|(i, r)| {
                 !matches!(r.stage, Stage::Waiting) || !self.needs_restarting(*i, restarts)
             })
-            .map(|(_, r)| r.due())
+            .filter_map(|(_, r)| r.due())
             .min();
         let due = due.unwrap_or_else(|| later(Instant::now(), Duration::MAX));
         let Ok(oper) = select.select_deadline(due) else {
@@ -302,24 +306,90 @@ impl Run {
                 self.notes
                     .status(format!("running; restarting {name} (attempt {attempt})"));
                 let at = later(now, delay);
-                // This restart closes the instance: the shutdown does not any more.
-                let up = self.started.iter().position(|&i| i == index);
-                let stage = match up.map(|k| self.started.remove(k)) {
-                    Some(_) => self.close_failed_instance(index, generation),
-                    None => Stage::Waiting,
-                };
-                let shown = match stage {
-                    Stage::Closing { .. } => RestartStage::Closing,
-                    _ => RestartStage::Waiting,
-                };
-                self.table.restarting(index, attempt, shown, at);
-                restarts[index] = Some(Restart {
-                    attempt,
-                    generation,
-                    at,
-                    stage,
-                });
+                let mut group = vec![(index, generation, attempt, at)];
+                if self.supervisor.options(index).is_some_and(|o| o.dependants) {
+                    group.extend(self.restart_dependants(index, now, restarts));
+                }
+                for (i, generation, attempt, at) in group {
+                    // This restart closes the instance: the shutdown does not any more.
+                    let up = self.started.iter().position(|&k| k == i);
+                    let stage = match up.map(|k| self.started.remove(k)) {
+                        Some(_) => Stage::Queued,
+                        None => Stage::Waiting,
+                    };
+                    let shown = match stage {
+                        Stage::Queued => RestartStage::Closing,
+                        _ => RestartStage::Waiting,
+                    };
+                    self.table.restarting(i, attempt, shown, at);
+                    restarts[i] = Some(Restart {
+                        attempt,
+                        generation,
+                        at,
+                        stage,
+                    });
+                }
+                self.begin_closes(restarts);
                 None
+            }
+        }
+    }
+
+    /// Service `index` restarts with its dependants (rest_for_one): every restartable service
+    /// that needs it, directly or not, is up and not restarting already, restarts along (its
+    /// restart, without a backoff, begins now). Returns each one's index, generation, attempt and
+    /// when its start may begin.
+    fn restart_dependants(
+        &mut self,
+        index: usize,
+        now: Instant,
+        restarts: &Restarts,
+    ) -> Vec<(usize, u64, u32, Instant)> {
+        let name = self.reports[index].name.clone();
+        let mut along = Vec::new();
+        for d in self.graph.dependants(index) {
+            let up = self.started.contains(&d) && restarts[d].is_none();
+            if !up || !self.supervisor.is_restartable(d) {
+                continue;
+            }
+            let dname = self.reports[d].name.clone();
+            let cause = Error::msg(format!("restarted with {name}")).in_service(&dname, Phase::Run);
+            let Some(generation) = self.supervisor.restart_along(d, cause) else {
+                continue;
+            };
+            self.table.count_restart(d);
+            relay::warn!("{dname}: restarting with {name}, which it needs");
+            along.push((d, generation, self.supervisor.attempt(d), now));
+        }
+        along
+    }
+
+    /// Begins the close of each queued instance whose restarting dependants have all closed
+    /// (dependants first, as in a shutdown).
+    fn begin_closes(&mut self, restarts: &mut Restarts) {
+        for i in 0..restarts.len() {
+            if !matches!(restarts[i].as_ref().map(|r| &r.stage), Some(Stage::Queued)) {
+                continue;
+            }
+            let closing = |d: &usize| {
+                let stage = restarts.get(*d).and_then(Option::as_ref).map(|r| &r.stage);
+                matches!(stage, Some(Stage::Queued | Stage::Closing { .. }))
+            };
+            if self.graph.dependants(i).iter().any(closing) {
+                continue;
+            }
+            let Some(restart) = restarts[i].as_ref() else {
+                continue;
+            };
+            let (generation, attempt, at) = (restart.generation, restart.attempt, restart.at);
+            let stage = self.close_failed_instance(i, generation);
+            let shown = match stage {
+                Stage::Closing { .. } => RestartStage::Closing,
+                _ => RestartStage::Waiting,
+            };
+            self.table.restarting(i, attempt, shown, at);
+            if let Some(restart) = restarts[i].as_mut() {
+                restart.stage = stage;
             }
         }
     }

@@ -139,6 +139,7 @@ impl Run {
         self.mark(index, state, None);
         self.table
             .restarting(index, attempt, RestartStage::Waiting, at);
+        self.begin_closes(restarts);
     }
 
     /// The timers that passed: a close abandoned, a start begun, a start abandoned; the cause
@@ -146,7 +147,8 @@ impl Run {
     pub(super) fn on_due(&mut self, restarts: &mut Restarts) -> Option<ShutdownCause> {
         let now = Instant::now();
         for index in 0..restarts.len() {
-            let Some(restart) = restarts[index].take_if(|r| r.due() <= now) else {
+            let due = |r: &mut Restart| r.due().is_some_and(|d| d <= now);
+            let Some(restart) = restarts[index].take_if(due) else {
                 continue;
             };
             let Restart {
@@ -157,6 +159,8 @@ impl Run {
             } = restart;
             let name = self.reports[index].name.clone();
             let stage = match stage {
+                // Not due: it waits for the closes of the services that need it.
+                Stage::Queued => Stage::Queued,
                 Stage::Closing {
                     call,
                     began,
@@ -185,7 +189,14 @@ impl Run {
                     self.mark(index, State::CloseFailed, None);
                     self.table
                         .restarting(index, attempt, RestartStage::Waiting, at);
-                    Stage::Waiting
+                    restarts[index] = Some(Restart {
+                        attempt,
+                        generation,
+                        at,
+                        stage: Stage::Waiting,
+                    });
+                    self.begin_closes(restarts);
+                    continue;
                 }
                 Stage::Waiting if self.needs_restarting(index, restarts) => Stage::Waiting,
                 Stage::Waiting => match self.start_fresh_instance(index, generation, attempt) {
@@ -256,7 +267,19 @@ impl Run {
     /// Whether a service that service `index` needs is restarting: its fresh instance then
     /// starts, once its backoff is over, when they are all up again, as in the start phase.
     pub(super) fn needs_restarting(&self, index: usize, restarts: &Restarts) -> bool {
-        (self.graph.needs(index).iter()).any(|&n| restarts.get(n).is_some_and(Option::is_some))
+        // Through services that are not restarting too (a service that cannot restart, up).
+        let mut seen = vec![false; restarts.len()];
+        let mut next: Vec<usize> = self.graph.needs(index).to_vec();
+        while let Some(n) = next.pop() {
+            if std::mem::replace(&mut seen[n], true) {
+                continue;
+            }
+            if restarts.get(n).is_some_and(Option::is_some) {
+                return true;
+            }
+            next.extend_from_slice(self.graph.needs(n));
+        }
+        false
     }
 
     /// Service `index`'s start timeout.
@@ -400,6 +423,11 @@ impl Run {
             self.deadline.get_or_insert_with(|| later(now, timeout));
             self.table.restarted(index);
             let until = match &restart.stage {
+                Stage::Queued => {
+                    // Still up: the shutdown closes it with the others.
+                    self.started.push(index);
+                    continue;
+                }
                 Stage::Waiting => {
                     let name = &self.reports[index].name;
                     relay::info!("{name}: not restarted: shutting down");
@@ -489,7 +517,7 @@ impl Run {
                 self.give_up(call);
                 self.mark(index, State::StartFailed, None);
             }
-            Stage::Waiting => {}
+            Stage::Waiting | Stage::Queued => {}
         }
     }
 }
