@@ -6,6 +6,7 @@
 //! - [`procfs`]: what `/proc/self` says: threads, memory, the fd limit.
 //! - [`fake`]: a health reporter the test controls, and waits for the checker's events.
 //! - [`fixture`]: a started checker and endpoint on 127.0.0.1:0.
+//! - [`flaky`]: restartable workers that fail when told, for the supervision tests.
 //! - [`prom`]: an exposition parsed by Python's `prometheus_client`.
 //! - [`process`]: an example run as a child process, under the watchdog.
 //! - `notify` (Linux): a real datagram socket for a child's `NOTIFY_SOCKET`, and what it
@@ -15,6 +16,7 @@
 
 pub mod fake;
 pub mod fixture;
+pub mod flaky;
 pub mod http;
 pub mod notify;
 pub mod process;
