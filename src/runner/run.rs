@@ -59,6 +59,9 @@ pub(super) struct Run {
     shutdown_errors: Vec<Error>,
     /// The shutdown's deadline, once it has begun.
     deadline: Option<Instant>,
+    /// When readiness was failed for the shutdown before the shutdown itself began (while the
+    /// restarts in progress were waited for): that time counts toward the drain.
+    drain_began: Option<Instant>,
     /// Each service's state and durations, for the services' checks and the metrics.
     table: Arc<ServiceTable>,
     /// The restartable services' supervision.
@@ -261,6 +264,7 @@ impl Run {
             run_errors: Vec::new(),
             shutdown_errors: Vec::new(),
             deadline: None,
+            drain_began: None,
             table,
             supervisor,
             instances,

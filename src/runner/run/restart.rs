@@ -91,6 +91,8 @@ enum Stage {
         give_up_at: Instant,
         /// A failure its instance reported before it was ready: its start is cancelled.
         failed: Option<Error>,
+        /// Its instance reported it had finished (its run ended) before it was ready.
+        finished: bool,
     },
 }
 
@@ -167,8 +169,19 @@ impl Run {
                 Event::Due => self.on_due(&mut restarts),
             };
         }
+        let cause = end.unwrap_or(ShutdownCause::Requested);
+        if restarts.iter().any(Option::is_some) {
+            // The shutdown shows before the restarts in progress are waited for: readiness
+            // fails (the drain begins now), a shutdown is seen asked for, systemd is told.
+            self.runner.handle.shutting_down.stop();
+            self.notes.stopping(format!("shutting down ({cause})"));
+            if let Some(h) = &self.health {
+                h.set_running(false);
+            }
+            self.drain_began = Some(Instant::now());
+        }
         self.end_restarts(restarts);
-        end.unwrap_or(ShutdownCause::Requested)
+        cause
     }
 
     /// An outcome of a restart's call given up earlier: a fresh instance it built is closed and
@@ -258,9 +271,19 @@ impl Run {
                 Some(None) => self.instance_ended(index, generation, Exit::Failed(error), restarts),
                 None => None,
             },
-            Request::Finished { index, generation } => match restarts.get(index) {
+            Request::Finished { index, generation } => match restarts.get_mut(index) {
                 Some(None) => self.instance_ended(index, generation, Exit::Finished, restarts),
-                _ => None,
+                Some(Some(restart)) => {
+                    // The instance now starting finished already: decided once its start
+                    // returns.
+                    if let Stage::Starting { finished, .. } = &mut restart.stage {
+                        if generation == restart.generation {
+                            *finished = true;
+                        }
+                    }
+                    None
+                }
+                None => None,
             },
         }
     }

@@ -43,6 +43,9 @@ impl Run {
             // At most half the shutdown timeout (a longer delay is refused before the run):
             // the closes keep the rest.
             let delay = (self.runner.termination_delay).min(self.runner.shutdown_timeout / 2);
+            // Readiness may have failed earlier, while restarts in progress were waited for.
+            let drained = self.drain_began.map_or(Duration::ZERO, |t| t.elapsed());
+            let delay = delay.saturating_sub(drained);
             relay::info!("draining for {delay:?} before closing");
             self.notes.status(format!("draining {delay:?}"));
             self.drain(delay);

@@ -219,6 +219,7 @@ impl Run {
                     cancel,
                     began,
                     failed,
+                    finished,
                     ..
                 } if call.has_ended() => {
                     restarts[index] = Some(Restart {
@@ -231,6 +232,7 @@ impl Run {
                             began,
                             give_up_at: later(now, START_GRACE),
                             failed,
+                            finished,
                         },
                     });
                     continue;
@@ -323,6 +325,7 @@ impl Run {
             began,
             give_up_at: later(later(began, timeout), START_GRACE),
             failed: None,
+            finished: false,
         })
     }
 
@@ -339,7 +342,13 @@ impl Run {
         let Restart {
             attempt,
             generation,
-            stage: Stage::Starting { began, failed, .. },
+            stage:
+                Stage::Starting {
+                    began,
+                    failed,
+                    finished,
+                    ..
+                },
             ..
         } = restart
         else {
@@ -382,6 +391,15 @@ impl Run {
                             health.restarted(index);
                         }
                         relay::info!("{name}: restarted, ready in {took:?} (attempt {attempt})");
+                        if finished {
+                            // Its run ended while it started: as if it had ended now.
+                            return self.instance_ended(
+                                index,
+                                generation,
+                                Exit::Finished,
+                                restarts,
+                            );
+                        }
                         if restarts.iter().all(Option::is_none) {
                             self.notes.status("running".to_owned());
                         }
