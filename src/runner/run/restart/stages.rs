@@ -471,6 +471,9 @@ impl Run {
                     if let Some(k) = k {
                         waiting.swap_remove(k);
                         self.ended_in_shutdown(index, outcome);
+                    } else {
+                        // A call given up on earlier: what it built is closed on the pool.
+                        self.discard(index, outcome);
                     }
                 }
                 Err(_) => {
@@ -510,8 +513,10 @@ impl Run {
                 self.started.push(index);
                 self.mark(index, State::Started, None);
             }
-            Outcome::Built(_) => {
+            other @ Outcome::Built(_) => {
                 relay::info!("{name}: its restart was interrupted by the shutdown");
+                // An instance built but not started is dropped on the pool too.
+                self.discard(index, other);
                 self.mark(index, State::Closed, None);
             }
         }
