@@ -193,7 +193,7 @@ impl Builtin {
         counters(
             encoder,
             "lifecycle_service_restarts",
-            "How many times each service was restarted after its instance failed (a restartable service's; 0 for the others).",
+            "How many restarts of each service began: after its instance failed or ended (restart_always), along with a service it needs, or cut short by the shutdown (0 for a service never restarted).",
             rows.iter().map(|row| (vec![("service", row.name())], row.restarts())),
         )
     }
