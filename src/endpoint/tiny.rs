@@ -78,7 +78,7 @@ use super::routes::{Ask, Route, Routes};
 /// let mut answer = String::new();
 /// stream.read_to_string(&mut answer)?;
 /// assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-/// assert!(answer.ends_with(r#""description":"liveness"}"#), "{answer}");
+/// assert!(answer.contains(r#""description":"liveness""#), "{answer}");
 ///
 /// server.unblock();
 /// serving.join().expect("the server thread panicked");
