@@ -14,7 +14,9 @@
 //!
 //! The three services show the three ways to write one:
 //!
-//! - the worker is a [`Worker::new`]: a loop until stopped, that counts its jobs in metrics;
+//! - the worker is a [`Worker::new`]: a loop until stopped, that counts its jobs in metrics.
+//!   It is given as a factory ([`Runner::restartable`]), restarted on failure: a fresh worker
+//!   replaces one whose loop fails, after a backoff, within the runner's restart budget;
 //! - the API is a [`Worker::with_setup`]: the setup binds (a bind error fails the start and
 //!   names the address; under systemd's socket activation it takes the socket named `api`, as
 //!   the health endpoint takes `health`) and hands the socket to tiny_http, the run closure serves until
@@ -32,12 +34,15 @@
 //!
 //! The flags (also in the README, and printed by `--help`; parsed in `demo/cli.rs`) choose the
 //! addresses and the timeouts, and inject faults, to see what the runner does: `--fail NAME`,
-//! `--slow-start NAME` and `--hang-close NAME`, for NAME `pool`, `worker` or `api`.
+//! `--slow-start NAME` and `--hang-close NAME`, for NAME `pool`, `worker` or `api`; and
+//! `--crash worker` (the worker fails every 8 s: restarted, the program stays up and ready) and
+//! `--crash-loop worker` (it fails at once every time: the restart budget runs out, exit 75).
 //! `--print-config` prints the settings the flags give, which the deployment files in `deploy/`
 //! are checked against (`tests/deploy_files.rs`).
 //!
-//! Exit codes: 0 after a graceful shutdown, 1 if anything failed, 130 on a second signal during
-//! the shutdown, 2 for a usage error.
+//! Exit codes: 0 after a graceful shutdown, 1 if anything failed, 75 when the restart budget ran
+//! out ([`Runner::RESTART_BUDGET_EXIT_CODE`]), 130 on a second signal during the shutdown, 2 for
+//! a usage error.
 //!
 //! # When the API can no longer accept
 //!
@@ -62,13 +67,13 @@ use lifecycle::metrics::prometheus_client::metrics::family::Family;
 use lifecycle::metrics::Metrics;
 use lifecycle::{
     BoxError, Error, HealthChecker, HealthReport, HealthReporter, Phase, Result, RunHandle, Runner,
-    Service, StartContext, StateMachine, StopSignal, Worker,
+    Service, ServiceOptions, StartContext, StateMachine, StopSignal, Worker,
 };
 use parking_lot::Mutex;
 
 #[path = "demo/cli.rs"]
 mod cli;
-use cli::{parse_args, Args, Command, Fault, HELP, USAGE};
+use cli::{parse_args, Args, Command, Crash, Fault, CRASH_EVERY, HELP, USAGE};
 
 // The services' names, in start order: what `--fail` and the other fault flags accept.
 const POOL: &str = "pool";
@@ -178,7 +183,12 @@ impl Service for Pool {
 
 /// The worker: a loop that does a job with a pool connection every 100 ms until stopped,
 /// counting its jobs (in `jobs`, which the API reports too) and failures in `metrics`.
-fn worker(pool: Arc<Pool>, jobs: Counter, metrics: &Metrics) -> Result<Worker> {
+fn worker(
+    pool: Arc<Pool>,
+    jobs: Counter,
+    metrics: &Metrics,
+    crash: Option<Crash>,
+) -> Result<impl Fn() -> Worker + Send + Sync + 'static> {
     let failures: Counter = Counter::default();
     metrics.register("demo_worker_jobs", "Jobs the worker has done", jobs.clone())?;
     metrics.register(
@@ -186,21 +196,44 @@ fn worker(pool: Arc<Pool>, jobs: Counter, metrics: &Metrics) -> Result<Worker> {
         "Jobs the worker could not do",
         failures.clone(),
     )?;
-    Ok(Worker::new(WORKER, move |stop: &StopSignal| {
-        while !stop.wait_timeout(Duration::from_millis(100)) {
-            match pool.with_conn(Duration::from_millis(50), |_conn| ()) {
-                Ok(()) => {
-                    jobs.inc();
-                }
-                Err(e) => {
-                    failures.inc();
-                    log::warn!("worker: job failed: {e}");
-                }
+    // A fresh worker for each start: the first, and one after each failure.
+    Ok(move || {
+        let (pool, jobs, failures) = (pool.clone(), jobs.clone(), failures.clone());
+        Worker::new(WORKER, move |stop: &StopSignal| {
+            work(&pool, &jobs, &failures, stop, crash)
+        })
+    })
+}
+
+/// The worker's loop: a job every 100 ms until stopped; under `--crash` it fails after
+/// [`CRASH_EVERY`], under `--crash-loop` at once.
+fn work(
+    pool: &Pool,
+    jobs: &Counter,
+    failures: &Counter,
+    stop: &StopSignal,
+    crash: Option<Crash>,
+) -> std::result::Result<(), BoxError> {
+    let began = std::time::Instant::now();
+    if crash == Some(Crash::Loop) {
+        return Err("injected crash as it starts (--crash-loop)".into());
+    }
+    while !stop.wait_timeout(Duration::from_millis(100)) {
+        if crash == Some(Crash::Periodic) && began.elapsed() >= CRASH_EVERY {
+            return Err(format!("injected crash after {CRASH_EVERY:?} (--crash)").into());
+        }
+        match pool.with_conn(Duration::from_millis(50), |_conn| ()) {
+            Ok(()) => {
+                jobs.inc();
+            }
+            Err(e) => {
+                failures.inc();
+                log::warn!("worker: job failed: {e}");
             }
         }
-        log::info!("worker: {} jobs done", jobs.get());
-        Ok(())
-    }))
+    }
+    log::info!("worker: {} jobs done", jobs.get());
+    Ok(())
 }
 
 /// How long the API waits for a request before it looks again whether tiny_http accepts.
@@ -374,6 +407,17 @@ fn api(
     Ok(api)
 }
 
+/// `service`, wrapped to inject each of `faults`.
+fn with_faults(mut service: Arc<dyn Service>, faults: &[Fault]) -> Arc<dyn Service> {
+    for &fault in faults {
+        service = Arc::new(Faulty {
+            inner: service,
+            fault,
+        });
+    }
+    service
+}
+
 /// Wraps a service to inject a fault, so that the demo can show rollbacks and timeouts.
 struct Faulty {
     inner: Arc<dyn Service>,
@@ -474,9 +518,8 @@ fn run(args: Args) -> Result<ExitCode> {
     let routes = TinyHttpRoutes::new(checker.clone()).metrics(metrics.clone());
 
     let jobs: Counter = Counter::default();
-    let worker = worker(pool.clone(), jobs.clone(), &metrics)?;
+    let worker = worker(pool.clone(), jobs.clone(), &metrics, args.crash)?;
     let api = api(args.api_addr, routes, pool.clone(), jobs, &metrics)?;
-    let services: [Arc<dyn Service>; 3] = [pool, Arc::new(worker), Arc::new(api)];
 
     let mut runner = Runner::new()
         .health(checker)
@@ -486,15 +529,16 @@ fn run(args: Args) -> Result<ExitCode> {
         .shutdown_timeout(args.shutdown_timeout)
         .close_timeout(args.close_timeout)
         .start_timeout(args.start_timeout);
-    for (name, mut service) in SERVICES.into_iter().zip(services) {
-        for &(_, fault) in args.faults.iter().filter(|(n, _)| n == name) {
-            service = Arc::new(Faulty {
-                inner: service,
-                fault,
-            });
-        }
-        runner = runner.service(service);
-    }
+    let faults = |name: &str| -> Vec<Fault> {
+        let faults = args.faults.iter().filter(|(n, _)| n == name);
+        faults.map(|&(_, fault)| fault).collect()
+    };
+    runner = runner.service(with_faults(pool, &faults(POOL)));
+    // The worker, restarted when its loop fails (each fresh instance with its faults).
+    let worker_faults = faults(WORKER);
+    let restartable = move || with_faults(Arc::new(worker()), &worker_faults);
+    runner = runner.restartable(restartable, ServiceOptions::new().restart_on_failure());
+    runner = runner.service(with_faults(Arc::new(api), &faults(API)));
 
     // The runner has logged a summary line per service; the report's errors go to standard
     // error (within a bound: a stuck standard error never keeps the process from exiting).

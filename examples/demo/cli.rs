@@ -4,7 +4,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use super::{CHECK_INTERVAL, CHECK_TIMEOUT, SERVICES};
+use super::{CHECK_INTERVAL, CHECK_TIMEOUT, SERVICES, WORKER};
 
 /// A fault to inject into a service's start or close.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -17,7 +17,8 @@ pub enum Fault {
 pub const USAGE: &str =
     "usage: demo [--health-addr ADDR] [--api-addr ADDR] [--termination-delay SECS] \
                      [--shutdown-timeout SECS] [--close-timeout SECS] [--start-timeout SECS] \
-                     [--fail NAME] [--slow-start NAME] [--hang-close NAME] [--print-config] [--help]";
+                     [--fail NAME] [--slow-start NAME] [--hang-close NAME] [--crash NAME] \
+                     [--crash-loop NAME] [--print-config] [--help]";
 
 /// What `--help` prints after [`USAGE`]; README's table of flags says the same.
 pub const HELP: &str = "\
@@ -33,13 +34,16 @@ then closes them in reverse. A second signal during the shutdown exits at once (
   --fail NAME               NAME's start fails: rollback, exit code 1
   --slow-start NAME         NAME's start waits until it is cancelled (send SIGTERM meanwhile)
   --hang-close NAME         NAME's close never returns: abandoned at its close timeout
+  --crash NAME              NAME fails every 8 s while it runs: restarted, the program stays up (NAME: worker)
+  --crash-loop NAME         NAME fails at once on every start: the restart budget runs out, exit code 75 (NAME: worker)
   --print-config            prints the settings the other flags give, one per line, and exits
   -h, --help                prints this
 
 ADDR is HOST:PORT; a host name (localhost:8001) is resolved, its first address used.
 SECS is a number of seconds, fractions allowed (0.5). NAME is pool, worker or api.
-Exit codes: 0 after a graceful shutdown, 1 if anything failed, 130 on a second signal,
-2 for a usage error. RUST_LOG sets the log filter (default info).
+Exit codes: 0 after a graceful shutdown, 1 if anything failed, 75 when the restart budget
+ran out, 130 on a second signal, 2 for a usage error. RUST_LOG sets the log filter (default
+info).
 ";
 
 /// The settings of a run.
@@ -51,7 +55,22 @@ pub struct Args {
     pub close_timeout: Duration,
     pub start_timeout: Duration,
     pub faults: Vec<(String, Fault)>,
+    /// How the restartable worker fails while it runs, if it does.
+    pub crash: Option<Crash>,
 }
+
+/// How the worker fails while it runs (`--crash`, `--crash-loop`).
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Crash {
+    /// Each instance after [`CRASH_EVERY`] of running.
+    Periodic,
+    /// At once, every time it starts.
+    Loop,
+}
+
+/// How long each worker runs under `--crash` before it fails: less often than the default
+/// restart budget allows (10 in 60 s), so the program stays up.
+pub const CRASH_EVERY: Duration = Duration::from_secs(8);
 
 impl Args {
     /// What `--print-config` prints: `NAME VALUE` lines, durations in seconds. The deployment
@@ -98,6 +117,7 @@ pub fn parse_args(mut it: impl Iterator<Item = String>) -> std::result::Result<C
         close_timeout: Duration::from_secs(10),
         start_timeout: Duration::from_secs(60),
         faults: Vec::new(),
+        crash: None,
     };
     let mut print_config = false;
     while let Some(arg) = it.next() {
@@ -129,6 +149,8 @@ pub fn parse_args(mut it: impl Iterator<Item = String>) -> std::result::Result<C
             "--hang-close" => args
                 .faults
                 .push((service(&flag, value()?)?, Fault::HangClose)),
+            "--crash" => args.crash = Some(restartable(&flag, value()?, Crash::Periodic)?),
+            "--crash-loop" => args.crash = Some(restartable(&flag, value()?, Crash::Loop)?),
             _ => return Err(format!("unknown argument {flag:?}")),
         }
     }
@@ -153,6 +175,16 @@ fn secs(flag: &str, v: &str) -> std::result::Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{flag} {v:?}: not a number of seconds"))?;
     Duration::try_from_secs_f64(n).map_err(|e| format!("{flag} {v:?}: {e}"))
+}
+
+/// The name of the demo's restartable service (the worker), for `crash`.
+fn restartable(flag: &str, name: String, crash: Crash) -> std::result::Result<Crash, String> {
+    match service(flag, name)?.as_str() {
+        WORKER => Ok(crash),
+        other => Err(format!(
+            "{flag} {other:?}: only the worker is restartable (Runner::restartable)"
+        )),
+    }
 }
 
 /// One of the services' names.
