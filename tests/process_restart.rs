@@ -61,6 +61,38 @@ fn a_worker_that_fails_at_once_every_time_spends_the_budget_and_exits_75() {
 }
 
 #[test]
+fn a_sigterm_during_a_backoff_wait_ends_it_and_nothing_restarts() {
+    let mut p = demo(&["--crash-loop", "worker"]);
+    // By the fifth restart the backoff is over a second (100 ms doubling, jittered down to
+    // 80 %): the signal comes while the program waits it out.
+    for _ in 0..5 {
+        p.wait_for("worker: restarting in");
+    }
+    p.signal(libc::SIGTERM);
+    p.wait_for("worker: not restarted: shutting down");
+    let (status, log) = p.wait_exit();
+    let after: Vec<&String> = (log.iter())
+        .skip_while(|l| !l.contains("not restarted: shutting down"))
+        .collect();
+    assert!(
+        !after.iter().any(|l| l.contains("worker: restarted")),
+        "log:\n{}",
+        log.join("\n")
+    );
+    assert_ne!(
+        status.code(),
+        Some(Runner::RESTART_BUDGET_EXIT_CODE),
+        "log:\n{}",
+        log.join("\n")
+    );
+    assert!(
+        log.iter().any(|l| l.contains("(signal)")),
+        "log:\n{}",
+        log.join("\n")
+    );
+}
+
+#[test]
 fn only_the_worker_can_crash_the_others_are_a_usage_error() {
     let out = run_to_end(&example("demo"), &["--crash", "api"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
