@@ -455,6 +455,23 @@ mod tests {
         pool.call(label.to_owned(), f).expect("the pool's manager")
     }
 
+    /// A call `label` that has begun and returns `value` once `release` sends (or is dropped).
+    fn held<T: Send + 'static>(
+        pool: &CallPool,
+        label: &str,
+        value: T,
+    ) -> (Call<T>, crossbeam_channel::Sender<()>) {
+        let (release, hold) = crossbeam_channel::bounded::<()>(0);
+        let (began_tx, began) = crossbeam_channel::bounded::<()>(1);
+        let c = call(pool, label, move || {
+            began_tx.send(()).unwrap();
+            let _ = hold.recv_timeout(FAR);
+            value
+        });
+        began.recv_timeout(FAR).unwrap();
+        (c, release)
+    }
+
     #[test]
     fn a_call_returns_its_value_and_calls_reuse_threads() {
         let pool = CallPool::new("pool test");
@@ -499,14 +516,7 @@ mod tests {
     #[test]
     fn a_hung_call_is_abandoned_and_its_thread_serves_again_once_it_returns() {
         let pool = CallPool::new("pool hang");
-        let (release, hold) = crossbeam_channel::bounded::<()>(0);
-        let (began_tx, began) = crossbeam_channel::bounded::<()>(1);
-        let hung = call(&pool, "hung", move || {
-            began_tx.send(()).unwrap();
-            let _ = hold.recv_timeout(FAR);
-            1
-        });
-        began.recv_timeout(FAR).unwrap();
+        let (hung, release) = held(&pool, "hung", 1);
         let hung = hung.wait_until(Instant::now()).unwrap_err();
         assert_eq!(hung.label(), "hung");
         let result = hung.receiver().clone();
@@ -583,13 +593,7 @@ mod tests {
         let pool = CallPool::new("pool close");
         let ok = call(&pool, "ok", || ());
         assert!(ok.wait_until(far()).is_ok());
-        let (release, hold) = crossbeam_channel::bounded::<()>(0);
-        let (began_tx, began) = crossbeam_channel::bounded::<()>(1);
-        let hung = call(&pool, "hung", move || {
-            began_tx.send(()).unwrap();
-            let _ = hold.recv_timeout(FAR);
-        });
-        began.recv_timeout(FAR).unwrap();
+        let (hung, release) = held(&pool, "hung", ());
         let started = Instant::now();
         drop(pool);
         assert!(started.elapsed() < FAR);

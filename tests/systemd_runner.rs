@@ -255,6 +255,19 @@ fn spawn_child(role: &str, env: &[(&str, &str)]) -> Proc {
     })
 }
 
+/// The child in `role`, notifying `socket` with the watchdog on, and the directory of the
+/// files through which the test controls it.
+fn spawn_controlled(role: &str, socket: &NotifySocket) -> (TempDir, Proc) {
+    let dir = TempDir::new("control");
+    let dir_value = dir.0.to_str().unwrap().to_owned();
+    let env = [
+        ("NOTIFY_SOCKET", socket.value.as_str()),
+        ("WATCHDOG_USEC", WATCHDOG_USEC),
+        (DIR, dir_value.as_str()),
+    ];
+    (dir, spawn_child(role, &env))
+}
+
 /// Touches `name` in `dir`.
 fn create(dir: &Path, name: &str) {
     std::fs::write(dir.join(name), b"").unwrap();
@@ -263,18 +276,8 @@ fn create(dir: &Path, name: &str) {
 /// The `services` role, end to end, through `socket`; with `kill_checker`, liveness fails in
 /// the run phase.
 fn runs_under_systemd(socket: &NotifySocket, kill_checker: bool) {
-    let dir = TempDir::new("control");
-    let dir_value = dir.0.to_str().unwrap().to_owned();
-    let env = [
-        ("NOTIFY_SOCKET", socket.value.as_str()),
-        ("WATCHDOG_USEC", WATCHDOG_USEC),
-        (DIR, dir_value.as_str()),
-    ];
-    let mut p = spawn_child("services", &env);
-    let mut r = Received {
-        socket,
-        all: Vec::new(),
-    };
+    let (dir, mut p) = spawn_controlled("services", socket);
+    let mut r = Received::new(socket);
 
     // The start: db, then slow, which waits for the test.
     let got = r.until("STATUS=starting slow (1/3 ready)");
@@ -429,18 +432,8 @@ fn a_run_notifies_an_abstract_socket_and_its_watchdog_stops_with_liveness() {
 #[test]
 fn a_signal_during_a_slow_start_stops_it_as_a_shutdown() {
     let socket = NotifySocket::at_path();
-    let dir = TempDir::new("control");
-    let dir_value = dir.0.to_str().unwrap().to_owned();
-    let env = [
-        ("NOTIFY_SOCKET", socket.value.as_str()),
-        ("WATCHDOG_USEC", WATCHDOG_USEC),
-        (DIR, dir_value.as_str()),
-    ];
-    let mut p = spawn_child("services", &env);
-    let mut r = Received {
-        socket: &socket,
-        all: Vec::new(),
-    };
+    let (_dir, mut p) = spawn_controlled("services", &socket);
+    let mut r = Received::new(&socket);
     r.until("STATUS=starting slow (1/3 ready)");
     p.signal(libc::SIGTERM);
     // Never ready: the start in progress is cancelled, and the shutdown closes what started.
@@ -476,10 +469,7 @@ fn without_health_the_watchdog_pings_while_the_run_runs() {
         ("WATCHDOG_USEC", WATCHDOG_USEC),
     ];
     let mut p = spawn_child("bare", &env);
-    let mut r = Received {
-        socket: &socket,
-        all: Vec::new(),
-    };
+    let mut r = Received::new(&socket);
     let got = r.until("READY=1\nSTATUS=running");
     assert_eq!(
         steps(&got),
@@ -505,18 +495,8 @@ fn without_health_the_watchdog_pings_while_the_run_runs() {
 #[test]
 fn the_watchdog_stops_while_a_liveness_check_fails_and_resumes_after() {
     let socket = NotifySocket::at_path();
-    let dir = TempDir::new("control");
-    let dir_value = dir.0.to_str().unwrap().to_owned();
-    let env = [
-        ("NOTIFY_SOCKET", socket.value.as_str()),
-        ("WATCHDOG_USEC", WATCHDOG_USEC),
-        (DIR, dir_value.as_str()),
-    ];
-    let mut p = spawn_child("wedge", &env);
-    let mut r = Received {
-        socket: &socket,
-        all: Vec::new(),
-    };
+    let (dir, mut p) = spawn_controlled("wedge", &socket);
+    let mut r = Received::new(&socket);
     let got = r.until("READY=1\nSTATUS=running");
     assert_eq!(
         steps(&got),

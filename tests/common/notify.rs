@@ -122,6 +122,16 @@ pub struct Received<'a> {
     pub all: Vec<String>,
 }
 
+impl<'a> Received<'a> {
+    /// Nothing received yet on `socket`.
+    pub fn new(socket: &'a NotifySocket) -> Received<'a> {
+        Received {
+            socket,
+            all: Vec::new(),
+        }
+    }
+}
+
 pub const PING: &str = "WATCHDOG=1";
 pub const EXTEND: &str = "EXTEND_TIMEOUT_USEC=";
 
