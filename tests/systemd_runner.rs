@@ -268,6 +268,20 @@ fn spawn_controlled(role: &str, socket: &NotifySocket) -> (TempDir, Proc) {
     (dir, spawn_child(role, &env))
 }
 
+/// The next two extensions and what came with them: no step between them, each until the same
+/// bound (so smaller than the one before), none more than `max`.
+fn extended_again(r: &mut Received, max: u64) -> Vec<String> {
+    let got = r.count(EXTEND, 2);
+    assert_eq!(steps(&got), Vec::<&str>::new());
+    let values = extensions(&got);
+    assert!(
+        values[0] > values[1],
+        "each until the same bound: {values:?}"
+    );
+    assert!(values.iter().all(|&v| v <= max), "{values:?}");
+    got
+}
+
 /// Touches `name` in `dir`.
 fn create(dir: &Path, name: &str) {
     std::fs::write(dir.join(name), b"").unwrap();
@@ -293,17 +307,7 @@ fn runs_under_systemd(socket: &NotifySocket, kill_checker: bool) {
         "the start is extended: {got:#?}"
     );
     // While slow starts, its extension is sent again (every second), each until its bound.
-    let slow_start = r.count(EXTEND, 2);
-    assert_eq!(steps(&slow_start), Vec::<&str>::new());
-    let values = extensions(&slow_start);
-    assert!(
-        values[0] > values[1],
-        "each until the same bound: {values:?}"
-    );
-    assert!(
-        values.iter().all(|&v| v <= MAX_START_EXTENSION),
-        "{values:?}"
-    );
+    let slow_start = extended_again(&mut r, MAX_START_EXTENSION);
     assert!(
         pings(&slow_start) > 0,
         "the watchdog pings during the start"
@@ -379,17 +383,7 @@ fn runs_under_systemd(socket: &NotifySocket, kill_checker: bool) {
         );
     }
     // slow's close waits for the test: extended again, each until its bound.
-    let slow_close = r.count(EXTEND, 2);
-    assert_eq!(steps(&slow_close), Vec::<&str>::new());
-    let values = extensions(&slow_close);
-    assert!(
-        values[0] > values[1],
-        "each until the same bound: {values:?}"
-    );
-    assert!(
-        values.iter().all(|&v| v <= MAX_CLOSE_EXTENSION),
-        "{values:?}"
-    );
+    let slow_close = extended_again(&mut r, MAX_CLOSE_EXTENSION);
     assert_eq!(pings(&slow_close) > 0, !kill_checker, "{slow_close:#?}");
     create(&dir.0, "go-close");
 
