@@ -291,13 +291,8 @@ fn a_service_that_fails_at_once_on_every_start_spends_the_budget_from_the_first(
             .restart_budget(2, Duration::from_secs(600))
             .restartable(db, fast().restart_on_failure())
             .service(idle);
-        let report = std::thread::scope(|s| {
-            let run = std::thread::Builder::new()
-                .name("test run".into())
-                .spawn_scoped(s, || runner.run())
-                .unwrap();
-            run.join().unwrap()
-        });
+        let (_, reports) = spawn_run(runner);
+        let report = report(&reports);
         assert_eq!(
             report.cause(),
             &ShutdownCause::RestartBudgetSpent,

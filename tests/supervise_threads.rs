@@ -52,24 +52,20 @@ fn two_hundred_restarts_leave_no_thread_and_no_descriptor_behind() {
         .restart_budget(10 * RESTARTS as u32, Duration::from_secs(3600))
         .restartable(factory, options);
     let handle = runner.handle();
-    let report = std::thread::scope(|s| {
-        let run = std::thread::Builder::new()
-            .name("test run".into())
-            .spawn_scoped(s, || runner.run())
-            .unwrap();
-        steady
-            .recv_timeout(WATCHDOG * 4)
-            .expect("the instance after the last failure runs");
-        // The run's pool and manager, this instance's thread, the test's run thread, the log
-        // thread: a handful, not one per restart.
-        let running = thread_count();
-        assert!(
-            running <= baseline + 16,
-            "{running} threads during the run after {RESTARTS} restarts, baseline {baseline}"
-        );
-        handle.shutdown();
-        run.join().unwrap()
-    });
+    // Its report comes within the watchdog, or the test fails.
+    let (_, reports) = common::flaky::spawn_run(runner);
+    steady
+        .recv_timeout(WATCHDOG * 4)
+        .expect("the instance after the last failure runs");
+    // The run's pool and manager, this instance's thread, the test's run thread, the log
+    // thread: a handful, not one per restart.
+    let running = thread_count();
+    assert!(
+        running <= baseline + 16,
+        "{running} threads during the run after {RESTARTS} restarts, baseline {baseline}"
+    );
+    handle.shutdown();
+    let report = common::flaky::report(&reports);
     assert!(report.is_success(), "{report:?}");
     assert_eq!(report.services()[0].restarts().len(), RESTARTS);
     assert!(report.abandoned_threads().is_empty(), "{report:?}");
