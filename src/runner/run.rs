@@ -71,6 +71,9 @@ pub(super) struct Run {
     /// The reports of restartable services' instances taken during the start phase, for the
     /// run phase.
     early: Vec<Request>,
+    /// For each service restarted on failed health polls, when its latest fresh instance was
+    /// ready: a health event from before that is about the instance it replaced.
+    ready_again_at: Vec<Option<std::time::SystemTime>>,
     /// The outcomes of the restarts' calls.
     restart_calls: restart::Outcomes,
     /// What the run tells systemd (nothing, when not under it).
@@ -228,6 +231,7 @@ impl Run {
             .collect();
         let unblocked_by = vec![None; graph.len()];
         let start_spans = vec![None; graph.len()];
+        let ready_again_at = vec![None; graph.len()];
         let health = RunnerHealth::new(&runner);
         let table = Arc::new(service_table(&runner, &graph));
         #[cfg(feature = "metrics")]
@@ -269,6 +273,7 @@ impl Run {
             supervisor,
             instances,
             early: Vec::new(),
+            ready_again_at,
             restart_calls: restart::Outcomes::new(),
             notes: Notes::new(),
             watchdog: None,

@@ -428,6 +428,10 @@ impl Run {
         if restarts.get(index)?.is_some() || !self.started.contains(&index) {
             return None;
         }
+        // Sent before the fresh instance was ready: about the one it replaced.
+        if self.ready_again_at[index].is_some_and(|ready| event.at() < ready) {
+            return None;
+        }
         let reason = (event.reason()).map_or_else(|| "failing".to_owned(), ToString::to_string);
         let e = Error::msg(format!(
             "its health failed {polls} poll(s) in a row: {reason}"

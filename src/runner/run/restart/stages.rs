@@ -388,6 +388,7 @@ impl Run {
                         self.mark(index, State::Started, None);
                         self.table.restarted(index);
                         if let Some(health) = &self.health {
+                            self.ready_again_at[index] = Some(std::time::SystemTime::now());
                             health.restarted(index);
                         }
                         relay::info!("{name}: restarted, ready in {took:?} (attempt {attempt})");
