@@ -248,8 +248,14 @@ impl Supervisor {
     /// its generation is bumped, its cause recorded. Returns the new generation, or `None` for
     /// a service that is not restartable.
     pub(crate) fn restart_along(&mut self, index: usize, cause: Error) -> Option<u64> {
+        let cap = self.cap(index);
+        let now = Instant::now();
         let slot = self.slot_mut(index)?;
-        slot.ready_since = None;
+        // As for a restart of its own: up for the cap, its attempts start again.
+        let up_since = slot.ready_since.take();
+        if up_since.is_some_and(|t| now.saturating_duration_since(t) >= cap) {
+            slot.attempt = 0;
+        }
         slot.attempt = slot.attempt.saturating_add(1);
         slot.generation += 1;
         if slot.causes.len() >= MAX_CAUSES {
@@ -395,6 +401,26 @@ mod tests {
         assert_eq!(delay(&d), 100 * MS);
         // A readiness of a stale generation changes nothing.
         s.ready(0, 3, at);
+    }
+
+    #[test]
+    fn a_restart_along_starts_the_attempts_over_after_an_instance_stayed_up() {
+        let t0 = Instant::now();
+        let mut s = supervisor(Window::default());
+        for g in 0..3 {
+            assert!(matches!(
+                s.ended(0, g, failed("again"), t0),
+                Decision::Restart { .. }
+            ));
+        }
+        assert_eq!(s.attempt(0), 3);
+        // The third fresh instance stayed up for longer than the cap, then its need restarts.
+        let Some(long_ago) = Instant::now().checked_sub(s.cap(0) + S) else {
+            return;
+        };
+        s.ready(0, 3, long_ago);
+        assert_eq!(s.restart_along(0, Error::msg("its need restarts")), Some(4));
+        assert_eq!(s.attempt(0), 1);
     }
 
     #[test]
