@@ -12,11 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
 use lifecycle::{ErrorKind, RunPhase, Runner, ServiceOptions, ShutdownCause, State, Worker};
 
 use common::flaky::{
-    factory, fast, next, report, runner, spawn_run, wait_running, Note, Order, MS,
+    factory, fast, next, report, runner, spawn_run, wait_running, Keeper, Note, Order, MS,
 };
 use common::WATCHDOG;
 
@@ -306,37 +305,8 @@ fn a_service_that_fails_at_once_on_every_start_spends_the_budget_from_the_first(
 
 #[test]
 fn a_replaced_instance_s_handle_is_ignored_and_is_no_shutdown() {
-    use lifecycle::{HealthReporter, Result, RunHandle, Service, StartContext, StateMachine};
-    /// A service that hands the handle its start gets to the test.
-    struct Keeper {
-        sm: StateMachine,
-        handles: Sender<RunHandle>,
-    }
-    impl HealthReporter for Keeper {
-        fn name(&self) -> &str {
-            "keeper"
-        }
-        fn ready(&self) -> Result<()> {
-            self.sm.ready()
-        }
-    }
-    impl Service for Keeper {
-        fn start(&self, ctx: &StartContext) -> Result<()> {
-            let handle = ctx.run_handle().cloned();
-            self.sm.start_once(|| {
-                let _ = self.handles.send(handle.expect("a runner's handle"));
-                Ok(())
-            })
-        }
-        fn close(&self) -> Result<()> {
-            self.sm.close_once(|| Ok(()))
-        }
-    }
     let (handles_tx, handles) = crossbeam_channel::unbounded();
-    let factory = move || Keeper {
-        sm: StateMachine::new(),
-        handles: handles_tx.clone(),
-    };
+    let factory = move || Keeper::new("keeper", &handles_tx);
     let (handle, reports) = spawn_run(runner().restartable(factory, fast().restart_on_failure()));
     let first = handles.recv_timeout(WATCHDOG).unwrap();
     first.fatal(lifecycle::Error::msg("first instance failed"));

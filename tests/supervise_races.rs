@@ -8,12 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::flaky::{fast, report, spawn_run};
+use common::flaky::{fast, report, spawn_run, Keeper};
 use common::WATCHDOG;
-use lifecycle::{
-    Error, HealthChecker, HealthReporter, Result, RunHandle, Runner, Service, ShutdownCause,
-    StartContext, StateMachine, Worker,
-};
+use lifecycle::{Error, HealthChecker, RunHandle, Runner, ShutdownCause, Worker};
 
 #[test]
 fn an_instance_that_finishes_while_it_starts_is_restarted_under_always() {
@@ -58,52 +55,18 @@ fn an_instance_that_finishes_while_it_starts_is_restarted_under_always() {
     );
 }
 
-/// A service whose first instance's close hangs until the test releases it.
-struct Sticky {
-    sm: StateMachine,
-    first: bool,
-    handles: crossbeam_channel::Sender<RunHandle>,
-    release: crossbeam_channel::Receiver<()>,
-}
-
-impl HealthReporter for Sticky {
-    fn name(&self) -> &str {
-        "db"
-    }
-    fn ready(&self) -> Result<()> {
-        self.sm.ready()
-    }
-}
-
-impl Service for Sticky {
-    fn start(&self, ctx: &StartContext) -> Result<()> {
-        let handle = ctx.run_handle().cloned().expect("a runner's handle");
-        self.sm.start_once(|| {
-            let _ = self.handles.send(handle);
-            Ok(())
-        })
-    }
-    fn close(&self) -> Result<()> {
-        let (first, release) = (self.first, self.release.clone());
-        self.sm.close_once(move || {
-            if first {
-                let _ = release.recv_timeout(WATCHDOG);
-            }
-            Ok(())
-        })
-    }
-}
-
 #[test]
 fn a_shutdown_during_a_restart_fails_readiness_at_once() {
     let (handles, instances) = crossbeam_channel::unbounded();
     let (release_tx, release) = crossbeam_channel::unbounded::<()>();
     let n = Arc::new(AtomicUsize::new(0));
-    let factory = move || Sticky {
-        sm: StateMachine::new(),
-        first: n.fetch_add(1, Ordering::SeqCst) == 0,
-        handles: handles.clone(),
-        release: release.clone(),
+    // The first instance's close hangs until the test releases it.
+    let factory = move || {
+        let mut keeper = Keeper::new("db", &handles);
+        if n.fetch_add(1, Ordering::SeqCst) == 0 {
+            keeper.hold_close = Some(release.clone());
+        }
+        keeper
     };
     let checker = Arc::new(HealthChecker::new("v", "s"));
     let runner = Runner::new()

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use lifecycle::{RunHandle, RunReport, Runner, ServiceOptions, Worker};
+use lifecycle::{
+    HealthReporter, Result, RunHandle, RunReport, Runner, Service, ServiceOptions, StartContext,
+    StateMachine, Worker,
+};
 
 use super::WATCHDOG;
 
@@ -117,4 +120,52 @@ pub fn fast() -> ServiceOptions {
 
 pub fn runner() -> Runner {
     Runner::new().handle_signals(false)
+}
+
+/// A service that hands the `RunHandle` its start gets to the test, and whose close waits for
+/// `hold_close` (if any) to send or be dropped, within the watchdog.
+pub struct Keeper {
+    pub name: &'static str,
+    pub sm: StateMachine,
+    pub handles: Sender<RunHandle>,
+    pub hold_close: Option<Receiver<()>>,
+}
+
+impl Keeper {
+    pub fn new(name: &'static str, handles: &Sender<RunHandle>) -> Keeper {
+        Keeper {
+            name,
+            sm: StateMachine::new(),
+            handles: handles.clone(),
+            hold_close: None,
+        }
+    }
+}
+
+impl HealthReporter for Keeper {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn ready(&self) -> Result<()> {
+        self.sm.ready()
+    }
+}
+
+impl Service for Keeper {
+    fn start(&self, ctx: &StartContext) -> Result<()> {
+        let handle = ctx.run_handle().cloned().expect("a runner's handle");
+        self.sm.start_once(|| {
+            let _ = self.handles.send(handle);
+            Ok(())
+        })
+    }
+    fn close(&self) -> Result<()> {
+        let hold = self.hold_close.clone();
+        self.sm.close_once(move || {
+            if let Some(hold) = hold {
+                let _ = hold.recv_timeout(WATCHDOG);
+            }
+            Ok(())
+        })
+    }
 }
