@@ -282,6 +282,17 @@ fn extended_again(r: &mut Received, max: u64) -> Vec<String> {
     got
 }
 
+/// Sends SIGTERM, then expects exactly `expected` steps until the child says it shut down
+/// cleanly, and its clean exit.
+fn terminates_cleanly(mut p: Proc, r: &mut Received, expected: &[&str]) {
+    p.signal(libc::SIGTERM);
+    let got = r.until("STATUS=shut down cleanly");
+    assert_eq!(steps(&got), expected);
+    p.wait_for("child done");
+    let (status, log) = p.wait_exit();
+    assert!(status.success(), "{status}; log:\n{}", log.join("\n"));
+}
+
 /// Touches `name` in `dir`.
 fn create(dir: &Path, name: &str) {
     std::fs::write(dir.join(name), b"").unwrap();
@@ -462,7 +473,7 @@ fn without_health_the_watchdog_pings_while_the_run_runs() {
         ("NOTIFY_SOCKET", socket.value.as_str()),
         ("WATCHDOG_USEC", WATCHDOG_USEC),
     ];
-    let mut p = spawn_child("bare", &env);
+    let p = spawn_child("bare", &env);
     let mut r = Received::new(&socket);
     let got = r.until("READY=1\nSTATUS=running");
     assert_eq!(
@@ -471,19 +482,15 @@ fn without_health_the_watchdog_pings_while_the_run_runs() {
     );
     let got = r.count(PING, 3);
     assert_eq!(steps(&got), Vec::<&str>::new());
-    p.signal(libc::SIGTERM);
-    let got = r.until("STATUS=shut down cleanly");
-    assert_eq!(
-        steps(&got),
-        [
+    terminates_cleanly(
+        p,
+        &mut r,
+        &[
             "STOPPING=1\nSTATUS=shutting down (signal)",
             "STATUS=closing w (0/1 done)",
             "STATUS=shut down cleanly",
-        ]
+        ],
     );
-    p.wait_for("child done");
-    let (status, log) = p.wait_exit();
-    assert!(status.success(), "{status}; log:\n{}", log.join("\n"));
 }
 
 #[test]
@@ -529,20 +536,16 @@ fn the_watchdog_stops_while_a_liveness_check_fails_and_resumes_after() {
     assert_eq!(steps(&got), Vec::<&str>::new());
     assert_eq!(extensions(&got), Vec::<u64>::new());
 
-    p.signal(libc::SIGTERM);
-    let got = r.until("STATUS=shut down cleanly");
-    assert_eq!(
-        steps(&got),
-        [
+    terminates_cleanly(
+        p,
+        &mut r,
+        &[
             "STOPPING=1\nSTATUS=shutting down (signal)",
             "STATUS=closing w (0/1 done)",
             "STATUS=closing health checker",
             "STATUS=shut down cleanly",
-        ]
+        ],
     );
-    p.wait_for("child done");
-    let (status, log) = p.wait_exit();
-    assert!(status.success(), "{status}; log:\n{}", log.join("\n"));
     // Nothing after the end but the last pings of the run.
     let after = r.socket.pending();
     assert!(after.iter().all(|d| d == PING), "{after:?}");
