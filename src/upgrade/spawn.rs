@@ -415,8 +415,8 @@ impl Drop for Spawned {
         if self.released || !matches!(self.child, Child::Running) {
             return;
         }
-        if let Ok(Some(_)) = self.try_reap() {
-            return;
+        if !matches!(self.try_reap(), Ok(None)) {
+            return; // reaped now, or not this process's child any more: not signalled
         }
         let reaped = self
             .signal(libc::SIGKILL)
@@ -430,5 +430,6 @@ impl Drop for Spawned {
     }
 }
 
-#[cfg(test)]
+// The tests read /proc.
+#[cfg(all(test, target_os = "linux"))]
 mod tests;

@@ -74,7 +74,8 @@ pub(super) unsafe fn child(plan: &Plan<'_>) -> ! {
         libc::pthread_sigmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut());
         for &(source, target) in plan.moves {
             while libc::dup2(source, target) < 0 {
-                if *errno() != libc::EINTR {
+                // No allocation: an OS error is a number in the io::Error.
+                if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
                     libc::_exit(127);
                 }
             }
@@ -101,21 +102,6 @@ pub(super) fn decimal(mut value: u32, out: &mut [u8; 10]) -> usize {
         *o = *r;
     }
     len
-}
-
-/// This thread's `errno`.
-fn errno() -> *mut c_int {
-    // SAFETY: both return the address of the calling thread's errno, which lives as long as
-    // the thread.
-    #[cfg(any(target_os = "linux", target_os = "android", target_os = "emscripten"))]
-    unsafe {
-        libc::__errno_location()
-    }
-    // SAFETY: as above.
-    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "emscripten")))]
-    unsafe {
-        libc::__error()
-    }
 }
 
 /// Closes every descriptor from `first` on (after fork: async-signal-safe only).
