@@ -121,6 +121,8 @@ mod supervise;
 pub mod systemd;
 pub mod testing;
 mod thread;
+#[cfg(unix)]
+mod upgrade;
 mod worker;
 
 pub use crate::checker::HealthChecker;
