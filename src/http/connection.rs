@@ -178,7 +178,8 @@ impl Connection {
     /// arrives from now on says `Connection: close`, and the connection closes once it is sent,
     /// reading nothing after that request; if the connection is idle with no request in
     /// progress at `idle_end` (nothing of a head received), it ends then
-    /// ([`Due::HandedOver`]). A partial head goes on under its head-read deadline.
+    /// ([`Due::HandedOver`]). A partial head goes on under its head-read deadline. What is
+    /// already queued in the output buffer is sent as it was.
     pub(super) fn hand_over(&mut self, idle_end: Instant) {
         self.handover = Some(idle_end);
         if let Some(awaited) = &mut self.awaited {

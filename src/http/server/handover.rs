@@ -37,8 +37,11 @@ impl Server {
     /// closes once it is sent (what was pipelined after it is not read). A connection with no
     /// request in progress (idle between requests, or with nothing of a head received) is
     /// closed once it has been idle for [`HANDOVER_IDLE`](crate::http::HANDOVER_IDLE) from the
-    /// hand-over, unless a request arrives first. A partial head goes on under its head-read
-    /// deadline; every other deadline holds as before.
+    /// hand-over, unless a request arrives first; it ends as after a last answer (its side shut
+    /// down, so its client reads the end of the stream, then a short linger). A partial head
+    /// goes on under its head-read deadline; every other deadline holds as before. An answer
+    /// already queued before the hand-over is sent as it was (without `Connection: close`);
+    /// its connection then counts as idle, and ends at once if the idle time is over.
     ///
     /// Idempotent (a no-op after the shutdown), callable from any thread; it does not wait for
     /// the loops ([`wait_drained`](Server::wait_drained) does).
