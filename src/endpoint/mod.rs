@@ -291,8 +291,9 @@ impl HealthEndpoint {
     }
 }
 
-// A zero-downtime upgrade's side (`http`'s docs, "Hand-over"). Only the tests call these yet.
-#[cfg_attr(not(test), allow(dead_code))]
+// A zero-downtime upgrade's side (`http`'s docs, "Hand-over"); the runner's upgrades, on Linux
+// only, call these.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 impl HealthEndpoint {
     /// Before `start`: the endpoint will start with accepting paused (its socket listening,
     /// connections waiting in the backlog, never refused). No effect once started.

@@ -3,11 +3,8 @@
 //! readiness pipe ([`spawn()`]); the new process tells it when it is ready ([`link`]), and the
 //! old one then drains and exits. The runner's integration (on SIGHUP) uses these items.
 
-// The runner integration uses these; until it lands, only the tests do.
-#![cfg_attr(not(test), allow(dead_code, unused_imports))]
-
 mod link;
 mod spawn;
 
 pub(crate) use link::{parent, Parent};
-pub(crate) use spawn::{current_program, spawn, Command, Inherit, Readiness, Spawned};
+pub(crate) use spawn::{current_program, spawn, Command, Inherit, Readiness};

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use super::fork::decimal;
 use super::strip_deleted;
+use super::Spawned;
 use crate::stop::StopSignal;
-use crate::upgrade::{current_program, spawn, Command, Inherit, Readiness, Spawned};
+use crate::upgrade::{current_program, spawn, Command, Inherit, Readiness};
 
 /// `/bin/sh -c script`, with this process's environment but `remove`, plus `add`.
 fn sh<'a>(
