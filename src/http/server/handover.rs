@@ -114,8 +114,9 @@ pub(crate) struct DrainWatch {
 }
 
 impl DrainWatch {
-    /// Returns `true` as soon as no connection is open, or `false` at `deadline` if some still
-    /// are; at once if none is open when called, or `deadline` has passed.
+    /// Returns `true` as soon as no connection is open (after a hand-over, once the accepting
+    /// loop has also dropped its listener, so that none can open), or `false` at `deadline` if
+    /// some still are; at once if none is open when called, or `deadline` has passed.
     ///
     /// How it waits: on a channel, without ticks. After a [`Server::hand_over`], once the
     /// accepting loop has dropped its listener, the loop whose close brings the open
@@ -129,21 +130,32 @@ impl DrainWatch {
     pub(crate) fn wait(&self, deadline: Instant) -> bool {
         let (sender, receiver) = &self.shared.drained;
         loop {
-            if self.shared.open() == 0 {
+            if self.is_drained() {
                 return true;
             }
             match receiver.recv_deadline(deadline) {
                 Ok(()) => {
-                    if self.shared.open() == 0 {
+                    if self.is_drained() {
                         let _ = sender.send(());
                         return true;
                     }
                 }
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-                    return self.shared.open() == 0;
+                    return self.is_drained();
                 }
             }
         }
+    }
+
+    /// No connection is open, and none can open any more once handed over: the accepting loop
+    /// has dropped its listener (until then it may still accept one), or the server has shut
+    /// down.
+    fn is_drained(&self) -> bool {
+        let shared = &self.shared;
+        let settled = !shared.handed_over.load(Ordering::SeqCst)
+            || shared.retired.load(Ordering::SeqCst)
+            || shared.stop.load(Ordering::SeqCst);
+        settled && shared.open() == 0
     }
 
     /// The connections open now; see [`Server::open_connections`].
