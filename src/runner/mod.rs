@@ -351,6 +351,10 @@ impl Runner {
     /// A runner with no services, the default timeouts, no termination delay, and signal
     /// handling on.
     pub fn new() -> Runner {
+        // In a process that an upgrade started, the pipe to the old process is made
+        // close-on-exec now, before the program spawns anything that would inherit it.
+        #[cfg(target_os = "linux")]
+        let _ = crate::upgrade::parent();
         let (tx, rx) = crossbeam_channel::unbounded();
         Runner {
             entries: Vec::new(),

@@ -26,6 +26,10 @@ const NAMES: usize = 3;
 pub(super) struct Notes {
     /// The process's notifier, when it is under systemd.
     notifier: Option<&'static Notifier>,
+    /// In a process that an upgrade started, the notifier until the old process is told that
+    /// this one serves: nothing is sent before (the old one is the service's main process,
+    /// and a `STOPPING=1` of a new process that fails would stop the whole unit).
+    held: Option<&'static Notifier>,
     /// The last status sent, so that a status is sent only when it changes.
     status: String,
     /// When the last extension of the current phase was sent, and until when it asked.
@@ -38,8 +42,18 @@ impl Notes {
     /// The notes of a run: on when the process is under systemd (`NOTIFY_SOCKET` is usable).
     pub(super) fn new() -> Notes {
         let notifier = Notifier::get();
+        let notifier = notifier.is_enabled().then_some(notifier);
+        #[cfg(target_os = "linux")]
+        let upgraded = crate::upgrade::parent().is_some();
+        #[cfg(not(target_os = "linux"))]
+        let upgraded = false;
+        let (notifier, held) = match upgraded {
+            true => (None, notifier),
+            false => (notifier, None),
+        };
         Notes {
-            notifier: notifier.is_enabled().then_some(notifier),
+            notifier,
+            held,
             status: String::new(),
             extended: None,
             stopping: false,
@@ -119,6 +133,15 @@ impl Notes {
 }
 
 impl Notes {
+    /// In a process that an upgrade started, once the old process has been told that this one
+    /// serves: notifications go out from now on.
+    #[cfg(target_os = "linux")]
+    pub(super) fn told_parent(&mut self) {
+        if let Some(held) = self.held.take() {
+            self.notifier = Some(held);
+        }
+    }
+
     /// `MAINPID=pid` with `STATUS=status`, in one datagram (tried again as `READY=1` is): the
     /// new process of an upgrade is the service's main process from now on. Nothing more is
     /// sent after it: this process is no longer the one systemd watches, and a `STOPPING=1`

@@ -10,6 +10,8 @@ mod shutdown;
 mod start;
 #[cfg(target_os = "linux")]
 mod upgrade;
+#[cfg(target_os = "linux")]
+mod upgraded;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +45,10 @@ pub(super) struct Run {
     /// The upgrade in progress.
     #[cfg(target_os = "linux")]
     upgrading: Option<upgrade::Upgrading>,
+    /// In a process that an upgrade started, until when its run phase waits for readiness to
+    /// tell the old process, while it has not yet.
+    #[cfg(target_os = "linux")]
+    telling: Option<Instant>,
     route: Option<SignalRoute>,
     setup_error: Option<Error>,
     health: Option<RunnerHealth>,
@@ -265,6 +271,8 @@ impl Run {
             hangups,
             #[cfg(target_os = "linux")]
             upgrading: None,
+            #[cfg(target_os = "linux")]
+            telling: None,
             route,
             setup_error,
             health,
@@ -369,7 +377,7 @@ impl Run {
                 self.notes.ready();
                 self.runner.handle.running.stop();
                 #[cfg(target_os = "linux")]
-                self.tell_parent();
+                self.begin_telling();
                 if let Some(route) = &self.route {
                     route.open_upgrades(true);
                 }
@@ -454,6 +462,11 @@ impl Run {
     /// Writes the PID file, if the runner has one, as the run phase is about to begin: the
     /// cause that ends the start if it cannot.
     fn write_pid_file(&mut self) -> Option<ShutdownCause> {
+        // A process that an upgrade started writes it once it has told the old one.
+        #[cfg(target_os = "linux")]
+        if crate::upgrade::parent().is_some() {
+            return None;
+        }
         let path = self.runner.upgrade.pid_file.as_ref()?;
         match super::pid_file::write(path) {
             Ok(()) => None,

@@ -14,7 +14,10 @@ const MAX_NAME: usize = 255;
 /// activation), or else one bound to `fallback`.
 ///
 /// The socket is taken as [`take_listener`] takes it (validated, at most once per name), and
-/// returned in blocking mode, as [`TcpListener::bind`] returns one; an inherited socket keeps
+/// returned in blocking mode, as [`TcpListener::bind`] returns one (one that an upgrade handed
+/// over is returned in the mode the old process left it in: the mode belongs to the socket's
+/// open description, which both processes share, so changing it would change it under the old
+/// process's accept loop; the same program sets it as it did); an inherited socket keeps
 /// the listen backlog systemd gave it (the unit's `Backlog=`). When the process was not
 /// activated, or was passed no socket of that name, or the socket of that name was taken
 /// already, it binds `fallback` with [`TcpListener::bind`].
@@ -39,7 +42,16 @@ const MAX_NAME: usize = 255;
 pub fn listener(name: &str, fallback: impl ToSocketAddrs) -> io::Result<TcpListener> {
     match take_listener(name)? {
         Some(listener) => {
-            listener.set_nonblocking(false)?;
+            // A socket an upgrade handed over is shared with the old process, which may still
+            // be accepting from it: its blocking mode belongs to the open description both
+            // hold, so it is left as the old process (the same program) set it.
+            #[cfg(target_os = "linux")]
+            let shared = crate::upgrade::parent().is_some();
+            #[cfg(not(target_os = "linux"))]
+            let shared = false;
+            if !shared {
+                listener.set_nonblocking(false)?;
+            }
             Ok(listener)
         }
         None => {

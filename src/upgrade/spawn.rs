@@ -45,9 +45,11 @@ pub(crate) struct Inherit<'a> {
     pub(crate) fd: BorrowedFd<'a>,
 }
 
-/// The path of this process's executable, read once: on Linux, the link `/proc/self/exe`,
-/// without the ` (deleted)` that Linux adds once the file was replaced, so that the new file
-/// at the same path is the one started (elsewhere, [`std::env::current_exe`]).
+/// The path of this process's executable, read once: on Linux, the path it was started by
+/// (`argv[0]`, when it holds a `/` and names the running file: a symbolic link in it is
+/// followed again at each upgrade), else the link `/proc/self/exe`, without the ` (deleted)`
+/// that Linux adds once the file was replaced, so that the new file at the same path is the
+/// one started (elsewhere, [`std::env::current_exe`]).
 ///
 /// Call it early (the runner calls it when it starts), so that a later change of the working
 /// directory or of the file does not matter.
@@ -55,7 +57,9 @@ pub(crate) fn current_program() -> io::Result<&'static Path> {
     static PROGRAM: OnceLock<Result<PathBuf, (io::ErrorKind, String)>> = OnceLock::new();
     let read = || {
         #[cfg(target_os = "linux")]
-        let path = std::fs::read_link("/proc/self/exe").map(|p| strip_deleted(&p));
+        let path = std::fs::read_link("/proc/self/exe")
+            .map(|p| strip_deleted(&p))
+            .map(|exe| started_as(&exe).unwrap_or(exe));
         #[cfg(not(target_os = "linux"))]
         let path = std::env::current_exe();
         path.map_err(|e| {
@@ -69,6 +73,27 @@ pub(crate) fn current_program() -> io::Result<&'static Path> {
         Ok(path) => Ok(path),
         Err((kind, message)) => Err(io::Error::new(*kind, message.clone())),
     }
+}
+
+/// The path the program was started by, when `argv[0]` names one (it holds a `/`; made
+/// absolute against the working directory) and it is the file `exe` is now: not resolved
+/// through symbolic links, so that a deployment that moves a link (`current ->
+/// releases/v2`) starts the new release. `None` otherwise (a name found on `PATH`, a path that
+/// is not the running file).
+#[cfg(target_os = "linux")]
+fn started_as(exe: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+
+    let arg0 = PathBuf::from(std::env::args_os().next()?);
+    if !arg0.as_os_str().as_bytes().contains(&b'/') {
+        return None;
+    }
+    let path = match arg0.is_absolute() {
+        true => arg0,
+        false => std::env::current_dir().ok()?.join(arg0),
+    };
+    let (named, running) = (std::fs::metadata(&path).ok()?, std::fs::metadata(exe).ok()?);
+    (named.dev() == running.dev() && named.ino() == running.ino()).then_some(path)
 }
 
 /// `path` without the ` (deleted)` Linux adds to `/proc/self/exe` when the file was replaced.
@@ -177,6 +202,10 @@ pub(crate) fn spawn(command: Command<'_>) -> io::Result<Spawned> {
         fallback_close_to: fallback_close_to(),
     };
 
+    // Every signal blocked in this thread across the fork: the child must not run the
+    // parent's handlers before it has reset them (it does, then unblocks); this thread gets
+    // its mask back at once, and signals meant for the process go to its other threads.
+    let blocked = block_signals();
     // SAFETY: fork(2) takes nothing; the child runs only `child`, which calls only
     // async-signal-safe functions and never returns.
     let pid = unsafe { libc::fork() };
@@ -185,8 +214,10 @@ pub(crate) fn spawn(command: Command<'_>) -> io::Result<Spawned> {
         // above and not freed until after this returns in the parent.
         unsafe { child(&plan) }
     }
+    let forked = io::Error::last_os_error();
+    restore_signals(&blocked);
     if pid < 0 {
-        return Err(io::Error::last_os_error());
+        return Err(forked);
     }
     drop((sources, write));
     // `plan`, argv, envp and the strings they point to are freed only after this, on return.
@@ -197,6 +228,24 @@ pub(crate) fn spawn(command: Command<'_>) -> io::Result<Spawned> {
         ready: false,
         released: false,
     })
+}
+
+/// Blocks every signal in the calling thread: the mask it had.
+fn block_signals() -> libc::sigset_t {
+    let mut all = std::mem::MaybeUninit::<libc::sigset_t>::zeroed();
+    let mut old = std::mem::MaybeUninit::<libc::sigset_t>::zeroed();
+    // SAFETY: sigfillset and pthread_sigmask write only into the sets, which this frame owns.
+    unsafe {
+        libc::sigfillset(all.as_mut_ptr());
+        libc::pthread_sigmask(libc::SIG_BLOCK, all.as_ptr(), old.as_mut_ptr());
+        old.assume_init()
+    }
+}
+
+/// Gives the calling thread back the mask `old`.
+fn restore_signals(old: &libc::sigset_t) {
+    // SAFETY: pthread_sigmask only reads `old`.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
 }
 
 /// An `InvalidInput` error.

@@ -142,6 +142,8 @@ impl Run {
             }
         }
         while end.is_none() {
+            #[cfg(target_os = "linux")]
+            self.try_tell();
             end = match self.next_run_event(&restarts, health.as_ref()) {
                 Event::Signal(signal) => {
                     Some(signal.map_or(ShutdownCause::Signal, |s| self.on_signal(s)))
@@ -186,7 +188,18 @@ impl Run {
         #[cfg(target_os = "linux")]
         self.cancel_upgrade();
         let cause = end.unwrap_or(ShutdownCause::Requested);
-        if restarts.iter().any(Option::is_some) {
+        #[cfg(target_os = "linux")]
+        let handed_over = match cause {
+            // Before the restarts in progress are waited for: the new process serves already.
+            ShutdownCause::Upgraded { pid } => {
+                self.hand_over(pid);
+                true
+            }
+            _ => false,
+        };
+        #[cfg(not(target_os = "linux"))]
+        let handed_over = false;
+        if !handed_over && restarts.iter().any(Option::is_some) {
             // The shutdown shows before the restarts in progress are waited for: readiness
             // fails (the drain begins now), a shutdown is seen asked for, systemd is told.
             self.runner.handle.shutting_down.stop();
@@ -249,6 +262,8 @@ impl Run {
             })
             .filter_map(|(_, r)| r.due())
             .min();
+        #[cfg(target_os = "linux")]
+        let due = due.into_iter().chain(self.tell_due()).min();
         let due = due.unwrap_or_else(|| later(Instant::now(), Duration::MAX));
         let Ok(oper) = select.select_deadline(due) else {
             return Event::Due;

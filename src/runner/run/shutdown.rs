@@ -30,13 +30,10 @@ impl Run {
         let deadline = *self.deadline.get_or_insert_with(|| later(now, timeout));
         self.runner.handle.shutting_down.stop();
         let handed_over = match cause {
-            #[cfg(target_os = "linux")]
-            ShutdownCause::Upgraded { pid } => {
-                // Readiness stays: the new process serves the same sockets, so clients see
-                // one healthy address; this one answers what its connections still ask.
-                self.hand_over(*pid, deadline);
-                true
-            }
+            // Handed over as the run phase ended (see `hand_over`): readiness stays, as the
+            // new process serves the same sockets, so clients see one healthy address; this
+            // one answers what its connections still ask, and sends systemd nothing more.
+            ShutdownCause::Upgraded { .. } => true,
             _ => {
                 self.notes.stopping(format!("shutting down ({cause})"));
                 if let Some(h) = &self.health {

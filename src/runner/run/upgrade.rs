@@ -64,6 +64,16 @@ fn listeners(run: &Run) -> Result<Vec<(String, OwnedFd)>, Error> {
                         "cannot hand over the health endpoint's socket: {e}"
                     ))
                 })?;
+                // The number is the endpoint's as long as it serves; should its accepting loop
+                // have ended, it may name another file: the socket must listen where the
+                // endpoint does.
+                let listener = std::net::TcpListener::from(fd);
+                if listener.local_addr().ok() != endpoint.local_addr() {
+                    return Err(Error::msg(
+                        "the health endpoint no longer holds its listening socket",
+                    ));
+                }
+                let fd = OwnedFd::from(listener);
                 all.retain(|(n, _)| n != name);
                 all.push((name.to_owned(), fd));
             }
@@ -161,36 +171,69 @@ impl Run {
     }
 
     /// The outcome of the upgrade in progress: the cause that ends the run phase, if it does.
+    /// A new process ready while a termination signal or a shutdown request waits is not handed
+    /// over to: the program is to end, so it is asked to shut down too.
     pub(super) fn upgrade_ended(&mut self, outcome: Option<Outcome>) -> Option<ShutdownCause> {
         let upgrading = self.upgrading.take()?;
         // Its value was sent (or it panicked): the thread is past its function.
         upgrading.thread.join();
         match outcome {
             Some(Outcome::Ready(pid)) => {
+                let shutdown = match self.signals.try_recv() {
+                    Ok(signal) => Some(self.on_signal(signal)),
+                    Err(_) if self.runner.handle.is_shutting_down() => {
+                        Some(ShutdownCause::Requested)
+                    }
+                    Err(_) => None,
+                };
+                if let Some(cause) = shutdown {
+                    terminate(pid, "ready as this process began shutting down");
+                    self.table.count_upgrade(false);
+                    return Some(cause);
+                }
                 relay::info!("upgrade: pid {pid} is ready: handing over to it");
                 self.table.count_upgrade(true);
                 Some(ShutdownCause::Upgraded { pid })
             }
             Some(Outcome::Failed(e)) => {
                 relay::error!("{e}; this process goes on serving");
-                self.table.count_upgrade(false);
+                self.upgrade_failed();
                 None
             }
             None => {
                 relay::error!("upgrade failed: its thread panicked; this process goes on serving");
-                self.table.count_upgrade(false);
+                self.upgrade_failed();
                 None
+            }
+        }
+    }
+
+    /// Counts a failed upgrade, and writes the PID file again: the new process may have
+    /// replaced it, or removed it as it shut down.
+    fn upgrade_failed(&mut self) {
+        self.table.count_upgrade(false);
+        if let Some(path) = &self.runner.upgrade.pid_file {
+            if let Err(e) = super::super::pid_file::write(path) {
+                relay::error!("{e}");
             }
         }
     }
 
     /// Gives up on an upgrade still in progress as the run phase ends for another cause: its
     /// new process is killed (SIGTERM, then SIGKILL), on the upgrade's thread, while the
-    /// shutdown goes on; [`join_upgrade`](Run::join_upgrade) waits for that at its end.
+    /// shutdown goes on; [`join_upgrade`](Run::join_upgrade) waits for that at its end. One
+    /// that is ready already is asked to shut down at once.
     pub(super) fn cancel_upgrade(&mut self) {
-        if let Some(upgrading) = &self.upgrading {
-            relay::info!("upgrade: given up on: the program is shutting down");
-            upgrading.cancel.stop();
+        let Some(upgrading) = &self.upgrading else {
+            return;
+        };
+        relay::info!("upgrade: given up on: the program is shutting down");
+        upgrading.cancel.stop();
+        if let Ok(outcome) = upgrading.outcome().try_recv() {
+            if let Some(upgrading) = self.upgrading.take() {
+                upgrading.thread.join();
+            }
+            self.given_up(Some(outcome));
         }
     }
 
@@ -203,42 +246,43 @@ impl Run {
         };
         let bound = later(Instant::now(), KILL_GRACE + JOIN_SLACK).min(deadline);
         match upgrading.thread.join_until(bound) {
-            Ok(Some(Outcome::Failed(e))) => relay::info!("{e}"),
-            Ok(Some(Outcome::Ready(pid))) => {
-                // Ready as the shutdown began for another cause: the program is to end, so the
-                // new process is asked to shut down too (gracefully: it may serve already).
-                relay::warn!(
-                    "upgrade: pid {pid} became ready as this process began shutting down: \
-                     sending it SIGTERM"
-                );
-                if let Ok(pid) = libc::pid_t::try_from(pid) {
-                    // SAFETY: kill(2) only sends a signal; `pid` is a child of this process
-                    // that was never reaped, so its id names no other process.
-                    unsafe { libc::kill(pid, libc::SIGTERM) };
-                }
-            }
-            Ok(None) => relay::warn!("upgrade: its thread panicked"),
+            Ok(outcome) => self.given_up(outcome),
             Err(thread) => {
                 let name = thread.name().to_owned();
                 self.abandoned.push(thread.abandon());
                 relay::warn!("upgrade: {name:?} did not end within its bound; leaving it");
+                self.table.count_upgrade(false);
             }
+        }
+    }
+
+    /// The outcome of an upgrade given up on.
+    fn given_up(&mut self, outcome: Option<Outcome>) {
+        match outcome {
+            Some(Outcome::Failed(e)) => relay::info!("{e}"),
+            Some(Outcome::Ready(pid)) => terminate(pid, "ready as this process shut down"),
+            None => relay::warn!("upgrade: its thread panicked"),
         }
         self.table.count_upgrade(false);
     }
 
-    /// The shutdown of a run that handed over to the new process `pid`: systemd is told that
-    /// `pid` is the service's main process (and nothing more after that: this process is no
-    /// longer the one it watches), the watchdog's pings stop (the new process sends its own),
-    /// and the health endpoint stops accepting and drains its connections, answered with
-    /// `Connection: close`, for at most half the shutdown timeout (the drain's share), before
-    /// the services close as in any shutdown.
-    pub(super) fn hand_over(&mut self, pid: u32, deadline: Instant) {
+    /// Once the run phase ends with an upgrade, before anything else of the shutdown (restarts
+    /// in progress included): systemd is told that `pid` is the service's main process (and
+    /// nothing more after that: this process is no longer the one it watches, and a
+    /// `STOPPING=1` from it would stop the service), the watchdog's pings stop (the new process
+    /// sends its own), a shutdown shows as asked for, and the health endpoint stops accepting
+    /// and drains its connections, answered with `Connection: close`, for at most half the
+    /// shutdown timeout (the drain's share), before the services close as in any shutdown.
+    /// Readiness stays as it was.
+    pub(super) fn hand_over(&mut self, pid: u32) {
+        let deadline = *(self.deadline)
+            .get_or_insert_with(|| later(Instant::now(), self.runner.shutdown_timeout));
         let status = format!("upgraded: pid {pid} serves; this process drains and exits");
         self.notes.handed_over(pid, status);
         if let Some(watchdog) = self.watchdog.take() {
             watchdog.stop();
         }
+        self.runner.handle.shutting_down.stop();
         let Some(h) = &self.health else {
             return;
         };
@@ -249,46 +293,16 @@ impl Run {
             relay::info!("upgrade: the health endpoint's connections left open are closed");
         }
     }
+}
 
-    /// Before anything starts: the program's executable is found now (later, the file at its
-    /// path may have been replaced, which is the point of an upgrade, or the working directory
-    /// changed), and in a process that an upgrade started, the health endpoint will start with
-    /// accepting paused.
-    pub(super) fn prepare_upgrades(&mut self) {
-        if let Err(e) = upgrade::current_program() {
-            if self.runner.upgrade.on_sighup {
-                relay::warn!("upgrades will fail: cannot find the program's executable: {e}");
-            }
-        }
-        if let (Some(parent), Some(h)) = (upgrade::parent(), &self.health) {
-            relay::info!(
-                "started by an upgrade of pid {}: the health endpoint accepts once every \
-                 service is ready",
-                parent.pid()
-            );
-            h.pause_accepting();
-        }
-    }
-
-    /// In a process that an upgrade started, once its run phase begins: its health endpoint
-    /// begins accepting from the sockets it took, then the old process is told that this one
-    /// is ready (it stops accepting and drains).
-    pub(super) fn tell_parent(&mut self) {
-        let Some(parent) = upgrade::parent() else {
-            return;
-        };
-        if let Some(h) = &self.health {
-            h.start_accepting();
-        }
-        match parent.tell_ready() {
-            Ok(()) => relay::info!(
-                "upgrade: told pid {} that this process serves",
-                parent.pid()
-            ),
-            Err(e) => relay::warn!(
-                "upgrade: cannot tell pid {} that this process serves ({e}); serving anyway",
-                parent.pid()
-            ),
-        }
+/// Asks the new process `pid`, which is ready, to shut down (gracefully: it may serve already),
+/// because this one does.
+fn terminate(pid: u32, why: &str) {
+    relay::warn!("upgrade: pid {pid} was {why}: sending it SIGTERM");
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) only sends a signal; `pid` is a child of this process that was never
+        // reaped (nothing of the crate waits for it once it is ready), so its id names no other
+        // process.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
     }
 }

@@ -7,6 +7,8 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use libc::{c_char, c_int};
 
+/// One past the highest signal number (Linux's `_NSIG`, real-time signals included).
+const NSIG: c_int = 65;
 /// The digits reserved for a pid written after fork (a `u32` has at most 10).
 const PID_DIGITS: usize = 20;
 /// The highest descriptor the fallback closes up to when `close_range(2)` is missing.
@@ -58,8 +60,8 @@ pub(super) struct Plan<'a> {
 /// Only in the child of fork, with a `plan` whose pointers are valid and whose slots have room
 /// for `PID_DIGITS` digits and a NUL after the prefix.
 pub(super) unsafe fn child(plan: &Plan<'_>) -> ! {
-    // SAFETY: only async-signal-safe calls below (getpid, sigemptyset, pthread_sigmask,
-    // dup2, syscall(close_range), close, execve, _exit) on memory the plan owns; no
+    // SAFETY: only async-signal-safe calls below (getpid, sigaction, sigemptyset,
+    // pthread_sigmask, dup2, syscall(close_range), close, execve, _exit) on memory the plan owns; no
     // allocation, no lock, nothing that can panic.
     unsafe {
         let mut digits = [0u8; 10];
@@ -68,6 +70,22 @@ pub(super) unsafe fn child(plan: &Plan<'_>) -> ! {
             let at = slot.add(prefix);
             std::ptr::copy_nonoverlapping(digits.as_ptr(), at, len);
             *at.add(len) = 0;
+        }
+        // Every signal is blocked (the parent blocked them across the fork): the parent's
+        // handlers are reset to the default first (an ignored signal stays ignored, as execve
+        // keeps it), so that a signal that comes before the exec never runs them here.
+        for signal in 1..NSIG {
+            let mut old = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+            if libc::sigaction(signal, std::ptr::null(), old.as_mut_ptr()) != 0 {
+                continue;
+            }
+            let handler = (*old.as_ptr()).sa_sigaction;
+            if handler != libc::SIG_DFL && handler != libc::SIG_IGN {
+                let mut default = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+                (*default.as_mut_ptr()).sa_sigaction = libc::SIG_DFL;
+                libc::sigemptyset(&mut (*default.as_mut_ptr()).sa_mask);
+                libc::sigaction(signal, default.as_ptr(), std::ptr::null_mut());
+            }
         }
         let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::zeroed();
         libc::sigemptyset(empty.as_mut_ptr());
