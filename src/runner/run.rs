@@ -380,6 +380,9 @@ impl Run {
                 self.begin_telling();
                 if let Some(route) = &self.route {
                     route.open_upgrades(true);
+                    if self.runner.upgrade.on_sighup {
+                        relay::info!("from now on SIGHUP upgrades the program in place");
+                    }
                 }
                 (self.wait_for_end(), true)
             }
