@@ -450,8 +450,15 @@ impl Service for Faulty {
         let name = self.inner.name();
         match self.fault {
             Fault::FailStart => Err(Error::msg("injected start failure (--fail)")),
-            Fault::SlowStart => {
-                log::info!("{name}: slow start, waiting until cancelled (--slow-start)");
+            Fault::FailStartUpgraded => Err(Error::msg(
+                "injected start failure in a process started by an upgrade (--fail-upgraded)",
+            )),
+            Fault::SlowStart | Fault::SlowStartUpgraded => {
+                let flag = match self.fault {
+                    Fault::SlowStart => "--slow-start",
+                    _ => "--slow-start-upgraded",
+                };
+                log::info!("{name}: slow start, waiting until cancelled ({flag})");
                 ctx.wait_timeout(Duration::MAX);
                 ctx.check(name)?;
                 self.inner.start(ctx)
@@ -540,7 +547,11 @@ fn run(args: Args) -> Result<ExitCode> {
         .start_timeout(args.start_timeout);
     let faults = |name: &str| -> Vec<Fault> {
         let faults = args.faults.iter().filter(|(n, _)| n == name);
-        faults.map(|&(_, fault)| fault).collect()
+        // `--fail-upgraded` and `--slow-start-upgraded` only in a process an upgrade started.
+        faults
+            .map(|&(_, fault)| fault)
+            .filter(|f| f.applies())
+            .collect()
     };
     runner = runner.service(with_faults(pool, &faults(POOL)));
     // The worker, restarted when its loop fails (each fresh instance with its faults).
