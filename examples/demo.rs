@@ -288,31 +288,35 @@ impl Api {
         let mut drain: Option<Instant> = None;
         loop {
             let wait = if self.handover.closing() { TICK } else { WATCH };
-            match self.server.recv_timeout(wait) {
-                Ok(Some(request)) if self.handover.is_marker(&request) => {
-                    self.handover.marker_arrived(request);
-                }
+            let idle = match self.server.recv_timeout(wait) {
                 Ok(Some(request)) => {
-                    served += 1;
-                    if let Some(request) = self.routes.respond(request) {
-                        self.answer(request);
-                    }
+                    served += u64::from(self.handle(request));
+                    false
                 }
-                Ok(None) => {}
+                Ok(None) => true,
                 // The one error tiny_http hands over: the one that ended its accept loop.
-                Err(e) => *self.listening.ended.lock() = Some(e.to_string()),
-            }
-            if self.handover.settled() {
-                let began = *drain.get_or_insert_with(Instant::now);
-                match self.handover.connections() {
-                    Some(0) => break,
-                    open if began.elapsed() >= DRAIN => {
-                        let open = open.map_or("some".to_owned(), |n| n.to_string());
-                        log::warn!("api: {open} connections still open after {DRAIN:?}");
-                        break;
-                    }
-                    _ => continue,
+                Err(e) => {
+                    *self.listening.ended.lock() = Some(e.to_string());
+                    false
                 }
+            };
+            if self.handover.settled() {
+                // The drain: done once tiny_http holds no connection, looked at while no
+                // request waits; or at its bound, with what is queued answered.
+                let began = *drain.get_or_insert_with(Instant::now);
+                if idle && self.handover.connections() == Some(0) {
+                    break;
+                }
+                if began.elapsed() >= DRAIN {
+                    while let Ok(Some(request)) = self.server.try_recv() {
+                        served += u64::from(self.handle(request));
+                    }
+                    let open = self.handover.connections();
+                    let open = open.map_or("some".to_owned(), |n| n.to_string());
+                    log::warn!("api: {open} connections still open after {DRAIN:?}");
+                    break;
+                }
+                continue;
             }
             if self.handover.closing() {
                 continue;
@@ -327,6 +331,19 @@ impl Api {
         }
         log::info!("api: served {served} requests");
         Ok(())
+    }
+
+    /// Answers `request`: the hand-off's marker, a health route, or one of the API's own
+    /// routes; returns whether it was a request to count (not the marker).
+    fn handle(&self, request: tiny_http::Request) -> bool {
+        if self.handover.is_marker(&request) {
+            self.handover.marker_arrived(request);
+            return false;
+        }
+        if let Some(request) = self.routes.respond(request) {
+            self.answer(request);
+        }
+        true
     }
 
     /// The API's own routes: `GET /jobs` answers the worker's job count, using a pool

@@ -13,9 +13,12 @@ mod demo;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::time::Instant;
 
 use common::load::{Load, Tally, Target};
+use common::process::{example, Proc};
 use common::{eventually, http, WATCHDOG};
 use demo::{api_addr, demo, health_addr};
 
@@ -319,4 +322,74 @@ fn the_load_counts_every_request_of_a_steady_demo_as_ok() {
     assert_eq!(tally.pids.keys().collect::<Vec<_>>(), [&(p.pid() as u32)]);
     signal(p.pid(), libc::SIGTERM);
     assert_eq!(pids.reap(p.pid()), Some(0));
+}
+
+/// The demo given `listener` as its socket `api` in the socket-activation format (descriptor 3,
+/// `LISTEN_PID` its own, set by the shell it is `exec`'d from), its health endpoint on a port
+/// of its own.
+fn demo_sharing(listener: &std::net::TcpListener) -> Proc {
+    let fd = listener.as_raw_fd();
+    let demo = example("demo");
+    let script = r#"LISTEN_PID=$$ exec "$0" "$@""#;
+    let args = [
+        "-c",
+        script,
+        demo.to_str().unwrap(),
+        "--health-addr",
+        "127.0.0.1:0",
+    ];
+    Proc::spawn_with(&"/bin/sh".into(), &args, |command| {
+        command.env("LISTEN_FDS", "1").env("LISTEN_FDNAMES", "api");
+        let inherit = move || {
+            // SAFETY: async-signal-safe calls on descriptors of this (forked) process: the
+            // listener's, put (without close-on-exec) at 3.
+            let rc = unsafe {
+                match fd {
+                    3 => libc::fcntl(3, libc::F_SETFD, 0),
+                    _ => libc::dup2(fd, 3),
+                }
+            };
+            match rc {
+                -1 => Err(std::io::Error::last_os_error()),
+                _ => Ok(()),
+            }
+        };
+        // SAFETY: `inherit` only makes async-signal-safe calls.
+        unsafe { command.pre_exec(inherit) };
+    })
+}
+
+#[test]
+fn of_two_demos_sharing_the_api_socket_the_one_that_closes_loses_no_request() {
+    // What an upgrade does to the API, without the runner's part: two processes accept from
+    // one socket, and one of them closes (its hand-off, then its drain) under load.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let api = listener.local_addr().unwrap();
+    let mut old = demo_sharing(&listener);
+    old.wait_for("; running");
+    let mut pids = Pids::new(old.pid());
+    let targets = [
+        Target {
+            addr: api,
+            path: "/jobs",
+        },
+        Target {
+            addr: api,
+            path: "/pid",
+        },
+    ];
+    let load = Load::start(&targets, 2, 100_000);
+    let mut new = demo_sharing(&listener);
+    pids.track(new.pid());
+    new.wait_for("; running");
+    drop(listener); // the two demos hold it
+    old.signal(libc::SIGTERM);
+    old.wait_for("api: stopped accepting on");
+    assert_eq!(pids.reap(old.pid()), Some(0));
+    assert_eq!(served_by(api), new.pid(), "the other one serves on");
+    let tally = load.stop();
+    assert_clean(&tally);
+    assert_eq!(tally.refused, 0, "{tally:#?}");
+    new.signal(libc::SIGTERM);
+    assert_eq!(pids.reap(new.pid()), Some(0));
 }

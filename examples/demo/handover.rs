@@ -23,7 +23,8 @@
 //! closes a connection only when the request asked), and the serve loop keeps answering until
 //! tiny_http holds no connection ([`Handover::connections`]: tiny_http's own
 //! `Server::num_connections` is `unimplemented!()` in 0.12) or [`DRAIN`] has passed since the
-//! hand-off. The health routes on the API's port are answered by `TinyHttpRoutes`, which keeps
+//! hand-off; it looks only when no request is waiting, and answers every request already
+//! queued before it returns. The health routes on the API's port are answered by `TinyHttpRoutes`, which keeps
 //! the connection alive: a client that keeps asking them there holds the drain to its bound.
 //! When the server is dropped, its own wake-up connection goes to the shared address (the new
 //! process's, or nobody's: harmless), and [`Handover`]'s drop wakes the accept thread on `P`,
@@ -32,11 +33,11 @@
 //! [`Listening`] watches tiny_http's descriptor until the close begins (the swap would look like
 //! a closed socket): see the demo's doc, "When the API can no longer accept".
 
-use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
+use std::mem::ManuallyDrop;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -178,41 +179,22 @@ impl Handover {
     }
 
     /// How many connections tiny_http still holds (accepted from the API's address): this
-    /// process's TCP sockets, not listening, whose local port is the API's, from
-    /// `/proc/self/net/tcp{,6}`. `None` where that cannot be read (not Linux).
+    /// process's connected TCP sockets whose local port is the API's, found among its
+    /// descriptors (`/dev/fd`). Our own wake-up connections have the API's port as their peer's,
+    /// not their own; the listening socket has no peer. `None` where `/dev/fd` cannot be read.
     pub fn connections(&self) -> Option<usize> {
-        let mine: HashSet<u64> = std::fs::read_dir("/proc/self/fd")
+        let port = self.shared.port();
+        let count = std::fs::read_dir("/dev/fd")
             .ok()?
-            .filter_map(|entry| {
-                let target = std::fs::read_link(entry.ok()?.path()).ok()?;
-                let target = target.to_str()?;
-                target
-                    .strip_prefix("socket:[")?
-                    .strip_suffix(']')?
-                    .parse()
-                    .ok()
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
+            .filter(|&fd| {
+                // SAFETY: the stream is never dropped, so `fd` is never closed here; a number
+                // closed (or reused) meanwhile only makes getsockname(2) or getpeername(2)
+                // fail or describe another socket, for this one count.
+                let socket = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
+                socket.local_addr().is_ok_and(|a| a.port() == port) && socket.peer_addr().is_ok()
             })
-            .collect();
-        let port = format!("{:04X}", self.shared.port());
-        let mut count = 0;
-        for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
-            let Ok(text) = std::fs::read_to_string(table) else {
-                continue;
-            };
-            for line in text.lines().skip(1) {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                let (Some(local), Some(state), Some(inode)) =
-                    (fields.get(1), fields.get(3), fields.get(9))
-                else {
-                    continue;
-                };
-                let listening = *state == "0A";
-                let ours = inode.parse().is_ok_and(|i: u64| mine.contains(&i));
-                if !listening && ours && local.rsplit(':').next() == Some(port.as_str()) {
-                    count += 1;
-                }
-            }
-        }
+            .count();
         Some(count)
     }
 }
