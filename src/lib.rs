@@ -44,7 +44,9 @@
 //! are ready (the ones added before it, unless its [`ServiceOptions`] say otherwise;
 //! independent ones at once), serves health, waits for a signal or a [`RunHandle`] request
 //! (restarting meanwhile, with backoff and within a budget, the services it was given as
-//! [restartable](Runner::restartable) factories whose instances fail), then closes each after
+//! [restartable](Runner::restartable) factories whose instances fail, and, on SIGHUP,
+//! [upgrading the program in place](Runner#upgrades) without refusing a connection), then
+//! closes each after
 //! those that need it, within deadlines, and returns a [`RunReport`] (a
 //! [`ShutdownCause`], errors per [`RunPhase`], a [`ServiceReport`] per service, the critical
 //! path of the start and of the shutdown as [`PathStep`]s). [`MultiStart`] starts services
@@ -67,7 +69,8 @@
 //! **systemd.** The [`systemd`] module tells systemd how the program is doing (`sd_notify`:
 //! ready, shutting down, status, the watchdog) and hands over the listening sockets it was
 //! started with (socket activation), by name; the [`HealthEndpoint`] takes the one named
-//! `health`.
+//! `health`. An upgrade hands the same sockets to the new process in the same format, and
+//! [`systemd::upgraded_from`] tells a process that an upgrade started it.
 //!
 //! **Tests.** The [`testing`] module's harness starts services for a test, waits until they
 //! are ready, fails the test if one turns unhealthy, and closes them at the end.
@@ -121,6 +124,8 @@ mod supervise;
 pub mod systemd;
 pub mod testing;
 mod thread;
+#[cfg(unix)]
+mod upgrade;
 mod worker;
 
 pub use crate::checker::HealthChecker;

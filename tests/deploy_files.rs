@@ -247,9 +247,15 @@ fn systemd_rules(s: &Settings, service: &Unit, sockets: &[Unit]) -> Vec<String> 
         Some(v) if want.contains(&v) => {}
         v => broken.push(format!("{name}: {key}={v:?}, not one of {want:?}")),
     };
-    // The runner says READY=1 itself; only the main process notifies.
+    // The runner says READY=1 itself; the new process of an upgrade notifies before it is the
+    // main process (the old one sends its MAINPID= once it is ready).
     expect("Type", &["notify"]);
-    expect("NotifyAccess", &["main"]);
+    expect("NotifyAccess", &["all"]);
+    // A reload upgrades in place: SIGHUP to the main process.
+    expect(
+        "ExecReload",
+        &["/bin/kill -HUP $MAINPID", "kill -HUP $MAINPID"],
+    );
     // The signal the runner shuts down gracefully on (it handles SIGINT and SIGTERM).
     expect("KillSignal", &["SIGTERM", "TERM", "15"]);
     expect("Restart", &["on-failure"]);

@@ -7,8 +7,9 @@ mod tiny;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -16,7 +17,7 @@ use crate::checker::HealthChecker;
 use crate::error::{Error, Phase, Result};
 #[cfg(feature = "metrics")]
 use crate::http::Reply;
-use crate::http::{Handler, Limits, Request, Server};
+use crate::http::{Accepting, Handler, Limits, Request, Server};
 #[cfg(feature = "metrics")]
 use crate::metrics::{Format, Job, Metrics, Outcome, Scraper};
 use crate::service::{HealthReporter, Service};
@@ -249,6 +250,9 @@ pub struct HealthEndpoint {
     sm: StateMachine,
     server: Mutex<Option<Server>>,
     bound: Mutex<Option<SocketAddr>>,
+    /// [`pause_accepting`](HealthEndpoint::pause_accepting) was called: `start` starts the
+    /// server [`Accepting::Paused`].
+    paused: AtomicBool,
     #[cfg(feature = "metrics")]
     scraper: Mutex<Option<Arc<Scraper>>>,
 }
@@ -275,6 +279,7 @@ impl HealthEndpoint {
             sm: StateMachine::new(),
             server: Mutex::new(None),
             bound: Mutex::new(None),
+            paused: AtomicBool::new(false),
             #[cfg(feature = "metrics")]
             scraper: Mutex::new(None),
         }
@@ -283,6 +288,56 @@ impl HealthEndpoint {
     /// The address it listens on, once started.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         *self.bound.lock()
+    }
+}
+
+// A zero-downtime upgrade's side (`http`'s docs, "Hand-over"); the runner's upgrades, on Linux
+// only, call these.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+impl HealthEndpoint {
+    /// Before `start`: the endpoint will start with accepting paused (its socket listening,
+    /// connections waiting in the backlog, never refused). No effect once started.
+    pub(crate) fn pause_accepting(&self) {
+        self.paused.store(true, Ordering::Release);
+    }
+
+    /// Begins accepting (no-op if not paused or not started, and after a
+    /// [`hand_over`](HealthEndpoint::hand_over)). Non-blocking, from any thread.
+    pub(crate) fn start_accepting(&self) {
+        if let Some(server) = self.server.lock().as_ref() {
+            server.start_accepting();
+        }
+    }
+
+    /// Stops accepting for good, its listener's descriptor closed, and puts every connection in
+    /// its closing mode (the rule: [`Server::hand_over`]). No-op if not started; idempotent,
+    /// non-blocking, from any thread; `close` closes and joins everything after it.
+    pub(crate) fn hand_over(&self) {
+        if let Some(server) = self.server.lock().as_ref() {
+            server.hand_over();
+        }
+    }
+
+    /// Waits until no connection is open (`true`; at once if not started or closed), or until
+    /// `deadline` (`false`); after a hand-over, woken by the loops ([`Server::drain_watch`]).
+    /// The endpoint's lock is not held while it waits.
+    pub(crate) fn wait_drained(&self, deadline: Instant) -> bool {
+        let watch = self.server.lock().as_ref().map(Server::drain_watch);
+        watch.is_none_or(|w| w.wait(deadline))
+    }
+
+    /// The listening socket's descriptor while the endpoint serves (`None` before start, after
+    /// [`hand_over`](HealthEndpoint::hand_over) or close), for the upgrade to hand to the new
+    /// process. It stays the endpoint's: duplicate it (or pass it on) before either.
+    #[cfg(unix)]
+    pub(crate) fn listener_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.server.lock().as_ref().and_then(Server::listener_fd)
+    }
+
+    /// The name of its socket under socket activation ([`EndpointOptions::socket_activation`]),
+    /// for the upgrade to name the socket it hands on by.
+    pub(crate) fn socket_name(&self) -> Option<&str> {
+        self.options.socket_name.as_deref()
     }
 }
 
@@ -339,6 +394,11 @@ impl Service for HealthEndpoint {
                     self.options.limits.clone(),
                     handler,
                     "health http",
+                    if self.paused.load(Ordering::Acquire) {
+                        Accepting::Paused
+                    } else {
+                        Accepting::Now
+                    },
                 )
                 .map_err(|e| {
                     #[cfg(feature = "metrics")]
@@ -415,12 +475,34 @@ fn scrape(scraper: &Arc<Scraper>, format: Format) -> Reply {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
     use std::sync::Arc;
+    use std::time::{Duration, Instant};
 
     use super::{EndpointOptions, HealthEndpoint};
     use crate::checker::HealthChecker;
     use crate::service::Service;
     use crate::stop::StartContext;
+
+    const WATCHDOG: Duration = Duration::from_secs(10);
+
+    /// Sends a keep-alive `HEAD /livez`: its answer is a head alone.
+    fn ask(stream: &mut TcpStream) {
+        let head = b"HEAD /livez HTTP/1.1\r\nHost: t\r\n\r\n";
+        stream.write_all(head).unwrap();
+    }
+
+    /// Reads one answer's head.
+    fn answer_head(stream: &mut TcpStream) -> String {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(stream.read(&mut byte).expect("an answer"), 1, "ended early");
+            head.push(byte[0]);
+        }
+        String::from_utf8(head).unwrap()
+    }
 
     fn endpoint(options: EndpointOptions) -> HealthEndpoint {
         let checker = Arc::new(HealthChecker::new("1", "t"));
@@ -453,5 +535,65 @@ mod tests {
             assert!(error.contains("socket activation"), "{name:?}: {error}");
             assert!(e.local_addr().is_none());
         }
+    }
+
+    #[test]
+    fn the_upgrade_calls_are_harmless_before_start_and_after_close() {
+        let e = endpoint(EndpointOptions::new().socket_activation(Some("up")));
+        assert_eq!(e.socket_name(), Some("up"));
+        e.start_accepting();
+        e.hand_over();
+        e.hand_over();
+        assert!(e.wait_drained(Instant::now()));
+        #[cfg(unix)]
+        assert_eq!(e.listener_fd(), None);
+        e.start(&StartContext::background()).unwrap();
+        #[cfg(unix)]
+        assert!(e.listener_fd().is_some());
+        e.close().unwrap();
+        e.hand_over();
+        e.start_accepting();
+        assert!(e.wait_drained(Instant::now()));
+        #[cfg(unix)]
+        assert_eq!(e.listener_fd(), None);
+        assert_eq!(
+            endpoint(EndpointOptions::new()).socket_name(),
+            Some("health")
+        );
+    }
+
+    #[test]
+    fn a_paused_endpoint_answers_once_accepting_then_hands_over_and_drains() {
+        let e = endpoint(EndpointOptions::new().socket_activation(None));
+        assert_eq!(e.socket_name(), None);
+        e.pause_accepting();
+        e.start(&StartContext::background()).unwrap();
+        let addr = e.local_addr().unwrap();
+        let mut c = TcpStream::connect(addr).expect("connect: queued in the backlog");
+        c.set_write_timeout(Some(WATCHDOG)).unwrap();
+        ask(&mut c);
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        assert!(c.read(&mut byte).is_err(), "no answer while paused");
+
+        e.start_accepting();
+        c.set_read_timeout(Some(WATCHDOG)).unwrap();
+        let head = answer_head(&mut c);
+        assert!(head.starts_with("HTTP/1.1 "), "{head}");
+        assert!(!head.contains("Connection: close"), "{head}");
+        #[cfg(unix)]
+        assert!(e.listener_fd().is_some());
+        e.hand_over();
+        #[cfg(unix)]
+        assert_eq!(e.listener_fd(), None);
+        ask(&mut c);
+        let head = answer_head(&mut c);
+        assert!(head.contains("Connection: close"), "{head}");
+        // Open until its client closes too (it lingers after its last answer).
+        assert!(!e.wait_drained(Instant::now()));
+        drop(c);
+        assert!(e.wait_drained(Instant::now() + WATCHDOG), "drained");
+        e.close().unwrap();
     }
 }

@@ -10,6 +10,7 @@
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,20 @@ const LINGER_DISCARD: usize = 64 * 1024;
 const REQUESTS_PER_TURN: usize = 64;
 const READS_PER_TURN: usize = 16;
 
+/// What the loop does with a connection at its [`deadline`](Connection::deadline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Due {
+    /// It took too long (a head, an idle keep-alive, a write, an answer): closed, counted as a
+    /// timeout.
+    TimedOut,
+    /// Its lingering after its last response is over: closed.
+    Lingered,
+    /// It has been idle, with no request in progress, for
+    /// [`HANDOVER_IDLE`](super::HANDOVER_IDLE) since the server handed over: it ends as after
+    /// a last response ([`end_handed_over`](Connection::end_handed_over)).
+    HandedOver,
+}
+
 /// What to do with a connection after driving it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Next {
@@ -56,6 +71,9 @@ pub(super) struct Cx<'a> {
     pub(super) scratch: &'a mut [u8],
     pub(super) answers: &'a Sender<Answer>,
     pub(super) waker: &'a Arc<Waker>,
+    /// The server's hand-over flag, looked at as each request is answered: a request read in
+    /// the turn in which the server hands over is answered in the closing mode too.
+    pub(super) handed_over: &'a AtomicBool,
 }
 
 /// How to send the response to a request answered [`Reply::Later`] once it arrives.
@@ -111,6 +129,9 @@ pub(super) struct Connection {
     pub(super) id: u64,
     /// The request waiting for a response that comes later, if one is.
     awaited: Option<Awaited>,
+    /// Once the server has handed over: when the connection is to end if it is idle then,
+    /// with no request in progress (see [`hand_over`](Connection::hand_over)).
+    handover: Option<Instant>,
 }
 
 /// What answering the start of the input buffer did.
@@ -147,7 +168,36 @@ impl Connection {
             index: 0,
             id: 0,
             awaited: None,
+            handover: None,
         }
+    }
+
+    /// Puts the connection in its closing mode, the server having handed over its listener.
+    ///
+    /// The rule: the response to a request in progress (one answered later) or to one that
+    /// arrives from now on says `Connection: close`, and the connection closes once it is sent,
+    /// reading nothing after that request; if the connection is idle with no request in
+    /// progress at `idle_end` (nothing of a head received), it ends then
+    /// ([`Due::HandedOver`]). A partial head goes on under its head-read deadline. What is
+    /// already queued in the output buffer is sent as it was.
+    pub(super) fn hand_over(&mut self, idle_end: Instant) {
+        self.handover = Some(idle_end);
+        if let Some(awaited) = &mut self.awaited {
+            awaited.close = true;
+            // Pipelined after it: never read as requests.
+            self.start = self.end;
+        }
+    }
+
+    /// Ends a connection at [`Due::HandedOver`]: its side is shut down, as after a last
+    /// response, and it lingers (so its client sees the end of the stream, and a reset is
+    /// avoided); the loop drives it next.
+    pub(super) fn end_handed_over(&mut self, now: Instant) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+        self.state = State::Lingering {
+            since: now,
+            discarded: 0,
+        };
     }
 
     /// Queues the response to the awaited request; `false` if none is awaited.
@@ -174,25 +224,30 @@ impl Connection {
         self.output.len() - self.sent
     }
 
-    /// When the connection is to be closed unless something happens, and whether that counts
-    /// as a timeout.
-    pub(super) fn deadline(&self, limits: &Limits) -> (Instant, bool) {
+    /// When the connection is to be closed (or ended) unless something happens, and what
+    /// happens then.
+    pub(super) fn deadline(&self, limits: &Limits) -> (Instant, Due) {
         if let State::Lingering { since, .. } = self.state {
-            return (since + LINGER_TIMEOUT, false);
+            return (since + LINGER_TIMEOUT, Due::Lingered);
         }
         let writing = self.write_since.map(|since| since + limits.write_timeout);
         if let Some(awaited) = self.awaited {
             // Earlier responses still being sent keep their own deadline.
             let answer = awaited.since + limits.answer_timeout;
-            return (writing.map_or(answer, |w| w.min(answer)), true);
+            return (writing.map_or(answer, |w| w.min(answer)), Due::TimedOut);
         }
         if let Some(deadline) = writing {
-            return (deadline, true);
+            return (deadline, Due::TimedOut);
         }
-        if let Some(since) = self.head_since {
-            return (since + limits.head_read_timeout, true);
+        let timeout = match self.head_since {
+            Some(since) => since + limits.head_read_timeout,
+            None => self.idle_since + limits.keep_alive_idle_timeout,
+        };
+        // Nothing of a head received (idle, or just accepted): no request in progress.
+        match self.handover {
+            Some(end) if self.start == self.end && end < timeout => (end, Due::HandedOver),
+            _ => (timeout, Due::TimedOut),
         }
-        (self.idle_since + limits.keep_alive_idle_timeout, true)
     }
 
     /// What the connection is waiting for, for logs.
@@ -321,7 +376,8 @@ impl Connection {
             .limits
             .max_requests_per_connection
             .is_some_and(|max| answered >= max);
-        let close = head.close || head.has_body || last || self.read_closed;
+        let handed_over = self.handover.is_some() || cx.handed_over.load(Ordering::Acquire);
+        let close = head.close || head.has_body || last || self.read_closed || handed_over;
         let reply = match catch_unwind(AssertUnwindSafe(|| (cx.handler)(&request))) {
             Ok(reply) => reply,
             Err(_) => {

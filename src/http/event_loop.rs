@@ -1,10 +1,12 @@
 //! [`EventLoop`]: one event-loop thread of a [`Server`](super::Server), which polls its
 //! connections. Loop 0 also accepts them and hands each to a loop (`accept.rs`); every loop
 //! admits the connections handed to it, evicting one of its own to make room when it must
-//! (`admit.rs`).
+//! (`admit.rs`), and puts its connections in their closing mode once the server hands over
+//! (`handover.rs`).
 
 mod accept;
 mod admit;
+mod handover;
 
 use std::fmt;
 use std::io;
@@ -18,7 +20,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::admission::{self, PeerCounts};
-use super::connection::{Connection, Cx, Next};
+use super::connection::{Connection, Cx, Due, Next};
 use super::reply::Answer;
 use super::server::{Shared, GONE};
 use super::stats::bump;
@@ -26,6 +28,7 @@ use super::{Handler, Limits};
 
 use self::accept::Acceptor;
 pub(super) use self::accept::{Handoff, Peer};
+pub(super) use self::handover::HANDOVER_IDLE;
 
 const LISTENER: Token = Token(0);
 pub(super) const WAKER: Token = Token(1);
@@ -112,6 +115,9 @@ pub(super) struct EventLoop {
     /// Evictions and refusals are logged, each at most once per [`WARN_INTERVAL`].
     evictions: Warnings,
     refusals: Warnings,
+    /// Once the loop has seen the server hand over: when its connections that are idle with no
+    /// request in progress end ([`Connection::hand_over`]).
+    handover: Option<Instant>,
 }
 
 impl EventLoop {
@@ -149,6 +155,7 @@ impl EventLoop {
             peers: PeerCounts::new(share),
             evictions: Warnings::default(),
             refusals: Warnings::default(),
+            handover: None,
         }
     }
 
@@ -169,6 +176,8 @@ impl EventLoop {
                 continue;
             }
             let now = Instant::now();
+            // Before the events: a request read in this turn is answered in the closing mode.
+            self.follow_handover(now);
             // Taken first: a connection that uses up its turn in this round waits for the next.
             let again = std::mem::take(&mut self.again);
             for event in &events {
@@ -222,6 +231,9 @@ impl EventLoop {
     /// Queues the responses that arrived through [`Responder`](super::Responder)s and drives
     /// their connections.
     fn take_answers(&mut self, now: Instant) {
+        // An answer that comes after a hand-over is sent with `Connection: close`, even when
+        // the hand-over came after this turn began.
+        self.follow_handover(now);
         while let Ok(Answer {
             index,
             id,
@@ -263,6 +275,10 @@ impl EventLoop {
         let mut connection = Connection::new(stream, self.limits.max_head_bytes, now);
         connection.id = self.next_id;
         connection.index = index;
+        if let Some(idle_end) = self.handover {
+            // Accepted before the hand-over, and on its way to this loop meanwhile.
+            connection.hand_over(idle_end);
+        }
         self.next_id += 1;
         self.note_deadline(connection.deadline(&self.limits).0);
         self.peers.add(peer);
@@ -279,11 +295,17 @@ impl EventLoop {
         self.drive(index, now);
     }
 
-    /// Gives back `n` slots of the cap, over every loop.
+    /// Gives back `n` slots of the cap, over every loop; if that leaves none open after the
+    /// listener was dropped at a hand-over, tells the server's `DrainWatch`.
     fn release_slots(&self, n: usize) {
         if n > 0 {
             let open = &self.shared.counters.open_connections;
-            open.fetch_sub(n, Ordering::Relaxed);
+            // SeqCst, with `retired`: the accepting loop sets it, then reads the count; one of
+            // the two sees the other's write, so a drain is never missed.
+            let before = open.fetch_sub(n, Ordering::SeqCst);
+            if before == n && self.shared.retired.load(Ordering::SeqCst) {
+                self.shared.signal_drained();
+            }
         }
     }
 
@@ -332,6 +354,7 @@ impl EventLoop {
             scratch: &mut self.scratch,
             answers: &self.answer_sender,
             waker: &self.waker,
+            handed_over: &self.shared.handed_over,
         };
         match c.drive(&mut cx) {
             Next::Close => self.remove(index),
@@ -365,27 +388,39 @@ impl EventLoop {
         self.next_sweep = Some(self.next_sweep.map_or(deadline, |t| t.min(deadline)));
     }
 
-    /// Closes the connections whose deadline has passed, and finds the next deadline.
+    /// Closes the connections whose deadline has passed (ends those idle after a hand-over),
+    /// and finds the next deadline.
     fn sweep(&mut self, now: Instant) {
         if self.next_sweep.is_none_or(|t| now < t) {
             return;
         }
         let mut nearest: Option<Instant> = None;
         for index in 0..self.slots.len() {
-            let Some(slot) = &self.slots[index] else {
+            let Some(slot) = self.slots[index].as_mut() else {
                 continue;
             };
-            let (deadline, is_timeout) = slot.connection.deadline(&self.limits);
+            let (mut deadline, due) = slot.connection.deadline(&self.limits);
             if now >= deadline {
-                if is_timeout {
-                    bump(&self.shared.counters.timed_out, 1);
-                    let phase = slot.connection.phase();
-                    crate::relay::debug!("health endpoint: closing a connection: {phase}");
+                match due {
+                    Due::TimedOut => {
+                        bump(&self.shared.counters.timed_out, 1);
+                        let phase = slot.connection.phase();
+                        crate::relay::debug!("health endpoint: closing a connection: {phase}");
+                        self.remove(index);
+                    }
+                    Due::Lingered => self.remove(index),
+                    Due::HandedOver => {
+                        slot.connection.end_handed_over(now);
+                        self.drive(index, now);
+                    }
                 }
-                self.remove(index);
-            } else {
-                nearest = Some(nearest.map_or(deadline, |n| n.min(deadline)));
+                // Ended, not closed: it lingers until its new deadline.
+                match &self.slots[index] {
+                    Some(slot) => deadline = slot.connection.deadline(&self.limits).0,
+                    None => continue,
+                }
             }
+            nearest = Some(nearest.map_or(deadline, |n| n.min(deadline)));
         }
         self.next_sweep = nearest.map(|t| t.max(now + MIN_SWEEP_INTERVAL));
     }

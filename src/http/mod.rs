@@ -137,6 +137,30 @@
 //! [`Server::shutdown`] (or drop) wakes every loop with its [`mio::Waker`]; each closes its
 //! connections and ends, and the call joins every thread before it returns.
 //!
+//! # Hand-over (zero-downtime upgrade)
+//!
+//! In an upgrade a new process inherits the listening socket (the same kernel socket, so the
+//! same accept queue) and the old one stops taking connections from it. Both sides are flags of
+//! the server's, each set from any thread with a wake-up of the loops, which do the rest on
+//! their own threads (`server/handover.rs`, `event_loop/handover.rs`); nothing blocks and no
+//! lock is taken.
+//!
+//! - The new process starts its server [`Accepting::Paused`]: the listener is bound or taken
+//!   and listening, so connections wait in the kernel's backlog (never refused), but the
+//!   accepting loop registers it only once [`Server::start_accepting`] is called, when the
+//!   process is ready to answer well (its `/readyz` would otherwise fail the old process's
+//!   clients).
+//! - The old process calls [`Server::hand_over`]: the accepting loop deregisters its listener
+//!   and closes its descriptor (connections that arrive later queue in the new process), and
+//!   every connection goes into a closing mode: a request in progress or arriving later is
+//!   answered as usual with `Connection: close`, and the connection closes once that response
+//!   is sent (nothing pipelined after it is read); a connection with no request in progress
+//!   (idle, or nothing of a head received) ends after [`HANDOVER_IDLE`] (1 s) from the
+//!   hand-over unless a request arrives first, its side shut down as after a last response; a
+//!   partial head goes on under its head-read deadline. [`Server::wait_drained`] (or a
+//!   `DrainWatch`, which waits without the server) returns once no connection is open, or at
+//!   a deadline, woken through a channel by the loop whose close leaves none open.
+//!
 //! # Protocol
 //!
 //! - HTTP/1.1 and HTTP/1.0. Keep-alive by default for 1.1 (`Connection: close` honoured); 1.0
@@ -207,7 +231,10 @@ pub(crate) use self::request::{Request, MAX_HEADERS};
 #[cfg(feature = "tiny_http")]
 pub(crate) use self::request::split_target;
 pub(crate) use self::response::Response;
-pub(crate) use self::server::{Handler, Server};
+// Named by the docs and the tests.
+#[cfg_attr(not(test), allow(unused_imports))]
+use self::event_loop::HANDOVER_IDLE;
+pub(crate) use self::server::{Accepting, Handler, Server};
 // `/metrics` labels the endpoint's evictions by reason, and reads its counters at scrape time.
 #[cfg_attr(not(feature = "metrics"), allow(unused_imports))]
 pub(crate) use self::admission::EvictionReason;

@@ -1,5 +1,5 @@
-//! [`Server`]: binds, starts the event loops, hands out their counters, and stops and joins
-//! them.
+//! [`Server`]: binds, starts the event loops, hands out their counters, starts accepting (when
+//! started paused) and hands over (`handover.rs`), and stops and joins them.
 
 use std::fmt;
 use std::io;
@@ -9,12 +9,15 @@ use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crossbeam_channel::{Receiver, Sender};
 use mio::{Poll, Waker};
 
 use super::event_loop::{EventLoop, Peer, WAKER};
 use super::listener;
 use super::stats::{Counters, StatsSource};
 use super::{Limits, Reply, Request, ServerStats};
+
+mod handover;
 
 /// Renders the response to a request. It is called on the event-loop threads, on several at
 /// once when there are several, and must not block: it renders from a cache. If it panics, the
@@ -24,6 +27,21 @@ pub(crate) type Handler = Arc<dyn Fn(&Request<'_>) -> Reply + Send + Sync>;
 /// What every event loop of a server shares.
 pub(super) struct Shared {
     pub(super) stop: AtomicBool,
+    /// Whether the accepting loop may register its listener: `false` from a start with
+    /// [`Accepting::Paused`] until [`Server::start_accepting`]. Only ever set to `true`.
+    pub(super) accepting: AtomicBool,
+    /// [`Server::hand_over`] was called: every loop puts its connections in their closing
+    /// mode, and the accepting loop drops its listener. Only ever set to `true`.
+    pub(super) handed_over: AtomicBool,
+    /// The accepting loop has dropped its listener after a hand-over: from then on no
+    /// connection is accepted, so once none is open, none ever is again (but see
+    /// [`DrainWatch::wait`](handover::DrainWatch::wait) for the one exception). Set after
+    /// `handed_over`.
+    pub(super) retired: AtomicBool,
+    /// A message each time the open connections fall to zero once `retired` is set (and at
+    /// shutdown): what [`DrainWatch::wait`](handover::DrainWatch::wait) waits on. Sending
+    /// never blocks (unbounded).
+    pub(super) drained: (Sender<()>, Receiver<()>),
     pub(super) counters: Arc<Counters>,
     /// Per event loop, the connections handed to it and not yet closed: how the accepting loop
     /// finds the least loaded one. [`GONE`] once a loop can no longer take connections.
@@ -36,6 +54,34 @@ pub(super) struct Shared {
 
 /// The load of an event loop that has ended: never the least.
 pub(super) const GONE: usize = usize::MAX / 2;
+
+impl Shared {
+    /// Connections admitted and not yet closed, over every loop.
+    pub(super) fn open(&self) -> usize {
+        self.counters.open_connections.load(Ordering::SeqCst)
+    }
+
+    /// Tells [`DrainWatch::wait`](handover::DrainWatch::wait) that the open connections may
+    /// have fallen to zero for good.
+    pub(super) fn signal_drained(&self) {
+        // Unbounded: never blocks. The receiving side lives as long as `self`.
+        let _ = self.drained.0.send(());
+    }
+}
+
+/// Whether a server starts accepting at once ([`Accepting::Now`]) or only once
+/// [`Server::start_accepting`] is called ([`Accepting::Paused`]): until then its listener is
+/// bound (or taken) and listening, so clients' connections wait in the kernel's backlog and
+/// are never refused, but none is accepted. What a process that takes over a listening
+/// socket from another (a zero-downtime upgrade) starts with, so that it does not take
+/// connections before it is ready to answer them well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Accepting {
+    /// Accepting from the start.
+    Now,
+    /// Accepting only from [`Server::start_accepting`] on.
+    Paused,
+}
 
 /// One event-loop thread of a [`Server`], as the server keeps it.
 struct LoopThread {
@@ -52,6 +98,10 @@ struct LoopThread {
 /// every thread.
 pub(crate) struct Server {
     local_addr: SocketAddr,
+    /// The listener's descriptor, recorded at the bind (the listener itself belongs to loop
+    /// 0): valid until a hand-over or the shutdown, when loop 0 closes it.
+    #[cfg(unix)]
+    listener_fd: std::os::fd::RawFd,
     shared: Arc<Shared>,
     /// Loop 0 accepts and hands connections to the others.
     loops: Vec<LoopThread>,
@@ -75,11 +125,13 @@ impl Server {
         handler: Handler,
         thread_name: &str,
     ) -> io::Result<Server> {
-        Server::take_or_bind(None, addr, limits, handler, thread_name)
+        Server::take_or_bind(None, addr, limits, handler, thread_name, Accepting::Now)
     }
 
     /// Like [`bind`](Server::bind), serving the listening socket named `activated` that systemd
-    /// passed to the process instead, if there is one by that name (it keeps its backlog).
+    /// passed to the process instead, if there is one by that name (it keeps its backlog), and
+    /// accepting at once or only from [`start_accepting`](Server::start_accepting) on
+    /// (`accepting`).
     ///
     /// # Errors
     ///
@@ -91,6 +143,7 @@ impl Server {
         limits: Limits,
         handler: Handler,
         thread_name: &str,
+        accepting: Accepting,
     ) -> io::Result<Server> {
         limits.validate()?;
         if thread_name.contains('\0') {
@@ -102,8 +155,14 @@ impl Server {
         let n = limits.event_loops;
         let listener = listener::take_or_bind(activated, addr, limits.listen_backlog)?;
         let local_addr = listener.local_addr()?;
+        #[cfg(unix)]
+        let listener_fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
+            accepting: AtomicBool::new(accepting == Accepting::Now),
+            handed_over: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+            drained: crossbeam_channel::unbounded(),
             counters: Arc::default(),
             loads: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             evictable: (0..n).map(|_| AtomicIsize::new(0)).collect(),
@@ -143,10 +202,12 @@ impl Server {
                 Arc::clone(&shared),
             ));
         }
-        event_loops[0].accept_from(listener, peers)?;
+        event_loops[0].accept_from(listener, peers, accepting == Accepting::Now)?;
         // From here on, dropping `server` on an error stops and joins the loops already started.
         let mut server = Server {
             local_addr,
+            #[cfg(unix)]
+            listener_fd,
             shared,
             loops: threads,
         };
@@ -225,7 +286,8 @@ impl Server {
         self.shared
             .counters
             .open_connections
-            .store(0, Ordering::Relaxed);
+            .store(0, Ordering::SeqCst);
+        self.shared.signal_drained();
         match panicked.as_slice() {
             [] => Ok(()),
             [one] => Err(io::Error::other(format!("thread {one:?} panicked"))),

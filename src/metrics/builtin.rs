@@ -195,6 +195,16 @@ impl Builtin {
             "lifecycle_service_restarts",
             "How many restarts of each service began: after its instance failed or ended (restart_always), along with a service it needs, or cut short by the shutdown (0 for a service never restarted).",
             rows.iter().map(|row| (vec![("service", row.name())], row.restarts())),
+        )?;
+        let (handed_over, failed) = table.upgrades();
+        counters(
+            encoder,
+            "lifecycle_upgrades",
+            "Upgrades of the program in place (SIGHUP, RunHandle::upgrade) in this process, by outcome: handed_over (its new process was ready and serves), failed (it failed to start, exited, or was not ready within the upgrade timeout, and was killed; or it could not begin).",
+            [
+                (vec![("outcome", "handed_over")], handed_over),
+                (vec![("outcome", "failed")], failed),
+            ],
         )
     }
 

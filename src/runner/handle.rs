@@ -16,6 +16,8 @@ use super::Runner;
 
 pub(super) enum Request {
     Shutdown,
+    /// [`RunHandle::upgrade`].
+    Upgrade,
     Fatal(Error),
     /// Instance `generation` of restartable service `index` failed (its handle's
     /// [`RunHandle::fatal`]).
@@ -65,6 +67,17 @@ impl RunHandle {
     pub fn shutdown(&self) {
         self.shutting_down.stop();
         let _ = self.requests.send(Request::Shutdown);
+    }
+
+    /// Asks the runner to upgrade the program in place, as SIGHUP does with
+    /// [`Runner::upgrade_on_sighup`]: in the run phase, it starts the program's executable
+    /// again with the listening sockets handed over, and once the new process is ready, drains
+    /// and ends the run with [`ShutdownCause::Upgraded`](crate::ShutdownCause::Upgraded) (see
+    /// [Upgrades](Runner#upgrades)). Works whether or not SIGHUP upgrades. Refused, with a log
+    /// line, during the start, the shutdown, or another upgrade; a failed upgrade is logged and
+    /// counted, and the program goes on.
+    pub fn upgrade(&self) {
+        let _ = self.requests.send(Request::Upgrade);
     }
 
     /// Reports a fatal error: the runner shuts down and the run fails with this error (in the run

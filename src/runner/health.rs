@@ -253,6 +253,38 @@ impl RunnerHealth {
         self.checker.clone()
     }
 
+    /// The runner's health endpoint, if it has one.
+    pub(super) fn endpoint(&self) -> Option<&HealthEndpoint> {
+        self.endpoint.as_deref()
+    }
+
+    /// In a process that an upgrade started: the endpoint starts with accepting paused, so
+    /// that the old process alone answers the shared socket until this one is ready.
+    pub(super) fn pause_accepting(&self) {
+        if let Some(endpoint) = &self.endpoint {
+            endpoint.pause_accepting();
+        }
+    }
+
+    /// The endpoint begins accepting (it was paused).
+    pub(super) fn start_accepting(&self) {
+        if let Some(endpoint) = &self.endpoint {
+            endpoint.start_accepting();
+        }
+    }
+
+    /// The endpoint stops accepting for good (the new process of an upgrade accepts from its
+    /// socket now), and answers the requests of its open connections with `Connection:
+    /// close`; then waits, until `deadline` at most, for those connections to close. Whether
+    /// they all did.
+    pub(super) fn hand_over(&self, deadline: Instant) -> bool {
+        let Some(endpoint) = &self.endpoint else {
+            return true;
+        };
+        endpoint.hand_over();
+        endpoint.wait_drained(deadline)
+    }
+
     /// Where the endpoint listens, once started.
     pub(super) fn local_addr(&self) -> Option<SocketAddr> {
         self.endpoint.as_ref().and_then(|e| e.local_addr())

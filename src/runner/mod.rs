@@ -27,11 +27,13 @@ mod handle;
 mod health;
 mod notify;
 mod options;
+mod pid_file;
 mod report;
 mod run;
 #[cfg(unix)]
 mod signals;
 pub(crate) mod table;
+mod upgrade;
 mod watchdog;
 
 /// Without Unix signals: a runner that handles signals is refused, with an error that says
@@ -49,10 +51,11 @@ mod signals {
     #[derive(Debug)]
     pub(crate) struct SignalRoute {
         events: Receiver<i32>,
+        upgrades: Receiver<()>,
     }
 
     impl SignalRoute {
-        pub(crate) fn claim() -> Result<SignalRoute, Error> {
+        pub(crate) fn claim(_upgrades: bool) -> Result<SignalRoute, Error> {
             Err(Error::msg(
                 "signal handling needs a Unix platform: turn it off with \
                  Runner::handle_signals(false) and call RunHandle::shutdown from your own handler",
@@ -62,6 +65,12 @@ mod signals {
         pub(crate) fn events(&self) -> &Receiver<i32> {
             &self.events
         }
+
+        pub(crate) fn upgrades(&self) -> &Receiver<()> {
+            &self.upgrades
+        }
+
+        pub(crate) fn open_upgrades(&self, _open: bool) {}
     }
 }
 
@@ -274,7 +283,8 @@ type CleanupFn = Box<dyn FnOnce() -> Result<()> + Send + 'static>;
 /// | --- | --- |
 /// | SIGINT, SIGTERM | a graceful shutdown; a second one during it exits at once with [`SECOND_SIGNAL_EXIT_CODE`](Runner::SECOND_SIGNAL_EXIT_CODE) |
 /// | SIGINT or SIGTERM the process inherited as ignored | stays ignored (a background job of a non-interactive shell starts with SIGINT ignored) |
-/// | SIGHUP | not handled: it keeps its inherited disposition (by default it ends the process at once, without a shutdown; under `nohup` it is ignored). A later release makes it the trigger of a zero-downtime upgrade. |
+/// | SIGHUP, with [upgrades on](Runner::upgrade_on_sighup) | in the run phase, an [upgrade](#upgrades); during the start or the shutdown, or while an upgrade is in progress, refused with a log line |
+/// | SIGHUP, with upgrades off (the default) | not handled: it keeps its inherited disposition (by default it ends the process at once, without a shutdown; under `nohup` it is ignored) |
 /// | SIGQUIT and the others | not handled: their defaults (SIGQUIT dumps core, as an operator asks it to) |
 ///
 /// The handlers are installed (with `signal-hook`) the first time a runner handles signals and
@@ -283,47 +293,9 @@ type CleanupFn = Box<dyn FnOnce() -> Result<()> + Send + 'static>;
 /// never waits on a lock or the log sink: its log line is given 100 ms, then the process ends
 /// with `_exit`.
 ///
-/// # systemd
+#[doc = include_str!("docs/upgrades.md")]
 ///
-/// Under systemd (`NOTIFY_SOCKET` set, as for a unit of `Type=notify`), the runner tells it how
-/// the run goes through the process's [`Notifier`](crate::systemd::Notifier), whose sends never
-/// wait (what the socket cannot take at once is dropped and counted). Not under systemd it
-/// sends nothing, starts no thread, and its waits wake no more often than they would.
-///
-/// | when | what is sent |
-/// | --- | --- |
-/// | the starts in progress change | `STATUS=starting db, cache (1/5 ready)`: the starts in progress (three names at most, then `and 2 more`), and how many of the services are ready |
-/// | every service is ready | with health, `STATUS=starting: polling health (5/5 ready)` while the checker polls them once; then `READY=1` and `STATUS=running`, in one datagram, just before [`RunHandle::wait_running`] returns |
-/// | the shutdown begins | `STOPPING=1` and `STATUS=shutting down (signal)` (the [`ShutdownCause`]), in one datagram; when a start fails or a shutdown is asked for while starts are in progress, `STOPPING=1` comes as they are cancelled: `STATUS=cancelling db (1/5 ready): signal` |
-/// | the termination delay | `STATUS=draining 5s` |
-/// | the closes in progress change | `STATUS=closing api (0/5 done)`, as for the starts; then `STATUS=cleanup NAME` for each cleanup, `STATUS=closing health endpoint`, `STATUS=closing health checker` |
-/// | the run ends | `STATUS=shut down cleanly`, or `STATUS=shut down with 2 error(s)` |
-///
-/// **Timeouts.** While starts or closes are in progress (and during the drain and the wait for
-/// health's first poll), the runner sends `EXTEND_TIMEOUT_USEC=` for the time until the latest
-/// of their bounds (a start's: its start timeout and the 1 s [grace](#hung-starts); a close's:
-/// its bound in the [shutdown's budget](#how-the-shutdown-timeout-is-shared)), and 1 s more for
-/// the hand-over to the next step. So systemd's `TimeoutStartSec` and `TimeoutStopSec` never
-/// cut short what the runner still allows, and never allow much more. systemd moves its
-/// deadline to that time after it receives the message (never earlier than it was), so the
-/// runner thread, under systemd only, wakes at least once a second during its start and its
-/// shutdown to send it again: once a second, or at once when a later bound needs more than the
-/// last extension gives before the next. Nothing is extended in the run phase.
-///
-/// **Watchdog.** When systemd sets `WATCHDOG_USEC` for the process (`WatchdogSec=`), a thread of
-/// the run's, `sd watchdog`, sends `WATCHDOG=1` at once and then every half of it, from the
-/// run's beginning to its end, through the start and the shutdown alike, as long as liveness
-/// passes as `/livez` judges it ([`Snapshot::is_live`](crate::health::Snapshot::is_live)): the
-/// health checker is polling (started) and no [liveness check](crate::health::CheckOptions::liveness)'s
-/// health fails. It never depends on any other check, nor on readiness: a database outage must
-/// not become a restart loop. Before the runner
-/// has started its checker, once it begins closing it (the shutdown's last steps), and in a run
-/// without health, liveness is the run's own: the pings go on while it runs. When liveness
-/// fails (the checker closed or failed under the runner, or a liveness check fails: the process
-/// is wedged), the pings stop, with a warning, and
-/// systemd restarts the unit after `WatchdogSec` (with `Restart=on-failure`); they resume if it
-/// passes again. The thread waits on nothing but its interval and its stop, and the end of the
-/// run joins it.
+#[doc = include_str!("docs/systemd.md")]
 ///
 /// # Logging
 ///
@@ -365,6 +337,8 @@ pub struct Runner {
     budget: Window,
     /// Errors of the builder (a factory that panicked), refused when the run begins.
     refused: Vec<crate::error::Error>,
+    /// Upgrades: on SIGHUP or not, their timeout, the PID file.
+    upgrade: upgrade::UpgradeSettings,
 }
 
 impl Default for Runner {
@@ -400,6 +374,7 @@ impl Runner {
             metrics: None,
             budget: Window::default(),
             refused: Vec::new(),
+            upgrade: upgrade::UpgradeSettings::default(),
         }
     }
 

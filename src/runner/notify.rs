@@ -118,6 +118,19 @@ impl Notes {
     }
 }
 
+impl Notes {
+    /// `MAINPID=pid` with `STATUS=status`, in one datagram (tried again as `READY=1` is): the
+    /// new process of an upgrade is the service's main process from now on. Nothing more is
+    /// sent after it: this process is no longer the one systemd watches, and a `STOPPING=1`
+    /// or a status of its own would be taken as the service's.
+    pub(super) fn handed_over(&mut self, pid: u32, status: String) {
+        let Some(notifier) = self.notifier.take() else {
+            return;
+        };
+        notifier.send_with_status(&format!("MAINPID={pid}"), &status);
+    }
+}
+
 /// Whether an extension until `until` is due at `now`, the last one (when it was sent, until
 /// when it asked) being `last`.
 fn extension_due(last: Option<(Instant, Instant)>, now: Instant, until: Instant) -> bool {

@@ -29,6 +29,13 @@ pub enum ShutdownCause {
     /// [`Runner::restart_budget`](crate::Runner::restart_budget)); the run's exit code is
     /// [`RESTART_BUDGET_EXIT_CODE`](crate::Runner::RESTART_BUDGET_EXIT_CODE).
     RestartBudgetSpent,
+    /// The program was upgraded in place: the new process `pid`, started with the listening
+    /// sockets, was ready, and this one drained and closed (see
+    /// [Upgrades](crate::Runner#upgrades)). A success: exit code 0.
+    Upgraded {
+        /// The new process.
+        pid: u32,
+    },
 }
 
 impl fmt::Display for ShutdownCause {
@@ -39,6 +46,7 @@ impl fmt::Display for ShutdownCause {
             ShutdownCause::Fatal => "fatal error",
             ShutdownCause::StartFailed => "start failed",
             ShutdownCause::RestartBudgetSpent => "restart budget spent",
+            ShutdownCause::Upgraded { pid } => return write!(f, "upgraded: pid {pid} serves"),
         })
     }
 }

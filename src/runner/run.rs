@@ -8,6 +8,8 @@ mod in_flight;
 mod restart;
 mod shutdown;
 mod start;
+#[cfg(target_os = "linux")]
+mod upgrade;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,7 +38,12 @@ use super::{Request, RunReport, Runner, ServiceReport, ShutdownCause};
 pub(super) struct Run {
     runner: Runner,
     signals: Receiver<i32>,
-    _route: Option<SignalRoute>,
+    /// SIGHUP's upgrade requests (never, with upgrades off).
+    hangups: Receiver<()>,
+    /// The upgrade in progress.
+    #[cfg(target_os = "linux")]
+    upgrading: Option<upgrade::Upgrading>,
+    route: Option<SignalRoute>,
     setup_error: Option<Error>,
     health: Option<RunnerHealth>,
     reports: Vec<ServiceReport>,
@@ -205,7 +212,7 @@ impl Run {
         };
         let (route, setup_error) = match names {
             Some(e) => (None, Some(e)),
-            None if runner.handle_signals => match SignalRoute::claim() {
+            None if runner.handle_signals => match SignalRoute::claim(runner.upgrade.on_sighup) {
                 Ok(route) => (Some(route), None),
                 Err(e) => (None, Some(e)),
             },
@@ -214,6 +221,9 @@ impl Run {
         let signals = route
             .as_ref()
             .map_or_else(crossbeam_channel::never, |r| r.events().clone());
+        let hangups = route
+            .as_ref()
+            .map_or_else(crossbeam_channel::never, |r| r.upgrades().clone());
         let reports = runner
             .entries
             .iter()
@@ -252,7 +262,10 @@ impl Run {
         Run {
             runner,
             signals,
-            _route: route,
+            hangups,
+            #[cfg(target_os = "linux")]
+            upgrading: None,
+            route,
             setup_error,
             health,
             reports,
@@ -312,6 +325,8 @@ impl Run {
             return self.finish(ShutdownCause::StartFailed, [Duration::ZERO; 3]);
         }
         self.watchdog = Watchdog::start(self.health.as_ref().map(RunnerHealth::checker));
+        #[cfg(target_os = "linux")]
+        self.prepare_upgrades();
 
         let start_outcome = match self.start_health() {
             Ok(()) => {
@@ -325,7 +340,7 @@ impl Run {
                     let unblocked_by = std::mem::take(&mut self.unblocked_by);
                     self.start_path = self.critical_path("start", &spans, &unblocked_by);
                 }
-                outcome
+                outcome.or_else(|| self.write_pid_file())
             }
             Err(e) => {
                 relay::error!("{e}");
@@ -353,6 +368,11 @@ impl Run {
                 // was told.
                 self.notes.ready();
                 self.runner.handle.running.stop();
+                #[cfg(target_os = "linux")]
+                self.tell_parent();
+                if let Some(route) = &self.route {
+                    route.open_upgrades(true);
+                }
                 (self.wait_for_end(), true)
             }
         };
@@ -417,11 +437,40 @@ impl Run {
         match request {
             Request::Shutdown => Some(ShutdownCause::Requested),
             Request::Fatal(e) => Some(self.fatal(e)),
+            Request::Upgrade => {
+                relay::warn!(
+                    "RunHandle::upgrade: upgrade refused: the program is starting (an upgrade \
+                     begins only in the run phase)"
+                );
+                None
+            }
             early @ (Request::Failed { .. } | Request::Finished { .. }) => {
                 self.early.push(early);
                 None
             }
         }
+    }
+
+    /// Writes the PID file, if the runner has one, as the run phase is about to begin: the
+    /// cause that ends the start if it cannot.
+    fn write_pid_file(&mut self) -> Option<ShutdownCause> {
+        let path = self.runner.upgrade.pid_file.as_ref()?;
+        match super::pid_file::write(path) {
+            Ok(()) => None,
+            Err(e) => {
+                relay::error!("{e}");
+                self.start_errors.push(e);
+                Some(ShutdownCause::StartFailed)
+            }
+        }
+    }
+
+    /// An upgrade asked for in the run phase, `by` SIGHUP or the handle: begun (Linux only).
+    fn upgrade_asked(&mut self, by: &str) {
+        #[cfg(target_os = "linux")]
+        self.begin_upgrade(by);
+        #[cfg(not(target_os = "linux"))]
+        relay::warn!("{by}: upgrade refused: upgrades need Linux");
     }
 
     /// A fatal error: the program shuts down with it.

@@ -22,6 +22,8 @@ pub(crate) struct ServiceTable {
     rows: Vec<Row>,
     /// What the rows' instants count from.
     origin: Instant,
+    /// The run's upgrades that handed over to their new process, and those that failed.
+    upgrades: [AtomicU64; 2],
 }
 
 /// Where a restart is (see [`ServiceTable::restarting`]).
@@ -137,6 +139,7 @@ impl ServiceTable {
                 })
                 .collect(),
             origin: Instant::now(),
+            upgrades: Default::default(),
         }
     }
 
@@ -197,6 +200,18 @@ impl ServiceTable {
         row.restart_stage.store(stage as u8, Ordering::Release);
         // Last: a reader that sees the attempt sees the rest.
         row.restart_attempt.store(attempt.max(1), Ordering::Release);
+    }
+
+    /// Counts an upgrade that handed over (`true`) or failed.
+    pub(crate) fn count_upgrade(&self, handed_over: bool) {
+        self.upgrades[usize::from(!handed_over)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The run's upgrades: how many handed over, and how many failed.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn upgrades(&self) -> (u64, u64) {
+        let [over, failed] = &self.upgrades;
+        (over.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
     }
 
     /// Service `index`'s restart has begun: counted.

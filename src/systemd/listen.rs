@@ -19,6 +19,10 @@ const MAX_NAME: usize = 255;
 /// activated, or was passed no socket of that name, or the socket of that name was taken
 /// already, it binds `fallback` with [`TcpListener::bind`].
 ///
+/// Either way the listener is the one an upgrade hands to the new process under `name` (see
+/// [Upgrades](crate::Runner#upgrades)), for as long as it is open; there, this same call
+/// takes it back, so the new process never binds the port the old one still holds.
+///
 /// # Errors
 ///
 /// An invalid `name` or an inherited socket of the wrong kind (see [`take_listener`]), the
@@ -38,7 +42,12 @@ pub fn listener(name: &str, fallback: impl ToSocketAddrs) -> io::Result<TcpListe
             listener.set_nonblocking(false)?;
             Ok(listener)
         }
-        None => TcpListener::bind(fallback),
+        None => {
+            let listener = TcpListener::bind(fallback)?;
+            #[cfg(unix)]
+            super::named::record(name, std::os::fd::AsRawFd::as_raw_fd(&listener));
+            Ok(listener)
+        }
     }
 }
 
@@ -61,7 +70,9 @@ pub fn listener(name: &str, fallback: impl ToSocketAddrs) -> io::Result<TcpListe
 /// unit says `NonBlocking=yes`). Sockets no one takes stay open as they were passed. Nothing
 /// else in the process should use the passed descriptors by number.
 ///
-/// Not under socket activation, or on a platform other than Unix, it returns `Ok(None)`.
+/// Not under socket activation, or on a platform other than Unix, it returns `Ok(None)`. A
+/// socket taken is handed over by an upgrade, as [`listener`]'s are, while it is open; a
+/// socket the program binds itself is not (bind with [`listener`] for that).
 ///
 /// # Errors
 ///
@@ -72,7 +83,12 @@ pub fn listener(name: &str, fallback: impl ToSocketAddrs) -> io::Result<TcpListe
 /// it is instead); the error of marking it close-on-exec.
 pub fn take_listener(name: &str) -> io::Result<Option<TcpListener>> {
     check_name(name)?;
-    activation().take(name)
+    let listener = activation().take(name)?;
+    #[cfg(unix)]
+    if let Some(listener) = &listener {
+        super::named::record(name, std::os::fd::AsRawFd::as_raw_fd(listener));
+    }
+    Ok(listener)
 }
 
 /// Refuses a name that no socket can have.

@@ -8,6 +8,7 @@
 //! - [`Notifier`] sends `READY=1`, `STOPPING=1`, `STATUS=`, `EXTEND_TIMEOUT_USEC=`,
 //!   `WATCHDOG=1` and `MAINPID=` to `NOTIFY_SOCKET` (a path or an abstract `@name`), without
 //!   ever blocking: what the socket cannot take at once is dropped and counted.
+//! - [`upgraded_from`]: the process whose upgrade started this one, if one did.
 //! - [`listener`] takes the socket systemd passed under a name (`LISTEN_FDNAMES`), validated
 //!   as a listening TCP socket, or binds the configured address when there is none;
 //!   [`take_listener`] only takes. The [`HealthEndpoint`](crate::HealthEndpoint) takes the
@@ -41,7 +42,31 @@
 //! `@name` does not resolve, and its watchdog check requires `WATCHDOG_PID`.
 
 mod listen;
+pub(crate) mod named;
 mod notify;
 
 pub use self::listen::{listener, take_listener};
 pub use self::notify::Notifier;
+
+/// The id of the process that started this one by an upgrade (see
+/// [Upgrades](crate::Runner#upgrades)), read once from the environment the old process set,
+/// and only if it was meant for this process (as `LISTEN_PID` is); `None` otherwise, and on a
+/// platform other than Linux.
+///
+/// For a program that does something differently in the new process of an upgrade (the
+/// demo's `--fail-upgraded` fault, say).
+///
+/// ```
+/// // A process started by hand (or by a test runner) was not started by an upgrade.
+/// assert_eq!(lifecycle::systemd::upgraded_from(), None);
+/// ```
+pub fn upgraded_from() -> Option<u32> {
+    #[cfg(target_os = "linux")]
+    {
+        crate::upgrade::parent().map(crate::upgrade::Parent::pid)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}

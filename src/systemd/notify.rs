@@ -157,9 +157,10 @@ impl Notifier {
         self.watchdog.is_some() && self.send("WATCHDOG=1")
     }
 
-    /// `MAINPID=pid`: the process systemd should watch as the service's main process.
+    /// `MAINPID=pid`: the process systemd should watch as the service's main process (tried
+    /// again as [`ready`](Notifier::ready) is: systemd must not miss it).
     pub fn main_pid(&self, pid: u32) -> bool {
-        self.send(&format!("MAINPID={pid}"))
+        self.send_patiently(&format!("MAINPID={pid}"))
     }
 
     /// How often to send [`watchdog`](Notifier::watchdog): half of `WATCHDOG_USEC` (at least
@@ -178,7 +179,8 @@ impl Notifier {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Sends `line` (a change of state of the crate's own, `READY=1` or `STOPPING=1`) and
+    /// Sends `line` (a change of state of the crate's own, `READY=1`, `STOPPING=1` or
+    /// `MAINPID=`) and
     /// `STATUS=status` in one datagram, so that systemd takes both at once, tried again as
     /// [`ready`](Notifier::ready) is; `status` is made one line and cut to fit, as
     /// [`status`](Notifier::status) does.

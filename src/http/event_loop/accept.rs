@@ -1,7 +1,8 @@
 //! The accepting loop's part (loop 0): it accepts, drops the connections their clients have
 //! already closed, and hands each other one to a loop, which admits it (`admit.rs`): to the
 //! least loaded loop when a slot of the cap is free, else to the loop with the most evictable
-//! connections, which makes room by evicting one of them.
+//! connections, which makes room by evicting one of them. It also registers its listener only
+//! once the server accepts (a server may start paused), and drops it for good at a hand-over.
 
 use std::io;
 use std::net::IpAddr;
@@ -43,6 +44,9 @@ pub(super) struct Acceptor {
     listener: TcpListener,
     /// While accepting is paused after an error, the listener is deregistered until then.
     pub(super) paused_until: Option<Instant>,
+    /// The server started paused and has not yet been told to accept: the listener is not
+    /// registered (connections wait in the backlog).
+    held: bool,
     /// Whether the backlog may hold connections: the listener was readable and accepting has
     /// not yet seen it empty. (Readiness is edge-triggered: no new event comes for those.)
     pending: bool,
@@ -56,7 +60,12 @@ pub(super) struct Acceptor {
 impl Acceptor {
     /// Whether connections may wait in the backlog, and accepting is not paused.
     pub(super) fn has_pending(&self) -> bool {
-        self.pending && self.paused_until.is_none()
+        self.pending && self.paused_until.is_none() && !self.held
+    }
+
+    /// Whether the listener is registered with the loop's poll.
+    fn registered(&self) -> bool {
+        !self.held && self.paused_until.is_none()
     }
 
     /// The loop to hand the next connection to when a slot is free: the least loaded, ties
@@ -117,19 +126,24 @@ fn closed_by_client(stream: &TcpStream) -> bool {
 }
 
 impl EventLoop {
-    /// Makes this loop (loop 0) the accepting one: it polls `listener`, and hands the
-    /// connections to itself and to `peers`, loops 1, 2, ...
+    /// Makes this loop (loop 0) the accepting one: it polls `listener` (once the server's
+    /// `accepting` flag is set, unless `accepting` now), and hands the connections to itself
+    /// and to `peers`, loops 1, 2, ...
     pub(in crate::http) fn accept_from(
         &mut self,
         mut listener: TcpListener,
         peers: Vec<Peer>,
+        accepting: bool,
     ) -> io::Result<()> {
-        self.poll
-            .registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        if accepting {
+            self.poll
+                .registry()
+                .register(&mut listener, LISTENER, Interest::READABLE)?;
+        }
         self.acceptor = Some(Acceptor {
             listener,
             paused_until: None,
+            held: !accepting,
             pending: false,
             warnings: Warnings::default(),
             peers,
@@ -146,12 +160,21 @@ impl EventLoop {
     }
 
     /// Accepts what waits in the backlog, at most [`ACCEPTS_PER_TURN`] (on loop 0), and resumes
-    /// accepting once a pause is over; whether it accepted anything.
+    /// accepting once a pause is over (or begins, once the server accepts); whether it
+    /// accepted anything. After a hand-over it drops the listener instead, for good.
     pub(super) fn accept_pending(&mut self, now: Instant) -> bool {
         let Some(mut acceptor) = self.acceptor.take() else {
             return false;
         };
-        if acceptor.paused_until.is_some_and(|t| now >= t) {
+        if self.shared.handed_over.load(Ordering::Acquire) {
+            self.retire(acceptor);
+            return false;
+        }
+        if acceptor.held && self.shared.accepting.load(Ordering::Acquire) {
+            // As after a pause: what waited in the backlog is taken as pending.
+            acceptor.held = false;
+            self.resume_accepting(&mut acceptor, now);
+        } else if acceptor.paused_until.is_some_and(|t| now >= t) {
             self.resume_accepting(&mut acceptor, now);
         }
         let accepted = acceptor.has_pending() && self.accept_turn(&mut acceptor, now);
@@ -253,6 +276,25 @@ impl EventLoop {
                 shared.loads[self.id].fetch_add(1, Ordering::Relaxed);
                 self.take_in(handoff, false, now);
             }
+        }
+    }
+
+    /// Drops the listener at a hand-over, deregistered first: the socket lives on in the process
+    /// that took it over (an epoll registration would too, were the descriptor closed while
+    /// registered). The loops' inboxes are dropped with it: nothing more is handed to them.
+    /// Then, if no connection is open, tells the server's `DrainWatch`.
+    fn retire(&mut self, mut acceptor: Acceptor) {
+        if acceptor.registered() {
+            if let Err(e) = self.poll.registry().deregister(&mut acceptor.listener) {
+                crate::relay::debug!("health endpoint: deregistering the listener: {e}");
+            }
+        }
+        drop(acceptor);
+        crate::relay::info!("health endpoint: handed over; no longer accepting");
+        // SeqCst, with the count: see `release_slots`.
+        self.shared.retired.store(true, Ordering::SeqCst);
+        if self.shared.open() == 0 {
+            self.shared.signal_drained();
         }
     }
 

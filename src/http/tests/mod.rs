@@ -6,7 +6,8 @@
 //! The shared client and fixtures are here; the tests are grouped as the code is: one
 //! connection's protocol ([`connection`]), what it keeps queued and how it ends when its client
 //! does not read ([`backpressure`]), answers that come later ([`later`]), the limits
-//! ([`limits`]), admission and eviction ([`admission`]) and the event loops ([`event_loops`]).
+//! ([`limits`]), admission and eviction ([`admission`]), the event loops ([`event_loops`]), and
+//! starting paused and handing over, for an upgrade ([`handover`]).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -20,6 +21,7 @@ mod admission;
 mod backpressure;
 mod connection;
 mod event_loops;
+mod handover;
 mod later;
 mod limits;
 
@@ -47,6 +49,11 @@ impl Fixture {
 /// A server whose handler answers `200` with `"<method> <target>\n"`, panics on `/panic`,
 /// answers `/big` with 16 MiB, and `/bytes/N` with N bytes.
 fn serve(limits: Limits, thread_name: &str) -> Fixture {
+    serve_with(limits, thread_name, Accepting::Now)
+}
+
+/// Like [`serve`], accepting at once or only once told (`accepting`).
+fn serve_with(limits: Limits, thread_name: &str, accepting: Accepting) -> Fixture {
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&calls);
     let handler: Handler = Arc::new(move |req: &Request<'_>| {
@@ -64,7 +71,8 @@ fn serve(limits: Limits, thread_name: &str) -> Fixture {
         let query = req.query().map(|q| format!("?{q}")).unwrap_or_default();
         Response::text(200, format!("{} {}{query}\n", req.method(), req.path())).into()
     });
-    let server = Server::bind("127.0.0.1:0", limits, handler, thread_name).expect("bind");
+    let server = Server::take_or_bind(None, "127.0.0.1:0", limits, handler, thread_name, accepting)
+        .expect("bind");
     Fixture { server, calls }
 }
 

@@ -119,6 +119,11 @@ enum Event {
     /// A call of restart `.1` of service `.0` returned.
     Call(usize, u64, Outcome),
     Health(Option<HealthEvent>),
+    /// SIGHUP asked for an upgrade.
+    Hangup,
+    /// The upgrade in progress came to this (`None`: its thread panicked).
+    #[cfg(target_os = "linux")]
+    Upgraded(Option<super::upgrade::Outcome>),
     /// The earliest timer passed.
     Due,
 }
@@ -166,9 +171,20 @@ impl Run {
                     health = None;
                     None
                 }
+                Event::Hangup => {
+                    self.upgrade_asked("SIGHUP");
+                    None
+                }
+                #[cfg(target_os = "linux")]
+                Event::Upgraded(outcome) => self.upgrade_ended(outcome),
                 Event::Due => self.on_due(&mut restarts),
             };
         }
+        if let Some(route) = &self.route {
+            route.open_upgrades(false);
+        }
+        #[cfg(target_os = "linux")]
+        self.cancel_upgrade();
         let cause = end.unwrap_or(ShutdownCause::Requested);
         if restarts.iter().any(Option::is_some) {
             // The shutdown shows before the restarts in progress are waited for: readiness
@@ -220,6 +236,12 @@ impl Run {
         let signals = select.recv(&self.signals);
         let requests = select.recv(&self.runner.requests);
         let events = health.map(|h| select.recv(h));
+        let hangups = select.recv(&self.hangups);
+        #[cfg(target_os = "linux")]
+        let upgrade = self
+            .upgrading
+            .as_ref()
+            .map(|u| (select.recv(u.outcome()), u));
         let due = (restarts.iter().enumerate())
             .filter_map(|(i, r)| Some((i, r.as_ref()?)))
             .filter(|(i, r)| {
@@ -243,6 +265,16 @@ impl Run {
                 Some(h) => Event::Health(oper.recv(h).ok()),
                 None => Event::Due,
             },
+            i if i == hangups => match oper.recv(&self.hangups) {
+                Ok(()) => Event::Hangup,
+                // Unreachable: the route holds a sender while the run holds it.
+                Err(_) => Event::Due,
+            },
+            #[cfg(target_os = "linux")]
+            i if upgrade.is_some_and(|(u, _)| u == i) => match upgrade {
+                Some((_, u)) => Event::Upgraded(oper.recv(u.outcome()).ok()),
+                None => Event::Due,
+            },
             _ => Event::Due,
         }
     }
@@ -252,6 +284,10 @@ impl Run {
         match request {
             Request::Shutdown => Some(ShutdownCause::Requested),
             Request::Fatal(e) => Some(self.fatal(e)),
+            Request::Upgrade => {
+                self.upgrade_asked("RunHandle::upgrade");
+                None
+            }
             Request::Failed {
                 index,
                 generation,

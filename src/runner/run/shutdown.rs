@@ -29,17 +29,30 @@ impl Run {
         let timeout = self.runner.shutdown_timeout;
         let deadline = *self.deadline.get_or_insert_with(|| later(now, timeout));
         self.runner.handle.shutting_down.stop();
-        self.notes.stopping(format!("shutting down ({cause})"));
-        if let Some(h) = &self.health {
-            // Readiness fails at once so load balancers stop sending traffic; liveness stays.
-            h.set_running(false);
-        }
+        let handed_over = match cause {
+            #[cfg(target_os = "linux")]
+            ShutdownCause::Upgraded { pid } => {
+                // Readiness stays: the new process serves the same sockets, so clients see
+                // one healthy address; this one answers what its connections still ask.
+                self.hand_over(*pid, deadline);
+                true
+            }
+            _ => {
+                self.notes.stopping(format!("shutting down ({cause})"));
+                if let Some(h) = &self.health {
+                    // Readiness fails at once so load balancers stop sending traffic; liveness
+                    // stays.
+                    h.set_running(false);
+                }
+                false
+            }
+        };
         relay::info!(
             "shutting down ({cause}): closing {} services",
             self.started.len()
         );
 
-        if drain && !self.runner.termination_delay.is_zero() {
+        if drain && !handed_over && !self.runner.termination_delay.is_zero() {
             // At most half the shutdown timeout (a longer delay is refused before the run):
             // the closes keep the rest.
             let delay = (self.runner.termination_delay).min(self.runner.shutdown_timeout / 2);
@@ -112,6 +125,8 @@ impl Run {
             let timeout = self.runner.close_timeout;
             self.close_bounded(service, timeout, &budget, first_own + k);
         }
+        #[cfg(target_os = "linux")]
+        self.join_upgrade(deadline);
     }
 
     /// Waits `delay`, the termination delay; under systemd, waking every
@@ -257,10 +272,21 @@ impl Run {
                     generation,
                     error,
                 } if generation == self.supervisor.generation(index) => error,
+                Request::Upgrade => {
+                    relay::warn!(
+                        "RunHandle::upgrade: upgrade refused: the program is shutting down"
+                    );
+                    continue;
+                }
                 _ => continue,
             };
             relay::error!("fatal: {e}");
             self.run_errors.push(e);
+        }
+        if !matches!(cause, ShutdownCause::Upgraded { .. }) {
+            if let Some(path) = &self.runner.upgrade.pid_file {
+                super::super::pid_file::remove_if_ours(path);
+            }
         }
         let causes = self.supervisor.take_causes();
         for (index, (report, causes)) in self.reports.iter_mut().zip(causes).enumerate() {
