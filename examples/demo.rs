@@ -561,7 +561,13 @@ fn run(args: Args) -> Result<ExitCode> {
         .termination_delay(args.termination_delay)
         .shutdown_timeout(args.shutdown_timeout)
         .close_timeout(args.close_timeout)
-        .start_timeout(args.start_timeout);
+        .start_timeout(args.start_timeout)
+        // SIGHUP: the zero-downtime upgrade (see the module's doc).
+        .upgrade_on_sighup(true)
+        .upgrade_timeout(args.upgrade_timeout);
+    if let Some(path) = &args.pid_file {
+        runner = runner.pid_file(path);
+    }
     let faults = |name: &str| -> Vec<Fault> {
         let faults = args.faults.iter().filter(|(n, _)| n == name);
         // `--fail-upgraded` and `--slow-start-upgraded` only in a process an upgrade started.

@@ -92,6 +92,22 @@ fn signal(pid: libc::pid_t, signal: libc::c_int) {
     assert_eq!(rc, 0, "kill({pid}, {signal})");
 }
 
+/// Sends SIGHUP to `pid` (the serving process, whose log `p` reads) until it begins an upgrade.
+///
+/// The runner accepts upgrades a moment after it logs "; running" (and after it tells the old
+/// process of an upgrade that it serves): a SIGHUP just before is refused, with a log line,
+/// and sent again.
+#[track_caller]
+fn upgrade(p: &mut Proc, pid: libc::pid_t) {
+    loop {
+        signal(pid, libc::SIGHUP);
+        let line = p.wait_for_any(&["SIGHUP: upgrading:", "SIGHUP: upgrade refused"]);
+        if line.contains("SIGHUP: upgrading:") {
+            return;
+        }
+    }
+}
+
 /// The pid that answers the API's `/pid` on a fresh connection.
 fn served_by(api: SocketAddr) -> libc::pid_t {
     let reply = http::get(api, "/pid");
@@ -152,7 +168,6 @@ fn assert_clean(tally: &Tally) {
 }
 
 #[test]
-#[ignore = "until the library's upgrade lands (Runner::upgrade_on_sighup)"]
 fn three_upgrades_under_load_fail_no_request_and_each_old_process_exits_0() {
     let mut p = demo(&[]);
     let mut pids = Pids::new(p.pid());
@@ -164,7 +179,9 @@ fn three_upgrades_under_load_fail_no_request_and_each_old_process_exits_0() {
     let mut current = p.pid();
     let mut new = Vec::new();
     for _ in 0..3 {
-        signal(current, libc::SIGHUP);
+        // Each upgrade meets a load in full swing (and the last new process serves some).
+        load.wait_requests(300);
+        upgrade(&mut p, current);
         let next = new_pid(api, current);
         pids.track(next);
         assert_eq!(
@@ -175,7 +192,9 @@ fn three_upgrades_under_load_fail_no_request_and_each_old_process_exits_0() {
         new.push(next);
         current = next;
     }
+    load.wait_requests(300);
     let tally = load.stop();
+    eprintln!("3 upgrades under load: {tally:?}");
     assert_clean(&tally);
     assert_eq!(tally.refused, 0, "{tally:#?}");
     assert_eq!(new.iter().collect::<BTreeSet<_>>().len(), 3, "{new:?}");
@@ -196,7 +215,6 @@ fn three_upgrades_under_load_fail_no_request_and_each_old_process_exits_0() {
 }
 
 #[test]
-#[ignore = "until the library's upgrade lands (Runner::upgrade_on_sighup)"]
 fn a_new_process_that_fails_to_start_leaves_the_old_one_serving() {
     let mut p = demo(&["--fail-upgraded", "pool"]);
     let mut pids = Pids::new(p.pid());
@@ -206,7 +224,9 @@ fn a_new_process_that_fails_to_start_leaves_the_old_one_serving() {
     http::wait_status(health, "/readyz", 200);
     let load = load(api, health);
     for _ in 0..2 {
-        signal(p.pid(), libc::SIGHUP);
+        load.wait_requests(300);
+        let pid = p.pid();
+        upgrade(&mut p, pid);
         // The new process's start fails (its runner logs the error)...
         p.wait_for("injected start failure in a process started by an upgrade");
         // ... and the old one logs the failed upgrade and has no child left.
@@ -216,6 +236,7 @@ fn a_new_process_that_fails_to_start_leaves_the_old_one_serving() {
         });
         assert_eq!(served_by(api), p.pid(), "the old process serves on");
     }
+    load.wait_requests(300);
     let tally = load.stop();
     assert_clean(&tally);
     assert_eq!(tally.pids.keys().collect::<Vec<_>>(), [&(p.pid() as u32)]);
@@ -224,14 +245,14 @@ fn a_new_process_that_fails_to_start_leaves_the_old_one_serving() {
 }
 
 #[test]
-#[ignore = "until the library's upgrade lands (Runner::upgrade_on_sighup)"]
 fn a_new_process_not_ready_within_the_upgrade_timeout_is_killed_and_the_old_one_serves_on() {
     let mut p = demo(&["--slow-start-upgraded", "pool", "--upgrade-timeout", "0.5"]);
     let mut pids = Pids::new(p.pid());
     let _health = health_addr(&mut p);
     let api = api_addr(&mut p);
     p.wait_for("; running");
-    signal(p.pid(), libc::SIGHUP);
+    let pid = p.pid();
+    upgrade(&mut p, pid);
     p.wait_for("pool: slow start, waiting until cancelled (--slow-start-upgraded)");
     p.wait_for("this process goes on serving");
     eventually("the new process is gone", || children(p.pid()).is_empty());
@@ -241,7 +262,6 @@ fn a_new_process_not_ready_within_the_upgrade_timeout_is_killed_and_the_old_one_
 }
 
 #[test]
-#[ignore = "until the library's upgrade lands (Runner::upgrade_on_sighup)"]
 fn twenty_upgrades_leak_no_descriptor_and_leave_no_process() {
     let mut p = demo(&[]);
     let mut pids = Pids::new(p.pid());
@@ -253,7 +273,7 @@ fn twenty_upgrades_leak_no_descriptor_and_leave_no_process() {
     let mut counts = Vec::new();
     let began = Instant::now();
     for _ in 0..20 {
-        signal(current, libc::SIGHUP);
+        upgrade(&mut p, current);
         let next = new_pid(api, current);
         pids.track(next);
         assert_eq!(

@@ -24,16 +24,12 @@ impl Fault {
     /// applies only there.
     pub fn applies(self) -> bool {
         match self {
-            Fault::FailStartUpgraded | Fault::SlowStartUpgraded => upgraded_from().is_some(),
+            Fault::FailStartUpgraded | Fault::SlowStartUpgraded => {
+                lifecycle::systemd::upgraded_from().is_some()
+            }
             _ => true,
         }
     }
-}
-
-/// The pid of the process that started this one by an upgrade, if one did.
-pub fn upgraded_from() -> Option<u32> {
-    // Stand-in until the library's `lifecycle::systemd::upgraded_from` lands.
-    std::env::var("LIFECYCLE_UPGRADE_PARENT").ok()?.parse().ok()
 }
 
 pub const USAGE: &str =

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -87,6 +87,8 @@ impl Tally {
 /// The running clients; [`stop`](Load::stop) ends them and sums what they counted.
 pub struct Load {
     stop: Arc<AtomicBool>,
+    /// Requests sent so far, by all clients.
+    sent: Arc<AtomicU64>,
     clients: Vec<JoinHandle<Tally>>,
 }
 
@@ -95,18 +97,35 @@ impl Load {
     /// itself after `cap` requests.
     pub fn start(targets: &[Target], k: usize, cap: u64) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
         let mut clients = Vec::new();
         for i in 0..2 * k {
-            let (targets, stop) = (targets.to_vec(), stop.clone());
+            let (targets, stop, total) = (targets.to_vec(), stop.clone(), sent.clone());
             let keep_alive = i < k;
             let name = format!("load {}", if keep_alive { "keep-alive" } else { "fresh" });
             let client = std::thread::Builder::new()
                 .name(name)
-                .spawn(move || run(&targets, keep_alive, i, cap, &stop))
+                .spawn(move || run(&targets, keep_alive, i, cap, &stop, &total))
                 .expect("spawn a load client");
             clients.push(client);
         }
-        Load { stop, clients }
+        Load {
+            stop,
+            sent,
+            clients,
+        }
+    }
+
+    /// How many requests the clients have completed (answered or failed) so far.
+    pub fn requests(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
+    }
+
+    /// Waits (under the watchdog) until the clients have completed `n` more requests.
+    #[track_caller]
+    pub fn wait_requests(&self, n: u64) {
+        let target = self.requests() + n;
+        super::eventually("the load makes progress", || self.requests() >= target);
     }
 
     /// Stops the clients (each after the request it is sending) and sums their counts.
@@ -132,7 +151,14 @@ impl Drop for Load {
 }
 
 /// One client's loop, starting at target `first` (so that clients spread over the targets).
-fn run(targets: &[Target], keep_alive: bool, first: usize, cap: u64, stop: &AtomicBool) -> Tally {
+fn run(
+    targets: &[Target],
+    keep_alive: bool,
+    first: usize,
+    cap: u64,
+    stop: &AtomicBool,
+    total: &AtomicU64,
+) -> Tally {
     let mut tally = Tally::default();
     let mut conns: HashMap<SocketAddr, Conn> = HashMap::new();
     let mut sent = 0;
@@ -155,6 +181,7 @@ fn run(targets: &[Target], keep_alive: bool, first: usize, cap: u64, stop: &Atom
                 tally.fail(format!("{} {}: {failure:?}", target.addr, target.path));
             }
         }
+        total.fetch_add(1, Ordering::SeqCst);
         std::thread::sleep(PAUSE);
     }
     tally
