@@ -1,10 +1,12 @@
 //! A realistic non-async daemon run by `lifecycle::Runner`: a connection pool, a worker loop that
 //! uses it, and a small HTTP API (on tiny_http) that uses it too, started in dependency order,
-//! closed in reverse on SIGINT/SIGTERM.
+//! closed in reverse on SIGINT/SIGTERM, upgraded without downtime on SIGHUP (below).
 //!
 //! ```text
 //! cargo run --example demo
 //! curl localhost:8080/jobs
+//! curl localhost:8080/pid            # the process serving
+//! kill -HUP $(pgrep -x demo)         # an upgrade: another pid serves, nothing refused
 //! curl 'localhost:8001/readyz?verbose'
 //! curl localhost:8001/healthz
 //! curl localhost:8001/metrics
