@@ -22,8 +22,8 @@ use common::process::{example, Proc};
 use common::{eventually, http, WATCHDOG};
 use demo::{api_addr, demo, health_addr};
 
-/// The pids of the demo processes a test has seen, killed (SIGKILL) and reaped on drop unless
-/// reaped already: a failing test leaves no demo running.
+/// The pids of the demo processes a test has seen, killed (SIGKILL) with their descendants and
+/// reaped on drop unless reaped already: a failing test leaves no demo running.
 struct Pids {
     live: Vec<libc::pid_t>,
 }
@@ -73,8 +73,19 @@ impl Pids {
 }
 
 impl Drop for Pids {
+    /// Kills the processes tracked, and their descendants (an upgrade's new process not seen
+    /// yet), all found before the first is killed.
     fn drop(&mut self) {
-        for &pid in &self.live {
+        let mut all = self.live.clone();
+        let mut i = 0;
+        while i < all.len() {
+            let more: Vec<_> = (children(all[i]).into_iter())
+                .filter(|c| !all.contains(c))
+                .collect();
+            all.extend(more);
+            i += 1;
+        }
+        for &pid in &all {
             // SAFETY: kill(2) and waitpid(2) on processes of ours not reaped yet: their pids
             // cannot have been reused.
             unsafe {
@@ -169,7 +180,8 @@ fn assert_clean(tally: &Tally) {
 
 #[test]
 fn three_upgrades_under_load_fail_no_request_and_each_old_process_exits_0() {
-    let mut p = demo(&[]);
+    let pid_file = std::env::temp_dir().join(format!("demo-upgrade-{}.pid", std::process::id()));
+    let mut p = demo(&["--pid-file", pid_file.to_str().unwrap()]);
     let mut pids = Pids::new(p.pid());
     let health = health_addr(&mut p);
     let api = api_addr(&mut p);
