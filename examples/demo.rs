@@ -1,10 +1,12 @@
 //! A realistic non-async daemon run by `lifecycle::Runner`: a connection pool, a worker loop that
 //! uses it, and a small HTTP API (on tiny_http) that uses it too, started in dependency order,
-//! closed in reverse on SIGINT/SIGTERM.
+//! closed in reverse on SIGINT/SIGTERM, upgraded without downtime on SIGHUP (below).
 //!
 //! ```text
 //! cargo run --example demo
 //! curl localhost:8080/jobs
+//! curl localhost:8080/pid            # the process serving
+//! kill -HUP $(pgrep -x demo)         # an upgrade: another pid serves, nothing refused
 //! curl 'localhost:8001/readyz?verbose'
 //! curl localhost:8001/healthz
 //! curl localhost:8001/metrics
@@ -20,10 +22,11 @@
 //! - the API is a [`Worker::with_setup`]: the setup binds (a bind error fails the start and
 //!   names the address; under systemd's socket activation it takes the socket named `api`, as
 //!   the health endpoint takes `health`) and hands the socket to tiny_http, the run closure serves until
-//!   stopped, `ready_when` makes it ready only while tiny_http accepts connections, and the
-//!   `on_close` hook wakes tiny_http's `recv` with `unblock`. Its loop offers every request to a
-//!   [`TinyHttpRoutes`] first, with the runner's checker and metrics, so the API's port answers
-//!   `/livez`, `/readyz`, `/healthz` and `/metrics` exactly as the health endpoint does;
+//!   stopped and drained, `ready_when` makes it ready only while tiny_http accepts connections,
+//!   and the `on_close` hook hands the listening socket off (below). Its loop offers every
+//!   request to a [`TinyHttpRoutes`] first, with the runner's checker and metrics, so the API's
+//!   port answers `/livez`, `/readyz`, `/healthz` and `/metrics` exactly as the health endpoint
+//!   does; its own routes are `/jobs` (the worker's job count) and `/pid` (the process id);
 //! - the connection pool is a hand-written [`Service`] with a [`StateMachine`], and a health
 //!   report with a sub-component (`pool.connections`).
 //!
@@ -40,6 +43,22 @@
 //! `--print-config` prints the settings the flags give, which the deployment files in `deploy/`
 //! are checked against (`tests/deploy_files.rs`).
 //!
+//! # Upgrades
+//!
+//! On SIGHUP the runner starts the demo again ([`Runner::upgrade_on_sighup`]), handing the new
+//! process the health endpoint's socket and the API's (`api`, which the new process's
+//! `systemd::listener` takes instead of binding); once the new process is ready, this one
+//! closes as on SIGTERM and exits 0. `--upgrade-timeout` bounds the new process's start, and
+//! `--fail-upgraded NAME` and `--slow-start-upgraded NAME` inject faults in a process started
+//! by an upgrade only, to see the old one keep serving.
+//!
+//! The API's close loses no request although the socket is shared with the new process: it
+//! swaps tiny_http's listening descriptor for a private listener, wakes tiny_http's blocked
+//! `accept`, waits until a marker request sent to the private listener comes through (tiny_http
+//! can no longer take a connection from the shared socket), and answers everything from the
+//! close's start with `Connection: close` until tiny_http holds no connection (bounded). The
+//! details are in `demo/handover.rs`. A plain shutdown closes the same way.
+//!
 //! Exit codes: 0 after a graceful shutdown, 1 if anything failed, 75 when the restart budget ran
 //! out ([`Runner::RESTART_BUDGET_EXIT_CODE`]), 130 on a second signal during the shutdown, 2 for
 //! a usage error.
@@ -54,11 +73,10 @@
 //! exits with code 1, for its supervisor to restart it. Alive but never ready again, it would
 //! never be restarted; and tiny_http cannot restart its accept loop.
 
-use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use lifecycle::health::TinyHttpRoutes;
@@ -69,11 +87,13 @@ use lifecycle::{
     BoxError, Error, HealthChecker, HealthReport, HealthReporter, Phase, Result, RunHandle, Runner,
     Service, ServiceOptions, StartContext, StateMachine, StopSignal, Worker,
 };
-use parking_lot::Mutex;
 
 #[path = "demo/cli.rs"]
 mod cli;
+#[path = "demo/handover.rs"]
+mod handover;
 use cli::{parse_args, Args, Command, Crash, Fault, CRASH_EVERY, HELP, USAGE};
+use handover::{respond_closing, Handover, Listening, DRAIN, TICK};
 
 // The services' names, in start order: what `--fail` and the other fault flags accept.
 const POOL: &str = "pool";
@@ -241,9 +261,12 @@ const WATCH: Duration = Duration::from_secs(1);
 
 /// What the API's setup makes and its run closure serves with.
 struct Api {
+    /// Dropped before `handover`, whose drop then wakes tiny_http's accept thread.
     server: tiny_http::Server,
-    /// tiny_http's listening socket, watched.
+    /// tiny_http's listening socket, watched until the close begins.
     listening: Listening,
+    /// The close's hand-off of the listening socket (see `demo/handover.rs`).
+    handover: Handover,
     /// The runner's handle, to shut the program down once tiny_http no longer accepts.
     runner: Option<RunHandle>,
     /// The health routes (and `/metrics`), answered on the API's port too.
@@ -254,28 +277,51 @@ struct Api {
 }
 
 impl Api {
-    /// Serves until the close's `unblock` wakes `recv`. Once tiny_http no longer accepts, it
-    /// reports a fatal error and goes on answering the connections already open.
+    /// Serves until the close has handed the listening socket off and drained tiny_http's
+    /// connections (see `demo/handover.rs`). Until the close, once tiny_http no longer
+    /// accepts, it reports a fatal error and goes on answering the connections already open.
     ///
     /// # Errors
     ///
     /// Once tiny_http's accept loop has ended, if there is no runner to tell.
-    fn serve(&self, stop: &StopSignal) -> std::result::Result<(), BoxError> {
+    fn serve(&self) -> std::result::Result<(), BoxError> {
         let mut served = 0u64;
         let mut reported = false;
+        let mut drain: Option<Instant> = None;
         loop {
-            match self.server.recv_timeout(WATCH) {
+            let wait = if self.handover.closing() { TICK } else { WATCH };
+            let idle = match self.server.recv_timeout(wait) {
                 Ok(Some(request)) => {
-                    served += 1;
-                    if let Some(request) = self.routes.respond(request) {
-                        self.answer(request);
-                    }
+                    served += u64::from(self.handle(request));
+                    false
                 }
-                // `unblock`: the close has fired the stop signal first.
-                Ok(None) if stop.is_stopped() => break,
-                Ok(None) => {}
+                Ok(None) => true,
                 // The one error tiny_http hands over: the one that ended its accept loop.
-                Err(e) => *self.listening.ended.lock() = Some(e.to_string()),
+                Err(e) => {
+                    *self.listening.ended.lock() = Some(e.to_string());
+                    false
+                }
+            };
+            if self.handover.settled() {
+                // The drain: done once tiny_http holds no connection, looked at while no
+                // request waits; or at its bound, with what is queued answered.
+                let began = *drain.get_or_insert_with(Instant::now);
+                if idle && self.handover.connections() == Some(0) {
+                    break;
+                }
+                if began.elapsed() >= DRAIN {
+                    while let Ok(Some(request)) = self.server.try_recv() {
+                        served += u64::from(self.handle(request));
+                    }
+                    let open = self.handover.connections();
+                    let open = open.map_or("some".to_owned(), |n| n.to_string());
+                    log::warn!("api: {open} connections still open after {DRAIN:?}");
+                    break;
+                }
+                continue;
+            }
+            if self.handover.closing() {
+                continue;
             }
             if let (false, Err(e)) = (reported, self.listening.accepting()) {
                 let Some(runner) = &self.runner else {
@@ -289,86 +335,60 @@ impl Api {
         Ok(())
     }
 
+    /// Answers `request`: the hand-off's marker, a health route, or one of the API's own
+    /// routes; returns whether it was a request to count (not the marker).
+    fn handle(&self, request: tiny_http::Request) -> bool {
+        if self.handover.is_marker(&request) {
+            self.handover.marker_arrived(request);
+            return false;
+        }
+        if let Some(request) = self.routes.respond(request) {
+            self.answer(request);
+        }
+        true
+    }
+
     /// The API's own routes: `GET /jobs` answers the worker's job count, using a pool
-    /// connection.
+    /// connection; `GET /pid` the process's id. From the start of the close, answered with
+    /// `Connection: close`.
     fn answer(&self, request: tiny_http::Request) {
         let path = match request.url().split('?').next() {
             Some("/jobs") => "/jobs",
+            Some("/pid") => "/pid",
             _ => "other",
         };
-        let response = match path {
+        let (status, body) = match path {
             "/jobs" => match self
                 .pool
                 .with_conn(Duration::from_millis(200), |_| self.jobs.get())
             {
-                Ok(n) => tiny_http::Response::from_string(format!("{n}\n")),
-                Err(e) => tiny_http::Response::from_string(format!("{e}\n")).with_status_code(503),
+                Ok(n) => (200, format!("{n}\n")),
+                Err(e) => (503, format!("{e}\n")),
             },
-            _ => tiny_http::Response::from_string("try /jobs, or /readyz\n").with_status_code(404),
+            "/pid" => (200, format!("{}\n", std::process::id())),
+            _ => (404, "try /jobs, /pid, or /readyz\n".to_owned()),
         };
-        let status = response.status_code().0.to_string();
         self.requests
-            .get_or_create(&vec![("path", path.to_owned()), ("status", status)])
+            .get_or_create(&vec![
+                ("path", path.to_owned()),
+                ("status", status.to_string()),
+            ])
             .inc();
+        if self.handover.closing() {
+            return respond_closing(request, status, &body);
+        }
+        let response = tiny_http::Response::from_string(body).with_status_code(status);
         if let Err(e) = request.respond(response) {
             log::debug!("api: answering: {e}");
         }
     }
 }
 
-/// tiny_http's listening socket, which it closes when its accept loop ends.
-struct Listening {
-    fd: RawFd,
-    /// The socket's device and inode: once it is closed, its number may name another file.
-    id: (libc::dev_t, libc::ino_t),
-    /// The error that ended the accept loop, once `recv` has handed it over.
-    ended: Mutex<Option<String>>,
-}
-
-impl Listening {
-    /// Watches `listener`, about to be handed to tiny_http.
-    fn watch(listener: &TcpListener) -> std::io::Result<Listening> {
-        let fd = listener.as_raw_fd();
-        Ok(Listening {
-            fd,
-            id: file_id(fd)?,
-            ended: Mutex::new(None),
-        })
-    }
-
-    /// `Ok` while tiny_http accepts connections.
-    ///
-    /// # Errors
-    ///
-    /// Once its accept loop has ended: why, if tiny_http said.
-    fn accepting(&self) -> Result<()> {
-        let why = match &*self.ended.lock() {
-            Some(e) => e.clone(),
-            None if file_id(self.fd).ok() == Some(self.id) => return Ok(()),
-            None => "its listening socket is closed".to_owned(),
-        };
-        Err(Error::msg(format!(
-            "not accepting connections: tiny_http's accept loop ended ({why})"
-        )))
-    }
-}
-
-/// The device and inode of the file that `fd` names.
-fn file_id(fd: RawFd) -> std::io::Result<(libc::dev_t, libc::ino_t)> {
-    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat(2) writes only into `stat`; a number that names no open file is an error.
-    if unsafe { libc::fstat(fd, stat.as_mut_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fstat succeeded, so it filled `stat`.
-    let stat = unsafe { stat.assume_init() };
-    Ok((stat.st_dev, stat.st_ino))
-}
-
 /// The API on `addr`: its setup binds (a failure there is a start failure, that names the
-/// address) and hands the socket to tiny_http; its run closure serves until stopped; it is
-/// ready only while tiny_http accepts; its close hook wakes the waiting `recv`. It counts the
-/// requests to its own routes in `metrics`.
+/// address) and hands the socket to tiny_http; its run closure serves until the close has
+/// drained it; it is ready only while tiny_http accepts, and until its close; its close hook
+/// hands the listening socket off (see `demo/handover.rs`). It counts the requests to its own
+/// routes in `metrics`.
 fn api(
     addr: SocketAddr,
     routes: TinyHttpRoutes,
@@ -385,14 +405,17 @@ fn api(
     let api = Worker::with_setup(
         API,
         move |ctx: &StartContext| {
-            // Under socket activation, the socket named `api`; else one bound to `addr`.
+            // Under socket activation (or after an upgrade), the socket named `api`; else one
+            // bound to `addr`.
             let listener = lifecycle::systemd::listener(API, addr)
                 .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             let listening = Listening::watch(&listener)?;
+            let handover = Handover::new(&listener)?;
             log::info!("api: listening on http://{}", listener.local_addr()?);
             Ok(Api {
                 server: tiny_http::Server::from_listener(listener, None)?,
                 listening,
+                handover,
                 runner: ctx.run_handle().cloned(),
                 routes,
                 pool,
@@ -400,10 +423,15 @@ fn api(
                 requests,
             })
         },
-        |api: &Api, stop: &StopSignal| api.serve(stop),
+        // The close's stop signal is not the end: the close hook's hand-off is.
+        |api: &Api, _stop: &StopSignal| api.serve(),
     )
-    .ready_when(|api: &Api| api.listening.accepting())
-    .on_close(|api: &Api| api.server.unblock());
+    // The hand-off swaps tiny_http's descriptor: no longer watched once the close begins.
+    .ready_when(|api: &Api| match api.handover.closing() {
+        true => Ok(()),
+        false => api.listening.accepting(),
+    })
+    .on_close(|api: &Api| api.handover.hand_off());
     Ok(api)
 }
 
@@ -441,8 +469,15 @@ impl Service for Faulty {
         let name = self.inner.name();
         match self.fault {
             Fault::FailStart => Err(Error::msg("injected start failure (--fail)")),
-            Fault::SlowStart => {
-                log::info!("{name}: slow start, waiting until cancelled (--slow-start)");
+            Fault::FailStartUpgraded => Err(Error::msg(
+                "injected start failure in a process started by an upgrade (--fail-upgraded)",
+            )),
+            Fault::SlowStart | Fault::SlowStartUpgraded => {
+                let flag = match self.fault {
+                    Fault::SlowStart => "--slow-start",
+                    _ => "--slow-start-upgraded",
+                };
+                log::info!("{name}: slow start, waiting until cancelled ({flag})");
                 ctx.wait_timeout(Duration::MAX);
                 ctx.check(name)?;
                 self.inner.start(ctx)
@@ -528,10 +563,20 @@ fn run(args: Args) -> Result<ExitCode> {
         .termination_delay(args.termination_delay)
         .shutdown_timeout(args.shutdown_timeout)
         .close_timeout(args.close_timeout)
-        .start_timeout(args.start_timeout);
+        .start_timeout(args.start_timeout)
+        // SIGHUP: the zero-downtime upgrade (see the module's doc).
+        .upgrade_on_sighup(true)
+        .upgrade_timeout(args.upgrade_timeout);
+    if let Some(path) = &args.pid_file {
+        runner = runner.pid_file(path);
+    }
     let faults = |name: &str| -> Vec<Fault> {
         let faults = args.faults.iter().filter(|(n, _)| n == name);
-        faults.map(|&(_, fault)| fault).collect()
+        // `--fail-upgraded` and `--slow-start-upgraded` only in a process an upgrade started.
+        faults
+            .map(|&(_, fault)| fault)
+            .filter(|f| f.applies())
+            .collect()
     };
     runner = runner.service(with_faults(pool, &faults(POOL)));
     // The worker, restarted when its loop fails (each fresh instance with its faults).

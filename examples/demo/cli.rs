@@ -2,6 +2,7 @@
 //! give, which `tests/deploy_files.rs` checks the deployment files against.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{CHECK_INTERVAL, CHECK_TIMEOUT, SERVICES, WORKER};
@@ -12,18 +13,39 @@ pub enum Fault {
     FailStart,
     SlowStart,
     HangClose,
+    /// [`Fault::FailStart`] in a process started by an upgrade only.
+    FailStartUpgraded,
+    /// [`Fault::SlowStart`] in a process started by an upgrade only.
+    SlowStartUpgraded,
+}
+
+impl Fault {
+    /// Whether the fault applies in this process: one for a process started by an upgrade
+    /// applies only there.
+    pub fn applies(self) -> bool {
+        match self {
+            Fault::FailStartUpgraded | Fault::SlowStartUpgraded => {
+                lifecycle::systemd::upgraded_from().is_some()
+            }
+            _ => true,
+        }
+    }
 }
 
 pub const USAGE: &str =
     "usage: demo [--health-addr ADDR] [--api-addr ADDR] [--termination-delay SECS] \
                      [--shutdown-timeout SECS] [--close-timeout SECS] [--start-timeout SECS] \
+                     [--upgrade-timeout SECS] [--pid-file PATH] \
                      [--fail NAME] [--slow-start NAME] [--hang-close NAME] [--crash NAME] \
-                     [--crash-loop NAME] [--print-config] [--help]";
+                     [--crash-loop NAME] [--fail-upgraded NAME] [--slow-start-upgraded NAME] \
+                     [--print-config] [--help]";
 
 /// What `--help` prints after [`USAGE`]; README's table of flags says the same.
 pub const HELP: &str = "\
 Runs a connection pool, a worker and an HTTP API, in that order, until SIGINT or SIGTERM;
 then closes them in reverse. A second signal during the shutdown exits at once (code 130).
+On SIGHUP, upgrades: starts itself again with its listening sockets, and once the new process
+is ready, closes and exits 0 (the new process serves on).
 
   --health-addr ADDR        where probes get /livez, /readyz, /healthz, /metrics [default: 127.0.0.1:8001]
   --api-addr ADDR           where the API listens (GET /jobs, and the health routes) [default: 127.0.0.1:8080]
@@ -31,11 +53,15 @@ then closes them in reverse. A second signal during the shutdown exits at once (
   --shutdown-timeout SECS   the bound on the whole shutdown [default: 25]
   --close-timeout SECS      the bound on each service's close [default: 10]
   --start-timeout SECS      the bound on each service's start, until it is ready [default: 60]
+  --upgrade-timeout SECS    the bound on an upgrade's new process, until it is ready [default: 60]
+  --pid-file PATH           where to write the process id (an upgrade's new process rewrites it)
   --fail NAME               NAME's start fails: rollback, exit code 1
   --slow-start NAME         NAME's start waits until it is cancelled (send SIGTERM meanwhile)
   --hang-close NAME         NAME's close never returns: abandoned at its close timeout
   --crash NAME              NAME fails every 8 s while it runs: restarted, the program stays up (NAME: worker)
   --crash-loop NAME         NAME fails at once on every start: the restart budget runs out, exit code 75 (NAME: worker)
+  --fail-upgraded NAME      NAME's start fails in a process started by an upgrade only: the old one serves on
+  --slow-start-upgraded NAME  NAME's start waits until cancelled, in a process started by an upgrade only
   --print-config            prints the settings the other flags give, one per line, and exits
   -h, --help                prints this
 
@@ -54,6 +80,10 @@ pub struct Args {
     pub shutdown_timeout: Duration,
     pub close_timeout: Duration,
     pub start_timeout: Duration,
+    /// The bound on an upgrade's new process, until it is ready.
+    pub upgrade_timeout: Duration,
+    /// Where the runner writes the process id, if anywhere.
+    pub pid_file: Option<PathBuf>,
     pub faults: Vec<(String, Fault)>,
     /// How the restartable worker fails while it runs, if it does.
     pub crash: Option<Crash>,
@@ -80,7 +110,7 @@ impl Args {
         format!(
             "health-addr {}\napi-addr {}\ntermination-delay {}\nshutdown-timeout {}\n\
              close-timeout {}\nstart-timeout {}\nservices {}\ncheck-interval {}\n\
-             check-timeout {}\n",
+             check-timeout {}\nupgrade-timeout {}\npid-file {}\n",
             self.health_addr,
             self.api_addr,
             secs(self.termination_delay),
@@ -91,6 +121,11 @@ impl Args {
             SERVICES.join(","),
             secs(CHECK_INTERVAL),
             secs(CHECK_TIMEOUT),
+            secs(self.upgrade_timeout),
+            // A path never printed as `none` unless it is one.
+            self.pid_file
+                .as_ref()
+                .map_or("none".into(), |p| p.display().to_string()),
         )
     }
 }
@@ -116,6 +151,8 @@ pub fn parse_args(mut it: impl Iterator<Item = String>) -> std::result::Result<C
         shutdown_timeout: Duration::from_secs(25),
         close_timeout: Duration::from_secs(10),
         start_timeout: Duration::from_secs(60),
+        upgrade_timeout: Duration::from_secs(60),
+        pid_file: None,
         faults: Vec::new(),
         crash: None,
     };
@@ -140,6 +177,8 @@ pub fn parse_args(mut it: impl Iterator<Item = String>) -> std::result::Result<C
             "--shutdown-timeout" => args.shutdown_timeout = secs(&flag, &value()?)?,
             "--close-timeout" => args.close_timeout = secs(&flag, &value()?)?,
             "--start-timeout" => args.start_timeout = secs(&flag, &value()?)?,
+            "--upgrade-timeout" => args.upgrade_timeout = secs(&flag, &value()?)?,
+            "--pid-file" => args.pid_file = Some(value()?.into()),
             "--fail" => args
                 .faults
                 .push((service(&flag, value()?)?, Fault::FailStart)),
@@ -149,6 +188,12 @@ pub fn parse_args(mut it: impl Iterator<Item = String>) -> std::result::Result<C
             "--hang-close" => args
                 .faults
                 .push((service(&flag, value()?)?, Fault::HangClose)),
+            "--fail-upgraded" => args
+                .faults
+                .push((service(&flag, value()?)?, Fault::FailStartUpgraded)),
+            "--slow-start-upgraded" => args
+                .faults
+                .push((service(&flag, value()?)?, Fault::SlowStartUpgraded)),
             "--crash" => args.crash = Some(restartable(&flag, value()?, Crash::Periodic)?),
             "--crash-loop" => args.crash = Some(restartable(&flag, value()?, Crash::Loop)?),
             _ => return Err(format!("unknown argument {flag:?}")),

@@ -3,6 +3,7 @@
 //!
 //! - [`eventually`] and [`WATCHDOG`]: waiting, bounded, for a condition nothing signals.
 //! - [`http`]: a minimal HTTP/1.1 client over raw sockets.
+//! - [`load`]: a bounded load of keep-alive and fresh-connection clients, counting failures.
 //! - [`procfs`]: what `/proc/self` says: threads, memory, the fd limit.
 //! - [`fake`]: a health reporter the test controls, and waits for the checker's events.
 //! - [`fixture`]: a started checker and endpoint on 127.0.0.1:0.
@@ -18,6 +19,7 @@ pub mod fake;
 pub mod fixture;
 pub mod flaky;
 pub mod http;
+pub mod load;
 pub mod notify;
 pub mod process;
 pub mod procfs;
