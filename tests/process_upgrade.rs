@@ -105,9 +105,9 @@ fn signal(pid: libc::pid_t, signal: libc::c_int) {
 
 /// Sends SIGHUP to `pid` (the serving process, whose log `p` reads) until it begins an upgrade.
 ///
-/// The runner accepts upgrades a moment after it logs "; running" (and after it tells the old
-/// process of an upgrade that it serves): a SIGHUP just before is refused, with a log line,
-/// and sent again.
+/// The runner takes upgrades from the line "from now on SIGHUP upgrades the program in place",
+/// a moment after "; running" (in the new process of an upgrade, once it has told the old one
+/// that it serves): a SIGHUP before is refused, with a log line, and sent again.
 #[track_caller]
 fn upgrade(p: &mut Proc, pid: libc::pid_t) {
     loop {

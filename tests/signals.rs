@@ -75,12 +75,11 @@ fn sighup_under_nohup_is_ignored_and_the_program_keeps_serving() {
     assert!(log.iter().any(|l| l.contains("SIGTERM: shutting down")));
 }
 
+/// With upgrades off (the fleet example does not turn them on; the demo does, see
+/// tests/process_upgrade.rs), SIGHUP keeps its default: the process ends by it.
 #[test]
 fn sighup_is_not_handled_it_keeps_its_default() {
-    let mut p = Proc::spawn(
-        &example("demo"),
-        &["--api-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0"],
-    );
+    let mut p = Proc::spawn(&example("fleet"), &["--services", "3"]);
     p.wait_for("; running");
     p.signal(libc::SIGHUP);
     let (status, log) = p.wait_exit();

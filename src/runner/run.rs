@@ -380,9 +380,13 @@ impl Run {
                 self.begin_telling();
                 if let Some(route) = &self.route {
                     route.open_upgrades(true);
-                    if self.runner.upgrade.on_sighup {
-                        relay::info!("from now on SIGHUP upgrades the program in place");
-                    }
+                }
+                #[cfg(target_os = "linux")]
+                let told = crate::upgrade::parent().is_none();
+                #[cfg(not(target_os = "linux"))]
+                let told = true;
+                if told {
+                    self.say_upgrades_open();
                 }
                 (self.wait_for_end(), true)
             }
@@ -478,6 +482,14 @@ impl Run {
                 self.start_errors.push(e);
                 Some(ShutdownCause::StartFailed)
             }
+        }
+    }
+
+    /// Says, once the run phase takes upgrades and serves (in a process that an upgrade
+    /// started, once it has told the old one), that SIGHUP upgrades from now on.
+    fn say_upgrades_open(&self) {
+        if self.runner.upgrade.on_sighup && self.route.is_some() {
+            relay::info!("from now on SIGHUP upgrades the program in place");
         }
     }
 

@@ -90,6 +90,7 @@ impl Run {
         }
         self.notes.told_parent();
         self.notes.ready();
+        self.say_upgrades_open();
         if let Some(path) = &self.runner.upgrade.pid_file {
             if let Err(e) = super::super::pid_file::write(path) {
                 relay::error!("{e}");
