@@ -57,6 +57,8 @@ struct Settings {
     /// In start order; each starts once the one before it is ready.
     services: Vec<String>,
     check_interval: Duration,
+    /// How long a new process of an upgrade (SIGHUP) may take to be ready.
+    upgrade_timeout: Duration,
 }
 
 /// The settings the demo runs with under `args`.
@@ -87,6 +89,7 @@ fn settings(args: &[String]) -> Settings {
         start_timeout: secs("start-timeout"),
         services: value("services").split(',').map(str::to_owned).collect(),
         check_interval: secs("check-interval"),
+        upgrade_timeout: secs("upgrade-timeout"),
     }
 }
 
@@ -283,6 +286,16 @@ fn systemd_rules(s: &Settings, service: &Unit, sockets: &[Unit]) -> Vec<String> 
             "{name}: TimeoutStartSec {start:?} is less than {n} services x (the start timeout \
              {:?} + {START_GRACE:?}) + {MARGIN:?}",
             s.start_timeout
+        ));
+    }
+    // A reload's new process starts its services as any start does: the old one must not kill
+    // it, at the upgrade timeout, while its starts are within what the runner allows them.
+    let need = (s.start_timeout + START_GRACE) * n;
+    if s.upgrade_timeout < need {
+        broken.push(format!(
+            "{name}: the upgrade timeout {:?} is less than {n} services x (the start timeout \
+             {:?} + {START_GRACE:?}): a reload would kill a new process still starting",
+            s.upgrade_timeout, s.start_timeout
         ));
     }
     // The runner pings every WatchdogSec/2 while liveness passes; liveness changes only when the
@@ -788,6 +801,10 @@ fn a_demo_that_outgrows_the_files_breaks_the_rules() {
         &["TimeoutStartSec"],
     );
     broken_by(&|s| s.services.push("cache".into()), &["TimeoutStartSec"]);
+    broken_by(
+        &|s| s.upgrade_timeout = Duration::from_secs(20),
+        &["a reload would kill a new process still starting"],
+    );
     broken_by(
         &|s| s.check_interval = Duration::from_secs(5),
         &["WatchdogSec", "readinessProbe periodSeconds"],
