@@ -56,13 +56,18 @@ const WATCHDOG_USEC: &str = "2000000";
 enum Role {
     /// Starts at once, in the first process and in the new ones; SIGHUP upgrades.
     Serve,
-    /// The first process's start waits for the file `go`; SIGHUP upgrades.
+    /// The first process's start waits for the file `go`, and its close for `go-close`;
+    /// SIGHUP upgrades.
     Slow,
     /// The new process's start never ends (until the process is told to stop); SIGHUP
     /// upgrades.
     Hang,
     /// The new process's start fails at once; SIGHUP upgrades.
     Fail,
+    /// The new process starts at once, but its readiness check does not answer (for 5 s, or
+    /// until the file `late-go` exists): its run phase begins only once the runner gives up
+    /// waiting for that poll (2 s), after its PID file is written; SIGHUP upgrades.
+    Late,
     /// Upgrades off (SIGHUP keeps its default action); the first process asks for an upgrade
     /// through `RunHandle::upgrade` once the file `upgrade-now` appears.
     Handle,
@@ -75,6 +80,7 @@ impl Role {
             "slow" => Role::Slow,
             "hang" => Role::Hang,
             "fail" => Role::Fail,
+            "late" => Role::Late,
             "handle" => Role::Handle,
             other => panic!("unknown role {other:?}"),
         }
@@ -86,6 +92,7 @@ impl Role {
             Role::Slow => "slow",
             Role::Hang => "hang",
             Role::Fail => "fail",
+            Role::Late => "late",
             Role::Handle => "handle",
         }
     }
@@ -179,6 +186,16 @@ impl HealthReporter for Gate {
         "gate"
     }
     fn ready(&self) -> Result<()> {
+        // The runner's own look at readiness during the start (on its "lifecycle calls"
+        // threads) is answered; the checker's polls wait.
+        let runner_asks = std::thread::current().name() == Some("lifecycle calls");
+        if let (Role::Late, Some(_), false) = (self.role, self.upgraded, runner_asks) {
+            let go = self.dir.join("late-go");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !go.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         Ok(())
     }
 }
@@ -207,6 +224,14 @@ impl Service for Gate {
         }
     }
     fn close(&self) -> Result<()> {
+        if let (Role::Slow, None) = (self.role, self.upgraded) {
+            say("gate: closing: waiting for go-close");
+            let go = self.dir.join("go-close");
+            let deadline = Instant::now() + 2 * WATCHDOG;
+            while !go.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         Ok(())
     }
 }
@@ -636,7 +661,8 @@ fn the_pid_file_follows_the_upgrade_and_is_removed_at_the_end() {
 }
 
 /// 3a. SIGHUP during the start is refused with a log line; the start goes on, and the same
-///     process serves.
+///     process serves; SIGHUP during the shutdown (a slow close) is refused too, and the
+///     shutdown ends cleanly.
 #[test]
 fn sighup_during_the_start_is_refused_and_the_run_goes_on() {
     let mut f = Family::spawn(Role::Slow, &[]);
@@ -652,9 +678,16 @@ fn sighup_during_the_start_is_refused_and_the_run_goes_on() {
     assert!(!f.logged("upgrade: started pid"), "{}", f.dump());
 
     signal(old, libc::SIGTERM);
+    f.wait_for(&format!("{old} gate: closing: waiting for go-close"));
+    signal(old, libc::SIGHUP);
+    f.wait_for(&format!(
+        "{old} [WARN] SIGHUP: upgrade refused: the program is starting or shutting down"
+    ));
+    f.create("go-close");
     let status = f.wait_first();
     assert!(status.success(), "{status}; log:\n{}", f.dump());
     assert!(!f.logged("upgrade: started pid"), "{}", f.dump());
+    assert!(f.logged(&format!("{old} run ended: signal; success true")));
 }
 
 /// 3b. With upgrades off, `RunHandle::upgrade` upgrades all the same; and SIGHUP keeps its
@@ -709,6 +742,8 @@ fn a_new_process_not_ready_in_time_is_killed_and_the_old_one_serves_on() {
         let reply = common::http::get(addr, "/readyz");
         assert_eq!(reply.status, 200, "poll {polls}; log:\n{}", f.dump());
         polls += 1;
+        // Paced, not to run out of ephemeral ports: this waits for nothing.
+        std::thread::sleep(Duration::from_millis(2));
         if let Some(line) = f.poll_for(&failed) {
             break line;
         }
@@ -754,12 +789,17 @@ fn a_new_process_not_ready_in_time_is_killed_and_the_old_one_serves_on() {
 }
 
 /// 5. A new process whose start fails exits at once: the old one logs its exit, reaps it (no
-///    zombie), counts it, and serves on.
+///    zombie), counts it, and serves on; its PID file still holds its own id.
 #[test]
 fn a_new_process_that_fails_its_start_is_reaped_and_counted() {
-    let mut f = Family::spawn(Role::Fail, &[]);
+    let files = TempDir::new("pid");
+    let path = files.0.join("x.pid");
+    let value = path.to_str().unwrap().to_owned();
+    let mut f = Family::spawn(Role::Fail, &[(PID_FILE, value.as_str())]);
     let old = f.first_pid();
     let addr = f.serving(old);
+    let read = || std::fs::read_to_string(&path).ok();
+    assert_eq!(read(), Some(format!("{old}\n")));
     signal(old, libc::SIGHUP);
     let new = f.started(old);
     let line = f.wait_for(&format!("{old} [ERROR] upgrade failed: pid {new} "));
@@ -775,10 +815,12 @@ fn a_new_process_that_fails_its_start_is_reaped_and_counted() {
         upgrades_counted(addr, "failed").as_deref(),
         Some("lifecycle_upgrades_total{outcome=\"failed\"} 1")
     );
+    assert_eq!(read(), Some(format!("{old}\n")), "the old one's still");
 
     signal(old, libc::SIGTERM);
     let status = f.wait_first();
     assert!(status.success(), "{status}; log:\n{}", f.dump());
+    assert_eq!(read(), None, "removed at the end");
 }
 
 /// 6. SIGTERM to the old process while its upgrade's new process is still starting: the old
@@ -792,6 +834,11 @@ fn sigterm_during_an_upgrade_ends_both_processes() {
     signal(old, libc::SIGHUP);
     let new = f.started(old);
     f.wait_for(&format!("{new} gate: hanging"));
+    // One upgrade at a time.
+    signal(old, libc::SIGHUP);
+    f.wait_for(&format!(
+        "{old} [WARN] SIGHUP: upgrade refused: an upgrade is in progress (one at a time)"
+    ));
     let began = Instant::now();
     signal(old, libc::SIGTERM);
     let status = f.wait_first();
@@ -815,4 +862,121 @@ fn sigterm_during_an_upgrade_ends_both_processes() {
         "{}",
         f.dump()
     );
+}
+
+/// What [`given_up_late`] saw.
+struct Late {
+    f: Family,
+    old: libc::pid_t,
+    new: libc::pid_t,
+    /// The status of every `/readyz` asked on a fresh connection meanwhile, in order.
+    answers: Vec<u16>,
+    /// Whether the PID file named the new process at some point.
+    named_new: bool,
+    /// The PID file's text once the new process is gone.
+    file: Option<String>,
+    _files: TempDir,
+}
+
+/// An upgrade whose new process starts at once, writes its PID file, then waits (at least the
+/// check timeout, 1 s) for a poll of its readiness check, which does not answer, past the
+/// upgrade timeout (500 ms, so never ready in time, however fast the machine): it is given up
+/// on. Asks `/readyz` on fresh connections, and reads the PID file, until it is gone.
+fn given_up_late() -> Late {
+    let files = TempDir::new("pid");
+    let path = files.0.join("x.pid");
+    let value = path.to_str().unwrap().to_owned();
+    let env = [(PID_FILE, value.as_str()), (TIMEOUT_MS, "500")];
+    let mut f = Family::spawn(Role::Late, &env);
+    let old = f.first_pid();
+    let addr = f.serving(old);
+    let read = || std::fs::read_to_string(&path).ok();
+    assert_eq!(read(), Some(format!("{old}\n")));
+
+    signal(old, libc::SIGHUP);
+    let new = f.started(old);
+    let failed = format!("{old} [ERROR] upgrade failed: pid {new} was not ready within 500ms");
+    let deadline = Instant::now() + WATCHDOG;
+    let mut named_new = false;
+    let mut answers = Vec::new();
+    let (mut failed_seen, mut told) = (false, false);
+    loop {
+        answers.push(common::http::get(addr, "/readyz").status);
+        named_new |= read() == Some(format!("{new}\n"));
+        // Paced, not to run out of ephemeral ports: this waits for nothing.
+        std::thread::sleep(Duration::from_millis(2));
+        if !told && f.logged(&format!("{new} [INFO] SIGTERM: shutting down")) {
+            told = true;
+            // Its check answers from now on: its close does not wait for it.
+            f.create("late-go");
+        }
+        failed_seen = failed_seen || f.poll_for(&failed).is_some();
+        if failed_seen && proc_state(new).is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "log:\n{}", f.dump());
+    }
+    let file = read();
+    Late {
+        f,
+        old,
+        new,
+        answers,
+        named_new,
+        file,
+        _files: files,
+    }
+}
+
+impl Late {
+    /// Its SIGTERM ends the old process cleanly.
+    fn end(mut self) {
+        signal(self.old, libc::SIGTERM);
+        let status = self.f.wait_first();
+        assert!(status.success(), "{status}; log:\n{}", self.f.dump());
+    }
+}
+
+/// 7. Once a new process that wrote its PID file is given up on and gone, the PID file should
+///    name the old process, which serves on (the supervisor's `kill -HUP $(cat PATH)` needs
+///    it). Its verdict needs the new process to have written the file before it was given up
+///    on (500 ms): on a machine too slow for that, it passes without showing anything.
+#[test]
+fn a_new_process_given_up_on_after_writing_the_pid_file_leaves_the_old_one_named() {
+    let mut late = given_up_late();
+    let (old, new, named_new) = (late.old, late.new, late.named_new);
+    assert_eq!(
+        late.file,
+        Some(format!("{old}\n")),
+        "the PID file names the process that serves (it named pid {new} meanwhile: \
+         {named_new}); log:\n{}",
+        late.f.dump()
+    );
+    late.end();
+}
+
+/// 8. A new process given up on (SIGTERM at the upgrade timeout) before its run phase should
+///    never begin it: never accept on the socket it shares with the old process, never tell
+///    the old one it serves; every fresh connection is answered ready, by the old process.
+#[test]
+fn a_new_process_given_up_on_never_begins_its_run_phase() {
+    let mut late = given_up_late();
+    let (old, new) = (late.old, late.new);
+    let began = [
+        format!("{new} serving at"),
+        format!("{new} [INFO] upgrade: told pid {old} that this process serves"),
+    ];
+    let log = late.f.dump();
+    for line in &began {
+        assert!(!log.contains(line.as_str()), "{line:?}; log:\n{log}");
+    }
+    let not_ready: Vec<(usize, u16)> = (late.answers.iter().copied().enumerate())
+        .filter(|(_, s)| *s != 200)
+        .collect();
+    assert!(
+        not_ready.is_empty(),
+        "fresh connections answered not ready, (index, status) of {}: {not_ready:?}; log:\n{log}",
+        late.answers.len()
+    );
+    late.end();
 }
