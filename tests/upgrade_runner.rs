@@ -12,11 +12,15 @@
 //! Every pid a test learns is killed when it ends ([`Family`]'s drop), pass or fail.
 //!
 //! What is checked: the hand-over under a real `NOTIFY_SOCKET` (the sender of each datagram
-//! told by `SO_PASSCRED`), the PID file, the refusals (SIGHUP during the start; SIGHUP with
-//! upgrades off keeps its default action, while `RunHandle::upgrade` still works), a new
-//! process that is never ready (killed at the upgrade timeout, counted, the old one serving
-//! throughout and taking the next SIGHUP), one that fails its start (reaped, counted), and a
-//! SIGTERM to the old process while its new one starts (both end, no orphan).
+//! told by `SO_PASSCRED`), with the health endpoint's socket and a named listener
+//! (`systemd::listener("api", ..)`) on the same ports; the PID file; the refusals (SIGHUP
+//! during the start and the shutdown, and during another upgrade; SIGHUP with upgrades off
+//! keeps its default action, while `RunHandle::upgrade` still works); a new process that is
+//! never ready (killed at the upgrade timeout, counted, the old one serving throughout and
+//! taking the next SIGHUP); one that fails its start (reaped, counted); a SIGTERM to the old
+//! process while its new one starts (both end, no orphan); and a new process given up on
+//! after it wrote the PID file, late in its start (the last two tests: they fail, each on a
+//! bug of the runner's that its documentation names).
 //!
 //! Every wait is bounded (the [`WATCHDOG`]); the child's steps wait for files this test creates
 //! or for signals it sends, never for time to pass.
@@ -114,12 +118,32 @@ fn child() {
     std::process::exit(code);
 }
 
-/// The child's run: one service, [`Gate`], health on an endpoint at 127.0.0.1:0 (in a new
-/// process, the socket handed over, whatever port it is), metrics, and the settings of
-/// [`TIMEOUT_MS`] and [`PID_FILE`].
+/// The child's run: [`Gate`], and `api`, which answers each connection to a listener named
+/// `api` (127.0.0.1:0, or the socket handed over) with the process's id; health on an endpoint
+/// at 127.0.0.1:0 (in a new process, the socket handed over, whatever port it is), metrics,
+/// and the settings of [`TIMEOUT_MS`] and [`PID_FILE`].
 fn run_child(role: Role, dir: PathBuf) -> i32 {
     let upgraded = lifecycle::systemd::upgraded_from();
     say(&format!("role {} upgraded from {upgraded:?}", role.name()));
+    let api = lifecycle::systemd::listener("api", "127.0.0.1:0").unwrap();
+    say(&format!("api at {}", api.local_addr().unwrap()));
+    api.set_nonblocking(true).unwrap();
+    let api = lifecycle::Worker::new("api", move |stop| {
+        let pid = format!("{}\n", std::process::id());
+        loop {
+            match api.accept() {
+                Ok((mut conn, _)) => {
+                    let _ = conn.write_all(pid.as_bytes());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if stop.wait_timeout(Duration::from_millis(5)) {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    });
     let checker = Arc::new(
         HealthChecker::builder("test", "test")
             .interval(Duration::from_millis(20))
@@ -134,7 +158,8 @@ fn run_child(role: Role, dir: PathBuf) -> i32 {
             role,
             dir: dir.clone(),
             upgraded,
-        });
+        })
+        .service(api);
     if let Ok(ms) = std::env::var(TIMEOUT_MS) {
         runner = runner.upgrade_timeout(Duration::from_millis(ms.parse().unwrap()));
     }
@@ -402,6 +427,13 @@ impl Family {
         line.rsplit(' ').next().unwrap().parse().unwrap()
     }
 
+    /// The address of process `pid`'s `api` listener, as it logged it.
+    #[track_caller]
+    fn api(&mut self, pid: libc::pid_t) -> SocketAddr {
+        let line = self.wait_for(&format!("{pid} api at "));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
     /// Waits until process `by` logs that it started the new process of an upgrade; returns
     /// that process's id, learned.
     #[track_caller]
@@ -500,6 +532,17 @@ fn wait_gone(pid: libc::pid_t, bound: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// The id of the process whose `api` answered a connection to `addr`.
+fn api_answer(addr: SocketAddr) -> libc::pid_t {
+    use std::io::Read;
+    let mut conn = common::http::connect(addr);
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("not a pid: {text:?}"))
+}
+
 /// Sends `signal` to `pid`.
 fn signal(pid: libc::pid_t, signal: libc::c_int) {
     // SAFETY: kill(2) takes no pointers.
@@ -579,6 +622,8 @@ fn sighup_hands_over_to_the_new_process_as_systemd_sees_it() {
         p == old && m == "READY=1\nSTATUS=running"
     });
     let addr = f.serving(old);
+    let api = f.api(old);
+    assert_eq!(api_answer(api), old);
     d.until("a ping of the old process", |p, m| p == old && m == PING);
 
     signal(old, libc::SIGHUP);
@@ -594,6 +639,7 @@ fn sighup_hands_over_to_the_new_process_as_systemd_sees_it() {
         "{old} [INFO] upgrade: pid {new} is ready: handing over to it"
     ));
     assert_eq!(f.serving(new), addr, "the same port");
+    assert_eq!(f.api(new), api, "the named listener, handed over");
     assert_eq!(common::http::get(addr, "/readyz").status, 200);
 
     let status = f.wait_first();
@@ -616,6 +662,7 @@ fn sighup_hands_over_to_the_new_process_as_systemd_sees_it() {
     // The new process serves, and pings as the watchdog's own process.
     d.until("a ping of the new process", |p, m| p == new && m == PING);
     assert_eq!(common::http::get(addr, "/readyz").status, 200);
+    assert_eq!(api_answer(api), new);
 
     signal(new, libc::SIGTERM);
     d.until("the new process's STOPPING=1", |p, m| {
@@ -937,7 +984,9 @@ impl Late {
     }
 }
 
-/// 7. Once a new process that wrote its PID file is given up on and gone, the PID file should
+/// 7. (Fails: the new process's shutdown removes the PID file, which names it then, and
+///    nothing writes the old one's id again.)
+///    Once a new process that wrote its PID file is given up on and gone, the PID file should
 ///    name the old process, which serves on (the supervisor's `kill -HUP $(cat PATH)` needs
 ///    it). Its verdict needs the new process to have written the file before it was given up
 ///    on (500 ms): on a machine too slow for that, it passes without showing anything.
@@ -955,7 +1004,10 @@ fn a_new_process_given_up_on_after_writing_the_pid_file_leaves_the_old_one_named
     late.end();
 }
 
-/// 8. A new process given up on (SIGTERM at the upgrade timeout) before its run phase should
+/// 8. (Fails: `Run::execute` goes on into the run phase after `set_running`'s wait for the
+///    checker's poll, with the SIGTERM pending: the new process accepts, tells the old one it
+///    serves, and answers `/readyz` 503 to a client now and then, before it shuts down.)
+///    A new process given up on (SIGTERM at the upgrade timeout) before its run phase should
 ///    never begin it: never accept on the socket it shares with the old process, never tell
 ///    the old one it serves; every fresh connection is answered ready, by the old process.
 #[test]
