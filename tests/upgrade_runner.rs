@@ -52,6 +52,9 @@ const DIR: &str = "LIFECYCLE_TEST_UPGRADE_DIR";
 const TIMEOUT_MS: &str = "LIFECYCLE_TEST_UPGRADE_TIMEOUT_MS";
 /// If set, the runner's PID file.
 const PID_FILE: &str = "LIFECYCLE_TEST_UPGRADE_PID_FILE";
+/// How long the old process is given to name itself in the PID file again after it logged a
+/// failed upgrade.
+const REWRITE_BOUND: Duration = Duration::from_secs(5);
 /// The child's watchdog under systemd: a ping every second.
 const WATCHDOG_USEC: &str = "2000000";
 
@@ -126,8 +129,31 @@ fn run_child(role: Role, dir: PathBuf) -> i32 {
     let upgraded = lifecycle::systemd::upgraded_from();
     say(&format!("role {} upgraded from {upgraded:?}", role.name()));
     let api = lifecycle::systemd::listener("api", "127.0.0.1:0").unwrap();
-    say(&format!("api at {}", api.local_addr().unwrap()));
-    api.set_nonblocking(true).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&api);
+    say(&format!("api fd {fd} at {}", api.local_addr().unwrap()));
+    // Non-blocking, as an accept loop that looks at its stop signal makes it; except in the new
+    // process of `Fail`, which fails before it gets there. And SO_RCVTIMEO, which bounds a
+    // blocking accept (Linux), so that this loop sees its stop even while the socket, whose
+    // O_NONBLOCK flag the processes share, is blocking (see
+    // `a_failed_upgrade_leaves_the_old_listener_non_blocking`).
+    if !(role == Role::Fail && upgraded.is_some()) {
+        api.set_nonblocking(true).unwrap();
+    }
+    let timeout = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 50_000,
+    };
+    // SAFETY: setsockopt(2) reads a timeval from a pointer to one, of its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVTIMEO");
     let api = lifecycle::Worker::new("api", move |stop| {
         let pid = format!("{}\n", std::process::id());
         loop {
@@ -375,20 +401,22 @@ impl Family {
     /// process's output ends first.
     #[track_caller]
     fn wait_for(&mut self, needle: &str) -> String {
-        if let Some(line) = self.take(needle) {
-            return line;
-        }
+        self.wait_for_any(&[needle])
+    }
+
+    /// Waits for a log line containing any of `needles`, as [`wait_for`](Family::wait_for)
+    /// waits for one; returns it.
+    #[track_caller]
+    fn wait_for_any(&mut self, needles: &[&str]) -> String {
         let deadline = Instant::now() + WATCHDOG;
         loop {
+            if let Some(line) = needles.iter().find_map(|n| self.take(n)) {
+                return line;
+            }
             match self.lines.recv_deadline(deadline) {
-                Ok(line) => {
-                    self.log.push(line);
-                    if let Some(line) = self.take(needle) {
-                        return line;
-                    }
-                }
+                Ok(line) => self.log.push(line),
                 Err(e) => panic!(
-                    "{e}: no line with {needle:?}; log:\n{}",
+                    "{e}: no line with {needles:?}; log:\n{}",
                     self.log.join("\n")
                 ),
             }
@@ -430,15 +458,46 @@ impl Family {
     /// The address of process `pid`'s `api` listener, as it logged it.
     #[track_caller]
     fn api(&mut self, pid: libc::pid_t) -> SocketAddr {
-        let line = self.wait_for(&format!("{pid} api at "));
-        line.rsplit(' ').next().unwrap().parse().unwrap()
+        self.api_fd(pid).1
     }
 
-    /// Waits until process `by` logs that it started the new process of an upgrade; returns
-    /// that process's id, learned.
+    /// The descriptor and address of process `pid`'s `api` listener, as it logged them.
     #[track_caller]
-    fn started(&mut self, by: libc::pid_t) -> libc::pid_t {
-        let line = self.wait_for(&format!("{by} [INFO] upgrade: started pid "));
+    fn api_fd(&mut self, pid: libc::pid_t) -> (i32, SocketAddr) {
+        let line = self.wait_for(&format!("{pid} api fd "));
+        let words: Vec<&str> = line.split(' ').collect();
+        (words[3].parse().unwrap(), words[5].parse().unwrap())
+    }
+
+    /// Sends SIGHUP to `old`, which serves, until it starts the new process of an upgrade;
+    /// returns that process's id, learned. A SIGHUP right after the run phase began (as
+    /// `RunHandle::wait_running` says, after `READY=1`) can be refused as if the program were
+    /// still starting: `Run::execute` opens the upgrades only after it says the run phase
+    /// began (a bug, reported; src/runner/run.rs). Such a refusal is printed, and SIGHUP sent
+    /// again, at most twice more.
+    #[track_caller]
+    fn sighup_upgrade(&mut self, old: libc::pid_t) -> libc::pid_t {
+        let started = format!("{old} [INFO] upgrade: started pid ");
+        let refused = format!(
+            "{old} [WARN] SIGHUP: upgrade refused: the program is starting or shutting down"
+        );
+        for _ in 0..3 {
+            signal(old, libc::SIGHUP);
+            let line = self.wait_for_any(&[&started, &refused]);
+            if line.contains(&started) {
+                return self.started_in(&line);
+            }
+            eprintln!("pid {old}: SIGHUP refused though its run phase began: {line}");
+        }
+        panic!(
+            "pid {old} refused SIGHUP three times; log:\n{}",
+            self.dump()
+        );
+    }
+
+    /// The pid in a line `upgrade: started pid N; ...`, learned.
+    #[track_caller]
+    fn started_in(&mut self, line: &str) -> libc::pid_t {
         let pid = line
             .split("started pid ")
             .nth(1)
@@ -626,8 +685,7 @@ fn sighup_hands_over_to_the_new_process_as_systemd_sees_it() {
     assert_eq!(api_answer(api), old);
     d.until("a ping of the old process", |p, m| p == old && m == PING);
 
-    signal(old, libc::SIGHUP);
-    let new = f.started(old);
+    let new = f.sighup_upgrade(old);
     assert_ne!(new, old);
     let (_, handed) = d.until("MAINPID=", |_, m| m.starts_with("MAINPID="));
     assert_eq!(
@@ -688,8 +746,7 @@ fn the_pid_file_follows_the_upgrade_and_is_removed_at_the_end() {
     let read = || std::fs::read_to_string(&path).ok();
     assert_eq!(read(), Some(format!("{old}\n")));
 
-    signal(old, libc::SIGHUP);
-    let new = f.started(old);
+    let new = f.sighup_upgrade(old);
     assert_eq!(f.serving(new), addr);
     let status = f.wait_first();
     assert!(status.success(), "{status}; log:\n{}", f.dump());
@@ -746,7 +803,8 @@ fn run_handle_upgrades_with_sighup_off_and_sighup_keeps_its_default() {
     let addr = f.serving(old);
     f.create("upgrade-now");
     f.wait_for(&format!("{old} asking for an upgrade"));
-    let new = f.started(old);
+    let line = f.wait_for(&format!("{old} [INFO] upgrade: started pid "));
+    let new = f.started_in(&line);
     f.wait_for(&format!(
         "{old} [INFO] upgrade: pid {new} is ready: handing over to it"
     ));
@@ -778,8 +836,7 @@ fn a_new_process_not_ready_in_time_is_killed_and_the_old_one_serves_on() {
         Some("lifecycle_upgrades_total{outcome=\"failed\"} 0")
     );
 
-    signal(old, libc::SIGHUP);
-    let new = f.started(old);
+    let new = f.sighup_upgrade(old);
     let failed = format!("{old} [ERROR] upgrade failed: pid {new} was not ready within 1s");
     let deadline = Instant::now() + WATCHDOG;
     let mut polls = 0;
@@ -818,8 +875,7 @@ fn a_new_process_not_ready_in_time_is_killed_and_the_old_one_serves_on() {
     );
 
     // A second attempt is taken, and fails the same way.
-    signal(old, libc::SIGHUP);
-    let second = f.started(old);
+    let second = f.sighup_upgrade(old);
     assert_ne!(second, new);
     f.wait_for(&format!(
         "{old} [ERROR] upgrade failed: pid {second} was not ready within 1s"
@@ -847,8 +903,7 @@ fn a_new_process_that_fails_its_start_is_reaped_and_counted() {
     let addr = f.serving(old);
     let read = || std::fs::read_to_string(&path).ok();
     assert_eq!(read(), Some(format!("{old}\n")));
-    signal(old, libc::SIGHUP);
-    let new = f.started(old);
+    let new = f.sighup_upgrade(old);
     let line = f.wait_for(&format!("{old} [ERROR] upgrade failed: pid {new} "));
     assert!(
         line.contains(&format!("pid {new} exit status: 1 before it was ready")),
@@ -878,8 +933,7 @@ fn sigterm_during_an_upgrade_ends_both_processes() {
     let mut f = Family::spawn(Role::Hang, &[]);
     let old = f.first_pid();
     f.serving(old);
-    signal(old, libc::SIGHUP);
-    let new = f.started(old);
+    let new = f.sighup_upgrade(old);
     f.wait_for(&format!("{new} gate: hanging"));
     // One upgrade at a time.
     signal(old, libc::SIGHUP);
@@ -940,8 +994,7 @@ fn given_up_late() -> Late {
     let read = || std::fs::read_to_string(&path).ok();
     assert_eq!(read(), Some(format!("{old}\n")));
 
-    signal(old, libc::SIGHUP);
-    let new = f.started(old);
+    let new = f.sighup_upgrade(old);
     let failed = format!("{old} [ERROR] upgrade failed: pid {new} was not ready within 500ms");
     let deadline = Instant::now() + WATCHDOG;
     let mut named_new = false;
@@ -963,7 +1016,15 @@ fn given_up_late() -> Late {
         }
         assert!(Instant::now() < deadline, "log:\n{}", f.dump());
     }
-    let file = read();
+    // The old process may write its id again just after it logs the failure: waited for, a
+    // while (a bound, not a speed requirement: the step takes microseconds).
+    let named_old = Some(format!("{old}\n"));
+    let until = Instant::now() + REWRITE_BOUND;
+    let mut file = read();
+    while file != named_old && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+        file = read();
+    }
     Late {
         f,
         old,
@@ -1031,4 +1092,42 @@ fn a_new_process_given_up_on_never_begins_its_run_phase() {
         late.answers.len()
     );
     late.end();
+}
+
+/// Whether descriptor `fd` of process `pid` is non-blocking (`O_NONBLOCK` among the flags its
+/// `/proc/PID/fdinfo` shows).
+fn non_blocking(pid: libc::pid_t, fd: i32) -> bool {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+    let flags = (info.lines())
+        .find_map(|l| l.strip_prefix("flags:"))
+        .map(|v| i64::from_str_radix(v.trim(), 8).unwrap())
+        .expect("a flags line");
+    flags & i64::from(libc::O_NONBLOCK) != 0
+}
+
+/// 9. (Fails: `systemd::listener` makes the socket it takes blocking, src/systemd/listen.rs:42,
+///    and a socket handed over by an upgrade shares its file status flags, `O_NONBLOCK` among
+///    them, with the old process, which still accepts on it.)
+///    A new process that takes `api` with `systemd::listener` and fails before it sets it
+///    non-blocking again should leave the old process's listener as the old process set it:
+///    non-blocking. Blocking, an accept loop that looks at its stop signal between
+///    `WouldBlock`s waits in `accept` instead, until a client comes (its close times out).
+#[test]
+fn a_failed_upgrade_leaves_the_old_listener_non_blocking() {
+    let mut f = Family::spawn(Role::Fail, &[]);
+    let old = f.first_pid();
+    let (fd, api) = f.api_fd(old);
+    f.serving(old);
+    assert!(non_blocking(old, fd), "set so by the old process");
+    let new = f.sighup_upgrade(old);
+    assert_eq!(f.api(new), api, "the new process took it");
+    f.wait_for(&format!("{old} [ERROR] upgrade failed: pid {new} "));
+    assert!(
+        non_blocking(old, fd),
+        "the old process's api listener was made blocking by the new one; log:\n{}",
+        f.dump()
+    );
+    signal(old, libc::SIGTERM);
+    let status = f.wait_first();
+    assert!(status.success(), "{status}; log:\n{}", f.dump());
 }
