@@ -88,6 +88,82 @@ impl NotifySocket {
         }
     }
 
+    /// Asks the kernel to attach the sender's credentials to every datagram sent from now on
+    /// (`SO_PASSCRED`), for [`next_from_within`](NotifySocket::next_from_within). Call it
+    /// before the child starts.
+    pub fn pass_credentials(&self) {
+        use std::os::fd::AsRawFd;
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt(2) reads an int from a pointer to one, of its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PASSCRED,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_PASSCRED: {}", std::io::Error::last_os_error());
+    }
+
+    /// The next datagram if one arrives within `timeout`, with the id of the process that sent
+    /// it (from its `SCM_CREDENTIALS`; see [`pass_credentials`](NotifySocket::pass_credentials)).
+    pub fn next_from_within(&self, timeout: Duration) -> Option<(libc::pid_t, String)> {
+        use std::os::fd::AsRawFd;
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 8192];
+        // Room for one control message holding a `ucred`, aligned as `cmsghdr` needs.
+        let mut control = [0u64; 16];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.socket.set_read_timeout(Some(left)).unwrap();
+            let mut iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            // SAFETY: an all-zero msghdr is a valid empty one; its pointers are set below.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&control) as _;
+            // SAFETY: recvmsg(2) writes into the buffers `msg` points to, of the sizes it says.
+            let n = unsafe { libc::recvmsg(self.socket.as_raw_fd(), &mut msg, 0) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted => {
+                        continue
+                    }
+                    _ => panic!("recvmsg: {e}"),
+                }
+            }
+            let text = String::from_utf8(buf[..n as usize].to_vec()).expect("UTF-8");
+            let mut pid = None;
+            // SAFETY: the CMSG macros walk the control buffer recvmsg filled, within
+            // `msg_controllen`; a credentials message holds a `ucred`, read unaligned.
+            unsafe {
+                let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+                while !cmsg.is_null() {
+                    if (*cmsg).cmsg_level == libc::SOL_SOCKET
+                        && (*cmsg).cmsg_type == libc::SCM_CREDENTIALS
+                    {
+                        let cred: libc::ucred =
+                            std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                        pid = Some(cred.pid);
+                    }
+                    cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+                }
+            }
+            let pid = pid.expect("the sender's credentials (pass_credentials first)");
+            return Some((pid, text));
+        }
+    }
+
     /// The next datagram, waited for under the [`WATCHDOG`](super::WATCHDOG).
     #[track_caller]
     pub fn next(&self) -> String {
