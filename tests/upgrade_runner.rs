@@ -19,8 +19,8 @@
 //! never ready (killed at the upgrade timeout, counted, the old one serving throughout and
 //! taking the next SIGHUP); one that fails its start (reaped, counted); a SIGTERM to the old
 //! process while its new one starts (both end, no orphan); and a new process given up on
-//! after it wrote the PID file, late in its start (the last two tests: they fail, each on a
-//! bug of the runner's that its documentation names).
+//! late in its start (it never begins its run phase; the PID file names the old process); and
+//! a failed new process leaves the old one's listener non-blocking.
 //!
 //! Every wait is bounded (the [`WATCHDOG`]); the child's steps wait for files this test creates
 //! or for signals it sends, never for time to pass.
@@ -133,9 +133,9 @@ fn run_child(role: Role, dir: PathBuf) -> i32 {
     say(&format!("api fd {fd} at {}", api.local_addr().unwrap()));
     // Non-blocking, as an accept loop that looks at its stop signal makes it; except in the new
     // process of `Fail`, which fails before it gets there. And SO_RCVTIMEO, which bounds a
-    // blocking accept (Linux), so that this loop sees its stop even while the socket, whose
-    // O_NONBLOCK flag the processes share, is blocking (see
-    // `a_failed_upgrade_leaves_the_old_listener_non_blocking`).
+    // blocking accept (Linux), so that this loop sees its stop even should the socket, whose
+    // O_NONBLOCK flag the processes share, ever be made blocking under it (what
+    // `a_failed_upgrade_leaves_the_old_listener_non_blocking` shows does not happen).
     if !(role == Role::Fail && upgraded.is_some()) {
         api.set_nonblocking(true).unwrap();
     }
@@ -469,30 +469,24 @@ impl Family {
         (words[3].parse().unwrap(), words[5].parse().unwrap())
     }
 
-    /// Sends SIGHUP to `old`, which serves, until it starts the new process of an upgrade;
-    /// returns that process's id, learned. A SIGHUP right after the run phase began (as
-    /// `RunHandle::wait_running` says, after `READY=1`) can be refused as if the program were
-    /// still starting: `Run::execute` opens the upgrades only after it says the run phase
-    /// began (a bug, reported; src/runner/run.rs). Such a refusal is printed, and SIGHUP sent
-    /// again, at most twice more.
+    /// Sends SIGHUP to `old`, which serves, and waits until it starts the new process of an
+    /// upgrade; returns that process's id, learned. The runner takes upgrades before it says
+    /// the run phase began (`RunHandle::wait_running`, `READY=1`), so a SIGHUP sent once it
+    /// serves is never refused: a refusal fails the test.
     #[track_caller]
     fn sighup_upgrade(&mut self, old: libc::pid_t) -> libc::pid_t {
         let started = format!("{old} [INFO] upgrade: started pid ");
         let refused = format!(
             "{old} [WARN] SIGHUP: upgrade refused: the program is starting or shutting down"
         );
-        for _ in 0..3 {
-            signal(old, libc::SIGHUP);
-            let line = self.wait_for_any(&[&started, &refused]);
-            if line.contains(&started) {
-                return self.started_in(&line);
-            }
-            eprintln!("pid {old}: SIGHUP refused though its run phase began: {line}");
-        }
-        panic!(
-            "pid {old} refused SIGHUP three times; log:\n{}",
+        signal(old, libc::SIGHUP);
+        let line = self.wait_for_any(&[&started, &refused]);
+        assert!(
+            line.contains(&started),
+            "pid {old} refused SIGHUP though its run phase began: {line}; log:\n{}",
             self.dump()
         );
+        self.started_in(&line)
     }
 
     /// The pid in a line `upgrade: started pid N; ...`, learned.
@@ -1045,9 +1039,7 @@ impl Late {
     }
 }
 
-/// 7. (Fails: the new process's shutdown removes the PID file, which names it then, and
-///    nothing writes the old one's id again.)
-///    Once a new process that wrote its PID file is given up on and gone, the PID file should
+/// 7. Once a new process that wrote its PID file is given up on and gone, the PID file should
 ///    name the old process, which serves on (the supervisor's `kill -HUP $(cat PATH)` needs
 ///    it). Its verdict needs the new process to have written the file before it was given up
 ///    on (500 ms): on a machine too slow for that, it passes without showing anything.
@@ -1065,11 +1057,8 @@ fn a_new_process_given_up_on_after_writing_the_pid_file_leaves_the_old_one_named
     late.end();
 }
 
-/// 8. (Fails: `Run::execute` goes on into the run phase after `set_running`'s wait for the
-///    checker's poll, with the SIGTERM pending: the new process accepts, tells the old one it
-///    serves, and answers `/readyz` 503 to a client now and then, before it shuts down.)
-///    A new process given up on (SIGTERM at the upgrade timeout) before its run phase should
-///    never begin it: never accept on the socket it shares with the old process, never tell
+/// 8. A new process given up on (SIGTERM at the upgrade timeout) before its run phase never
+///    begins it: it never accepts on the socket it shares with the old process, never tells
 ///    the old one it serves; every fresh connection is answered ready, by the old process.
 #[test]
 fn a_new_process_given_up_on_never_begins_its_run_phase() {
@@ -1105,10 +1094,8 @@ fn non_blocking(pid: libc::pid_t, fd: i32) -> bool {
     flags & i64::from(libc::O_NONBLOCK) != 0
 }
 
-/// 9. (Fails: `systemd::listener` makes the socket it takes blocking, src/systemd/listen.rs:42,
-///    and a socket handed over by an upgrade shares its file status flags, `O_NONBLOCK` among
-///    them, with the old process, which still accepts on it.)
-///    A new process that takes `api` with `systemd::listener` and fails before it sets it
+/// 9. A socket handed over by an upgrade shares its file status flags, `O_NONBLOCK` among
+///    them, with the old process, which still accepts on it. A new process that takes `api` with `systemd::listener` and fails before it sets it
 ///    non-blocking again should leave the old process's listener as the old process set it:
 ///    non-blocking. Blocking, an accept loop that looks at its stop signal between
 ///    `WouldBlock`s waits in `accept` instead, until a client comes (its close times out).

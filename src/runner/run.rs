@@ -365,30 +365,7 @@ impl Run {
                     "all {} services ready in {start_duration:?}; running",
                     self.started.len()
                 );
-                if let Some(h) = &self.health {
-                    // The wait for every check's poll is part of the start, for systemd too.
-                    let n = self.started.len();
-                    (self.notes).status(format!("starting: polling health ({n}/{n} ready)"));
-                    (self.notes).extend_until(crate::thread::later(Instant::now(), RUN_PHASE_POLL));
-                    h.set_running(true);
-                }
-                // Before the handle says so: whoever sees the run phase begin knows systemd
-                // was told.
-                self.notes.ready();
-                self.runner.handle.running.stop();
-                #[cfg(target_os = "linux")]
-                self.begin_telling();
-                if let Some(route) = &self.route {
-                    route.open_upgrades(true);
-                }
-                #[cfg(target_os = "linux")]
-                let told = crate::upgrade::parent().is_none();
-                #[cfg(not(target_os = "linux"))]
-                let told = true;
-                if told {
-                    self.say_upgrades_open();
-                }
-                (self.wait_for_end(), true)
+                self.run_phase()
             }
         };
         let run_duration = run_began.elapsed();
@@ -464,6 +441,42 @@ impl Run {
                 None
             }
         }
+    }
+
+    /// Every service is ready: the run phase, until its end (the cause, and whether it was
+    /// entered, so that the shutdown drains). With health, the checker polls every check once
+    /// first; a signal or a shutdown request that came meanwhile ends the start there, and the
+    /// run phase never begins (in the new process of an upgrade given up on, that is the old
+    /// one's SIGTERM: it must never accept, nor tell the old one it serves).
+    fn run_phase(&mut self) -> (ShutdownCause, bool) {
+        if let Some(h) = &self.health {
+            // The wait for every check's poll is part of the start, for systemd too.
+            let n = self.started.len();
+            (self.notes).status(format!("starting: polling health ({n}/{n} ready)"));
+            (self.notes).extend_until(crate::thread::later(Instant::now(), RUN_PHASE_POLL));
+            h.set_running(true);
+            if let Some(cause) = self.poll_request() {
+                return (cause, false);
+            }
+        }
+        // Upgrades are taken before anyone is told the run phase begins: a SIGHUP sent once it
+        // shows waits for the run phase's loop, never refused.
+        if let Some(route) = &self.route {
+            route.open_upgrades(true);
+        }
+        // Before the handle says so: whoever sees the run phase begin knows systemd was told.
+        self.notes.ready();
+        self.runner.handle.running.stop();
+        #[cfg(target_os = "linux")]
+        self.begin_telling();
+        #[cfg(target_os = "linux")]
+        let told = crate::upgrade::parent().is_none();
+        #[cfg(not(target_os = "linux"))]
+        let told = true;
+        if told {
+            self.say_upgrades_open();
+        }
+        (self.wait_for_end(), true)
     }
 
     /// Writes the PID file, if the runner has one, as the run phase is about to begin: the

@@ -61,6 +61,12 @@ impl Run {
         let (Some(until), Some(parent)) = (self.telling, upgrade::parent()) else {
             return;
         };
+        // A termination signal or a shutdown request waits: this process is given up on (the
+        // old one's SIGTERM) or is to end; the run phase takes it next, and the old one is
+        // never told.
+        if !self.signals.is_empty() || self.runner.handle.is_shutting_down() {
+            return;
+        }
         if let Some(h) = &self.health {
             let ready = h.checker().snapshot().is_ready();
             if !ready.is_passing() {
