@@ -305,7 +305,7 @@ fn adopt(_fd: i32, _name: &str) -> io::Result<Option<TcpListener>> {
 }
 
 #[cfg(unix)]
-mod unix {
+pub(crate) mod unix {
     use std::io;
     use std::mem::{size_of, MaybeUninit};
 
@@ -382,22 +382,28 @@ mod unix {
     /// Sets close-on-exec on the `passed` descriptors from 3, ignoring any not open; at most
     /// as many as the process may have open (`RLIMIT_NOFILE`), whatever `LISTEN_FDS` said.
     pub(super) fn close_on_exec_from_3(passed: u32) {
+        let max = open_files_limit();
+        let end = (3 + u64::from(passed)).min(max).min(c_int::MAX as u64);
+        for fd in 3..end {
+            // `end` is at most c_int::MAX.
+            let _ = close_on_exec(fd as c_int);
+        }
+    }
+
+    /// How many descriptors the process may have open: its soft `RLIMIT_NOFILE` (1024 if it
+    /// cannot be read), so that a loop over descriptor numbers has a bound.
+    pub(crate) fn open_files_limit() -> u64 {
         let mut limit = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
         };
         // SAFETY: getrlimit(2) fills in `limit`, which it may write.
-        let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
             // `rlim_t` is `u64` here but not on every unix.
             #[allow(clippy::useless_conversion)]
             u64::try_from(limit.rlim_cur).unwrap_or(u64::MAX)
         } else {
             1024
-        };
-        let end = (3 + u64::from(passed)).min(max).min(c_int::MAX as u64);
-        for fd in 3..end {
-            // `end` is at most c_int::MAX.
-            let _ = close_on_exec(fd as c_int);
         }
     }
 

@@ -43,6 +43,8 @@
 
 mod listen;
 pub(crate) mod named;
+#[cfg(unix)]
+pub(crate) use self::listen::unix::open_files_limit;
 mod notify;
 
 pub use self::listen::{listener, take_listener};

@@ -141,18 +141,7 @@ unsafe fn close_from(first: c_int, fallback_to: c_int) {
 
 /// The descriptor the close-range fallback closes up to: the soft `RLIMIT_NOFILE`, capped.
 pub(super) fn fallback_close_to() -> c_int {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit(2) fills in `limit`, which it may write.
-    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        // `rlim_t` is `u64` here but not on every unix.
-        #[allow(clippy::useless_conversion)]
-        u64::try_from(limit.rlim_cur).unwrap_or(u64::MAX)
-    } else {
-        1024
-    };
+    let max = crate::systemd::open_files_limit();
     c_int::try_from(max.min(MAX_FALLBACK_CLOSE)).unwrap_or(1024)
 }
 
