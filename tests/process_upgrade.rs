@@ -70,6 +70,32 @@ impl Pids {
         self.live.retain(|&p| p != pid);
         libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status))
     }
+
+    /// Sends SIGTERM to `pid`, the last process serving, and reaps it: it exits 0.
+    #[track_caller]
+    fn end(&mut self, pid: libc::pid_t) {
+        signal(pid, libc::SIGTERM);
+        assert_eq!(
+            self.reap(pid),
+            Some(0),
+            "the last process exits 0 on SIGTERM"
+        );
+    }
+
+    /// Upgrades `current` (see [`upgrade`]) until a new process answers on `api`; tracks it,
+    /// reaps `current` (which exits 0), and returns the new process's id.
+    #[track_caller]
+    fn upgrade(&mut self, p: &mut Proc, current: libc::pid_t, api: SocketAddr) -> libc::pid_t {
+        upgrade(p, current);
+        let next = new_pid(api, current);
+        self.track(next);
+        assert_eq!(
+            self.reap(current),
+            Some(0),
+            "the old process {current} exits 0"
+        );
+        next
+    }
 }
 
 impl Drop for Pids {
@@ -94,6 +120,17 @@ impl Drop for Pids {
             }
         }
     }
+}
+
+/// The demo `p` once it runs: its pids tracked ([`Pids::new`]), its health endpoint's address
+/// and its API's.
+#[track_caller]
+fn running(p: &mut Proc) -> (Pids, SocketAddr, SocketAddr) {
+    let pids = Pids::new(p.pid());
+    let health = health_addr(p);
+    let api = api_addr(p);
+    p.wait_for("; running");
+    (pids, health, api)
 }
 
 /// Sends `signal` to `pid`.
@@ -182,10 +219,7 @@ fn assert_clean(tally: &Tally) {
 fn three_upgrades_under_load_fail_no_request_and_each_old_process_exits_0() {
     let pid_file = std::env::temp_dir().join(format!("demo-upgrade-{}.pid", std::process::id()));
     let mut p = demo(&["--pid-file", pid_file.to_str().unwrap()]);
-    let mut pids = Pids::new(p.pid());
-    let health = health_addr(&mut p);
-    let api = api_addr(&mut p);
-    p.wait_for("; running");
+    let (mut pids, health, api) = running(&mut p);
     http::wait_status(health, "/readyz", 200);
     let load = load(api, health);
     let mut current = p.pid();
@@ -193,14 +227,7 @@ fn three_upgrades_under_load_fail_no_request_and_each_old_process_exits_0() {
     for _ in 0..3 {
         // Each upgrade meets a load in full swing (and the last new process serves some).
         load.wait_requests(300);
-        upgrade(&mut p, current);
-        let next = new_pid(api, current);
-        pids.track(next);
-        assert_eq!(
-            pids.reap(current),
-            Some(0),
-            "the old process {current} exits 0"
-        );
+        let next = pids.upgrade(&mut p, current, api);
         new.push(next);
         current = next;
     }
@@ -218,21 +245,13 @@ fn three_upgrades_under_load_fail_no_request_and_each_old_process_exits_0() {
     let answered: BTreeSet<u32> = tally.pids.keys().copied().collect();
     assert!(answered.is_subset(&known), "{answered:?} vs {known:?}");
     assert!(children(current).is_empty(), "{:?}", children(current));
-    signal(current, libc::SIGTERM);
-    assert_eq!(
-        pids.reap(current),
-        Some(0),
-        "the last process exits 0 on SIGTERM"
-    );
+    pids.end(current);
 }
 
 #[test]
 fn a_new_process_that_fails_to_start_leaves_the_old_one_serving() {
     let mut p = demo(&["--fail-upgraded", "pool"]);
-    let mut pids = Pids::new(p.pid());
-    let health = health_addr(&mut p);
-    let api = api_addr(&mut p);
-    p.wait_for("; running");
+    let (mut pids, health, api) = running(&mut p);
     http::wait_status(health, "/readyz", 200);
     let load = load(api, health);
     for _ in 0..2 {
@@ -252,47 +271,32 @@ fn a_new_process_that_fails_to_start_leaves_the_old_one_serving() {
     let tally = load.stop();
     assert_clean(&tally);
     assert_eq!(tally.pids.keys().collect::<Vec<_>>(), [&(p.pid() as u32)]);
-    signal(p.pid(), libc::SIGTERM);
-    assert_eq!(pids.reap(p.pid()), Some(0));
+    pids.end(p.pid());
 }
 
 #[test]
 fn a_new_process_not_ready_within_the_upgrade_timeout_is_killed_and_the_old_one_serves_on() {
     let mut p = demo(&["--slow-start-upgraded", "pool", "--upgrade-timeout", "0.5"]);
-    let mut pids = Pids::new(p.pid());
-    let _health = health_addr(&mut p);
-    let api = api_addr(&mut p);
-    p.wait_for("; running");
+    let (mut pids, _health, api) = running(&mut p);
     let pid = p.pid();
     upgrade(&mut p, pid);
     p.wait_for("pool: slow start, waiting until cancelled (--slow-start-upgraded)");
     p.wait_for("this process goes on serving");
     eventually("the new process is gone", || children(p.pid()).is_empty());
     assert_eq!(served_by(api), p.pid(), "the old process serves on");
-    signal(p.pid(), libc::SIGTERM);
-    assert_eq!(pids.reap(p.pid()), Some(0));
+    pids.end(p.pid());
 }
 
 #[test]
 fn twenty_upgrades_leak_no_descriptor_and_leave_no_process() {
     let mut p = demo(&[]);
-    let mut pids = Pids::new(p.pid());
-    let health = health_addr(&mut p);
-    let api = api_addr(&mut p);
-    p.wait_for("; running");
+    let (mut pids, health, api) = running(&mut p);
     http::wait_status(health, "/readyz", 200);
     let mut current = p.pid();
     let mut counts = Vec::new();
     let began = Instant::now();
     for _ in 0..20 {
-        upgrade(&mut p, current);
-        let next = new_pid(api, current);
-        pids.track(next);
-        assert_eq!(
-            pids.reap(current),
-            Some(0),
-            "the old process {current} exits 0"
-        );
+        let next = pids.upgrade(&mut p, current, api);
         current = next;
         // The first new process's count is the bound: a connection just closed may still be
         // held for a moment, never for good.
@@ -305,21 +309,13 @@ fn twenty_upgrades_leak_no_descriptor_and_leave_no_process() {
         "20 upgrades in {:?}; descriptors: {counts:?}",
         began.elapsed()
     );
-    signal(current, libc::SIGTERM);
-    assert_eq!(
-        pids.reap(current),
-        Some(0),
-        "the last process exits 0 on SIGTERM"
-    );
+    pids.end(current);
 }
 
 #[test]
 fn a_plain_shutdown_answers_keep_alive_requests_with_connection_close_then_drains() {
     let mut p = demo(&[]);
-    let mut pids = Pids::new(p.pid());
-    let _health = health_addr(&mut p);
-    let api = api_addr(&mut p);
-    p.wait_for("; running");
+    let (mut pids, _health, api) = running(&mut p);
     let mut clients: Vec<http::Client> = (0..4).map(|_| http::Client::connect(api)).collect();
     for client in &mut clients {
         let reply = client.get("/jobs");
@@ -344,10 +340,7 @@ fn a_plain_shutdown_answers_keep_alive_requests_with_connection_close_then_drain
 #[test]
 fn the_load_counts_every_request_of_a_steady_demo_as_ok() {
     let mut p = demo(&[]);
-    let mut pids = Pids::new(p.pid());
-    let health = health_addr(&mut p);
-    let api = api_addr(&mut p);
-    p.wait_for("; running");
+    let (mut pids, health, api) = running(&mut p);
     http::wait_status(health, "/readyz", 200);
     let targets = [
         Target {
@@ -369,8 +362,7 @@ fn the_load_counts_every_request_of_a_steady_demo_as_ok() {
     assert_eq!(tally.bad_status.get(&404), Some(&40), "{tally:#?}");
     assert_eq!(tally.failures(), 40, "{tally:#?}");
     assert_eq!(tally.pids.keys().collect::<Vec<_>>(), [&(p.pid() as u32)]);
-    signal(p.pid(), libc::SIGTERM);
-    assert_eq!(pids.reap(p.pid()), Some(0));
+    pids.end(p.pid());
 }
 
 /// The demo given `listener` as its socket `api` in the socket-activation format (descriptor 3,

@@ -44,11 +44,9 @@ const MAX_CLOSE_EXTENSION: u64 = 11_000_000;
 /// test, it does nothing.
 #[test]
 fn child() {
-    let Ok(role) = std::env::var(ROLE) else {
+    let Some(role) = common::child_role(ROLE, Stderr) else {
         return;
     };
-    log::set_boxed_logger(Box::new(Stderr)).unwrap();
-    log::set_max_level(log::LevelFilter::Info);
     match role.as_str() {
         "services" => services(PathBuf::from(std::env::var(DIR).unwrap())),
         "bare" => bare(),

@@ -13,6 +13,9 @@
 //! - `notify` (Linux): a real datagram socket for a child's `NOTIFY_SOCKET`, and what it
 //!   received, in order.
 //! - [`recorder`]: services that record their lifecycle in order.
+//! - `upgrading` (Linux): the upgrade tests' child program (its roles, services, logger) and
+//!   the [`Family`](upgrading::Family) of processes an upgrade makes.
+//! - [`child_role`]: the start of a test binary's `child` entry, run again as a child process.
 #![allow(dead_code)]
 
 pub mod fake;
@@ -25,6 +28,8 @@ pub mod process;
 pub mod procfs;
 pub mod prom;
 pub mod recorder;
+#[cfg(target_os = "linux")]
+pub mod upgrading;
 
 use std::time::{Duration, Instant};
 
@@ -48,4 +53,14 @@ pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(20));
     }
+}
+
+/// In a test binary's `child` entry (the binary run again as a child process): the value of
+/// the variable `var`, which says the child's role, having installed `logger` (at level info)
+/// for the child's log; `None`, installing nothing, in a plain test run, where `var` is unset.
+pub fn child_role(var: &str, logger: impl log::Log + 'static) -> Option<String> {
+    let role = std::env::var(var).ok()?;
+    log::set_boxed_logger(Box::new(logger)).unwrap();
+    log::set_max_level(log::LevelFilter::Info);
+    Some(role)
 }

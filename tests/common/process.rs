@@ -4,7 +4,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -81,6 +82,24 @@ pub fn run_to_end(path: &Path, args: &[&str]) -> Finished {
     }
 }
 
+/// Reads `stderr` line by line on a thread named `name`, until its end (every writer closed
+/// it) or until the receiver is dropped; each line is sent on the receiver returned.
+pub fn read_lines(stderr: ChildStderr, name: &str) -> (Receiver<String>, JoinHandle<()>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let reader = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("spawn reader");
+    (rx, reader)
+}
+
 /// A running child whose standard error is read line by line on a thread.
 pub struct Proc {
     child: Child,
@@ -88,7 +107,7 @@ pub struct Proc {
     log: Vec<String>,
     /// The lines of `log` that a wait has returned.
     returned: Vec<usize>,
-    reader: Option<std::thread::JoinHandle<()>>,
+    reader: Option<JoinHandle<()>>,
 }
 
 impl Proc {
@@ -109,18 +128,7 @@ impl Proc {
         configure(&mut command);
         let mut child = command.spawn().expect("spawn child");
         let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let reader = std::thread::Builder::new()
-            .name("child stderr".into())
-            .spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            })
-            .expect("spawn reader");
+        let (rx, reader) = read_lines(stderr, "child stderr");
         Proc {
             child,
             lines: rx,
