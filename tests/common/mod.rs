@@ -13,8 +13,8 @@
 //! - `notify` (Linux): a real datagram socket for a child's `NOTIFY_SOCKET`, and what it
 //!   received, in order.
 //! - [`recorder`]: services that record their lifecycle in order.
-//! - `upgrading` (Linux): the upgrade tests' child program (its roles, services, logger) and
-//!   the [`Family`](upgrading::Family) of processes an upgrade makes.
+//! - `upgrading` (Linux, feature `metrics`): the upgrade tests' child program (its roles, services, logger) and
+//!   the `Family` of processes an upgrade makes.
 //! - [`child_role`]: the start of a test binary's `child` entry, run again as a child process.
 #![allow(dead_code)]
 
@@ -29,6 +29,7 @@ pub mod procfs;
 pub mod prom;
 pub mod recorder;
 #[cfg(target_os = "linux")]
+#[cfg(feature = "metrics")]
 pub mod upgrading;
 
 use std::time::{Duration, Instant};
